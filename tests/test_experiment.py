@@ -1,0 +1,108 @@
+"""Whole runs on the bundled models, logged to a throwaway MLflow store."""
+
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from uqflow.config import RunConfig
+from uqflow.experiment import run_experiment
+from uqflow.scoring.correctness import f1_correct
+from uqflow.scoring.uncertainty import SCORES, rw_g_nll, score_row
+from uqflow.tracking import ERROR_TAG
+
+CONTRACT_COLUMNS = {"example_id", "question", "prompt", "prompt_token_ids", "answer", "token_ids",
+                    "token_logprobs", "relevance", "references", "answerable", "correct", "g_nll", "rw_g_nll"}
+
+
+def _artifact_frame(run_id):
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="generations.parquet")
+    return pd.read_parquet(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,dataset,fixture", [
+    ("SmolLM2-135M-Instruct", "trivia_mini", "smollm"),
+    ("Gemma-3-270M", "squad_mini", "gemma"),
+])
+def test_run_logs_the_contract(tracking, request, model, dataset, fixture):
+    lm = request.getfixturevalue(fixture)
+    cfg = RunConfig(model=model, dataset=dataset, num_samples=12, max_new_tokens=24, n_bootstrap=200)
+    result = run_experiment(cfg, lm=lm)
+    run = mlflow.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["family"] == lm.spec.family and run.data.tags["size_b"] == str(lm.spec.size_b)
+    assert run.data.tags["instruct"] == str(lm.spec.instruct).lower()
+    assert run.data.tags["config_hash"] == cfg.hash()
+    assert run.data.params["model"] == model and run.data.params["num_samples"] == "12"
+    assert set(run.data.params) == set(cfg.to_dict())
+    m = run.data.metrics
+    assert m["n"] == 12 and 0 <= m["accuracy"] <= 1
+    assert {"accuracy", "generation_seconds", "peak_memory_mb"} <= set(m)
+    frame = _artifact_frame(result.run_id)
+    assert CONTRACT_COLUMNS <= set(frame.columns) and len(frame) == 12
+    assert m["accuracy"] == pytest.approx(frame["correct"].mean())
+    # every score is recomputable from its row
+    for _, row in frame.iterrows():
+        for name, value in score_row(row).items():
+            assert row[name] == pytest.approx(value, nan_ok=True), name
+        assert row["rw_g_nll"] == pytest.approx(rw_g_nll(row["token_logprobs"], row["relevance"]), nan_ok=True)
+        assert row["correct"] == f1_correct(row["answer"], list(row["references"]))
+        assert lm.tokenizer.decode(list(row["token_ids"]), skip_special_tokens=True).strip() == row["answer"]
+        assert len(row["relevance"]) == len(row["token_ids"])
+    if frame["correct"].nunique() == 2:  # AUROC logged only where defined
+        from sklearn.metrics import roc_auc_score
+
+        ok = np.isfinite(frame["g_nll"])
+        assert m["auroc_g_nll"] == pytest.approx(roc_auc_score(~frame["correct"][ok], frame["g_nll"][ok]))
+        assert m["auroc_g_nll_ci_low"] <= m["auroc_g_nll"] <= m["auroc_g_nll_ci_high"]
+    else:
+        assert "auroc_g_nll" not in m
+
+
+@pytest.mark.slow
+def test_same_config_twice_gives_identical_results(tracking, smollm):
+    cfg = RunConfig(num_samples=6, max_new_tokens=16, n_bootstrap=50)
+    a, b = run_experiment(cfg, lm=smollm), run_experiment(cfg, lm=smollm)
+    cols = ["answer", "g_nll", "rw_g_nll", "correct"]
+    pd.testing.assert_frame_equal(a.frame[cols], b.frame[cols])
+
+
+@pytest.mark.slow
+def test_failure_ends_run_failed_with_error(tracking, smollm):
+    from uqflow.errors import ModelLoadError
+
+    cfg = RunConfig(num_samples=3, max_new_tokens=8, similarity="/nonexistent/similarity-model")
+    with pytest.raises(ModelLoadError):
+        run_experiment(cfg, lm=smollm)
+    runs = mlflow.search_runs(experiment_names=["uqflow"])
+    assert list(runs["status"]) == ["FAILED"]
+    assert "similarity model" in runs[f"tags.{ERROR_TAG}"].iloc[0]
+
+
+def test_unknown_names_start_no_run(tracking):
+    from uqflow.errors import UnknownModel
+
+    with pytest.raises(UnknownModel):
+        run_experiment(RunConfig(model="Smol"))
+    assert mlflow.search_experiments(filter_string="name = 'uqflow'") == []
+
+
+@pytest.mark.slow
+def test_mlflow_run_entry_point(tracking, venv_env, tmp_path):
+    """`mlflow run . --env-manager local -P ...`, the way a user runs the project."""
+    from conftest import ROOT
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "uqflow",
+         "-P", "model=Gemma-3-270M", "-P", "dataset=squad_mini", "-P", "num_samples=4", "-P", "max_new_tokens=12"],
+        env=venv_env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = mlflow.search_runs(experiment_names=["uqflow"])
+    assert list(runs["status"]) == ["FINISHED"]
+    assert runs["params.model"].iloc[0] == "Gemma-3-270M" and runs["tags.family"].iloc[0] == "Gemma"
+    assert runs["metrics.n"].iloc[0] == 4

@@ -1,0 +1,3 @@
+from uqflow.cli import main
+
+main()

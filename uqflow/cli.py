@@ -1,0 +1,186 @@
+"""The ``uqflow`` command line: a thin shell over the library (each command calls one function)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from uqflow.errors import UqflowError
+
+
+class UqflowGroup(click.Group):
+    """Translates library errors into one-line messages and a non-zero exit, once, here."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UqflowError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=UqflowGroup)
+@click.option("-v", "--verbose", is_flag=True, help="Show debug logging.")
+@click.version_option(package_name="uqflow")
+def cli(verbose: bool) -> None:
+    """Single-pass uncertainty (G-NLL, RW-G-NLL) of LLM answers, tracked in MLflow.
+
+    Example: uqflow run --model SmolLM2-135M-Instruct --dataset trivia_mini --num-samples 50
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("uqflow").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in sets:
+        if "=" not in item:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = v
+    return out
+
+
+def _progress_bar(label: str):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=label, unit="q", disable=None, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def _print_results(results) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="uqflow results")
+    for col in ("run id", "model", "dataset", "n", "accuracy", "AUROC G-NLL [95% CI]", "AUROC RW-G-NLL [95% CI]"):
+        table.add_column(col)
+
+    def fmt(m, key):
+        v = m.get(f"auroc_{key}", float("nan"))
+        lo, hi = m.get(f"auroc_{key}_ci_low", float("nan")), m.get(f"auroc_{key}_ci_high", float("nan"))
+        return "n/a (one class)" if v != v else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    for r in results:
+        m = r.metrics
+        table.add_row(r.run_id, r.config.model, r.config.dataset, str(int(m["n"])), f"{m['accuracy']:.3f}",
+                      fmt(m, "g_nll"), fmt(m, "rw_g_nll"))
+    Console(width=200).print(table)
+
+
+def _where_to_look() -> None:
+    from uqflow import tracking
+
+    uri = tracking.tracking_uri()
+    click.echo(f"Tracking store: {uri} (experiment '{tracking.experiment_name()}')")
+    click.echo(f"Browse the runs: mlflow ui --backend-store-uri {uri}")
+
+
+@cli.command()
+@click.option("--model", default=None, help="Model registry name (see `uqflow models`).")
+@click.option("--dataset", default=None, help="Dataset registry name or local file (see `uqflow datasets`).")
+@click.option("--num-samples", default=None, help="Questions to evaluate.")
+@click.option("--batch-size", default=None, help="Generation batch size (0 = automatic).")
+@click.option("--backend", default=None, help="Generation engine: hf or vllm.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other config field; repeatable.")
+def run(model, dataset, num_samples, batch_size, backend, sets) -> None:
+    """Run one model x dataset experiment and log it to MLflow.
+
+    Example: uqflow run --model Gemma-3-270M --dataset squad_mini --num-samples 50
+    """
+    from uqflow.config import RunConfig
+    from uqflow.experiment import run_experiment
+
+    values = _parse_sets(sets)
+    for key, val in (("model", model), ("dataset", dataset), ("num_samples", num_samples),
+                     ("batch_size", batch_size), ("backend", backend)):
+        if val is not None:
+            values[key] = val
+    cfg = RunConfig.from_strings(values)
+    bar, update = _progress_bar(f"{cfg.model} x {cfg.dataset}")
+    try:
+        result = run_experiment(cfg, progress=update)
+    finally:
+        bar.close()
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    _print_results([result])
+    _where_to_look()
+
+
+@cli.command()
+@click.option("--num-samples", default="100", show_default=True, help="Questions per run.")
+def demo(num_samples) -> None:
+    """Run both bundled models on both bundled datasets, offline, and show where to look.
+
+    Example: uqflow demo --num-samples 20
+    """
+    from uqflow.config import RunConfig
+    from uqflow.experiment import run_many
+
+    configs = [RunConfig.from_strings({"model": m, "dataset": d, "num_samples": num_samples})
+               for m in ("SmolLM2-135M-Instruct", "Gemma-3-270M") for d in ("trivia_mini", "squad_mini")]
+    bar, update = _progress_bar("demo")
+    try:
+        results = run_many(configs, progress=update)
+    finally:
+        bar.close()
+    _print_results(results)
+    _where_to_look()
+
+
+@cli.command()
+def models() -> None:
+    """List the model registry.
+
+    Example: uqflow models
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from uqflow.models import MODELS
+
+    table = Table(title="models")
+    for col in ("name", "family", "size (B)", "quantization", "instruct", "source"):
+        table.add_column(col)
+    for name, s in MODELS.items():
+        table.add_row(name, s.family, f"{s.size_b:g}", s.quantization, "yes" if s.instruct else "no", s.source)
+    Console(width=200).print(table)
+
+
+@cli.command()
+def datasets() -> None:
+    """List the dataset registry (a local .jsonl/.json/.parquet path works too).
+
+    Example: uqflow datasets
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from uqflow.data import DATASETS
+
+    table = Table(title="datasets")
+    for col in ("name", "schema", "evaluated split", "few-shot pool", "context", "source"):
+        table.add_column(col)
+    for name, s in DATASETS.items():
+        table.add_row(name, s.schema, s.eval_split, s.pool_split or "held out", "yes" if s.has_context else "no", s.source)
+    Console(width=200).print(table)
+
+
+def main() -> None:
+    cli(prog_name="uqflow")
+
+
+if __name__ == "__main__":
+    main()

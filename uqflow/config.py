@@ -1,0 +1,104 @@
+"""The run configuration: one typed dataclass, its defaults, validation and a stable hash."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+from uqflow.errors import ConfigError
+from uqflow.prompts import BRIEF_INSTRUCTION, PromptOptions
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one model x dataset run (logged whole as MLflow params)."""
+
+    model: str = "SmolLM2-135M-Instruct"  # registry name (`uqflow models`)
+    dataset: str = "trivia_mini"  # registry name (`uqflow datasets`) or a local .jsonl/.json/.parquet
+    num_samples: int = 400  # questions evaluated, drawn with `seed`; the study's 400 (all, if fewer)
+    num_few_shot: int = 5  # few-shot blocks, drawn from a pool disjoint from the evaluated questions
+    seed: int = 10  # fixes the question sample, the few-shot draw and the bootstrap
+    max_new_tokens: int = 50  # brief answers; the study's grid used 150
+    batch_size: int = 0  # 0 = automatic; never changes results, only speed
+    backend: str = "hf"  # generation engine: hf | vllm
+    device: str = "auto"  # auto | cpu | cuda[:N]
+    instruction: str = BRIEF_INSTRUCTION  # the study's grid used prompts.SHORT_PHRASE_INSTRUCTION
+    use_context: bool = True  # include the passage for datasets that have one (SQuAD, SVAMP)
+    instruction_per_block: bool = False  # repeat the instruction before every few-shot block
+    chat_template: bool = True  # instruct models get the prompt as one chat turn
+    correctness: str = "f1"  # judge; f1 = SQuAD token F1 >= correctness_threshold (the study's)
+    correctness_threshold: float = 0.5
+    answerable_only: bool = True  # SQuAD v2: evaluate answerable questions only, as the study did
+    similarity: str = "all-MiniLM-L6-v2"  # similarity model for RW-G-NLL's token relevance
+    n_bootstrap: int = 1000  # resamples for AUROC intervals
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ConfigError(f"num_samples must be at least 1, got {self.num_samples}")
+        if self.num_few_shot < 0:
+            raise ConfigError(f"num_few_shot must be 0 or more, got {self.num_few_shot}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.batch_size < 0:
+            raise ConfigError(f"batch_size must be 0 (automatic) or a positive number, got {self.batch_size}")
+        if not 0.0 < self.correctness_threshold <= 1.0:
+            raise ConfigError(f"correctness_threshold must lie in (0, 1], got {self.correctness_threshold}")
+        if self.n_bootstrap < 0:
+            raise ConfigError(f"n_bootstrap must be 0 or more, got {self.n_bootstrap}")
+        if self.correctness not in CORRECTNESS:
+            raise ConfigError(f"unknown correctness {self.correctness!r}. Known: {', '.join(CORRECTNESS)}")
+
+    @property
+    def prompt_options(self) -> PromptOptions:
+        return PromptOptions(self.instruction, self.use_context, self.instruction_per_block, self.chat_template)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Stable hash of every field that can change results (batch size, device and backend do not
+        change the answers, so two runs differing only there share a hash)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_strings(cls, values: dict[str, Any]) -> RunConfig:
+        """Build from string values (CLI ``--set``, MLproject parameters), coercing each to its type."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, raw in values.items():
+            if key not in known:
+                raise ConfigError(f"unknown setting {key!r}. Known: {', '.join(known)}")
+            kwargs[key] = _coerce(key, known[key].type, raw)
+        return cls(**kwargs)
+
+
+NON_RESULT_FIELDS = {"batch_size", "device", "backend"}
+CORRECTNESS = ("f1",)
+
+
+def _coerce(key: str, typ: Any, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    name = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    try:
+        if name == "int":
+            f = float(raw)  # MLflow passes numbers it was given as floats ("50.0")
+            if not f.is_integer():
+                raise ValueError
+            return int(f)
+        if name == "float":
+            return float(raw)
+        if name == "bool":
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{key} must be {'a whole number' if name == 'int' else 'a number' if name == 'float' else 'true or false'}, got {raw!r}") from None
+    return raw

@@ -1,0 +1,245 @@
+"""Dataset registry: bundled mini datasets, the real hub datasets, and local files.
+
+A dataset resolves to a :class:`LoadedDataset`: the evaluated examples and a disjoint pool that
+few-shot examples are drawn from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from uqflow.data.examples import SCHEMAS, Example, detect_schema
+from uqflow.errors import DatasetError, UnknownDataset
+from uqflow.registry import Registry
+
+
+@dataclass(frozen=True)
+class LoadedDataset:
+    """Examples to evaluate plus a disjoint few-shot pool, with a fingerprint of both."""
+
+    name: str
+    examples: list[Example]
+    few_shot_pool: list[Example]
+    has_context: bool
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the ids, questions and references of every example, pool included."""
+        h = hashlib.sha256()
+        for ex in [*self.examples, *self.few_shot_pool]:
+            h.update(json.dumps([ex.id, ex.question, ex.context, list(ex.references)]).encode())
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to get one dataset: where from, which split is evaluated, what the pool is."""
+
+    name: str
+    source: str  # shown in `uqflow datasets`
+    schema: str  # key of examples.SCHEMAS
+    eval_split: str
+    pool_split: str | None  # None: hold out part of the evaluated split as the pool
+    loader: Callable[[str], Iterable[Mapping[str, Any]]]  # split -> records
+    has_context: bool = False
+    bundled: bool = False
+
+    def load(self) -> LoadedDataset:
+        adapt = SCHEMAS[self.schema][0]
+        examples = [adapt(r) for r in self.loader(self.eval_split)]
+        if self.pool_split is None:
+            examples, pool = hold_out_pool(examples)
+        else:
+            pool = [adapt(r) for r in self.loader(self.pool_split)]
+        if not examples:
+            raise DatasetError(f"dataset {self.name!r} has no examples in split {self.eval_split!r}")
+        return LoadedDataset(self.name, examples, pool, self.has_context)
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset", UnknownDataset)
+
+#: size of the few-shot pool held out of a dataset that has no separate pool split
+HELD_OUT_POOL = 20
+
+
+def hold_out_pool(examples: list[Example], k: int = HELD_OUT_POOL) -> tuple[list[Example], list[Example]]:
+    """Split ``examples`` into (evaluated, pool) deterministically: the pool is the ``k`` examples
+    with the smallest hash of their id, so it does not depend on file order."""
+    k = min(k, max(len(examples) // 5, 0))
+    ranked = sorted(examples, key=lambda ex: hashlib.sha256(ex.id.encode()).hexdigest())
+    pool_ids = {ex.id for ex in ranked[:k]}
+    return [ex for ex in examples if ex.id not in pool_ids], [ex for ex in examples if ex.id in pool_ids]
+
+
+# ---------------------------------------------------------------- local files
+
+def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) pairs from a JSON Lines, JSON (list or BioASQ ``questions``) or
+    Parquet file; every problem is reported with the file and line."""
+    if not path.exists():
+        raise DatasetError(f"dataset file {path} does not exist")
+    if path.is_dir():
+        raise DatasetError(f"dataset path {path} is a directory; give a .jsonl, .json or .parquet file")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise DatasetError(f"{path}: not a readable Parquet file ({e})") from None
+        return [(i + 1, r) for i, r in enumerate(rows)]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DatasetError(f"{path}:{line}: not valid UTF-8 (byte {e.start}); save the file as UTF-8") from None
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        if isinstance(data, dict) and isinstance(data.get("questions"), list):  # BioASQ layout
+            data = data["questions"]
+        if not isinstance(data, list):
+            raise DatasetError(f"{path}: expected a JSON list of records (or BioASQ's {{'questions': [...]}})")
+        return [(i + 1, r) for i, r in enumerate(data)]
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(rec, dict):
+            raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        out.append((lineno, rec))
+    return out
+
+
+def adapt_records(path: Path, numbered: list[tuple[int, dict[str, Any]]], schema: str | None = None) -> list[Example]:
+    """Adapt numbered records, detecting the schema from the first record when not given."""
+    if not numbered:
+        raise DatasetError(f"dataset file {path} holds no records")
+    if schema is None:
+        schema = detect_schema(numbered[0][1])
+        if schema is None:
+            keys = ", ".join(sorted(numbered[0][1])) or "none"
+            raise DatasetError(
+                f"{path}:{numbered[0][0]}: cannot tell the schema from the fields ({keys}); expected one of: "
+                + "; ".join(f"{n} ({', '.join(k)})" for n, (_, k) in SCHEMAS.items())
+            )
+    adapt = SCHEMAS[schema][0]
+    examples, seen = [], set()
+    for lineno, rec in numbered:
+        try:
+            ex = adapt(rec)
+        except KeyError as e:
+            raise DatasetError(f"{path}:{lineno}: missing field {e.args[0]!r} ({schema} schema)") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise DatasetError(f"{path}:{lineno}: malformed record ({schema} schema): {e}") from None
+        if not ex.question.strip():
+            raise DatasetError(f"{path}:{lineno}: empty question")
+        if ex.id in seen:
+            raise DatasetError(f"{path}:{lineno}: duplicate id {ex.id!r}")
+        seen.add(ex.id)
+        examples.append(ex)
+    return examples
+
+
+def load_local(path: str | os.PathLike) -> LoadedDataset:
+    """A local JSON Lines / JSON / Parquet file in any known schema; the pool is held out of it."""
+    p = Path(path).expanduser()
+    examples = adapt_records(p, read_records(p))
+    evaluated, pool = hold_out_pool(examples)
+    has_context = any(ex.context for ex in examples)
+    return LoadedDataset(str(p), evaluated, pool, has_context)
+
+
+def looks_like_path(name: str) -> bool:
+    return os.sep in name or name.endswith((".jsonl", ".json", ".parquet")) or Path(name).exists()
+
+
+def load_dataset(name: str) -> LoadedDataset:
+    """Resolve a registry name or a local file path."""
+    if name in DATASETS:
+        return DATASETS.get(name).load()
+    if looks_like_path(name):
+        return load_local(name)
+    DATASETS.get(name)  # raises UnknownDataset with suggestions
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------- bundled
+
+def _bundled_loader(stem: str) -> Callable[[str], list[dict[str, Any]]]:
+    def load(split: str) -> list[dict[str, Any]]:
+        res = resources.files("uqflow.data") / "files" / f"{stem}.{split}.jsonl"
+        with resources.as_file(res) as path:
+            return [r for _, r in read_records(Path(path))]
+
+    return load
+
+
+DATASETS.add("trivia_mini", DatasetSpec(
+    "trivia_mini", "bundled (TriviaQA rc.nocontext schema)", "trivia_qa", "validation", "train",
+    _bundled_loader("trivia_mini"), bundled=True))
+DATASETS.add("squad_mini", DatasetSpec(
+    "squad_mini", "bundled (SQuAD v2 schema)", "squad", "validation", "train",
+    _bundled_loader("squad_mini"), has_context=True, bundled=True))
+
+
+# ---------------------------------------------------------------- hub
+
+def _hub_loader(name: str, hub_id: str, config: str | None = None) -> Callable[[str], Iterable[Mapping[str, Any]]]:
+    def load(split: str):
+        try:
+            import datasets as hf_datasets
+        except ImportError:  # pragma: no cover - datasets is a core dependency
+            raise DatasetError("loading hub datasets needs the 'datasets' package: pip install datasets") from None
+        try:
+            return hf_datasets.load_dataset(hub_id, config, split=split)
+        except Exception as e:  # network, auth and cache misses all surface as different types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DatasetError(
+                f"dataset {name!r} ({hub_id}{', ' + config if config else ''}, split {split}) could not be "
+                f"loaded from the Hugging Face hub or the local cache: {first}. "
+                "On a machine with access, run it once to fill ~/.cache/huggingface (or set HF_HOME to a copied "
+                f"cache), or export the split to JSON Lines and pass dataset=<path to the .jsonl file>."
+            ) from None
+
+    return load
+
+
+def _bioasq_loader(split: str) -> list[dict[str, Any]]:
+    path = os.environ.get("UQFLOW_BIOASQ_FILE")
+    if not path:
+        raise DatasetError(
+            "dataset 'bioasq' reads a local BioASQ Task B training file (e.g. training11b.json) that must be "
+            "obtained from bioasq.org: set UQFLOW_BIOASQ_FILE=/path/to/training11b.json, or pass dataset=<that path>."
+        )
+    return [r for _, r in read_records(Path(path))]
+
+
+DATASETS.add("trivia_qa", DatasetSpec(
+    "trivia_qa", "hub mandarjoshi/trivia_qa (rc.nocontext)", "trivia_qa", "validation", "train",
+    _hub_loader("trivia_qa", "mandarjoshi/trivia_qa", "rc.nocontext")))
+DATASETS.add("squad", DatasetSpec(
+    "squad", "hub rajpurkar/squad_v2", "squad", "validation", "train",
+    _hub_loader("squad", "rajpurkar/squad_v2"), has_context=True))
+DATASETS.add("nq", DatasetSpec(
+    "nq", "hub google-research-datasets/nq_open", "nq_open", "validation", "train",
+    _hub_loader("nq", "google-research-datasets/nq_open")))
+DATASETS.add("svamp", DatasetSpec(
+    "svamp", "hub ChilleD/SVAMP", "svamp", "test", "train",
+    _hub_loader("svamp", "ChilleD/SVAMP"), has_context=True))
+DATASETS.add("bioasq", DatasetSpec(
+    "bioasq", "local file $UQFLOW_BIOASQ_FILE (BioASQ Task B JSON)", "bioasq", "all", None, _bioasq_loader))

@@ -1,0 +1,29 @@
+"""Domain errors. The library raises these; only ``cli.py`` turns them into exit codes."""
+
+
+class UqflowError(Exception):
+    """Base class of every error uqflow reports to a user (no traceback shown)."""
+
+
+class UnknownName(UqflowError):
+    """A registry lookup for a name that is not registered."""
+
+
+class UnknownModel(UnknownName):
+    """A model name that is neither registered nor a local model directory."""
+
+
+class UnknownDataset(UnknownName):
+    """A dataset name that is neither registered nor a local file."""
+
+
+class DatasetError(UqflowError):
+    """A dataset that cannot be loaded: missing file, malformed record, hub unreachable."""
+
+
+class ModelLoadError(UqflowError):
+    """A model that cannot be loaded: missing package, no hub access, missing extra."""
+
+
+class ConfigError(UqflowError):
+    """A run configuration value that is out of range or of the wrong type."""

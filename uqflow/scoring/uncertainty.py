@@ -1,0 +1,74 @@
+"""Single-pass uncertainty scores: pure functions over one answer's per-token statistics.
+
+Every score here takes arrays over the answer tokens only (see ``Generation``), does no I/O and no
+model calls, and follows one sign convention: **higher means more uncertain**. An empty answer
+(zero answer tokens) has G-NLL 0 (the empty sum) and NaN for the per-token averages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+ScoreFn = Callable[..., float]
+
+
+def _nll(logprobs: Sequence[float]) -> np.ndarray:
+    return -np.asarray(logprobs, dtype=np.float64)
+
+
+def g_nll(logprobs: Sequence[float]) -> float:
+    """G-NLL = -sum_t log p(y_t | x, y_<t) over the greedy answer's tokens. Needs token log-probs."""
+    return float(_nll(logprobs).sum())
+
+
+def ln_g_nll(logprobs: Sequence[float]) -> float:
+    """Length-normalised G-NLL: G-NLL / number of answer tokens (NaN for an empty answer)."""
+    nll = _nll(logprobs)
+    return float(nll.mean()) if nll.size else float("nan")
+
+
+def max_token_nll(logprobs: Sequence[float]) -> float:
+    """The largest single-token NLL of the answer (NaN for an empty answer)."""
+    nll = _nll(logprobs)
+    return float(nll.max()) if nll.size else float("nan")
+
+
+def mean_token_entropy(entropies: Sequence[float]) -> float:
+    """Mean entropy (nats) of the predictive distributions at the answer's positions."""
+    h = np.asarray(entropies, dtype=np.float64)
+    return float(h.mean()) if h.size else float("nan")
+
+
+def rw_g_nll(logprobs: Sequence[float], relevance: Sequence[float]) -> float:
+    """RW-G-NLL = sum_t R_t * NLL_t / sum_t R_t, with R_t the relevance of token t (TokenSAR).
+
+    Relevance weights are used as given (no rescaling: a min-max rescale flattens them). If every
+    weight is zero the tokens are weighted equally, which gives LN-G-NLL.
+    """
+    nll = _nll(logprobs)
+    r = np.clip(np.asarray(relevance, dtype=np.float64), 0.0, None)
+    if nll.size == 0:
+        return float("nan")
+    if r.shape != nll.shape:
+        raise ValueError(f"relevance has {r.size} weights for {nll.size} tokens")
+    total = r.sum()
+    if total <= 0:
+        return float(nll.mean())
+    return float((r * nll).sum() / total)
+
+
+#: score name -> (function, the Generation/row fields it takes, in order)
+SCORES: dict[str, tuple[ScoreFn, tuple[str, ...]]] = {
+    "g_nll": (g_nll, ("token_logprobs",)),
+    "ln_g_nll": (ln_g_nll, ("token_logprobs",)),
+    "max_nll": (max_token_nll, ("token_logprobs",)),
+    "mean_entropy": (mean_token_entropy, ("token_entropies",)),
+    "rw_g_nll": (rw_g_nll, ("token_logprobs", "relevance")),
+}
+
+
+def score_row(row) -> dict[str, float]:
+    """Every score for one generations row (a mapping with the fields SCORES names)."""
+    return {name: fn(*(row[f] for f in fields)) for name, (fn, fields) in SCORES.items()}
