@@ -141,15 +141,19 @@ def demo(num_samples) -> None:
 
 
 @cli.command()
-def models() -> None:
-    """List the model registry.
+@click.option("--registry", default=None, type=click.Path(dir_okay=False),
+              help="YAML file of extra model entries (default: $UQFLOW_MODEL_REGISTRY).")
+def models(registry) -> None:
+    """List the model registry, with a registry file's entries if one is given.
 
-    Example: uqflow models
+    Example: uqflow models --registry my_models.yaml
     """
     from rich.console import Console
     from rich.table import Table
 
-    from uqflow.models import MODELS
+    from uqflow.models.registry import all_models
+
+    MODELS = all_models(registry)
 
     table = Table(title="models")
     for col in ("name", "family", "size (B)", "quantization", "instruct", "source"):

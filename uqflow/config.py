@@ -16,7 +16,8 @@ from uqflow.prompts import BRIEF_INSTRUCTION, PromptOptions
 class RunConfig:
     """Everything that determines one model x dataset run (logged whole as MLflow params)."""
 
-    model: str = "SmolLM2-135M-Instruct"  # registry name (`uqflow models`)
+    model: str = "SmolLM2-135M-Instruct"  # registry name (`uqflow models`) or a local model directory
+    model_registry: str = ""  # YAML file of extra model entries ("" = $UQFLOW_MODEL_REGISTRY or none)
     dataset: str = "trivia_mini"  # registry name (`uqflow datasets`) or a local .jsonl/.json/.parquet
     num_samples: int = 400  # questions evaluated, drawn with `seed`; the study's 400 (all, if fewer)
     num_few_shot: int = 5  # few-shot blocks, drawn from a pool disjoint from the evaluated questions

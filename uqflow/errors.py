@@ -27,3 +27,7 @@ class ModelLoadError(UqflowError):
 
 class ConfigError(UqflowError):
     """A run configuration value that is out of range or of the wrong type."""
+
+
+class ModelRegistryError(UqflowError):
+    """A user's model registry file that is missing, malformed or inconsistent."""

@@ -18,7 +18,7 @@ from uqflow.data import LoadedDataset, load_dataset
 from uqflow.data.examples import Example
 from uqflow.errors import ConfigError
 from uqflow.generation import make_engine
-from uqflow.models import MODELS, LoadedModel, ModelSpec, load_model, unload
+from uqflow.models import LoadedModel, ModelSpec, get_model, load_model, unload
 from uqflow.prompts import build_prompts, draw_few_shot
 from uqflow.scoring.correctness import f1_correct, max_f1
 from uqflow.scoring.evaluation import auroc_with_ci
@@ -90,7 +90,7 @@ def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset) -> dict[str, An
 
 def resolve(cfg: RunConfig) -> tuple[ModelSpec, LoadedDataset]:
     """Check names and load the dataset before any run starts, so a typo creates no run."""
-    return MODELS.get(cfg.model), load_dataset(cfg.dataset)
+    return get_model(cfg.model, cfg.model_registry or None), load_dataset(cfg.dataset)
 
 
 def run_experiment(cfg: RunConfig, lm: LoadedModel | None = None,
@@ -180,14 +180,13 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
 def run_many(configs: Sequence[RunConfig], progress=None) -> list[RunResult]:
     """Run several configurations in one process, loading each model once for all its datasets and
     freeing it before the next."""
-    for cfg in configs:
-        resolve(cfg)  # fail on any bad name before the first run starts
+    specs = [resolve(cfg)[0] for cfg in configs]  # fail on any bad name before the first run starts
     results = []
-    by_model: dict[tuple[str, str], list[RunConfig]] = {}
-    for cfg in configs:
-        by_model.setdefault((cfg.model, cfg.device), []).append(cfg)
-    for (model, device), cfgs in by_model.items():
-        lm = load_model(MODELS.get(model), device)
+    by_model: dict[tuple[ModelSpec, str], list[RunConfig]] = {}
+    for spec, cfg in zip(specs, configs):
+        by_model.setdefault((spec, cfg.device), []).append(cfg)
+    for (spec, device), cfgs in by_model.items():
+        lm = load_model(spec, device)
         try:
             for cfg in cfgs:
                 results.append(run_experiment(cfg, lm=lm, progress=progress))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from uqflow.errors import UnknownModel
+from uqflow.errors import ModelRegistryError, UnknownModel
 from uqflow.registry import Registry
 
 
@@ -55,3 +57,88 @@ _add("Mistral-7B-Instruct-v0.3-8bit", "mistralai/Mistral-7B-Instruct-v0.3", "Mis
 _add("Llama-3.1-70B-Instruct-4bit", "meta-llama/Llama-3.1-70B-Instruct", "Llama", 70.6, True, quantization="4bit")
 _add("Qwen2.5-72B-4bit", "Qwen/Qwen2.5-72B", "Qwen", 72.7, False, quantization="4bit")
 _add("Mixtral-8x7B-Instruct-v0.1-4bit", "mistralai/Mixtral-8x7B-Instruct-v0.1", "Mistral", 46.7, True, quantization="4bit")
+
+
+# ---------------------------------------------------------------- user registry files
+
+QUANTIZATIONS = ("none", "8bit", "4bit")
+_FIELDS = {"name": str, "source": str, "family": str, "size_b": (int, float), "instruct": bool,
+           "quantization": str, "trust_remote_code": bool, "context_length": int}
+_REQUIRED = ("name", "source", "family", "size_b", "instruct")
+
+
+def load_registry_file(path: str | os.PathLike) -> list[ModelSpec]:
+    """Model entries from a YAML file of the user's — data only, never code::
+
+        models:
+          - name: Phi-3.5-mini
+            source: microsoft/Phi-3.5-mini-instruct   # hub id or local directory
+            family: Phi
+            size_b: 3.8
+            instruct: true
+            quantization: 8bit       # none (default) | 8bit | 4bit
+            trust_remote_code: false # only where the model needs it
+    """
+    import yaml
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ModelRegistryError(f"model registry file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))  # safe_load: tags cannot construct objects
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ModelRegistryError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    entries = data.get("models") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise ModelRegistryError(f"{p}: expected a list of models under the key 'models'")
+    specs = []
+    for i, entry in enumerate(entries, 1):
+        where = f"{p}: model #{i}"
+        if not isinstance(entry, dict):
+            raise ModelRegistryError(f"{where}: expected a mapping of fields, got {type(entry).__name__}")
+        where = f"{p}: model {entry.get('name', '#' + str(i))!r}"
+        unknown = set(entry) - set(_FIELDS)
+        if unknown:
+            raise ModelRegistryError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(_FIELDS)}")
+        missing = [k for k in _REQUIRED if k not in entry]
+        if missing:
+            raise ModelRegistryError(f"{where}: missing field(s) {', '.join(missing)}")
+        for key, typ in _FIELDS.items():
+            if key in entry and (not isinstance(entry[key], typ) or (typ is not bool and isinstance(entry[key], bool))):
+                raise ModelRegistryError(f"{where}: {key} must be of type {getattr(typ, '__name__', 'number')}, got {entry[key]!r}")
+        if entry["size_b"] <= 0:
+            raise ModelRegistryError(f"{where}: size_b must be a positive number of billions of parameters")
+        if entry.get("quantization", "none") not in QUANTIZATIONS:
+            raise ModelRegistryError(f"{where}: quantization must be one of {', '.join(QUANTIZATIONS)}")
+        if entry.get("context_length", 1) < 1:
+            raise ModelRegistryError(f"{where}: context_length must be positive")
+        specs.append(ModelSpec(**{**entry, "size_b": float(entry["size_b"])}))
+    names = [s.name for s in specs]
+    dup = {n for n in names if names.count(n) > 1 or n in MODELS}
+    if dup:
+        raise ModelRegistryError(f"{p}: model name(s) {', '.join(sorted(dup))} defined twice (or clash with built-in entries)")
+    return specs
+
+
+def all_models(registry_file: str | None = None) -> Registry[ModelSpec]:
+    """The built-in registry plus the entries of ``registry_file`` (or ``$UQFLOW_MODEL_REGISTRY``)."""
+    path = registry_file or os.environ.get("UQFLOW_MODEL_REGISTRY")
+    if not path:
+        return MODELS
+    reg: Registry[ModelSpec] = Registry("model", UnknownModel)
+    for name, spec in MODELS.items():
+        reg.add(name, spec)
+    for spec in load_registry_file(path):
+        reg.add(spec.name, spec)
+    return reg
+
+
+def get_model(name: str, registry_file: str | None = None) -> ModelSpec:
+    """A registered model, or a local transformers model directory (family 'local', size unknown)."""
+    reg = all_models(registry_file)
+    if name in reg:
+        return reg.get(name)
+    p = Path(name).expanduser()
+    if (p / "config.json").is_file():
+        return ModelSpec(name=p.name, source=str(p), family="local", size_b=float("nan"), instruct=False)
+    return reg.get(name)  # raises UnknownModel with suggestions
