@@ -47,3 +47,18 @@ def test_bad_input_is_one_clear_line(tracking, args, message):
     assert message in res.output
     assert "Traceback" not in res.output
     assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit)
+
+
+def test_vllm_backend_absent_is_explained(tracking):
+    res = invoke("run", "--backend", "vllm", "--num-samples", "2")
+    assert res.exit_code == 1
+    assert "backend 'vllm' needs the vllm package" in res.output and "Traceback" not in res.output
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["uqflow"])
+    assert list(runs["status"]) == ["FAILED"]  # the run records why it failed
+
+
+def test_unknown_backend():
+    res = invoke("run", "--backend", "tgi")
+    assert res.exit_code == 1 and "Error: unknown backend 'tgi'. Known: hf, vllm" in res.output

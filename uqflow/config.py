@@ -49,6 +49,8 @@ class RunConfig:
             raise ConfigError(f"correctness_threshold must lie in (0, 1], got {self.correctness_threshold}")
         if self.n_bootstrap < 0:
             raise ConfigError(f"n_bootstrap must be 0 or more, got {self.n_bootstrap}")
+        if self.backend not in ("hf", "vllm"):
+            raise ConfigError(f"unknown backend {self.backend!r}. Known: hf, vllm")
         if self.correctness not in CORRECTNESS:
             raise ConfigError(f"unknown correctness {self.correctness!r}. Known: {', '.join(CORRECTNESS)}")
 

@@ -105,7 +105,7 @@ def run_experiment(cfg: RunConfig, lm: LoadedModel | None = None,
         tracking.log_params(cfg.to_dict())
         own = lm is None
         if own:
-            lm = load_model(spec, cfg.device)
+            lm = load_model(spec, cfg.device, cfg.backend)
         try:
             frame, metrics, skip_notes = _evaluate(cfg, lm, ds, examples, progress)
         finally:
@@ -143,7 +143,7 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
     sim = _similarity(cfg.similarity, "cuda" if lm.device.startswith("cuda") else "cpu")
     t_rel = time.perf_counter()
     relevance = token_relevance([p.example.question for p in prompts], [g.token_ids for g in gens],
-                                engine._decode, sim)
+                                engine._decode, sim)  # the engine's decode: same text as the stored answers
     relevance_seconds = time.perf_counter() - t_rel
 
     rows = []
@@ -182,11 +182,11 @@ def run_many(configs: Sequence[RunConfig], progress=None) -> list[RunResult]:
     freeing it before the next."""
     specs = [resolve(cfg)[0] for cfg in configs]  # fail on any bad name before the first run starts
     results = []
-    by_model: dict[tuple[ModelSpec, str], list[RunConfig]] = {}
+    by_model: dict[tuple[ModelSpec, str, str], list[RunConfig]] = {}
     for spec, cfg in zip(specs, configs):
-        by_model.setdefault((spec, cfg.device), []).append(cfg)
-    for (spec, device), cfgs in by_model.items():
-        lm = load_model(spec, device)
+        by_model.setdefault((spec, cfg.device, cfg.backend), []).append(cfg)
+    for (spec, device, backend), cfgs in by_model.items():
+        lm = load_model(spec, device, backend)
         try:
             for cfg in cfgs:
                 results.append(run_experiment(cfg, lm=lm, progress=progress))

@@ -9,11 +9,17 @@ def make_engine(backend: str, lm, **kwargs):
     """The engine called ``backend`` over the loaded model ``lm``."""
     from uqflow.errors import ConfigError
 
-    if backend == "hf":
-        from uqflow.generation.hf import HFEngine
+    if backend not in ENGINES:
+        raise ConfigError(f"unknown backend {backend!r}. Known: {', '.join(ENGINES)}")
+    if backend != lm.backend:
+        raise ConfigError(f"backend {backend!r} needs the model loaded for it (it was loaded for {lm.backend!r})")
+    if backend == "vllm":
+        engine = lm.model  # the VLLMEngine built by load_model; vLLM schedules its own batches
+        engine.max_new_tokens = kwargs.get("max_new_tokens", engine.max_new_tokens)
+        return engine
+    from uqflow.generation.hf import HFEngine
 
-        return HFEngine(lm, **kwargs)
-    raise ConfigError(f"unknown backend {backend!r}. Known: {', '.join(ENGINES)}")
+    return HFEngine(lm, **kwargs)
 
 
 __all__ = ["ENGINES", "Generation", "align_answer", "make_engine"]

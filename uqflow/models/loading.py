@@ -29,14 +29,17 @@ class LoadedModel:
     """A model ready to generate: the torch module, its tokenizer, and where it runs."""
 
     spec: ModelSpec
-    model: Any  # transformers PreTrainedModel
+    model: Any  # transformers PreTrainedModel, or the VLLMEngine for backend vllm
     tokenizer: Any  # transformers PreTrainedTokenizerBase
     device: str
+    backend: str = "hf"
 
     @property
     def context_length(self) -> int:
         if self.spec.context_length:
             return self.spec.context_length
+        if self.backend == "vllm":
+            return self.model.context_length
         cfg = self.model.config
         return int(getattr(cfg, "max_position_embeddings", None) or getattr(self.tokenizer, "model_max_length", 2048))
 
@@ -147,11 +150,18 @@ def _quantization_config(spec: ModelSpec, device: str):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
-    """Load ``spec`` for greedy decoding: eval mode, bf16 on GPU, float32 on CPU, left padding."""
+def load_model(spec: ModelSpec, device: str = "auto", backend: str = "hf") -> LoadedModel:
+    """Load ``spec`` for greedy decoding: eval mode, bf16 on GPU, float32 on CPU, left padding.
+    With ``backend="vllm"`` the model is a vLLM engine (GPU only)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if backend == "vllm":
+        from uqflow.generation.vllm_engine import VLLMEngine, require_vllm
+
+        require_vllm()
+        engine = VLLMEngine(spec, source=str(ensure_converted(spec)) if spec.bundled else spec.source)
+        return LoadedModel(spec, engine, engine.tokenizer, "cuda", backend="vllm")
     device = resolve_device(device)
     source = str(ensure_converted(spec)) if spec.bundled else spec.source
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
@@ -185,6 +195,8 @@ def unload(lm: LoadedModel | None) -> None:
         return
     import torch
 
+    if lm.backend == "vllm" and lm.model is not None:
+        lm.model.llm = None  # vLLM frees its workers when the LLM object is collected
     lm.model = None
     lm.tokenizer = None
     gc.collect()
