@@ -11,6 +11,7 @@ import pytest
 from uqflow.config import RunConfig
 from uqflow.experiment import run_experiment
 from uqflow.scoring.correctness import f1_correct
+from uqflow.experiment import rescore
 from uqflow.scoring.uncertainty import SCORES, rw_g_nll, score_row
 from uqflow.tracking import ERROR_TAG
 
@@ -41,7 +42,9 @@ def test_run_logs_the_contract(tracking, request, model, dataset, fixture):
     assert set(run.data.params) == set(cfg.to_dict())
     m = run.data.metrics
     assert m["n"] == 12 and 0 <= m["accuracy"] <= 1
-    assert {"accuracy", "generation_seconds", "peak_memory_mb"} <= set(m)
+    assert {"accuracy", "generation_seconds", "peak_memory_mb", "aurac_g_nll", "acc_cov90_rw_g_nll"} <= set(m)
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "plots")}
+    assert artifacts == {"plots/roc.png", "plots/accuracy_rejection.png"}
     frame = _artifact_frame(result.run_id)
     assert CONTRACT_COLUMNS <= set(frame.columns) and len(frame) == 12
     assert m["accuracy"] == pytest.approx(frame["correct"].mean())
@@ -59,6 +62,7 @@ def test_run_logs_the_contract(tracking, request, model, dataset, fixture):
         ok = np.isfinite(frame["g_nll"])
         assert m["auroc_g_nll"] == pytest.approx(roc_auc_score(~frame["correct"][ok], frame["g_nll"][ok]))
         assert m["auroc_g_nll_ci_low"] <= m["auroc_g_nll"] <= m["auroc_g_nll_ci_high"]
+        assert "delong_p_g_nll_vs_rw_g_nll" in m
     else:
         assert "auroc_g_nll" not in m
 
@@ -106,3 +110,41 @@ def test_mlflow_run_entry_point(tracking, venv_env, tmp_path):
     assert list(runs["status"]) == ["FINISHED"]
     assert runs["params.model"].iloc[0] == "Gemma-3-270M" and runs["tags.family"].iloc[0] == "Gemma"
     assert runs["metrics.n"].iloc[0] == 4
+
+
+@pytest.mark.slow
+def test_rescore_makes_a_linked_run_without_generating(tracking, smollm):
+    cfg = RunConfig(num_samples=8, max_new_tokens=16, n_bootstrap=50)
+    source = run_experiment(cfg, lm=smollm)
+    new = rescore(source.run_id, {"correctness": "rouge_l", "n_bootstrap": "50"})
+    run = mlflow.get_run(new.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["uqflow.source_run"] == source.run_id
+    assert run.data.params["correctness"] == "rouge_l" and run.data.tags["family"] == "SmolLM2"
+    assert list(new.frame["answer"]) == list(source.frame["answer"])  # same generations
+    for a, b in zip(new.frame["relevance"], source.frame["relevance"]):
+        assert list(a) == pytest.approx(list(b), abs=1e-6)
+    assert new.frame["g_nll"].tolist() == pytest.approx(source.frame["g_nll"].tolist())
+
+
+def test_rescore_rejects_unknown_run_and_fields(tracking):
+    from uqflow.errors import ConfigError, UqflowError
+
+    with pytest.raises(ConfigError, match="rescore can change only"):
+        rescore("abc", {"model": "x"})
+    with pytest.raises(UqflowError, match="no run 'abc'"):
+        rescore("abc", {})
+
+
+@pytest.mark.slow
+def test_llm_judge_with_a_bundled_model_and_cache(smollm, tmp_path):
+    from uqflow.scoring.judges import LLMJudge
+
+    judge = LLMJudge("SmolLM2-135M-Instruct", lm=smollm, cache_path=tmp_path / "j.sqlite")
+    items = [("What is the capital of France?", "Paris", ["Paris"]),
+             ("How many legs does a spider have?", "six", ["8", "eight"])]
+    first = judge.judge_many(items)
+    assert all(v.correct in (True, False, None) and v.raw is not None for v in first)
+    rows = judge.cache.db.execute("SELECT COUNT(*) FROM judgments").fetchone()[0]
+    assert rows == 2
+    judge._lm = None  # a second call must come from the cache, without a model
+    assert [v.raw for v in judge.judge_many(items)] == [v.raw for v in first]

@@ -101,3 +101,134 @@ def test_interval_needs_two_of_each_class():
     r = auroc_with_ci([True, True, False], [0.1, 0.2, 0.9])
     assert r.auroc == 1.0 and math.isnan(r.ci_low) and math.isnan(r.ci_high)
     assert math.isnan(auroc_with_ci([True, False, True, False], [0, 1, 0, 1], n_resamples=0).ci_low)
+
+
+# ---------------------------------------------------------------- selective prediction and DeLong
+
+from uqflow.scoring.evaluation import (accuracy_at_coverage, aurac, delong_test, delong_variance, prr,
+                                       rejection_curve)
+
+
+def test_rejection_curve_by_hand():
+    correct = [True, False, True, False]
+    score = [0.1, 0.9, 0.2, 0.5]  # most confident first: T, T, F, F
+    cov, acc = rejection_curve(correct, score)
+    assert list(cov) == [0.25, 0.5, 0.75, 1.0]
+    assert list(acc) == [1.0, 1.0, 2 / 3, 0.5]
+    assert aurac(correct, score) == pytest.approx((1 + 1 + 2 / 3 + 0.5) / 4)
+    assert accuracy_at_coverage(correct, score, 0.5) == 1.0
+    assert accuracy_at_coverage(correct, score, 0.75) == pytest.approx(2 / 3)
+    assert prr(correct, score) == pytest.approx(1.0)  # this ordering is the oracle's
+    assert prr(correct, [0.9, 0.1, 0.5, 0.2]) == pytest.approx(-1.0)  # the reverse is the worst
+    assert math.isnan(prr([True, True], [0.1, 0.2]))
+
+
+def test_prr_of_random_scores_is_near_zero():
+    rng = np.random.default_rng(5)
+    correct = rng.random(4000) < 0.5
+    assert abs(prr(correct, rng.random(4000))) < 0.05
+
+
+# Hanley & McNeil (1982), Radiology 143:29-36, table 1: CT ratings (1 = definitely normal ...
+# 5 = definitely abnormal) of 58 normal and 51 abnormal cases; published AUC 0.893, SE 0.032.
+HM_NORMAL, HM_ABNORMAL = [33, 6, 6, 11, 2], [3, 2, 2, 11, 33]
+
+
+def _hanley_mcneil():
+    rating = [r + 1 for r, c in enumerate(HM_NORMAL) for _ in range(c)] + \
+             [r + 1 for r, c in enumerate(HM_ABNORMAL) for _ in range(c)]
+    correct = np.array([True] * 58 + [False] * 51)  # abnormal plays the role of "wrong answer"
+    return correct, np.array(rating, dtype=float)
+
+
+def test_auroc_and_delong_variance_on_published_ratings():
+    correct, rating = _hanley_mcneil()
+    assert auroc(correct, rating) == pytest.approx(0.893, abs=5e-4)
+    se = math.sqrt(delong_variance(correct, rating))
+    assert se == pytest.approx(0.032, rel=0.1)  # published SE is Hanley-McNeil's approximation
+
+
+def _delong_direct(correct, a, b):
+    """DeLong et al. (1988) written literally: O(m n) structural components."""
+    y = ~np.asarray(correct)
+
+    def comps(s):
+        pos, neg = s[y], s[~y]
+        psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+        return psi.mean(1), psi.mean(0), psi.mean()
+
+    v10a, v01a, A = comps(a)
+    v10b, v01b, B = comps(b)
+    m, n = y.sum(), (~y).sum()
+    s10 = np.cov(np.vstack([v10a, v10b]))
+    s01 = np.cov(np.vstack([v01a, v01b]))
+    cov = s10 / m + s01 / n
+    return A, B, (A - B) / math.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+
+
+def test_delong_matches_direct_definition_with_ties():
+    rng = np.random.default_rng(7)
+    correct = rng.random(120) < 0.45
+    a = np.round(rng.normal(size=120) + (~correct) * 1.0, 1)  # rounded: many ties
+    b = np.round(a + rng.normal(scale=0.8, size=120), 1)
+    r = delong_test(correct, a, b)
+    A, B, z = _delong_direct(correct, a, b)
+    assert (r.auroc_a, r.auroc_b, r.z) == pytest.approx((A, B, z))
+    assert r.auroc_a == pytest.approx(auroc(correct, a))
+    assert 0 < r.p_value < 1
+
+
+def test_delong_same_scores_and_one_class():
+    correct, rating = _hanley_mcneil()
+    assert math.isnan(delong_test(correct, rating, rating).z)  # zero variance: no test
+    assert math.isnan(delong_test([True] * 5, np.arange(5.0), np.arange(5.0)).p_value)
+
+
+# ---------------------------------------------------------------- judges
+
+from uqflow.errors import ConfigError
+from uqflow.scoring.judges import Verdict, is_abstention, judge_examples, make_judge, parse_yes_no
+
+
+@pytest.mark.parametrize("name,answer,refs,correct", [
+    ("f1", "Leo Tolstoy", ["Tolstoy"], True),
+    ("em", "the Beatles!", ["Beatles"], True),
+    ("em", "Beatles band", ["Beatles"], False),
+    ("alias", "U.S.A.", ["USA", "United States"], False),  # TriviaQA keeps letters apart: "u s a"
+    ("alias", "united-states", ["United States"], True),
+    ("rouge_l", "the capital city is Paris", ["Paris"], True),  # F 0.33 >= 0.3
+    ("rouge_l", "it is the lovely old capital city Paris", ["Paris"], False),
+])
+def test_rule_judges(name, answer, refs, correct):
+    assert make_judge(name).judge("q", answer, refs).correct is correct
+
+
+def test_thresholds_and_unknown_judge():
+    assert make_judge("f1", 0.8).judge("q", "Leo Tolstoy", ["Tolstoy"]).correct is False
+    assert make_judge("rouge_l").threshold == 0.3 and make_judge("f1").threshold == 0.5
+    with pytest.raises(ConfigError, match="unknown correctness judge 'bleu'"):
+        make_judge("bleu")
+
+
+@pytest.mark.parametrize("reply,verdict", [
+    ("Yes", True), (" no.", False), ("YES, it does", True), ("No, they differ", False),
+    ("The answer is yes", True), ("I think no", False), ("maybe", None), ("", None),
+    ("yes or no? unclear", True), ("It could be yes or no", None),
+])
+def test_parse_yes_no(reply, verdict):
+    assert parse_yes_no(reply) is verdict
+
+
+@pytest.mark.parametrize("answer,abstains", [
+    ("", True), ("Unanswerable", True), ("I don't know.", True), ("The passage does not say.", True),
+    ("It cannot be answered from the text", True), ("Paris", False), ("none of the above wines", False),
+])
+def test_abstention(answer, abstains):
+    assert is_abstention(answer) is abstains
+
+
+def test_unanswerable_judged_by_abstention():
+    v = judge_examples(make_judge("f1"), ["q1", "q2", "q3"], ["unknown", "Paris", "Paris"],
+                       [[], [], ["Paris"]], [False, False, True])
+    assert [x.correct for x in v] == [True, False, True]
+    assert isinstance(v[0], Verdict)

@@ -74,8 +74,9 @@ def _print_results(results) -> None:
 
     for r in results:
         m = r.metrics
-        table.add_row(r.run_id, r.config.model, r.config.dataset, str(int(m["n"])), f"{m['accuracy']:.3f}",
-                      fmt(m, "g_nll"), fmt(m, "rw_g_nll"))
+        acc = m.get("accuracy", float("nan"))
+        table.add_row(r.run_id, r.config.model, r.config.dataset, str(int(m["n"])),
+                      "n/a" if acc != acc else f"{acc:.3f}", fmt(m, "g_nll"), fmt(m, "rw_g_nll"))
     Console(width=200).print(table)
 
 
@@ -93,8 +94,9 @@ def _where_to_look() -> None:
 @click.option("--num-samples", default=None, help="Questions to evaluate.")
 @click.option("--batch-size", default=None, help="Generation batch size (0 = automatic).")
 @click.option("--backend", default=None, help="Generation engine: hf or vllm.")
+@click.option("--correctness", default=None, help="Correctness judge: f1 (default), em, alias, rouge_l, llm:<model>.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other config field; repeatable.")
-def run(model, dataset, num_samples, batch_size, backend, sets) -> None:
+def run(model, dataset, num_samples, batch_size, backend, correctness, sets) -> None:
     """Run one model x dataset experiment and log it to MLflow.
 
     Example: uqflow run --model Gemma-3-270M --dataset squad_mini --num-samples 50
@@ -104,7 +106,7 @@ def run(model, dataset, num_samples, batch_size, backend, sets) -> None:
 
     values = _parse_sets(sets)
     for key, val in (("model", model), ("dataset", dataset), ("num_samples", num_samples),
-                     ("batch_size", batch_size), ("backend", backend)):
+                     ("batch_size", batch_size), ("backend", backend), ("correctness", correctness)):
         if val is not None:
             values[key] = val
     cfg = RunConfig.from_strings(values)
@@ -116,6 +118,30 @@ def run(model, dataset, num_samples, batch_size, backend, sets) -> None:
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     _print_results([result])
+    _where_to_look()
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--correctness", default=None, help="Correctness judge: f1, em, alias, rouge_l or llm:<model>.")
+@click.option("--similarity", default=None, help="Similarity model for RW-G-NLL's token relevance.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="correctness_threshold, n_bootstrap or answerable_only; repeatable.")
+def rescore(run_id, correctness, similarity, sets) -> None:
+    """Recompute scores and correctness from a run's stored generations, as a new linked run.
+
+    Example: uqflow rescore 0123abcd --correctness rouge_l
+    """
+    from uqflow.experiment import rescore as rescore_run
+
+    values = _parse_sets(sets)
+    if correctness is not None:
+        values["correctness"] = correctness
+    if similarity is not None:
+        values["similarity"] = similarity
+    result = rescore_run(run_id, values)
+    _print_results([result])
+    click.echo(f"Rescored run {result.run_id} from source run {run_id}.")
     _where_to_look()
 
 

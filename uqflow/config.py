@@ -30,8 +30,8 @@ class RunConfig:
     use_context: bool = True  # include the passage for datasets that have one (SQuAD, SVAMP)
     instruction_per_block: bool = False  # repeat the instruction before every few-shot block
     chat_template: bool = True  # instruct models get the prompt as one chat turn
-    correctness: str = "f1"  # judge; f1 = SQuAD token F1 >= correctness_threshold (the study's)
-    correctness_threshold: float = 0.5
+    correctness: str = "f1"  # judge (scoring/judges.py): f1 (the study's), em, alias, rouge_l, llm:<model>
+    correctness_threshold: float = 0.0  # 0 = the judge's default (f1 0.5, rouge_l 0.3)
     answerable_only: bool = True  # SQuAD v2: evaluate answerable questions only, as the study did
     similarity: str = "all-MiniLM-L6-v2"  # similarity model for RW-G-NLL's token relevance
     n_bootstrap: int = 1000  # resamples for AUROC intervals
@@ -45,14 +45,14 @@ class RunConfig:
             raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.batch_size < 0:
             raise ConfigError(f"batch_size must be 0 (automatic) or a positive number, got {self.batch_size}")
-        if not 0.0 < self.correctness_threshold <= 1.0:
-            raise ConfigError(f"correctness_threshold must lie in (0, 1], got {self.correctness_threshold}")
+        if not 0.0 <= self.correctness_threshold <= 1.0:
+            raise ConfigError(f"correctness_threshold must lie in [0, 1] (0 = the judge's default), got {self.correctness_threshold}")
         if self.n_bootstrap < 0:
             raise ConfigError(f"n_bootstrap must be 0 or more, got {self.n_bootstrap}")
         if self.backend not in ("hf", "vllm"):
             raise ConfigError(f"unknown backend {self.backend!r}. Known: hf, vllm")
-        if self.correctness not in CORRECTNESS:
-            raise ConfigError(f"unknown correctness {self.correctness!r}. Known: {', '.join(CORRECTNESS)}")
+        if self.correctness not in CORRECTNESS and not (self.correctness.startswith("llm:") and len(self.correctness) > 4):
+            raise ConfigError(f"unknown correctness judge {self.correctness!r}. Known: {', '.join(CORRECTNESS)}, llm:<model>")
 
     @property
     def prompt_options(self) -> PromptOptions:
@@ -80,7 +80,7 @@ class RunConfig:
 
 
 NON_RESULT_FIELDS = {"batch_size", "device", "backend"}
-CORRECTNESS = ("f1",)
+CORRECTNESS = ("f1", "em", "alias", "rouge_l")
 
 
 def _coerce(key: str, typ: Any, raw: Any) -> Any:

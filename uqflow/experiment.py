@@ -16,19 +16,17 @@ from uqflow import tracking
 from uqflow.config import RunConfig
 from uqflow.data import LoadedDataset, load_dataset
 from uqflow.data.examples import Example
-from uqflow.errors import ConfigError
+from uqflow.errors import ConfigError, UqflowError
 from uqflow.generation import make_engine
 from uqflow.models import LoadedModel, ModelSpec, get_model, load_model, unload
 from uqflow.prompts import build_prompts, draw_few_shot
-from uqflow.scoring.correctness import f1_correct, max_f1
-from uqflow.scoring.evaluation import auroc_with_ci
-from uqflow.scoring.relevance import load_similarity, token_relevance
-from uqflow.scoring.uncertainty import SCORES, score_row
+from uqflow.scoring import pipeline
+from uqflow.scoring.judges import make_judge
+from uqflow.scoring.relevance import load_similarity
 
 log = logging.getLogger(__name__)
 
-#: the scores whose AUROC is reported, in table order
-REPORTED_SCORES = tuple(SCORES)
+SOURCE_RUN_TAG = "uqflow.source_run"
 
 
 @dataclass
@@ -54,7 +52,8 @@ def select_examples(ds: LoadedDataset, cfg: RunConfig) -> tuple[list[Example], l
         raise ConfigError(f"dataset {ds.name!r} has no answerable questions; set answerable_only=false")
     if cfg.num_samples >= len(pool):
         if cfg.num_samples > len(pool):
-            notes.append(f"num_samples={cfg.num_samples} but dataset {ds.name!r} has {len(pool)} questions: running on all {len(pool)}")
+            notes.append(f"num_samples={cfg.num_samples} but dataset {ds.name!r} has {len(pool)} questions: "
+                         f"running on all {len(pool)}")
         return list(pool), notes
     return random.Random(cfg.seed).sample(pool, cfg.num_samples), notes
 
@@ -72,25 +71,41 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset) -> dict[str, Any]:
+def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset | None = None) -> dict[str, Any]:
     import torch
     import transformers
 
     from uqflow import __version__
 
-    return {
+    tags = {
         "family": spec.family, "size_b": spec.size_b, "quantization": spec.quantization,
         "instruct": str(spec.instruct).lower(), "model": spec.name, "dataset": cfg.dataset,
-        "config_hash": cfg.hash(), "dataset_fingerprint": ds.fingerprint,
-        "prompt_template_hash": cfg.prompt_options.template_hash(),
+        "config_hash": cfg.hash(), "prompt_template_hash": cfg.prompt_options.template_hash(),
         "uqflow_version": __version__, "torch_version": torch.__version__,
         "transformers_version": transformers.__version__, "python_version": platform.python_version(),
     }
+    if ds is not None:
+        tags["dataset_fingerprint"] = ds.fingerprint
+    return tags
 
 
 def resolve(cfg: RunConfig) -> tuple[ModelSpec, LoadedDataset]:
     """Check names and load the dataset before any run starts, so a typo creates no run."""
+    if cfg.correctness.startswith("llm:"):
+        get_model(cfg.correctness[4:], cfg.model_registry or None)  # the judge model must exist too
     return get_model(cfg.model, cfg.model_registry or None), load_dataset(cfg.dataset)
+
+
+def _log_outputs(cfg: RunConfig, frame, metrics: dict[str, float], notes: Sequence[str]) -> None:
+    from uqflow.report.plots import rejection_figure, roc_figure
+
+    title = f"{cfg.model} x {cfg.dataset}"
+    tracking.log_metrics(metrics)
+    tracking.log_frame(frame)
+    tracking.log_figure(roc_figure(frame, pipeline.REPORTED_SCORES, title), "plots/roc.png")
+    tracking.log_figure(rejection_figure(frame, pipeline.REPORTED_SCORES, title), "plots/accuracy_rejection.png")
+    if notes:
+        tracking.log_text("\n".join(notes) + "\n", "notes.txt")
 
 
 def run_experiment(cfg: RunConfig, lm: LoadedModel | None = None,
@@ -113,10 +128,7 @@ def run_experiment(cfg: RunConfig, lm: LoadedModel | None = None,
                 unload(lm)
         notes += skip_notes
         metrics["run_seconds"] = time.perf_counter() - t0
-        tracking.log_metrics(metrics)
-        tracking.log_frame(frame)
-        if notes:
-            tracking.log_text("\n".join(notes) + "\n", "notes.txt")
+        _log_outputs(cfg, frame, metrics, notes)
         return RunResult(run.info.run_id, cfg, metrics, frame, notes)
 
 
@@ -140,41 +152,33 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
             progress(done, len(prompts))
 
     gens = engine.generate([p.token_ids for p in prompts], progress=step)
-    sim = _similarity(cfg.similarity, "cuda" if lm.device.startswith("cuda") else "cpu")
-    t_rel = time.perf_counter()
-    relevance = token_relevance([p.example.question for p in prompts], [g.token_ids for g in gens],
-                                engine._decode, sim)  # the engine's decode: same text as the stored answers
-    relevance_seconds = time.perf_counter() - t_rel
-
-    rows = []
-    for p, g, rel in zip(prompts, gens, relevance):
-        ex = p.example
-        row = {
-            "example_id": ex.id, "question": ex.question, "context": ex.context, "prompt": p.text,
-            "prompt_token_ids": p.token_ids, "num_shots": p.num_shots, "answer": g.text,
-            "token_ids": g.token_ids, "token_logprobs": g.token_logprobs, "token_entropies": g.token_entropies,
-            "relevance": rel, "stop_reason": g.stop_reason, "dropped_text": g.dropped_text,
-            "references": list(ex.references), "answerable": ex.answerable,
-        }
-        row["f1"] = max_f1(g.text, ex.references)
-        row["correct"] = f1_correct(g.text, ex.references, cfg.correctness_threshold)
-        row.update(score_row(row))
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-
-    metrics: dict[str, float] = {
-        "n": len(frame), "n_skipped": len(skipped), "accuracy": float(frame["correct"].mean()),
-        "mean_answer_tokens": float(frame["token_ids"].map(len).mean()),
-        "generation_seconds": engine.generation_seconds, "relevance_seconds": relevance_seconds,
+    frame = pd.DataFrame([{
+        "example_id": p.example.id, "question": p.example.question, "context": p.example.context,
+        "prompt": p.text, "prompt_token_ids": p.token_ids, "num_shots": p.num_shots, "answer": g.text,
+        "token_ids": g.token_ids, "token_logprobs": g.token_logprobs, "token_entropies": g.token_entropies,
+        "stop_reason": g.stop_reason, "dropped_text": g.dropped_text,
+        "references": list(p.example.references), "answerable": p.example.answerable,
+    } for p, g in zip(prompts, gens)])
+    t = time.perf_counter()
+    frame, score_seconds = _score(cfg, frame, engine._decode, lm)
+    metrics = pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+    metrics.update({
+        "n_skipped": float(len(skipped)), "generation_seconds": engine.generation_seconds,
+        "scoring_seconds": time.perf_counter() - t, "relevance_seconds": score_seconds,
         "questions_per_second": len(frame) / max(engine.generation_seconds, 1e-9),
         "peak_memory_mb": _peak_memory_mb(lm.device),
-    }
-    for name in REPORTED_SCORES:
-        r = auroc_with_ci(frame["correct"], frame[name], n_resamples=cfg.n_bootstrap, seed=cfg.seed)
-        metrics[f"auroc_{name}"] = r.auroc
-        metrics[f"auroc_{name}_ci_low"] = r.ci_low
-        metrics[f"auroc_{name}_ci_high"] = r.ci_high
+    })
     return frame, metrics, notes
+
+
+def _score(cfg: RunConfig, frame, decode, lm: LoadedModel | None):
+    """Relevance, correctness and scores for a table of generations. Returns (frame, relevance seconds)."""
+    device = "cuda" if lm is not None and lm.device.startswith("cuda") else "cpu"
+    t = time.perf_counter()
+    frame = pipeline.add_relevance(frame, decode, _similarity(cfg.similarity, device))
+    relevance_seconds = time.perf_counter() - t
+    frame = pipeline.add_correctness(frame, make_judge(cfg.correctness, cfg.correctness_threshold, lm=lm))
+    return pipeline.add_scores(frame), relevance_seconds
 
 
 def run_many(configs: Sequence[RunConfig], progress=None) -> list[RunResult]:
@@ -193,3 +197,45 @@ def run_many(configs: Sequence[RunConfig], progress=None) -> list[RunResult]:
         finally:
             unload(lm)
     return results
+
+
+# ---------------------------------------------------------------- rescoring
+
+RESCORE_FIELDS = ("correctness", "correctness_threshold", "similarity", "n_bootstrap", "answerable_only")
+
+
+def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
+    """Recompute relevance, correctness, scores and metrics from a run's stored generations,
+    without generating again; logged as a new run tagged with its source run."""
+    import pandas as pd
+
+    bad = set(overrides) - set(RESCORE_FIELDS)
+    if bad:
+        raise ConfigError(f"rescore can change only {', '.join(RESCORE_FIELDS)}; not {', '.join(sorted(bad))}")
+    source = tracking.get_run(run_id)
+    params = {k: v for k, v in source.data.params.items() if k in RunConfig.__dataclass_fields__}
+    base = RunConfig.from_strings(params)
+    cfg = RunConfig.from_strings({**params, **overrides})
+    frame = tracking.load_frame(run_id)
+    if not cfg.answerable_only and base.answerable_only:
+        raise ConfigError("the source run evaluated answerable questions only; unanswerable ones were never generated")
+    if cfg.answerable_only:
+        frame = frame[frame["answerable"]].reset_index(drop=True)
+    spec = get_model(cfg.model, cfg.model_registry or None)
+    from uqflow.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(spec)
+    tags = {**source.data.tags, SOURCE_RUN_TAG: run_id, "config_hash": cfg.hash()}
+    tags = {k: v for k, v in tags.items() if not k.startswith("mlflow.") and k != tracking.ERROR_TAG}
+    t0 = time.perf_counter()
+    with tracking.tracked_run(f"{cfg.model}__{cfg.dataset}__rescored", tags) as run:
+        tracking.log_params(cfg.to_dict())
+        frame, rel_s = _score(cfg, pd.DataFrame(frame),
+                              lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True), None)
+        metrics = pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+        metrics.update({"relevance_seconds": rel_s, "run_seconds": time.perf_counter() - t0})
+        _log_outputs(cfg, frame, metrics, [f"rescored from run {run_id}"])
+        return RunResult(run.info.run_id, cfg, metrics, frame, [])
+
+
+__all__ = ["RunResult", "UqflowError", "rescore", "run_experiment", "run_many", "select_examples"]

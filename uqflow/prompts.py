@@ -90,6 +90,14 @@ def render(ex: Example, shots: Sequence[Example], tokenizer, instruct: bool, opt
     return build_prompt_text(ex, shots, opts), True
 
 
+def render_text(text: str, tokenizer, instruct: bool, opts: PromptOptions) -> tuple[str, bool]:
+    """A free-standing prompt (e.g. a judge's question) as one user turn for instruct models."""
+    if instruct and opts.chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True), False
+    return text, True
+
+
 @dataclass(frozen=True)
 class Prompt:
     """One rendered prompt and its token ids; ``num_shots`` may be below the configured number

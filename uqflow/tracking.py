@@ -58,9 +58,13 @@ def _record_error(message: str) -> None:
 
 
 def log_params(params: Mapping[str, Any]) -> None:
+    """Log the configuration. Under ``mlflow run`` MLflow Projects has already logged the entry
+    point's parameters as typed on the command line ("50" for 50.0); those are kept as they are."""
     import mlflow
 
-    mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
+    mlflow.log_params({k: ("" if v is None else v) for k, v in params.items() if k not in existing})
 
 
 def log_metrics(metrics: Mapping[str, float]) -> None:
@@ -92,3 +96,36 @@ def tracking_uri() -> str:
     import mlflow
 
     return mlflow.get_tracking_uri()
+
+
+def log_figure(fig, name: str) -> None:
+    import mlflow
+
+    mlflow.log_figure(fig, name)
+
+
+def get_run(run_id: str):
+    """The MLflow run ``run_id``, or a clear error when it does not exist in the tracking store."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from uqflow.errors import UqflowError
+
+    try:
+        return mlflow.get_run(run_id)
+    except MlflowException:
+        raise UqflowError(f"no run {run_id!r} in the tracking store {tracking_uri()}") from None
+
+
+def load_frame(run_id: str, name: str = "generations.parquet"):
+    """A run's per-example table, read back from its artifact."""
+    import mlflow
+    import pandas as pd
+
+    from uqflow.errors import UqflowError
+
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name)
+        return pd.read_parquet(path)
+    except Exception as e:  # missing artifact (MlflowException, OSError) or a damaged Parquet file (ArrowInvalid)
+        raise UqflowError(f"run {run_id}: cannot read its {name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None

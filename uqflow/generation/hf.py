@@ -1,9 +1,12 @@
-"""Batched greedy decoding with Hugging Face transformers.
+"""Batched greedy decoding over a Hugging Face transformers model.
 
-Prompts are sorted by length and decoded in left-padded batches with ``model.generate``; a logits
-processor placed in the loop records, at every step, the raw log-softmax's maximum (the greedy
-token's log-probability), its argmax and the entropy, so no (steps, batch, vocab) tensor is kept.
-A batch ends as soon as every sequence has met a stop sequence or EOS.
+Prompts are sorted by length and decoded in left-padded batches. The decoding loop is written here
+rather than taken from ``model.generate`` because generate keeps every sequence of a batch in the
+forward pass until the last one stops: with brief answers most rows are finished long before the
+longest one, and on a CPU that wasted work dominates. Here a row leaves the batch (and the key/value
+cache) as soon as it meets EOS or a stop sequence, and the batch ends when no row is left. Each
+step takes the raw logits of the last position only, and records the greedy token's log-softmax
+value and the entropy of that distribution; no (steps, batch, vocab) tensor is kept.
 
 Few-shot prompts share a long prefix (instruction and examples). Its key/value cache is computed
 once per call and copied into every batch, so only each question's own tokens are prefilled; the
@@ -28,29 +31,6 @@ from uqflow.prompts import STOP_SEQUENCES
 log = logging.getLogger(__name__)
 
 
-def _recorder_class():
-    import torch
-    from transformers import LogitsProcessor
-
-    class StepRecorder(LogitsProcessor):
-        """Records per-step statistics of the raw logits and returns them unchanged."""
-
-        def __init__(self):
-            self.logp_max: list[torch.Tensor] = []
-            self.argmax: list[torch.Tensor] = []
-            self.entropy: list[torch.Tensor] = []
-
-        def __call__(self, input_ids, scores):
-            logp = torch.log_softmax(scores.float(), dim=-1)  # (B, V), raw: no processor precedes this one
-            top, idx = logp.max(dim=-1)  # (B,)
-            self.logp_max.append(top)
-            self.argmax.append(idx)
-            self.entropy.append(torch.special.entr(logp.exp()).sum(-1))  # entr(0) = 0, so -inf logits are safe
-            return scores
-
-    return StepRecorder
-
-
 def eos_token_ids(lm: LoadedModel) -> set[int]:
     ids = set()
     gen_eos = getattr(lm.model.generation_config, "eos_token_id", None)
@@ -72,28 +52,17 @@ class HFEngine:
 
     def __init__(self, lm: LoadedModel, *, batch_size: int = 0, max_new_tokens: int = 50,
                  stop_sequences: Sequence[str] = STOP_SEQUENCES, share_prefix: bool = True):
-        from transformers import GenerationConfig
-
         self.lm = lm
         self.max_new_tokens = max_new_tokens
         self.stop_sequences = tuple(stop_sequences)
         self.eos_ids = eos_token_ids(lm)
         # 0 = automatic: large batches on GPU (halved on out-of-memory), moderate ones on CPU
-        self.batch_size = batch_size or (64 if lm.device.startswith("cuda") else 16)
-        tok = lm.tokenizer
-        # A clean config: the hub's generation_config.json may carry sampling or penalty settings
-        # that would change the greedy choice; generate() fills unset fields from the model's config.
-        clean = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=sorted(self.eos_ids),
-                                 pad_token_id=tok.pad_token_id)
-        lm.model.generation_config = clean
-        self.gen_config = GenerationConfig(
-            do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, repetition_penalty=1.0,
-            stop_strings=list(self.stop_sequences), eos_token_id=sorted(self.eos_ids),
-            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, return_dict_in_generate=True,
-        )
+        self.batch_size = batch_size or (64 if lm.device.startswith("cuda") else 32)
         self.share_prefix = share_prefix
-        # transformers 5 renamed generate()'s `past_key_values` to `cache`
-        self._cache_kwarg = "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
+        params = inspect.signature(lm.model.forward).parameters
+        # transformers 5 renamed the forward argument `past_key_values` to `cache`
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.generation_seconds = 0.0
 
     def _decode(self, ids: Sequence[int]) -> str:
@@ -168,49 +137,64 @@ class HFEngine:
             model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **{self._cache_kwarg: cache})
         return cache
 
+    def _stopped(self, ids: list[int]) -> bool:
+        return ids[-1] in self.eos_ids or any(stop in self._decode(ids) for stop in self.stop_sequences)
+
     def _generate_batch(self, batch: Sequence[Sequence[int]], prefix: Sequence[int] = (),
                         prefix_cache=None) -> list[Generation]:
         import torch
-        from transformers import LogitsProcessorList
+        from transformers import DynamicCache
 
         tok, model = self.lm.tokenizer, self.lm.model
-        P = len(prefix)
+        P, B = len(prefix), len(batch)
         enc = tok.pad({"input_ids": [list(p[P:]) for p in batch]}, padding=True, return_tensors="pt")
-        input_ids = enc["input_ids"]  # (B, T) question tokens, left-padded
-        attention_mask = enc["attention_mask"]
-        extra = {}
+        feed = enc["input_ids"]  # (B, T) each question's own tokens, left-padded
+        mask = enc["attention_mask"]
         if P:
-            B = len(batch)
-            # (B, P + T): [shared prefix][padding][question]; the prefix comes from the cache
-            input_ids = torch.cat([torch.tensor([list(prefix)] * B), input_ids], 1)
-            attention_mask = torch.cat([torch.ones(B, P, dtype=attention_mask.dtype), attention_mask], 1)
+            # (B, P + T): [shared prefix][padding][question]; the prefix is already in the cache
+            mask = torch.cat([torch.ones(B, P, dtype=mask.dtype), mask], 1)
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(B)
-            extra[self._cache_kwarg] = cache
-        input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
-        rec = _recorder_class()()
+        else:
+            cache = DynamicCache(config=model.config)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P + T) real positions, padding ignored
+        dev = model.device
+        feed, mask, feed_pos = feed.to(dev), mask.to(dev), pos[:, P:].to(dev)
+        live = list(range(B))  # batch row -> original index, for the rows still decoding
+        ids: list[list[int]] = [[] for _ in range(B)]
+        logps: list[list[float]] = [[] for _ in range(B)]
+        ents: list[list[float]] = [[] for _ in range(B)]
         with torch.inference_mode():
-            out = model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, generation_config=self.gen_config,
-                logits_processor=LogitsProcessorList([rec]), tokenizer=tok, **extra,
-            )
-        new = out.sequences[:, input_ids.shape[1] :].cpu()  # (B, S)
-        steps = new.shape[1]
-        logp = torch.stack(rec.logp_max[:steps], 1).cpu().double()  # (B, S)
-        argmax = torch.stack(rec.argmax[:steps], 1).cpu()
-        ent = torch.stack(rec.entropy[:steps], 1).cpu().double()
+            while True:
+                out = model(input_ids=feed, attention_mask=mask, position_ids=feed_pos, use_cache=True,
+                            **{self._cache_kwarg: cache}, **self._last_logits)
+                logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (b, V) raw logits
+                top, nxt = logp.max(dim=-1)  # greedy token and its log-probability, (b,)
+                ent = torch.special.entr(logp.exp()).sum(-1)  # entr(0) = 0: masked logits are safe
+                keep = []
+                for j, (t, lp, h) in enumerate(zip(nxt.tolist(), top.tolist(), ent.tolist())):
+                    row = live[j]
+                    ids[row].append(t)
+                    logps[row].append(lp)
+                    ents[row].append(h)
+                    if len(ids[row]) < self.max_new_tokens and not self._stopped(ids[row]):
+                        keep.append(j)
+                if not keep:
+                    break
+                if len(keep) < len(live):  # finished rows leave the batch and the cache
+                    sel = torch.tensor(keep, device=dev)
+                    cache.batch_select_indices(sel)
+                    mask, feed_pos, nxt = mask[sel], feed_pos[:, -1:][sel], nxt[sel]
+                    live = [live[j] for j in keep]
+                mask = torch.cat([mask, mask.new_ones(len(live), 1)], 1)  # (b, past + 1)
+                feed_pos = feed_pos[:, -1:] + 1
+                feed = nxt[:, None]
         gens = []
         for b, prompt in enumerate(batch):
-            ids = new[b].tolist()
-            n, reason, dropped = align_answer(ids, self._decode, self.eos_ids, self.stop_sequences)
-            # every token up to and including the one that ended the answer was chosen by argmax
-            upto = min(n + 1, steps)
-            if not torch.equal(argmax[b, :upto], new[b, :upto]):
-                raise RuntimeError("generated tokens differ from the argmax of the recorded logits")
-            answer_ids = ids[:n]
+            n, reason, dropped = align_answer(ids[b], self._decode, self.eos_ids, self.stop_sequences)
             gens.append(Generation(
-                prompt_token_ids=list(prompt), token_ids=answer_ids,
-                token_logprobs=logp[b, :n].tolist(), token_entropies=ent[b, :n].tolist(),
-                text=self._decode(answer_ids).strip(), stop_reason=reason, dropped_text=dropped,
+                prompt_token_ids=list(prompt), token_ids=ids[b][:n], token_logprobs=logps[b][:n],
+                token_entropies=ents[b][:n], text=self._decode(ids[b][:n]).strip(), stop_reason=reason,
+                dropped_text=dropped,
             ))
         return gens

@@ -189,6 +189,17 @@ def load_model(spec: ModelSpec, device: str = "auto", backend: str = "hf") -> Lo
     return LoadedModel(spec, model, tokenizer, device)
 
 
+def load_tokenizer(spec: ModelSpec):
+    """The tokenizer alone (for decoding stored token ids without loading weights)."""
+    from transformers import AutoTokenizer
+
+    source = str(ensure_converted(spec)) if spec.bundled else spec.source
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"tokenizer of {spec.name!r} could not be loaded from {source!r}: {str(e).splitlines()[0]}") from None
+
+
 def unload(lm: LoadedModel | None) -> None:
     """Free a model's memory before the next one loads (GPU cache included)."""
     if lm is None:

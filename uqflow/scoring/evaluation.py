@@ -63,3 +63,117 @@ def auroc_with_ci(correct, score, *, n_resamples: int = 1000, confidence: float 
                               method="percentile", vectorized=True, rng=np.random.default_rng(seed))
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return AurocResult(value, lo, hi, int(y.size), int(y.sum()))
+
+
+# ---------------------------------------------------------------- selective prediction
+
+def _by_confidence(correct, score) -> np.ndarray:
+    """Correctness (0/1) ordered from the most confident answer (lowest score) to the least;
+    ties keep their original order (a stable sort), so the curves are deterministic."""
+    c = np.asarray(correct, dtype=np.float64)
+    s = np.asarray(score, dtype=np.float64)
+    keep = np.isfinite(s)
+    c, s = c[keep], s[keep]
+    return c[np.argsort(s, kind="stable")]
+
+
+def rejection_curve(correct, score) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy-rejection curve: (coverage, accuracy of the answers kept) when the most
+    uncertain answers are rejected first. coverage[k] = (k+1)/n keeps the k+1 most confident."""
+    c = _by_confidence(correct, score)
+    k = np.arange(1, c.size + 1)
+    return k / max(c.size, 1), np.cumsum(c) / k
+
+
+def aurac(correct, score) -> float:
+    """Area under the accuracy-rejection curve (mean accuracy over all coverages); NaN if empty."""
+    _, acc = rejection_curve(correct, score)
+    return float(acc.mean()) if acc.size else float("nan")
+
+
+def prr(correct, score) -> float:
+    """Prediction rejection ratio: (AURAC(score) - AURAC(random)) / (AURAC(oracle) - AURAC(random)).
+
+    1 = the score rejects wrong answers as an oracle would, 0 = no better than random; NaN when
+    every answer is right or every answer is wrong (oracle and random coincide)."""
+    c = _by_confidence(correct, score)
+    if c.size == 0 or c.min() == c.max():
+        return float("nan")
+    k = np.arange(1, c.size + 1)
+    ar_score = (np.cumsum(c) / k).mean()
+    ar_oracle = (np.cumsum(np.sort(c)[::-1]) / k).mean()
+    ar_random = c.mean()
+    return float((ar_score - ar_random) / (ar_oracle - ar_random))
+
+
+def accuracy_at_coverage(correct, score, coverage: float) -> float:
+    """Accuracy of the ceil(coverage * n) most confident answers."""
+    c = _by_confidence(correct, score)
+    if c.size == 0:
+        return float("nan")
+    k = max(1, int(np.ceil(coverage * c.size - 1e-9)))
+    return float(c[:k].mean())
+
+
+# ---------------------------------------------------------------- DeLong
+
+@dataclass(frozen=True)
+class DeLongResult:
+    """Paired DeLong test of two AUROCs on the same answers."""
+
+    auroc_a: float
+    auroc_b: float
+    z: float
+    p_value: float
+    se_diff: float
+
+
+def _placements(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components: V10[i] = P(neg < pos_i) + 0.5 P(tie) for each positive,
+    V01[j] = P(pos > neg_j) + 0.5 P(tie) for each negative, through midranks (O(n log n))."""
+    m, n = pos.size, neg.size
+    ranks_all = stats.rankdata(np.concatenate([pos, neg]))
+    ranks_pos = stats.rankdata(pos)
+    ranks_neg = stats.rankdata(neg)
+    v10 = (ranks_all[:m] - ranks_pos) / n
+    v01 = 1.0 - (ranks_all[m:] - ranks_neg) / m
+    return v10, v01
+
+
+def delong_test(correct, score_a, score_b) -> DeLongResult:
+    """DeLong, DeLong & Clarke-Pearson (1988) test that two scores of the same answers have equal
+    AUROC (positive class: incorrect), with the midrank computation of Sun & Xu (2014).
+
+    Written here because neither scipy nor scikit-learn provides it; checked in the tests against
+    the published Hanley & McNeil (1982) rating data and against a direct O(m n) computation.
+    NaN results when AUROC is undefined (one class) or the variance of the difference is zero.
+    """
+    y = ~np.asarray(correct, dtype=bool)
+    a = np.asarray(score_a, dtype=np.float64)
+    b = np.asarray(score_b, dtype=np.float64)
+    keep = np.isfinite(a) & np.isfinite(b)
+    y, a, b = y[keep], a[keep], b[keep]
+    m, n = int(y.sum()), int((~y).sum())
+    if m < 2 or n < 2:
+        nan = float("nan")
+        return DeLongResult(nan, nan, nan, nan, nan)
+    v10a, v01a = _placements(a[y], a[~y])
+    v10b, v01b = _placements(b[y], b[~y])
+    auc = np.array([v10a.mean(), v10b.mean()])
+    s10 = np.cov(np.vstack([v10a, v10b]))  # (2, 2) covariance over positives
+    s01 = np.cov(np.vstack([v01a, v01b]))  # (2, 2) covariance over negatives
+    cov = s10 / m + s01 / n
+    var_diff = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    if var_diff <= 0:
+        return DeLongResult(float(auc[0]), float(auc[1]), float("nan"), float("nan"), 0.0)
+    se = float(np.sqrt(var_diff))
+    z = float((auc[0] - auc[1]) / se)
+    return DeLongResult(float(auc[0]), float(auc[1]), z, float(2 * stats.norm.sf(abs(z))), se)
+
+
+def delong_variance(correct, score) -> float:
+    """DeLong's variance of a single AUROC (positive class: incorrect)."""
+    y = ~np.asarray(correct, dtype=bool)
+    s = np.asarray(score, dtype=np.float64)
+    v10, v01 = _placements(s[y], s[~y])
+    return float(v10.var(ddof=1) / v10.size + v01.var(ddof=1) / v01.size)

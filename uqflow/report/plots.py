@@ -1,0 +1,62 @@
+"""Plot functions: each takes data and returns a matplotlib ``Figure``; callers save or log it.
+
+Figures are built with ``matplotlib.figure.Figure`` directly, so no GUI backend or global pyplot
+state is involved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
+
+from uqflow.scoring.evaluation import rejection_curve
+
+LABELS = {"g_nll": "G-NLL", "ln_g_nll": "LN-G-NLL", "max_nll": "max-token NLL",
+          "mean_entropy": "mean token entropy", "rw_g_nll": "RW-G-NLL"}
+
+
+def _decided(frame):
+    d = frame[frame["correct"].notna()]
+    return d, d["correct"].astype(bool).to_numpy()
+
+
+def roc_figure(frame, scores: Sequence[str], title: str = "") -> Figure:
+    """ROC curves of each score for detecting wrong answers (positive class: incorrect)."""
+    fig = Figure(figsize=(5, 5), layout="constrained")
+    ax = fig.add_subplot()
+    d, correct = _decided(frame)
+    for name in scores:
+        s = d[name].to_numpy(dtype=np.float64)
+        ok = np.isfinite(s)
+        if len(set(correct[ok])) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(~correct[ok], s[ok])
+        auc = np.trapezoid(tpr, fpr)
+        ax.plot(fpr, tpr, label=f"{LABELS.get(name, name)} (AUROC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", label="chance")
+    ax.set(xlabel="false positive rate (right answers flagged)", ylabel="true positive rate (wrong answers flagged)",
+           title=title or "ROC: flagging wrong answers", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def rejection_figure(frame, scores: Sequence[str], title: str = "") -> Figure:
+    """Accuracy of the answers kept as the most uncertain ones are rejected, per score, with the
+    oracle and random baselines."""
+    fig = Figure(figsize=(5, 4), layout="constrained")
+    ax = fig.add_subplot()
+    d, correct = _decided(frame)
+    if correct.size:
+        for name in scores:
+            cov, acc = rejection_curve(correct, d[name].to_numpy(dtype=np.float64))
+            ax.plot(1 - cov, acc, label=LABELS.get(name, name))
+        cov, acc = rejection_curve(correct, (~correct).astype(float))
+        ax.plot(1 - cov, acc, ls="--", c="k", label="oracle")
+        ax.axhline(correct.mean(), ls=":", c="grey", label="random")
+    ax.set(xlabel="rejection rate", ylabel="accuracy of kept answers", title=title or "Accuracy-rejection",
+           xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(fontsize="small")
+    return fig

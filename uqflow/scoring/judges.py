@@ -1,0 +1,236 @@
+"""Correctness judges: is a greedy answer right? Chosen by name with the ``correctness`` setting.
+
+==========  ================================================================  ==================
+name        rule                                                              default threshold
+==========  ================================================================  ==================
+f1          SQuAD token F1 against the best reference >= threshold (study)    0.5
+em          normalised exact match with any reference                         -
+alias       TriviaQA alias match (TriviaQA normalisation, any alias)          -
+rouge_l     ROUGE-L F-measure (rouge-score) against the best reference        0.3
+llm:<name>  a registry model asked whether the answer means the same as a      -
+            reference (fixed prompt below); unclear replies are undecided
+==========  ================================================================  ==================
+
+A verdict is True, False or None (undecided: recorded as such, never silently counted as wrong).
+SQuAD v2 unanswerable questions, when evaluated, are judged by abstention alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from uqflow.errors import ConfigError
+from uqflow.scoring.correctness import exact_match, max_f1, normalize_squad, normalize_triviaqa
+
+DEFAULT_THRESHOLDS = {"f1": 0.5, "rouge_l": 0.3}
+JUDGES = ("f1", "em", "alias", "rouge_l", "llm:<model>")
+
+#: replies that count as declining to answer (after SQuAD normalisation), for unanswerable questions
+ABSTENTIONS = (
+    "", "unanswerable", "no answer", "none", "unknown", "n/a", "na", "not known", "i dont know", "i do not know",
+    "cannot be answered", "cant be answered", "cannot answer", "cannot be determined", "not mentioned",
+    "not stated", "not given", "not specified", "not provided", "no information", "not in passage",
+    "not in context", "passage does not say", "context does not say",
+)
+
+
+def is_abstention(answer: str) -> bool:
+    """True when the answer declines to answer: empty, or one of ABSTENTIONS (normalised), or a
+    sentence stating that the passage/context does not say."""
+    a = normalize_squad(answer)
+    if a in ABSTENTIONS:
+        return True
+    return bool(re.search(r"\b(passage|context|text) (does not|doesnt) (say|mention|state|specify)\b", a)
+                or re.search(r"\b(not|cannot) (be )?(answered|determined) from\b", a))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judge's decision: ``correct`` is None when undecided; ``score`` is the graded value
+    (F1, ROUGE-L) where the judge has one, else NaN."""
+
+    correct: bool | None
+    score: float = float("nan")
+    raw: str = ""
+
+
+def rouge_l(prediction: str, references: Sequence[str]) -> float:
+    """Best ROUGE-L F-measure of the answer against any reference (rouge-score, stemming on)."""
+    from rouge_score import rouge_scorer
+
+    scorer = _rouge_scorer()
+    return max((scorer.score(r, prediction)["rougeL"].fmeasure for r in references), default=0.0)
+
+
+_SCORER = None
+
+
+def _rouge_scorer():
+    global _SCORER
+    if _SCORER is None:
+        from rouge_score import rouge_scorer
+
+        _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return _SCORER
+
+
+class Judge:
+    """Base: ``judge_many`` judges (question, answer, references) triples."""
+
+    name = "judge"
+
+    def judge(self, question: str, answer: str, references: Sequence[str]) -> Verdict:
+        raise NotImplementedError
+
+    def judge_many(self, items: Sequence[tuple[str, str, Sequence[str]]]) -> list[Verdict]:
+        return [self.judge(*it) for it in items]
+
+
+class RuleJudge(Judge):
+    """A judge computed from the strings alone."""
+
+    def __init__(self, name: str, fn: Callable[[str, Sequence[str]], float], threshold: float | None):
+        self.name, self.fn, self.threshold = name, fn, threshold
+
+    def judge(self, question, answer, references):
+        value = float(self.fn(answer, references))
+        if self.threshold is None:
+            return Verdict(value >= 1.0, float("nan"))
+        return Verdict(value >= self.threshold, value)
+
+
+def alias_match(answer: str, references: Sequence[str]) -> float:
+    """1.0 if the TriviaQA-normalised answer equals any normalised alias."""
+    a = normalize_triviaqa(answer)
+    return float(any(a == normalize_triviaqa(r) for r in references))
+
+
+# ---------------------------------------------------------------- LLM judge
+
+JUDGE_PROMPT_VERSION = "1"
+JUDGE_PROMPT = (
+    "We are assessing the quality of answers to the following question: {question}\n"
+    "The following are expected answers to this question: {references}.\n"
+    "The proposed answer is: {answer}\n"
+    "Within the context of the question, does the proposed answer mean the same as any of the expected "
+    "answers? Respond only with yes or no.\n"
+    "Response:"
+)
+
+
+def parse_yes_no(reply: str) -> bool | None:
+    """'yes' -> True, 'no' -> False, judged on the first word (punctuation and case ignored), else
+    on the first line if exactly one of the two words occurs in it; anything else -> None."""
+    text = reply.strip().lower()
+    words = re.findall(r"[a-z]+", text)
+    if words and words[0] in ("yes", "no"):
+        return words[0] == "yes"
+    first = text.splitlines()[0] if text else ""
+    has_yes, has_no = bool(re.search(r"\byes\b", first)), bool(re.search(r"\bno\b", first))
+    if has_yes != has_no:
+        return has_yes
+    return None
+
+
+class JudgmentCache:
+    """SQLite cache of LLM judgments keyed by judge, prompt version, question, answer and references."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), timeout=30)
+        self.db.execute("CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, judge TEXT, reply TEXT)")
+
+    @staticmethod
+    def key(judge: str, question: str, answer: str, references: Sequence[str]) -> str:
+        blob = json.dumps([judge, JUDGE_PROMPT_VERSION, question, answer, list(references)])
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def get(self, key: str) -> str | None:
+        row = self.db.execute("SELECT reply FROM judgments WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def put(self, key: str, judge: str, reply: str) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO judgments VALUES (?, ?, ?)", (key, judge, reply))
+
+
+class LLMJudge(Judge):
+    """A registry model asked JUDGE_PROMPT, greedily; replies parsed by :func:`parse_yes_no`."""
+
+    def __init__(self, model_name: str, lm=None, device: str = "auto", cache_path: Path | None = None):
+        from uqflow.models import get_model, load_model
+        from uqflow.models.loading import cache_root
+
+        self.name = f"llm:{model_name}"
+        self.spec = get_model(model_name)
+        self._lm = lm
+        self._device = device
+        self._load = load_model
+        self.cache = JudgmentCache(cache_path or cache_root() / "judgments.sqlite")
+
+    def _engine(self):
+        from uqflow.generation.hf import HFEngine
+
+        if self._lm is None:
+            self._lm = self._load(self.spec, self._device)
+        return HFEngine(self._lm, max_new_tokens=8, stop_sequences=("\n",))
+
+    def prompt_ids(self, question, answer, references) -> list[int]:
+        from uqflow.prompts import PromptOptions, render_text
+
+        text = JUDGE_PROMPT.format(question=question, answer=answer, references="; ".join(references))
+        rendered, special = render_text(text, self._lm.tokenizer, self.spec.instruct, PromptOptions())
+        return list(self._lm.tokenizer(rendered, add_special_tokens=special)["input_ids"])
+
+    def judge_many(self, items):
+        keys = [JudgmentCache.key(self.name, q, a, refs) for q, a, refs in items]
+        replies = [self.cache.get(k) for k in keys]
+        todo = [i for i, r in enumerate(replies) if r is None]
+        if todo:
+            engine = self._engine()
+            gens = engine.generate([self.prompt_ids(*items[i]) for i in todo])
+            for i, g in zip(todo, gens):
+                replies[i] = g.text
+                self.cache.put(keys[i], self.name, g.text)
+        return [Verdict(parse_yes_no(r), float("nan"), r) for r in replies]
+
+
+def make_judge(name: str, threshold: float = 0.0, lm=None) -> Judge:
+    """The judge called ``name``; ``threshold`` 0 means the judge's default. ``lm`` lets an LLM
+    judge reuse an already loaded model of the same name."""
+    thr = threshold or DEFAULT_THRESHOLDS.get(name)
+    if name == "f1":
+        return RuleJudge("f1", max_f1, thr)
+    if name == "em":
+        return RuleJudge("em", exact_match, None)
+    if name == "alias":
+        return RuleJudge("alias", alias_match, None)
+    if name == "rouge_l":
+        return RuleJudge("rouge_l", rouge_l, thr)
+    if name.startswith("llm:") and len(name) > 4:
+        model = name[4:]
+        reuse = lm if lm is not None and lm.spec.name == model and lm.backend == "hf" else None
+        return LLMJudge(model, lm=reuse)
+    raise ConfigError(f"unknown correctness judge {name!r}. Known: {', '.join(JUDGES)}")
+
+
+def judge_examples(judge: Judge, questions: Sequence[str], answers: Sequence[str],
+                   references: Sequence[Sequence[str]], answerable: Sequence[bool]) -> list[Verdict]:
+    """Verdicts for a run's answers: answerable questions by the judge, unanswerable ones
+    (SQuAD v2) by whether the model abstained."""
+    verdicts: list[Verdict | None] = [None] * len(answers)
+    todo = []
+    for i, (a, ok) in enumerate(zip(answers, answerable)):
+        if not ok:
+            verdicts[i] = Verdict(is_abstention(a), float("nan"), "abstention" if is_abstention(a) else "answered")
+        else:
+            todo.append(i)
+    for i, v in zip(todo, judge.judge_many([(questions[i], answers[i], references[i]) for i in todo])):
+        verdicts[i] = v
+    return verdicts  # type: ignore[return-value]
