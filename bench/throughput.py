@@ -71,6 +71,8 @@ def main() -> None:
         result = run_experiment(cfg)
         t_run = time.perf_counter() - t
     gen_s = result.metrics["generation_seconds"]
+    rel_s = result.metrics["relevance_seconds"]
+    score_s = result.metrics["scoring_seconds"]
 
     print(f"model {spec.name} on {lm.device}, dataset {args.dataset}, {n} questions, "
           f"max_new_tokens {cfg.max_new_tokens}, batch size {engine.batch_size}")
@@ -80,6 +82,8 @@ def main() -> None:
     print(f"identical answers       : {same}/{n}")
     print(f"whole uqflow run        : {t_run:.1f} s, generation {gen_s:.1f} s, "
           f"outside generation {100 * (t_run - gen_s) / t_run:.1f}%")
+    print(f"  of which relevance (TokenSAR) {rel_s:.1f} s, other scoring {score_s - rel_s:.1f} s, "
+          f"load + logging {t_run - gen_s - score_s:.1f} s")
 
 
 if __name__ == "__main__":

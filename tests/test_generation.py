@@ -90,3 +90,25 @@ def test_sliding_window_model_shares_no_prefix_past_its_window(gemma):
     assert engine._sliding_window() == 512
     assert engine._shared_prefix(_prompts(gemma, "squad_mini", 4)) == []  # passages exceed the window
     assert len(engine._shared_prefix(_prompts(gemma, "trivia_mini", 4))) > 50
+
+
+@pytest.mark.slow
+def test_engine_agrees_with_transformers_generate(smollm):
+    """An independent oracle: model.generate's greedy tokens and compute_transition_scores."""
+    import torch
+
+    from uqflow.generation.hf import HFEngine
+
+    ids = _prompts(smollm, "trivia_mini", 6)
+    gens = HFEngine(smollm, batch_size=6, max_new_tokens=10).generate(ids)
+    model = smollm.model
+    for prompt, g in zip(ids, gens):
+        x = torch.tensor([prompt])
+        with torch.inference_mode():
+            out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=len(g.token_ids) or 1,
+                                 return_dict_in_generate=True, output_logits=True, pad_token_id=smollm.tokenizer.pad_token_id)
+        new = out.sequences[0, len(prompt):].tolist()
+        assert new[: len(g.token_ids)] == g.token_ids
+        if g.token_ids:
+            lp = torch.stack([torch.log_softmax(step[0].float(), -1)[t] for step, t in zip(out.logits, g.token_ids)])
+            assert lp.tolist() == pytest.approx(g.token_logprobs, abs=1e-4)

@@ -56,8 +56,10 @@ class HFEngine:
         self.max_new_tokens = max_new_tokens
         self.stop_sequences = tuple(stop_sequences)
         self.eos_ids = eos_token_ids(lm)
-        # 0 = automatic: large batches on GPU (halved on out-of-memory), moderate ones on CPU
-        self.batch_size = batch_size or (64 if lm.device.startswith("cuda") else 32)
+        # 0 = automatic: 64 rows decode together on a GPU (halved on out-of-memory), 128 on a CPU,
+        # where larger matrix products pay off most; prompts are prefilled 16 at a time
+        self.batch_size = batch_size or (64 if lm.device.startswith("cuda") else 128)
+        self.prefill_chunk = 16
         self.share_prefix = share_prefix
         params = inspect.signature(lm.model.forward).parameters
         # transformers 5 renamed the forward argument `past_key_values` to `cache`
@@ -140,35 +142,75 @@ class HFEngine:
     def _stopped(self, ids: list[int]) -> bool:
         return ids[-1] in self.eos_ids or any(stop in self._decode(ids) for stop in self.stop_sequences)
 
-    def _generate_batch(self, batch: Sequence[Sequence[int]], prefix: Sequence[int] = (),
-                        prefix_cache=None) -> list[Generation]:
+    def _mergeable(self, cache) -> bool:
+        """Whether chunk caches can be padded and stacked: plain dynamic layers only (sliding-window
+        layers crop and count their own length)."""
+        from transformers.cache_utils import DynamicLayer
+
+        layers = getattr(cache, "layers", None)
+        return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+    def _prefill(self, batch: Sequence[Sequence[int]], prefix: Sequence[int], prefix_cache):
+        """Prefill ``batch`` (sorted by length) in chunks, each padded only to its own longest
+        prompt, then stack the chunks into one decoding batch by left-padding their caches.
+        Returns (last-position logits (B, V), cache, attention mask (B, S), last positions (B, 1))."""
         import torch
+        import torch.nn.functional as F
         from transformers import DynamicCache
 
         tok, model = self.lm.tokenizer, self.lm.model
-        P, B = len(prefix), len(batch)
-        enc = tok.pad({"input_ids": [list(p[P:]) for p in batch]}, padding=True, return_tensors="pt")
-        feed = enc["input_ids"]  # (B, T) each question's own tokens, left-padded
-        mask = enc["attention_mask"]
-        if P:
-            # (B, P + T): [shared prefix][padding][question]; the prefix is already in the cache
-            mask = torch.cat([torch.ones(B, P, dtype=mask.dtype), mask], 1)
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(B)
-        else:
-            cache = DynamicCache(config=model.config)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P + T) real positions, padding ignored
+        dev, P = model.device, len(prefix)
+        parts = []
+        for start in range(0, len(batch), self.prefill_chunk):
+            chunk = batch[start : start + self.prefill_chunk]
+            b = len(chunk)
+            enc = tok.pad({"input_ids": [list(p[P:]) for p in chunk]}, padding=True, return_tensors="pt")
+            feed, mask = enc["input_ids"], enc["attention_mask"]  # (b, T) own tokens, left-padded
+            if P:
+                # (b, P + T): [shared prefix][padding][question]; the prefix is already in the cache
+                mask = torch.cat([torch.ones(b, P, dtype=mask.dtype), mask], 1)
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(b)
+            else:
+                cache = DynamicCache(config=model.config)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)  # real positions, padding ignored
+            mask = mask.to(dev)
+            out = model(input_ids=feed.to(dev), attention_mask=mask, position_ids=pos[:, P:].to(dev),
+                        use_cache=True, **{self._cache_kwarg: cache}, **self._last_logits)
+            parts.append((out.logits[:, -1, :].float(), cache, mask, pos[:, -1:].to(dev)))
+        if len(parts) == 1:
+            return parts[0]
+        S = max(m.shape[1] for _, _, m, _ in parts)
+        merged = parts[0][1]
+        for i, layer in enumerate(merged.layers):
+            # (b, heads, S, head_dim): earlier padding slots are masked out like any other padding
+            layer.keys = torch.cat([F.pad(c.layers[i].keys, (0, 0, S - m.shape[1], 0)) for _, c, m, _ in parts])
+            layer.values = torch.cat([F.pad(c.layers[i].values, (0, 0, S - m.shape[1], 0)) for _, c, m, _ in parts])
+        mask = torch.cat([F.pad(m, (S - m.shape[1], 0)) for _, _, m, _ in parts])
+        return (torch.cat([lg for lg, _, _, _ in parts]), merged, mask, torch.cat([p for _, _, _, p in parts]))
+
+    def _generate_batch(self, batch: Sequence[Sequence[int]], prefix: Sequence[int] = (),
+                        prefix_cache=None) -> list[Generation]:
+        import torch
+
+        model = self.lm.model
+        B = len(batch)
+        probe = prefix_cache
+        if probe is None:
+            from transformers import DynamicCache
+
+            probe = DynamicCache(config=model.config)
+        if not self._mergeable(probe) or self._sliding_window() is not None:
+            self.prefill_chunk = B
         dev = model.device
-        feed, mask, feed_pos = feed.to(dev), mask.to(dev), pos[:, P:].to(dev)
         live = list(range(B))  # batch row -> original index, for the rows still decoding
         ids: list[list[int]] = [[] for _ in range(B)]
         logps: list[list[float]] = [[] for _ in range(B)]
         ents: list[list[float]] = [[] for _ in range(B)]
         with torch.inference_mode():
+            logits, cache, mask, last_pos = self._prefill(batch, prefix, prefix_cache)
             while True:
-                out = model(input_ids=feed, attention_mask=mask, position_ids=feed_pos, use_cache=True,
-                            **{self._cache_kwarg: cache}, **self._last_logits)
-                logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (b, V) raw logits
+                logp = torch.log_softmax(logits, dim=-1)  # (b, V) from the raw logits
                 top, nxt = logp.max(dim=-1)  # greedy token and its log-probability, (b,)
                 ent = torch.special.entr(logp.exp()).sum(-1)  # entr(0) = 0: masked logits are safe
                 keep = []
@@ -184,11 +226,13 @@ class HFEngine:
                 if len(keep) < len(live):  # finished rows leave the batch and the cache
                     sel = torch.tensor(keep, device=dev)
                     cache.batch_select_indices(sel)
-                    mask, feed_pos, nxt = mask[sel], feed_pos[:, -1:][sel], nxt[sel]
+                    mask, last_pos, nxt = mask[sel], last_pos[sel], nxt[sel]
                     live = [live[j] for j in keep]
                 mask = torch.cat([mask, mask.new_ones(len(live), 1)], 1)  # (b, past + 1)
-                feed_pos = feed_pos[:, -1:] + 1
-                feed = nxt[:, None]
+                last_pos = last_pos + 1
+                out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, use_cache=True,
+                            **{self._cache_kwarg: cache}, **self._last_logits)
+                logits = out.logits[:, -1, :].float()
         gens = []
         for b, prompt in enumerate(batch):
             n, reason, dropped = align_answer(ids[b], self._decode, self.eos_ids, self.stop_sequences)
