@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/uqflow demo
+	$(BIN)/uqflow grid grids/cpu_demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

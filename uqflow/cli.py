@@ -96,7 +96,8 @@ def _where_to_look() -> None:
 @click.option("--backend", default=None, help="Generation engine: hf or vllm.")
 @click.option("--correctness", default=None, help="Correctness judge: f1 (default), em, alias, rouge_l, llm:<model>.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other config field; repeatable.")
-def run(model, dataset, num_samples, batch_size, backend, correctness, sets) -> None:
+@click.option("--parent-run-id", default=None, hidden=True, help="Nest the run under this MLflow run (grid --isolate).")
+def run(model, dataset, num_samples, batch_size, backend, correctness, sets, parent_run_id) -> None:
     """Run one model x dataset experiment and log it to MLflow.
 
     Example: uqflow run --model Gemma-3-270M --dataset squad_mini --num-samples 50
@@ -112,13 +113,67 @@ def run(model, dataset, num_samples, batch_size, backend, correctness, sets) -> 
     cfg = RunConfig.from_strings(values)
     bar, update = _progress_bar(f"{cfg.model} x {cfg.dataset}")
     try:
-        result = run_experiment(cfg, progress=update)
+        result = run_experiment(cfg, progress=update, parent_run_id=parent_run_id)
     finally:
         bar.close()
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     _print_results([result])
     _where_to_look()
+
+
+@cli.command()
+@click.argument("grid_file", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting for every cell; repeatable.")
+@click.option("--isolate", is_flag=True, help="Run each cell in its own process.")
+@click.option("--dry-run", is_flag=True, help="List the cells and their state; run nothing.")
+def grid(grid_file, sets, isolate, dry_run) -> None:
+    """Run every model x dataset cell of a grid file, skipping cells already done.
+
+    Interrupted grids resume where they stopped when run again. The exit code is non-zero if any
+    cell failed.
+
+    Example: uqflow grid grids/cpu_demo.yaml --set num_samples=20
+    """
+    from rich.console import Console
+    from rich.table import Table
+    from tqdm import tqdm
+
+    from uqflow.grid import cell_states, load_grid, run_grid
+
+    g = load_grid(grid_file)
+    overrides = _parse_sets(sets)
+    if dry_run:
+        states = cell_states(g.cells(overrides))
+    else:
+        cells_bar = tqdm(total=len(g.models) * len(g.datasets), desc=f"grid {g.name}", unit="cell", disable=None)
+        q_bar, q_update = _progress_bar("questions")
+
+        def on_cell(i, n, s):
+            cells_bar.update(1)
+            verb = {"done": "already done", "finished": "finished", "error": "FAILED"}[s.state]
+            secs = f" in {s.metrics['cell_seconds']:.0f} s" if s.state == "finished" else ""
+            tqdm.write(f"[{i}/{n}] {s.config.model} x {s.config.dataset}: {verb}{secs}"
+                       + (f" ({s.error})" if s.error else ""), file=sys.stderr)
+
+        try:
+            states = run_grid(g, overrides, isolate=isolate, on_cell=on_cell, progress=q_update)
+        finally:
+            cells_bar.close()
+            q_bar.close()
+    table = Table(title=f"grid {g.name}")
+    for col in ("model", "dataset", "state", "run id", "accuracy", "AUROC G-NLL", "AUROC RW-G-NLL"):
+        table.add_column(col)
+    for s in states:
+        m = s.metrics
+        f = lambda k: "" if k not in m or m[k] != m[k] else f"{m[k]:.3f}"  # noqa: E731
+        table.add_row(s.config.model, s.config.dataset, s.state, s.run_id, f("accuracy"), f("auroc_g_nll"),
+                      f("auroc_rw_g_nll"))
+    Console(width=200).print(table)
+    _where_to_look()
+    failed = [s for s in states if s.state in ("error", "failed")]
+    if failed and not dry_run:
+        raise click.ClickException(f"{len(failed)} of {len(states)} cells failed; rerun the same command to retry them")
 
 
 @cli.command()
@@ -142,27 +197,6 @@ def rescore(run_id, correctness, similarity, sets) -> None:
     result = rescore_run(run_id, values)
     _print_results([result])
     click.echo(f"Rescored run {result.run_id} from source run {run_id}.")
-    _where_to_look()
-
-
-@cli.command()
-@click.option("--num-samples", default="100", show_default=True, help="Questions per run.")
-def demo(num_samples) -> None:
-    """Run both bundled models on both bundled datasets, offline, and show where to look.
-
-    Example: uqflow demo --num-samples 20
-    """
-    from uqflow.config import RunConfig
-    from uqflow.experiment import run_many
-
-    configs = [RunConfig.from_strings({"model": m, "dataset": d, "num_samples": num_samples})
-               for m in ("SmolLM2-135M-Instruct", "Gemma-3-270M") for d in ("trivia_mini", "squad_mini")]
-    bar, update = _progress_bar("demo")
-    try:
-        results = run_many(configs, progress=update)
-    finally:
-        bar.close()
-    _print_results(results)
     _where_to_look()
 
 

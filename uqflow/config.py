@@ -83,10 +83,16 @@ NON_RESULT_FIELDS = {"batch_size", "device", "backend"}
 CORRECTNESS = ("f1", "em", "alias", "rouge_l")
 
 
+_PY_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
 def _coerce(key: str, typ: Any, raw: Any) -> Any:
-    if not isinstance(raw, str):
-        return raw
     name = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    if not isinstance(raw, str):  # from YAML: already typed, so only checked
+        ok = isinstance(raw, _PY_TYPES.get(name, (object,))) and not (name != "bool" and isinstance(raw, bool))
+        if not ok:
+            raise ConfigError(f"{key} must be of type {name}, got {raw!r}")
+        return float(raw) if name == "float" else raw
     try:
         if name == "int":
             f = float(raw)  # MLflow passes numbers it was given as floats ("50.0")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import platform
 import random
 import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from uqflow import tracking
@@ -108,24 +110,40 @@ def _log_outputs(cfg: RunConfig, frame, metrics: dict[str, float], notes: Sequen
         tracking.log_text("\n".join(notes) + "\n", "notes.txt")
 
 
-def run_experiment(cfg: RunConfig, lm: LoadedModel | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> RunResult:
-    """Run ``cfg`` and log it to MLflow. Pass ``lm`` to reuse an already loaded model."""
+def run_experiment(cfg: RunConfig, lm: LoadedModel | Callable[[], LoadedModel] | None = None,
+                   progress: Callable[[int, int], None] | None = None, *, parent_run_id: str | None = None,
+                   artifact_log: str | os.PathLike | None = None) -> RunResult:
+    """Run ``cfg`` and log it to MLflow.
+
+    ``lm`` reuses a loaded model, or is a function that returns one, called inside the run so that
+    a failure to load is recorded on it. ``artifact_log`` names a log file that is stored with the
+    run as ``cell.log``, whether the run succeeds or fails.
+    """
     spec, ds = resolve(cfg)
     examples, notes = select_examples(ds, cfg)
     for n in notes:
         log.warning(n)
     t0 = time.perf_counter()
-    with tracking.tracked_run(f"{cfg.model}__{cfg.dataset}", run_tags(cfg, spec, ds)) as run:
-        tracking.log_params(cfg.to_dict())
+    tags = run_tags(cfg, spec, ds)
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    with tracking.tracked_run(f"{cfg.model}__{cfg.dataset}", tags) as run:
         own = lm is None
-        if own:
-            lm = load_model(spec, cfg.device, cfg.backend)
         try:
-            frame, metrics, skip_notes = _evaluate(cfg, lm, ds, examples, progress)
-        finally:
+            tracking.log_params(cfg.to_dict())
+            log.info("run %s: %s x %s, %d questions", run.info.run_id, cfg.model, cfg.dataset, len(examples))
             if own:
-                unload(lm)
+                lm = load_model(spec, cfg.device, cfg.backend)
+            elif callable(lm):
+                lm = lm()
+            try:
+                frame, metrics, skip_notes = _evaluate(cfg, lm, ds, examples, progress)
+            finally:
+                if own:
+                    unload(lm)
+        finally:
+            if artifact_log is not None and Path(artifact_log).exists():
+                tracking.log_text(Path(artifact_log).read_text(encoding="utf-8", errors="replace"), "cell.log")
         notes += skip_notes
         metrics["run_seconds"] = time.perf_counter() - t0
         _log_outputs(cfg, frame, metrics, notes)
@@ -181,24 +199,6 @@ def _score(cfg: RunConfig, frame, decode, lm: LoadedModel | None):
     return pipeline.add_scores(frame), relevance_seconds
 
 
-def run_many(configs: Sequence[RunConfig], progress=None) -> list[RunResult]:
-    """Run several configurations in one process, loading each model once for all its datasets and
-    freeing it before the next."""
-    specs = [resolve(cfg)[0] for cfg in configs]  # fail on any bad name before the first run starts
-    results = []
-    by_model: dict[tuple[ModelSpec, str, str], list[RunConfig]] = {}
-    for spec, cfg in zip(specs, configs):
-        by_model.setdefault((spec, cfg.device, cfg.backend), []).append(cfg)
-    for (spec, device, backend), cfgs in by_model.items():
-        lm = load_model(spec, device, backend)
-        try:
-            for cfg in cfgs:
-                results.append(run_experiment(cfg, lm=lm, progress=progress))
-        finally:
-            unload(lm)
-    return results
-
-
 # ---------------------------------------------------------------- rescoring
 
 RESCORE_FIELDS = ("correctness", "correctness_threshold", "similarity", "n_bootstrap", "answerable_only")
@@ -238,4 +238,4 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
         return RunResult(run.info.run_id, cfg, metrics, frame, [])
 
 
-__all__ = ["RunResult", "UqflowError", "rescore", "run_experiment", "run_many", "select_examples"]
+__all__ = ["RunResult", "UqflowError", "rescore", "run_experiment", "select_examples"]

@@ -30,7 +30,9 @@ def tracked_run(run_name: str, tags: Mapping[str, Any]) -> Iterator[Any]:
     """
     import mlflow
 
-    if os.environ.get("MLFLOW_RUN_ID"):
+    if mlflow.active_run() is not None:  # a cell of a grid: a child of the grid's run
+        run = mlflow.start_run(run_name=run_name, nested=True)
+    elif os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: the run MLflow Projects created
         run = mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
     else:
         mlflow.set_experiment(experiment_name())
@@ -129,3 +131,17 @@ def load_frame(run_id: str, name: str = "generations.parquet"):
         return pd.read_parquet(path)
     except Exception as e:  # missing artifact (MlflowException, OSError) or a damaged Parquet file (ArrowInvalid)
         raise UqflowError(f"run {run_id}: cannot read its {name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def search_runs(experiment_id: str, filter_string: str = "") -> list:
+    """Every run of an experiment matching ``filter_string``, all pages."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    out, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out

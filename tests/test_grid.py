@@ -1,0 +1,132 @@
+"""Grids: files, resumption after SIGKILL, failing cells, dry runs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+
+from uqflow.cli import cli
+from uqflow.errors import ConfigError
+from uqflow.grid import cell_states, load_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["multi_family", "small", "large", "validation", "cpu_demo"])
+def test_shipped_grids_load(name):
+    g = load_grid(ROOT / "grids" / f"{name}.yaml")
+    cells = g.cells()
+    assert len(cells) == len(g.models) * len(g.datasets)
+    if name == "multi_family":
+        assert len(cells) == 12 and {c.num_samples for c in cells} == {400}
+        assert all(c.instruction_per_block and c.max_new_tokens == 150 for c in cells)
+        assert set(g.models) == set(load_grid(ROOT / "grids/small.yaml").models) | set(load_grid(ROOT / "grids/large.yaml").models)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("models: [SmolLM2-135M-Instruct]\n", "datasets must be a non-empty list"),
+    ("models: []\ndatasets: [trivia_mini]\n", "models must be a non-empty list"),
+    ("models: [a]\ndatasets: [b]\ncolour: red\n", "unknown key(s) colour"),
+    ("models: [a]\ndatasets: [b]\nsettings: {num_samples: many}\n", "num_samples must be a whole number"),
+    ("models: [a]\ndatasets: [b]\nsettings: {num_samples: [1]}\n", "num_samples must be of type int"),
+    ("models: [a]\ndatasets: [b]\nsettings: {num_samples: -3}\n", "num_samples must be at least 1"),
+    ("models: [a]\ndatasets: [b]\nsettings: {temperature: 1}\n", "unknown setting 'temperature'"),
+    ("models: [a]\ndatasets: [b]\nsettings: {model: x}\n", "settings.model is set by the grid"),
+    ("- just a list\n", "expected a mapping"),
+    ("models: [a\n", "not valid YAML"),
+    ("!!python/object/apply:os.system ['true']\n", "not valid YAML"),
+])
+def test_bad_grid_files(tmp_path, text, message):
+    f = tmp_path / "g.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_grid(f)
+    assert message in str(err.value)
+
+
+def test_grid_cli_errors(tracking, tmp_path):
+    res = CliRunner().invoke(cli, ["grid", str(tmp_path / "none.yaml")])
+    assert res.exit_code == 1 and "does not exist" in res.output and "Traceback" not in res.output
+    f = tmp_path / "g.yaml"
+    f.write_text("models: [Smol]\ndatasets: [trivia_mini]\n")
+    res = CliRunner().invoke(cli, ["grid", str(f)])
+    assert res.exit_code == 1 and "unknown model 'Smol'" in res.output
+    assert mlflow.search_experiments(filter_string="name = 'uqflow'") == []  # nothing started
+
+
+def _grid_file(tmp_path, models, datasets, **settings):
+    f = tmp_path / "grid.yaml"
+    lines = [f"name: t", f"models: [{', '.join(models)}]", f"datasets: [{', '.join(datasets)}]", "settings:"]
+    lines += [f"  {k}: {v}" for k, v in settings.items()]
+    f.write_text("\n".join(lines) + "\n")
+    return f
+
+
+def _runs():
+    return mlflow.search_runs(experiment_names=["uqflow"], filter_string="tags.config_hash != ''") \
+        if mlflow.get_experiment_by_name("uqflow") else None
+
+
+@pytest.mark.slow
+def test_sigkill_during_second_cell_then_resume(tracking, tmp_path, venv_env):
+    """kill -9 in the middle of cell 2; the same command then completes the rest, no duplicates."""
+    f = _grid_file(tmp_path, ["SmolLM2-135M-Instruct"], ["trivia_mini", "squad_mini"], num_samples=40, max_new_tokens=24, n_bootstrap=50)
+    cmd = [sys.executable, "-m", "uqflow", "grid", str(f)]
+    proc = subprocess.Popen(cmd, env=venv_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    killed_run = None
+    while time.time() < deadline and proc.poll() is None:
+        runs = _runs()
+        if runs is not None and len(runs):
+            second = runs[(runs["tags.mlflow.runName"] == "SmolLM2-135M-Instruct__squad_mini")
+                          & (runs["status"] == "RUNNING")]
+            if len(second):
+                killed_run = second["run_id"].iloc[0]
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        time.sleep(0.2)
+    proc.wait(timeout=30)
+    assert killed_run is not None, "the grid finished before its second cell could be killed"
+    runs = _runs()
+    assert (runs["status"] == "FINISHED").sum() == 1  # the first cell only
+
+    out = subprocess.run(cmd, env=venv_env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "already done" in out.stderr
+    runs = _runs()
+    finished = runs[runs["status"] == "FINISHED"]
+    assert sorted(finished["tags.mlflow.runName"]) == ["SmolLM2-135M-Instruct__squad_mini",
+                                                       "SmolLM2-135M-Instruct__trivia_mini"]
+    assert mlflow.get_run(killed_run).info.status == "KILLED"  # the abandoned run is closed, not left RUNNING
+    # a third invocation has nothing to do
+    cells = load_grid(f).cells()
+    assert [s.state for s in cell_states(cells)] == ["done", "done"]
+
+
+@pytest.mark.slow
+def test_failing_cell_is_recorded_and_the_grid_goes_on(tracking, tmp_path, monkeypatch):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    reg = tmp_path / "models.yaml"
+    reg.write_text(f"models:\n  - {{name: Broken, source: '{broken}', family: X, size_b: 1, instruct: false}}\n")
+    monkeypatch.setenv("UQFLOW_MODEL_REGISTRY", str(reg))
+    f = _grid_file(tmp_path, ["Broken", "SmolLM2-135M-Instruct"], ["trivia_mini"], num_samples=4,
+                   max_new_tokens=8, n_bootstrap=20)
+    res = CliRunner().invoke(cli, ["grid", str(f)])
+    assert res.exit_code == 1 and "1 of 2 cells failed" in res.output
+    runs = _runs()
+    by_model = dict(zip(runs["tags.model"], runs["status"]))
+    assert by_model == {"Broken": "FAILED", "SmolLM2-135M-Instruct": "FINISHED"}
+    failed = runs[runs["tags.model"] == "Broken"].iloc[0]
+    assert "could not be loaded" in failed["tags.uqflow.error"]
+    arts = [a.path for a in mlflow.MlflowClient().list_artifacts(failed["run_id"])]
+    assert "cell.log" in arts
+    dry = CliRunner().invoke(cli, ["grid", str(f), "--dry-run"])
+    assert dry.exit_code == 0 and "failed" in dry.output and "done" in dry.output

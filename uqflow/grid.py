@@ -1,0 +1,231 @@
+"""A study as one resumable command: every model x dataset cell of a grid file.
+
+One parent MLflow run per invocation, one child run per cell. A cell whose configuration hash
+already has a FINISHED run in the experiment is skipped, so after any interruption (even
+``kill -9``) the same command completes what is left without duplicating anything. A failing cell
+ends FAILED with its error and the grid goes on. Cells run in one process, each model loaded once
+for all its datasets and freed before the next; ``isolate`` runs each cell in its own process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from uqflow import tracking
+from uqflow.config import RunConfig
+from uqflow.errors import ConfigError, UqflowError
+
+log = logging.getLogger(__name__)
+
+GRID_TAG = "uqflow.grid"
+_KEYS = {"name", "description", "models", "datasets", "settings"}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A grid file: models x datasets with shared settings."""
+
+    name: str
+    models: tuple[str, ...]
+    datasets: tuple[str, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def cells(self, overrides: dict[str, Any] | None = None) -> list[RunConfig]:
+        """One configuration per cell, model-major (a model's cells are adjacent)."""
+        values = {**self.settings, **(overrides or {})}
+        return [RunConfig.from_strings({**values, "model": m, "dataset": d}) for m in self.models for d in self.datasets]
+
+
+def load_grid(path: str | os.PathLike) -> Grid:
+    """Read and check a grid file (YAML, data only)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"grid file {p} does not exist (grids in this project: grids/*.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))  # safe_load: no object construction
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping with keys models, datasets, settings")
+    unknown = set(data) - _KEYS
+    if unknown:
+        raise ConfigError(f"{p}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_KEYS))}")
+    for key in ("models", "datasets"):
+        v = data.get(key)
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+            raise ConfigError(f"{p}: {key} must be a non-empty list of names")
+    settings = data.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{p}: settings must be a mapping of configuration fields")
+    for key in ("model", "dataset"):
+        if key in settings:
+            raise ConfigError(f"{p}: settings.{key} is set by the grid's {key}s list")
+    grid = Grid(str(data.get("name") or p.stem), tuple(data["models"]), tuple(data["datasets"]), settings)
+    try:
+        grid.cells()
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+    return grid
+
+
+@dataclass
+class CellState:
+    config: RunConfig
+    state: str  # done | failed | pending | finished | error (the last two: this invocation)
+    run_id: str = ""
+    error: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def cell_states(cells: list[RunConfig]) -> list[CellState]:
+    """Each cell's state in the tracking store: done (a FINISHED run with its hash), failed (its
+    latest run FAILED or KILLED) or pending."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(tracking.experiment_name())
+    runs: dict[str, list] = {}
+    if exp is not None:
+        for h in sorted({c.hash() for c in cells}):  # tag filters take no IN (...)
+            runs[h] = tracking.search_runs(exp.experiment_id, f"tags.config_hash = '{h}'")
+    out = []
+    for cfg in cells:
+        mine = sorted(runs.get(cfg.hash(), []), key=lambda r: r.info.start_time or 0)
+        done = [r for r in mine if r.info.status == "FINISHED" and "uqflow.source_run" not in r.data.tags]
+        if done:
+            out.append(CellState(cfg, "done", done[-1].info.run_id, metrics=dict(done[-1].data.metrics)))
+        elif mine and mine[-1].info.status in ("FAILED", "KILLED"):
+            out.append(CellState(cfg, "failed", mine[-1].info.run_id, mine[-1].data.tags.get(tracking.ERROR_TAG, "")))
+        else:
+            out.append(CellState(cfg, "pending", mine[-1].info.run_id if mine else ""))
+    return out
+
+
+def _close_abandoned(states: list[CellState]) -> None:
+    """Runs left RUNNING by a killed grid process are marked KILLED before their cells run again."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for s in states:
+        if s.state == "pending" and s.run_id and client.get_run(s.run_id).info.status == "RUNNING":
+            client.set_tag(s.run_id, tracking.ERROR_TAG, "abandoned: the process running it stopped")
+            client.set_terminated(s.run_id, "KILLED")
+
+
+class _CellLog:
+    """Collects the uqflow log of one cell into a file, logged as the cell's artifact."""
+
+    def __init__(self):
+        self.path = Path(tempfile.mkstemp(prefix="uqflow-cell-", suffix=".log")[1])
+        self.handler = logging.FileHandler(self.path, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def __enter__(self):
+        logging.getLogger("uqflow").addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("uqflow").removeHandler(self.handler)
+        self.handler.close()
+        self.path.unlink(missing_ok=True)
+
+
+def run_grid(grid: Grid, overrides: dict[str, Any] | None = None, *, isolate: bool = False,
+             on_cell: Callable[[int, int, CellState], None] | None = None,
+             progress: Callable[[int, int], None] | None = None) -> list[CellState]:
+    """Run every cell that is not done yet; returns the final state of each cell."""
+    import mlflow
+
+    from uqflow.experiment import resolve, run_experiment
+    from uqflow.models import get_model, load_model, unload
+
+    cells = grid.cells(overrides)
+    for cfg in cells:
+        resolve(cfg)  # every name checked before anything starts
+    if mlflow.active_run() is None and not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(tracking.experiment_name())
+    states = cell_states(cells)
+    _close_abandoned(states)
+    todo = [s for s in states if s.state != "done"]
+    with tracking.tracked_run(f"grid:{grid.name}", {GRID_TAG: grid.name, "uqflow.grid_cells": len(cells)}) as parent:
+        tracking.log_params({"grid": grid.name, "models": ",".join(grid.models), "datasets": ",".join(grid.datasets),
+                             **{f"set.{k}": v for k, v in (overrides or {}).items()}})
+        lm, lm_key = None, None
+        try:
+            for i, s in enumerate(states, 1):
+                if s.state == "done":
+                    if on_cell:
+                        on_cell(i, len(states), s)
+                    continue
+                cfg = s.config
+                t0 = time.perf_counter()
+                if isolate:
+                    _run_isolated(cfg, parent.info.run_id, s)
+                else:
+                    key = (cfg.model, cfg.device, cfg.backend)
+                    if key != lm_key:  # the previous model is freed before the next loads
+                        unload(lm)
+                        lm, lm_key = None, None
+                    try:
+                        with _CellLog() as cell_log:
+                            def loader(cfg=cfg):
+                                nonlocal lm, lm_key
+                                if lm is None:
+                                    spec = get_model(cfg.model, cfg.model_registry or None)
+                                    lm, lm_key = load_model(spec, cfg.device, cfg.backend), key
+                                return lm
+
+                            result = run_experiment(cfg, lm=loader, progress=progress, artifact_log=cell_log.path)
+                        s.state, s.run_id, s.metrics = "finished", result.run_id, result.metrics
+                    except (UqflowError, RuntimeError, ValueError, OSError, MemoryError) as e:
+                        # recorded on the cell's run (FAILED, with the error); the grid goes on
+                        s.state, s.error = "error", f"{type(e).__name__}: {e}"
+                        s.run_id = _last_child_run_id(parent.info.run_id) or s.run_id
+                        log.error("cell %s x %s failed: %s", cfg.model, cfg.dataset, s.error)
+                s.metrics.setdefault("cell_seconds", time.perf_counter() - t0)
+                if on_cell:
+                    on_cell(i, len(states), s)
+        finally:
+            unload(lm)
+        ok = sum(s.state in ("done", "finished") for s in states)
+        tracking.log_metrics({"cells": len(states), "cells_ok": ok, "cells_failed": len(states) - ok,
+                              "cells_run": len(todo)})
+    return states
+
+
+def _last_child_run_id(parent_id: str) -> str:
+    import mlflow
+
+    runs = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list",
+                              search_all_experiments=True)
+    return runs[0].info.run_id if runs else ""
+
+
+def _run_isolated(cfg: RunConfig, parent_id: str, s: CellState) -> None:
+    """Run one cell as ``python -m uqflow run`` in its own process, as a child of ``parent_id``."""
+    args = [sys.executable, "-m", "uqflow", "run", "--parent-run-id", parent_id]
+    for k, v in cfg.to_dict().items():
+        args += ["--set", f"{k}={v}"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    env["MLFLOW_TRACKING_URI"] = tracking.tracking_uri()
+    env["MLFLOW_EXPERIMENT_NAME"] = tracking.experiment_name()
+    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    s.run_id = _last_child_run_id(parent_id)
+    if proc.returncode == 0:
+        import mlflow
+
+        s.state, s.metrics = "finished", dict(mlflow.get_run(s.run_id).data.metrics) if s.run_id else {}
+    else:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        s.state, s.error = "error", lines[-1] if lines else f"exit code {proc.returncode}"
