@@ -31,6 +31,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/model_cache.py
+	$(BIN)/python bench/throughput.py --n 128
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts results.db reports .pytest_cache
