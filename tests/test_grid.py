@@ -130,3 +130,16 @@ def test_failing_cell_is_recorded_and_the_grid_goes_on(tracking, tmp_path, monke
     assert "cell.log" in arts
     dry = CliRunner().invoke(cli, ["grid", str(f), "--dry-run"])
     assert dry.exit_code == 0 and "failed" in dry.output and "done" in dry.output
+
+
+@pytest.mark.slow
+def test_isolated_cells_nest_under_the_grid_run(tracking, tmp_path):
+    f = _grid_file(tmp_path, ["SmolLM2-135M-Instruct"], ["trivia_mini"], num_samples=3, max_new_tokens=8,
+                   n_bootstrap=20)
+    res = CliRunner().invoke(cli, ["grid", str(f), "--isolate"])
+    assert res.exit_code == 0, res.output
+    runs = mlflow.search_runs(experiment_names=["uqflow"])
+    parent = runs[runs["tags.uqflow.grid"] == "t"].iloc[0]
+    child = runs[runs["tags.config_hash"].notna()].iloc[0]
+    assert child["tags.mlflow.parentRunId"] == parent["run_id"] and child["status"] == "FINISHED"
+    assert "cell.log" in [a.path for a in mlflow.MlflowClient().list_artifacts(child["run_id"])]

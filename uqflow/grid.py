@@ -222,9 +222,11 @@ def _run_isolated(cfg: RunConfig, parent_id: str, s: CellState) -> None:
     env["MLFLOW_EXPERIMENT_NAME"] = tracking.experiment_name()
     proc = subprocess.run(args, env=env, capture_output=True, text=True)
     s.run_id = _last_child_run_id(parent_id)
-    if proc.returncode == 0:
-        import mlflow
+    import mlflow
 
+    if s.run_id:  # the cell's own output, as in-process cells keep their log
+        mlflow.MlflowClient().log_text(s.run_id, proc.stdout + proc.stderr, "cell.log")
+    if proc.returncode == 0:
         s.state, s.metrics = "finished", dict(mlflow.get_run(s.run_id).data.metrics) if s.run_id else {}
     else:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
