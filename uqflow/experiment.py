@@ -18,7 +18,7 @@ from uqflow import tracking
 from uqflow.config import RunConfig
 from uqflow.data import LoadedDataset, load_dataset
 from uqflow.data.examples import Example
-from uqflow.errors import ConfigError, UqflowError
+from uqflow.errors import ConfigError
 from uqflow.generation import make_engine
 from uqflow.models import LoadedModel, ModelSpec, get_model, load_model, unload
 from uqflow.prompts import build_prompts, draw_few_shot
@@ -238,4 +238,4 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
         return RunResult(run.info.run_id, cfg, metrics, frame, [])
 
 
-__all__ = ["RunResult", "UqflowError", "rescore", "run_experiment", "select_examples"]
+__all__ = ["RunResult", "rescore", "run_experiment", "select_examples"]
