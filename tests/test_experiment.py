@@ -148,3 +148,14 @@ def test_llm_judge_with_a_bundled_model_and_cache(smollm, tmp_path):
     assert rows == 2
     judge._lm = None  # a second call must come from the cache, without a model
     assert [v.raw for v in judge.judge_many(items)] == [v.raw for v in first]
+
+
+def test_interrupt_ends_the_run_killed(tracking):
+    from uqflow import tracking as tr
+
+    with pytest.raises(KeyboardInterrupt):
+        with tr.tracked_run("interrupted", {"family": "X"}) as run:
+            raise KeyboardInterrupt
+    got = mlflow.get_run(run.info.run_id)
+    assert got.info.status == "KILLED" and "interrupted" in got.data.tags[ERROR_TAG]
+    assert mlflow.active_run() is None

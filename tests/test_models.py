@@ -18,7 +18,12 @@ def test_every_entry_is_consistent(name):
     spec = MODELS.get(name)
     assert spec.name == name and spec.size_b > 0 and spec.family
     suffix = name.rsplit("-", 1)[-1]
-    assert spec.quantization == (suffix if suffix in ("8bit", "4bit") else spec.quantization)
+    if suffix in ("8bit", "4bit"):
+        assert spec.quantization == suffix
+    elif spec.bundled:  # the GGUF quantization type, as the file name says
+        assert spec.quantization.startswith("gguf-") and spec.quantization[5:] in spec.gguf_file.lower()
+    else:
+        assert spec.quantization == "none"
     assert spec.bundled == (spec.gguf_file is not None)
     assert not spec.trust_remote_code
 

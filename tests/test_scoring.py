@@ -232,3 +232,18 @@ def test_unanswerable_judged_by_abstention():
                        [[], [], ["Paris"]], [False, False, True])
     assert [x.correct for x in v] == [True, False, True]
     assert isinstance(v[0], Verdict)
+
+
+def test_undecided_judgments_are_counted_and_left_out():
+    import pandas as pd
+
+    from uqflow.scoring.pipeline import evaluate
+
+    frame = pd.DataFrame({
+        "correct": pd.array([True, False, None, True, False], dtype="boolean"),
+        "answerable": [True] * 5, "token_ids": [[1], [1, 2], [1], [1], [1, 2, 3]],
+        **{s: [0.1, 0.9, 5.0, 0.2, 0.8] for s in ("g_nll", "ln_g_nll", "max_nll", "mean_entropy", "rw_g_nll")},
+    })
+    m = evaluate(frame, n_bootstrap=0)
+    assert m["n"] == 5 and m["n_undecided"] == 1 and m["accuracy"] == 0.5
+    assert m["auroc_g_nll"] == 1.0  # the undecided row (score 5.0) is not counted as wrong

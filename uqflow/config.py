@@ -9,6 +9,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from uqflow.errors import ConfigError
+from uqflow.generation import ENGINES
+from uqflow.scoring.judges import JUDGES, is_judge_name
 from uqflow.prompts import BRIEF_INSTRUCTION, PromptOptions
 
 
@@ -49,10 +51,10 @@ class RunConfig:
             raise ConfigError(f"correctness_threshold must lie in [0, 1] (0 = the judge's default), got {self.correctness_threshold}")
         if self.n_bootstrap < 0:
             raise ConfigError(f"n_bootstrap must be 0 or more, got {self.n_bootstrap}")
-        if self.backend not in ("hf", "vllm"):
-            raise ConfigError(f"unknown backend {self.backend!r}. Known: hf, vllm")
-        if self.correctness not in CORRECTNESS and not (self.correctness.startswith("llm:") and len(self.correctness) > 4):
-            raise ConfigError(f"unknown correctness judge {self.correctness!r}. Known: {', '.join(CORRECTNESS)}, llm:<model>")
+        if self.backend not in ENGINES:
+            raise ConfigError(f"unknown backend {self.backend!r}. Known: {', '.join(ENGINES)}")
+        if not is_judge_name(self.correctness):
+            raise ConfigError(f"unknown correctness judge {self.correctness!r}. Known: {', '.join(JUDGES)}")
 
     @property
     def prompt_options(self) -> PromptOptions:
@@ -80,7 +82,6 @@ class RunConfig:
 
 
 NON_RESULT_FIELDS = {"batch_size", "device", "backend"}
-CORRECTNESS = ("f1", "em", "alias", "rouge_l")
 
 
 _PY_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}

@@ -6,6 +6,7 @@ few-shot examples are drawn from.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -168,10 +169,18 @@ def looks_like_path(name: str) -> bool:
     return os.sep in name or name.endswith((".jsonl", ".json", ".parquet")) or Path(name).exists()
 
 
+@functools.lru_cache(maxsize=8)
+def _load_registered(name: str) -> LoadedDataset:
+    # a grid checks every cell before it starts and then runs each dataset with several models:
+    # one read per process (a hub dataset's read from the local cache takes seconds)
+    return DATASETS.get(name).load()
+
+
 def load_dataset(name: str) -> LoadedDataset:
-    """Resolve a registry name or a local file path."""
+    """Resolve a registry name or a local file path. Registered datasets are read once per process
+    and shared; treat the result as read-only."""
     if name in DATASETS:
-        return DATASETS.get(name).load()
+        return _load_registered(name)
     if looks_like_path(name):
         return load_local(name)
     DATASETS.get(name)  # raises UnknownDataset with suggestions

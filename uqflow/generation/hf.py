@@ -56,16 +56,16 @@ class HFEngine:
         self.max_new_tokens = max_new_tokens
         self.stop_sequences = tuple(stop_sequences)
         self.eos_ids = eos_token_ids(lm)
-        self.prefill_chunk = 16
         # 0 = automatic: 64 rows decode together on a GPU (halved on out-of-memory), 128 on a CPU,
         # where larger matrix products pay off most, prefilled 16 at a time. Models whose chunks
         # cannot be stacked (sliding-window caches) prefill a whole batch at once, so on a CPU
         # they decode 16 at a time, which measured fastest for them.
         from transformers import DynamicCache
 
-        self._stackable = self._mergeable(DynamicCache(config=lm.model.config)) and self._sliding_window() is None
+        stackable = self._mergeable(DynamicCache(config=lm.model.config)) and self._sliding_window() is None
         cpu = not lm.device.startswith("cuda")
-        self.batch_size = batch_size or (64 if not cpu else 128 if self._stackable else 16)
+        self.batch_size = batch_size or (64 if not cpu else 128 if stackable else 16)
+        self.prefill_chunk = 16 if stackable else None  # None: the whole batch in one prefill
         self.share_prefix = share_prefix
         params = inspect.signature(lm.model.forward).parameters
         # transformers 5 renamed the forward argument `past_key_values` to `cache`
@@ -167,8 +167,9 @@ class HFEngine:
         tok, model = self.lm.tokenizer, self.lm.model
         dev, P = model.device, len(prefix)
         parts = []
-        for start in range(0, len(batch), self.prefill_chunk):
-            chunk = batch[start : start + self.prefill_chunk]
+        step = self.prefill_chunk or len(batch)
+        for start in range(0, len(batch), step):
+            chunk = batch[start : start + step]
             b = len(chunk)
             enc = tok.pad({"input_ids": [list(p[P:]) for p in chunk]}, padding=True, return_tensors="pt")
             feed, mask = enc["input_ids"], enc["attention_mask"]  # (b, T) own tokens, left-padded
@@ -201,8 +202,6 @@ class HFEngine:
 
         model = self.lm.model
         B = len(batch)
-        if not self._stackable:
-            self.prefill_chunk = B
         dev = model.device
         live = list(range(B))  # batch row -> original index, for the rows still decoding
         ids: list[list[int]] = [[] for _ in range(B)]

@@ -29,7 +29,13 @@ from uqflow.errors import ConfigError
 from uqflow.scoring.correctness import exact_match, max_f1, normalize_squad, normalize_triviaqa
 
 DEFAULT_THRESHOLDS = {"f1": 0.5, "rouge_l": 0.3}
-JUDGES = ("f1", "em", "alias", "rouge_l", "llm:<model>")
+RULE_JUDGES = ("f1", "em", "alias", "rouge_l")
+JUDGES = (*RULE_JUDGES, "llm:<model>")
+
+
+def is_judge_name(name: str) -> bool:
+    """Whether ``name`` names a judge (without loading anything)."""
+    return name in RULE_JUDGES or (name.startswith("llm:") and len(name) > 4)
 
 #: replies that count as declining to answer (after SQuAD normalisation), for unanswerable questions
 ABSTENTIONS = (
@@ -62,8 +68,6 @@ class Verdict:
 
 def rouge_l(prediction: str, references: Sequence[str]) -> float:
     """Best ROUGE-L F-measure of the answer against any reference (rouge-score, stemming on)."""
-    from rouge_score import rouge_scorer
-
     scorer = _rouge_scorer()
     return max((scorer.score(r, prediction)["rougeL"].fmeasure for r in references), default=0.0)
 
@@ -164,21 +168,22 @@ class LLMJudge(Judge):
     """A registry model asked JUDGE_PROMPT, greedily; replies parsed by :func:`parse_yes_no`."""
 
     def __init__(self, model_name: str, lm=None, device: str = "auto", cache_path: Path | None = None):
-        from uqflow.models import get_model, load_model
+        from uqflow.models import get_model
         from uqflow.models.loading import cache_root
 
         self.name = f"llm:{model_name}"
         self.spec = get_model(model_name)
         self._lm = lm
         self._device = device
-        self._load = load_model
         self.cache = JudgmentCache(cache_path or cache_root() / "judgments.sqlite")
 
     def _engine(self):
         from uqflow.generation.hf import HFEngine
 
         if self._lm is None:
-            self._lm = self._load(self.spec, self._device)
+            from uqflow.models import load_model
+
+            self._lm = load_model(self.spec, self._device)
         return HFEngine(self._lm, max_new_tokens=8, stop_sequences=("\n",))
 
     def prompt_ids(self, question, answer, references) -> list[int]:
