@@ -48,3 +48,58 @@ def venv_env():
     env.pop("MLFLOW_EXPERIMENT_ID", None)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
+
+
+def _postgres_bin() -> Path | None:
+    import shutil
+
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server (Debian's package) started on loopback for the test session; yields
+    a function that creates a fresh database and returns its SQLAlchemy URL.
+
+    `.ci/run` installs the package; where it is missing locally these tests are skipped, unless
+    UQFLOW_REQUIRE_POSTGRES=1 (set by CI), when they fail instead.
+    """
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    bindir = _postgres_bin()
+    if bindir is None:
+        if os.environ.get("UQFLOW_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found; install Debian's postgresql package")
+        pytest.skip("PostgreSQL server not installed (Debian package postgresql); CI installs it")
+    as_user: list[str] = []
+    data = Path(tempfile.mkdtemp(prefix="uqflow-pg-"))
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(data, "postgres", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
+    run(str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "uqflow", "--no-sync", "-E", "UTF8")
+    run(str(bindir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "server.log"), "-w", "-o",
+        f"-p {port} -c listen_addresses=127.0.0.1 -k {data} -F", "start")
+    counter = iter(range(10**6))
+
+    def new_database() -> str:
+        name = f"t{next(counter)}"
+        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "uqflow", name)
+        return f"postgresql+psycopg://uqflow@127.0.0.1:{port}/{name}"
+
+    try:
+        yield new_database
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)

@@ -242,6 +242,123 @@ def datasets() -> None:
     Console(width=200).print(table)
 
 
+_DB_HELP = "Results store URL (default: $UQFLOW_RESULTS_DB, else sqlite:///results.db)."
+
+
+@cli.command()
+@click.option("--experiment", default=None, help="MLflow experiment to read (default: $MLFLOW_EXPERIMENT_NAME, else uqflow).")
+@click.option("--filter", "filter_string", default="", metavar="FILTER",
+              help="MLflow filter string narrowing the runs, e.g. \"tags.family = 'Llama'\".")
+@click.option("--db", default=None, help=_DB_HELP)
+def aggregate(experiment, filter_string, db) -> None:
+    """Copy FINISHED MLflow runs into the SQL results store (idempotent; safe to rerun).
+
+    Example: uqflow aggregate --db sqlite:///results.db
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from uqflow.store import ACTIONS, aggregate as aggregate_runs, db_url
+    from uqflow.store.db import redact
+    from uqflow.store.db import row_counts
+
+    def on_run(o) -> None:
+        if o.action in ("added", "updated", "skipped", "removed"):
+            click.echo(f"{o.action:>9}  {o.run_id}  {o.label}" + (f"  ({o.reason})" if o.reason else ""), err=True)
+
+    url = db_url(db)
+    outcomes = aggregate_runs(experiment, filter_string, url, on_run=on_run)
+    counts = {a: sum(o.action == a for o in outcomes) for a in ACTIONS}
+    click.echo(", ".join(f"{counts[a]} {a}" for a in ACTIONS) + f" (of {len(outcomes)} runs looked at)")
+    table = Table(title=f"results store {redact(url)}")
+    for col in ("table", "rows"):
+        table.add_column(col)
+    for name, count in row_counts(url).items():
+        table.add_row(name, str(count))
+    Console(width=200).print(table)
+    click.echo(f"Query it: uqflow query \"SELECT * FROM v_auroc_by_family WHERE measure = 'g_nll'\"" +
+               ("" if db is None else f" --db {redact(url)}"))
+
+
+@cli.command()
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--db", default=None, help=_DB_HELP)
+def query(sql, fmt, db) -> None:
+    """Run one read-only SQL statement over the results store.
+
+    Tables: runs, scores, generations; views: v_run_scores and v_auroc_by_{family,size,family_size,
+    dataset,family_dataset,quantization,instruct}.
+
+    Example: uqflow query "SELECT family, mean_auroc FROM v_auroc_by_family WHERE measure = 'g_nll'"
+    """
+    from uqflow.store.query import render, run_query
+
+    result = run_query(sql, db)
+    if fmt == "table":
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(show_lines=False)
+        for col in result.columns:
+            table.add_column(col)
+        for row in result.rows:
+            table.add_row(*("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+        Console(width=250).print(table)
+        click.echo(f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''})", err=True)
+    else:
+        click.echo(render(result, fmt), nl=False)
+
+
+@cli.group()
+def db() -> None:
+    """Manage the results store's schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@click.option("--db", "url", default=None, help=_DB_HELP)
+def db_upgrade(revision, url) -> None:
+    """Create the results store, or migrate it to REVISION (default: the newest).
+
+    Example: uqflow db upgrade --db postgresql+psycopg://me@localhost/uqflow
+    """
+    from uqflow.store import db_url, upgrade
+    from uqflow.store.db import redact
+
+    rev = upgrade(url, revision)
+    click.echo(f"results store {redact(db_url(url))} is at schema revision {rev}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@click.option("--db", "url", default=None, help=_DB_HELP)
+def db_downgrade(revision, url) -> None:
+    """Undo migrations down to REVISION ("base" removes every table; the rows go with them).
+
+    Example: uqflow db downgrade base --db sqlite:///scratch.db
+    """
+    from uqflow.store import db_url
+    from uqflow.store.db import downgrade, redact
+
+    rev = downgrade(url, revision)
+    click.echo(f"results store {redact(db_url(url))} is at schema revision {rev}")
+
+
+@db.command("current")
+@click.option("--db", "url", default=None, help=_DB_HELP)
+def db_current(url) -> None:
+    """Print the results store's schema revision and the newest one this uqflow knows."""
+    from uqflow.store.db import connect, current_revision, db_url, head_revision, redact
+
+    engine = connect(db_url(url))
+    try:
+        cur = current_revision(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"{redact(db_url(url))}: revision {cur or 'none (empty)'}; newest: {head_revision()}")
+
+
 def main() -> None:
     cli(prog_name="uqflow")
 

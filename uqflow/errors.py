@@ -31,3 +31,11 @@ class ConfigError(UqflowError):
 
 class ModelRegistryError(UqflowError):
     """A user's model registry file that is missing, malformed or inconsistent."""
+
+
+class StoreError(UqflowError):
+    """The results store cannot be reached, migrated, written or queried."""
+
+
+class QueryError(UqflowError):
+    """A query that the read-only query command refuses or the database rejects."""

@@ -20,6 +20,7 @@ from uqflow.data import LoadedDataset, load_dataset
 from uqflow.data.examples import Example
 from uqflow.errors import ConfigError
 from uqflow.generation import make_engine
+from uqflow.generation.base import token_pieces
 from uqflow.models import LoadedModel, ModelSpec, get_model, load_model, unload
 from uqflow.prompts import build_prompts, draw_few_shot
 from uqflow.scoring import pipeline
@@ -173,7 +174,8 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
     frame = pd.DataFrame([{
         "example_id": p.example.id, "question": p.example.question, "context": p.example.context,
         "prompt": p.text, "prompt_token_ids": p.token_ids, "num_shots": p.num_shots, "answer": g.text,
-        "token_ids": g.token_ids, "token_logprobs": g.token_logprobs, "token_entropies": g.token_entropies,
+        "token_ids": g.token_ids, "tokens": token_pieces(g.token_ids, engine._decode),
+        "token_logprobs": g.token_logprobs, "token_entropies": g.token_entropies,
         "stop_reason": g.stop_reason, "dropped_text": g.dropped_text,
         "references": list(p.example.references), "answerable": p.example.answerable,
     } for p, g in zip(prompts, gens)])

@@ -126,6 +126,7 @@ def load_frame(run_id: str, name: str = "generations.parquet"):
 
     from uqflow.errors import UqflowError
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run is noise
     try:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name)
         return pd.read_parquet(path)

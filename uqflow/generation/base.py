@@ -48,3 +48,18 @@ def align_answer(
                 j -= 1
             return j, "stop_sequence", text[len(decode(ids[:j])) : hit]
     return len(ids), "length", ""
+
+
+def token_pieces(token_ids: Sequence[int], decode: Callable[[Sequence[int]], str]) -> list[str]:
+    """Each answer token as the text it adds, so that the pieces join to the decoded answer.
+
+    Decoding a lone token loses context (SentencePiece drops a leading space, byte-level BPE splits
+    a multi-byte character), so each piece is the difference between decoding the first ``t + 1``
+    and the first ``t`` tokens. Used for token-level views of an answer.
+    """
+    pieces, prev = [], ""
+    for t in range(len(token_ids)):
+        text = decode(token_ids[: t + 1])
+        pieces.append(text[len(prev):] if text.startswith(prev) else text)
+        prev = text
+    return pieces

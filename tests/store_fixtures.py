@@ -1,0 +1,59 @@
+"""MLflow runs shaped exactly like `uqflow run`'s (same tags, params, metrics and generations
+columns, metrics computed by the real pipeline from the rows), without running a model: the store
+only reads what MLflow recorded, so these tell the truth about aggregation at a fraction of the
+cost. `tests/test_store.py::test_aggregates_a_real_run` covers a run made by a real model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from uqflow import tracking
+from uqflow.config import RunConfig
+from uqflow.models import MODELS
+from uqflow.scoring import pipeline
+
+
+def generations(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        k = int(rng.integers(1, 6))
+        correct = bool(rng.random() < 0.5)
+        lp = -rng.exponential(0.2 if correct else 1.0, size=k)
+        rows.append({
+            "example_id": f"q{i}", "question": f"question {i}?", "context": None, "prompt": f"Q: question {i}?\nA:",
+            "prompt_token_ids": [1, 2, 3], "num_shots": 0, "answer": " ".join(f"w{j}" for j in range(k)),
+            "token_ids": list(range(10, 10 + k)), "tokens": [f" w{j}" for j in range(k)],
+            "token_logprobs": lp.tolist(), "token_entropies": rng.random(k).tolist(), "stop_reason": "eos",
+            "dropped_text": "", "references": [f"answer {i}"], "answerable": True,
+            "relevance": rng.random(k).tolist(), "correct": correct, "correctness_score": float(correct),
+            "judge_reply": "",
+        })
+    frame = pd.DataFrame(rows)
+    frame["correct"] = frame["correct"].astype("boolean")
+    return pipeline.add_scores(frame)
+
+
+def log_run(model: str = "SmolLM2-135M-Instruct", dataset: str = "trivia_mini", n: int = 30, seed: int = 0,
+            parent_run_id: str | None = None) -> str:
+    """Log one finished run the way `uqflow run` does; returns its run id."""
+    from uqflow.experiment import run_tags
+
+    cfg = RunConfig(model=model, dataset=dataset, num_samples=n, seed=seed, n_bootstrap=50)
+    spec = MODELS.get(model)
+    frame = generations(n, seed)
+    tags = run_tags(cfg, spec)
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    with tracking.tracked_run(f"{model}__{dataset}", tags) as run:
+        tracking.log_params(cfg.to_dict())
+        tracking.log_metrics(pipeline.evaluate(frame, n_bootstrap=50, seed=seed))
+        tracking.log_frame(frame)
+    return run.info.run_id
+
+
+def log_grid_parent() -> str:
+    with tracking.tracked_run("grid:test", {"uqflow.grid": "test"}) as run:
+        pass
+    return run.info.run_id

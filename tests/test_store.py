@@ -1,0 +1,274 @@
+"""The results store: migrations agree with the models, aggregation is idempotent and complete,
+the slice views compute what they say, and queries cannot write. The migration and aggregation
+tests run on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from store_fixtures import log_grid_parent, log_run
+from uqflow.cli import cli
+from uqflow.errors import QueryError, StoreError
+from uqflow.store import SLICE_VIEWS, Generation, Run, Score, aggregate, connect, run_query, upgrade
+from uqflow.store.db import downgrade, row_counts
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """An empty results store URL, on SQLite or on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'results.db'}"
+    return request.getfixturevalue("postgres_server")()
+
+
+def _actions(outcomes):
+    out: dict[str, int] = {}
+    for o in outcomes:
+        out[o.action] = out.get(o.action, 0) + 1
+    return out
+
+
+def test_models_and_migrations_agree(store):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from uqflow.store import Base
+
+    assert upgrade(store) == "0001"
+    engine = connect(store)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    engine.dispose()
+    assert diff == []
+    assert upgrade(store) == "0001"  # a second upgrade is a no-op
+
+
+def test_downgrade_removes_everything_and_upgrade_restores(store):
+    from sqlalchemy import inspect
+
+    upgrade(store)
+    downgrade(store, "base")
+    engine = connect(store)
+    names = set(inspect(engine).get_table_names()) | set(inspect(engine).get_view_names())
+    engine.dispose()
+    assert names <= {"alembic_version"}
+    upgrade(store)
+
+
+def test_aggregate_is_idempotent_and_follows_mlflow(tracking, store):
+    parent = log_grid_parent()
+    ids = [log_run("SmolLM2-135M-Instruct", "trivia_mini", 30, 1, parent),
+           log_run("Gemma-3-270M", "trivia_mini", 25, 2, parent),
+           log_run("Gemma-3-270M", "squad_mini", 20, 3, parent)]
+    first = aggregate(url=store)
+    assert _actions(first) == {"added": 3, "skipped": 1}
+    assert [o.reason for o in first if o.action == "skipped"] == ["a grid's parent run (its cells are runs of their own)"]
+    counts = row_counts(store)
+    assert counts == {"runs": 3, "scores": 15, "generations": 75}
+
+    assert _actions(aggregate(url=store)) == {"unchanged": 3, "skipped": 1}
+    assert row_counts(store) == counts
+
+    mlflow.MlflowClient().set_tag(ids[0], "note", "re-checked")  # a change MLflow recorded
+    assert _actions(aggregate(url=store)) == {"updated": 1, "unchanged": 2, "skipped": 1}
+    assert row_counts(store) == counts
+
+    mlflow.MlflowClient().delete_run(ids[2])
+    out = aggregate(url=store)
+    assert _actions(out) == {"unchanged": 2, "skipped": 1, "removed": 1}
+    assert row_counts(store) == {"runs": 2, "scores": 10, "generations": 55}
+
+    # the stored rows are what MLflow recorded
+    engine = connect(store)
+    with engine.connect() as conn:
+        run = conn.execute(select(Run).where(Run.run_id == ids[0])).one()
+        scores = {s.measure: s for s in conn.execute(select(Score).where(Score.run_id == ids[0]))}
+        gens = conn.execute(select(Generation).where(Generation.run_id == ids[0]).order_by(Generation.position)).all()
+    engine.dispose()
+    m = mlflow.get_run(ids[0]).data.metrics
+    assert (run.model, run.family, run.size_b, run.instruct, run.dataset, run.n) == (
+        "SmolLM2-135M-Instruct", "SmolLM2", 0.135, True, "trivia_mini", 30)
+    assert run.tags["note"] == "re-checked"
+    assert run.accuracy == pytest.approx(m["accuracy"])
+    assert scores["g_nll"].auroc == pytest.approx(m["auroc_g_nll"])
+    assert scores["rw_g_nll"].ci_low == pytest.approx(m["auroc_rw_g_nll_ci_low"])
+    assert run.delong_p == pytest.approx(m["delong_p_g_nll_vs_rw_g_nll"])
+    frame = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=ids[0], artifact_path="generations.parquet"))
+    assert [g.example_id for g in gens] == list(frame["example_id"])
+    assert [g.g_nll for g in gens] == pytest.approx(list(frame["g_nll"]))
+    assert [g.correct for g in gens] == [bool(c) for c in frame["correct"]]
+    assert gens[0].token_logprobs == pytest.approx(list(frame["token_logprobs"][0]))
+    assert gens[0].tokens == list(frame["tokens"][0])
+
+
+def test_filter_narrows_and_does_not_remove_others(tracking, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    log_run("SmolLM2-135M-Instruct", "trivia_mini", 20, 1)
+    log_run("Gemma-3-270M", "trivia_mini", 20, 2)
+    assert _actions(aggregate(url=url, filter_string="tags.family = 'Gemma'")) == {"added": 1}
+    assert _actions(aggregate(url=url, filter_string="tags.family = 'SmolLM2'")) == {"added": 1}
+    assert row_counts(url)["runs"] == 2
+    with pytest.raises(Exception, match="filter"):
+        aggregate(url=url, filter_string="tags.family === 'x'")
+
+
+def test_a_corrupt_artifact_skips_that_run_only(tracking, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    good = log_run("SmolLM2-135M-Instruct", "trivia_mini", 20, 1)
+    bad = log_run("Gemma-3-270M", "trivia_mini", 20, 2)
+    art = Path(mlflow.get_run(bad).info.artifact_uri.removeprefix("file://")) / "generations.parquet"
+    art.write_bytes(b"PAR1 this is not parquet")
+    out = {o.run_id: o for o in aggregate(url=url)}
+    assert out[good].action == "added"
+    assert out[bad].action == "skipped" and "cannot read its generations.parquet" in out[bad].reason
+    assert row_counts(url) == {"runs": 1, "scores": 5, "generations": 20}
+
+
+def test_slice_views_compute_their_means(tracking, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    for i, (model, ds) in enumerate([("SmolLM2-135M-Instruct", "trivia_mini"), ("SmolLM2-135M-Instruct", "squad_mini"),
+                                     ("Gemma-3-270M", "trivia_mini"), ("Gemma-3-270M", "squad_mini")]):
+        log_run(model, ds, 40, i)
+    aggregate(url=url)
+    per_run = run_query("SELECT * FROM v_run_scores", url).frame()
+    assert len(per_run) == 4 * 5
+    assert set(per_run["size_class"]) == {"only"}  # one size per family in this store
+    fam = run_query("SELECT family, n_runs, mean_auroc FROM v_auroc_by_family WHERE measure = 'g_nll' "
+                    "ORDER BY family", url).frame()
+    g = per_run[per_run.measure == "g_nll"].groupby("family")["auroc"].mean()
+    assert list(fam["family"]) == ["Gemma", "SmolLM2"] and list(fam["n_runs"]) == [2, 2]
+    assert list(fam["mean_auroc"]) == pytest.approx([g["Gemma"], g["SmolLM2"]])
+    for view in SLICE_VIEWS:
+        assert len(run_query(f"SELECT * FROM {view} WHERE measure = 'rw_g_nll'", url).rows) >= 1
+
+
+def test_size_class_within_family(tracking, tmp_path, monkeypatch):
+    """Two sizes of one family (a user registry entry) become small and large; the other family 'only'."""
+    reg = tmp_path / "models.yaml"
+    reg.write_text("models:\n  - name: SmolLM2-1.7B-Instruct\n    source: HuggingFaceTB/SmolLM2-1.7B-Instruct\n"
+                   "    family: SmolLM2\n    size_b: 1.7\n    instruct: true\n", encoding="utf-8")
+    from store_fixtures import log_run as log
+    from uqflow.models.registry import all_models
+
+    monkeypatch.setattr("store_fixtures.MODELS", all_models(str(reg)))
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    log("SmolLM2-135M-Instruct", "trivia_mini", 20, 1)
+    log("SmolLM2-1.7B-Instruct", "trivia_mini", 20, 2)
+    log("Gemma-3-270M", "trivia_mini", 20, 3)
+    aggregate(url=url)
+    rows = run_query("SELECT DISTINCT model, size_class FROM v_run_scores ORDER BY model", url).rows
+    assert rows == [("Gemma-3-270M", "only"), ("SmolLM2-1.7B-Instruct", "large"), ("SmolLM2-135M-Instruct", "small")]
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO runs (run_id) VALUES ('x')",
+    "DELETE FROM generations",
+    "UPDATE scores SET auroc = 1",
+    "DROP TABLE runs",
+    "CREATE TABLE t (x INTEGER)",
+    "ATTACH DATABASE '/tmp/other.db' AS other",
+    "PRAGMA query_only = OFF",
+    "PRAGMA journal_mode = DELETE",
+])
+def test_query_cannot_write_or_attach(tracking, tmp_path, sql):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    log_run(n=10)
+    aggregate(url=url)
+    before = row_counts(url)
+    with pytest.raises(QueryError, match="read-only|one SQL statement"):
+        run_query(sql, url)
+    assert row_counts(url) == before
+    assert not Path("/tmp/other.db").exists() or Path("/tmp/other.db").stat().st_size == 0
+
+
+def test_query_on_postgres_is_read_only(tracking, postgres_server):
+    url = postgres_server()
+    log_run(n=10)
+    aggregate(url=url)
+    assert run_query("SELECT COUNT(*) FROM generations", url).rows == [(10,)]
+    for sql in ("DELETE FROM generations", "COMMIT; DELETE FROM generations", "DROP VIEW v_run_scores",
+                "SET default_transaction_read_only = off; DELETE FROM runs"):
+        with pytest.raises(QueryError, match="read-only|one SQL statement"):
+            run_query(sql, url)
+    assert row_counts(url) == {"runs": 1, "scores": 5, "generations": 10}
+
+
+def test_query_errors_are_clear(tmp_path, tracking):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    with pytest.raises(StoreError, match="no results store at .*uqflow aggregate"):
+        run_query("SELECT 1", url)
+    log_run(n=10)
+    aggregate(url=url)
+    with pytest.raises(QueryError, match="no such table: nope"):
+        run_query("SELECT * FROM nope", url)
+    with pytest.raises(QueryError, match="empty query"):
+        run_query("  ", url)
+    with pytest.raises(QueryError, match="one SQL statement"):
+        run_query("SELECT 1; SELECT 2", url)
+
+
+def test_cli_aggregate_then_query(tracking, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    log_run(n=12)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["aggregate", "--db", url])
+    assert r.exit_code == 0, r.output
+    assert "1 added, 0 updated, 0 unchanged, 0 skipped, 0 removed" in r.output
+    r = runner.invoke(cli, ["aggregate", "--db", url])
+    assert "0 added, 0 updated, 1 unchanged" in r.output
+    r = runner.invoke(cli, ["query", "--db", url, "--format", "csv",
+                            "SELECT family, measure, n_runs FROM v_auroc_by_family ORDER BY measure"])
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines()[0] == "family,measure,n_runs"
+    assert "SmolLM2,g_nll,1" in r.output
+    r = runner.invoke(cli, ["query", "--db", url, "--format", "json", "SELECT n FROM runs"])
+    assert r.exit_code == 0 and '"n":12' in r.output.replace(" ", "")
+    r = runner.invoke(cli, ["query", "--db", url, "DELETE FROM runs"])
+    assert r.exit_code == 1 and "read-only" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("url, message", [
+    ("not a url", "is not a database URL"),
+    ("nosuchdialect://x/y", "no SQLAlchemy dialect"),
+    ("sqlite:////nonexistent/folder/results.db", "folder /nonexistent/folder does not exist"),
+    ("postgresql+psycopg://nobody@127.0.0.1:1/none", "cannot open the results store"),
+])
+def test_bad_database_urls(tracking, url, message):
+    r = CliRunner().invoke(cli, ["db", "upgrade", "--db", url])
+    assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
+
+
+def test_aggregate_without_runs_says_so(tracking, tmp_path):
+    r = CliRunner().invoke(cli, ["aggregate", "--db", f"sqlite:///{tmp_path / 'r.db'}", "--experiment", "nope"])
+    assert r.exit_code == 1 and "no experiment 'nope'" in r.output
+
+
+def test_nan_metrics_are_null(tracking, tmp_path):
+    """A one-class run: AUROC undefined, not logged by MLflow, stored as NULL, never 0.5."""
+    from store_fixtures import generations
+    from uqflow import tracking as tr
+    from uqflow.config import RunConfig
+    from uqflow.experiment import run_tags
+    from uqflow.models import MODELS
+    from uqflow.scoring import pipeline
+
+    frame = generations(10, 0)
+    frame["correct"] = pd.array([True] * 10, dtype="boolean")
+    cfg = RunConfig(num_samples=10)
+    with pytest.warns(Warning):
+        metrics = pipeline.evaluate(frame, n_bootstrap=20)
+    with tr.tracked_run("one-class", run_tags(cfg, MODELS.get(cfg.model))):
+        tr.log_params(cfg.to_dict())
+        tr.log_metrics(metrics)
+        tr.log_frame(frame)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    aggregate(url=url)
+    rows = run_query("SELECT measure, auroc, aurac FROM scores ORDER BY measure", url).rows
+    assert rows and all(r[1] is None for r in rows) and all(r[2] is not None and not math.isnan(r[2]) for r in rows)

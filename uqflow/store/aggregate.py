@@ -1,0 +1,263 @@
+"""MLflow runs into the results store.
+
+``aggregate`` pulls the FINISHED runs of an experiment through the MLflow API (search with paging,
+artifact download) and writes each run's row in ``runs``, its ``scores`` and its ``generations`` in
+one transaction: a crash or ``kill -9`` leaves every run either fully stored or as it was, and
+running it again completes the rest. It is idempotent: a run whose params, tags, metrics and end time
+are unchanged since it was stored (their digest) is left alone; a changed one is replaced; a run the
+experiment no longer has as FINISHED is removed (unless ``filter_string`` narrows the search, when
+runs outside it are not looked at). Two aggregations may run at once: each run's write re-checks the
+digest inside its own write transaction, so nothing is stored twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from uqflow import tracking
+from uqflow.errors import StoreError, UqflowError
+from uqflow.store.db import _first_line, connect, db_url, redact, upgrade
+from uqflow.store.schema import Generation, Run, Score
+
+log = logging.getLogger(__name__)
+
+#: columns a run's generations.parquet must have to be stored
+REQUIRED_COLUMNS = ("example_id", "question", "answer", "token_ids", "token_logprobs", "references", "answerable",
+                    "correct", "g_nll", "rw_g_nll")
+SCORE_COLUMNS = ("g_nll", "ln_g_nll", "max_nll", "mean_entropy", "rw_g_nll")
+ACTIONS = ("added", "updated", "unchanged", "skipped", "removed")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What aggregation did with one run, and why."""
+
+    run_id: str
+    action: str  # one of ACTIONS
+    reason: str = ""
+    label: str = ""  # "model x dataset", for messages
+
+
+def aggregate(experiment: str | None = None, filter_string: str = "", url: str | None = None,
+              on_run: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    """Bring the store at ``url`` in line with the FINISHED runs of ``experiment`` (default: the
+    tracking experiment, ``uqflow``). Returns one outcome per run looked at."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    url = db_url(url)
+    upgrade(url)  # the writer keeps the schema current; a no-op when it already is
+    name = experiment or tracking.experiment_name()
+    try:
+        exp = mlflow.MlflowClient().get_experiment_by_name(name)
+    except MlflowException as e:
+        raise UqflowError(f"cannot reach the tracking store {tracking.tracking_uri()}: {_first_line(e)}") from None
+    if exp is None:
+        raise UqflowError(f"no experiment {name!r} in the tracking store {tracking.tracking_uri()}; "
+                          "run `uqflow run` or `uqflow grid` first, or pass --experiment")
+    search = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string.strip() else "")
+    try:
+        runs = tracking.search_runs(exp.experiment_id, search)
+    except MlflowException as e:
+        raise UqflowError(f"MLflow rejected the filter {filter_string!r}: {_first_line(e)}") from None
+
+    engine = connect(url)
+    outcomes: list[Outcome] = []
+
+    def report(o: Outcome) -> None:
+        outcomes.append(o)
+        if on_run:
+            on_run(o)
+
+    try:
+        for run in runs:
+            report(_aggregate_run(engine, exp.name, run))
+        if not filter_string.strip():
+            for o in _remove_stale(engine, exp.experiment_id, {r.info.run_id for r in runs}):
+                report(o)
+    except OperationalError as e:
+        raise StoreError(f"cannot write the results store {redact(url)}: {_first_line(e)}") from None
+    finally:
+        engine.dispose()
+    return outcomes
+
+
+def _label(run) -> str:
+    t = run.data.tags
+    return f"{t.get('model', '?')} x {t.get('dataset', '?')}"
+
+
+def digest(run) -> str:
+    """A fingerprint of what MLflow recorded for a run; a change in it means the stored copy is stale."""
+    d = run.data
+    payload = {"params": d.params, "tags": {k: v for k, v in d.tags.items()}, "metrics": d.metrics,
+               "end_time": run.info.end_time}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _aggregate_run(engine, experiment_name: str, run) -> Outcome:
+    run_id, label = run.info.run_id, _label(run)
+    tags, metrics = run.data.tags, run.data.metrics
+    if "uqflow.grid" in tags:
+        return Outcome(run_id, "skipped", "a grid's parent run (its cells are runs of their own)", f"grid {tags['uqflow.grid']}")
+    missing = [k for k in ("model", "dataset", "family") if k not in tags] + [k for k in ("n",) if k not in metrics]
+    if missing:
+        return Outcome(run_id, "skipped", f"not a uqflow model x dataset run (no {', '.join(missing)})", label)
+    dig = digest(run)
+    if _stored_digest(engine, run_id) == dig:
+        return Outcome(run_id, "unchanged", "", label)
+    try:
+        row = _run_row(experiment_name, run, dig)
+        score_rows = _score_rows(run_id, metrics)
+        gen_rows = _generation_rows(run_id, int(metrics["n"]))
+    except UqflowError as e:
+        return Outcome(run_id, "skipped", str(e), label)
+    for attempt in (1, 2):
+        try:
+            with engine.begin() as conn:
+                # checked again inside the write transaction: another aggregation may have just stored it
+                stored = conn.execute(select(Run.mlflow_digest).where(Run.run_id == run_id)).scalar_one_or_none()
+                if stored == dig:
+                    return Outcome(run_id, "unchanged", "", label)
+                conn.execute(delete(Generation).where(Generation.run_id == run_id))
+                conn.execute(delete(Score).where(Score.run_id == run_id))
+                conn.execute(delete(Run).where(Run.run_id == run_id))
+                conn.execute(insert(Run), [row])
+                if score_rows:
+                    conn.execute(insert(Score), score_rows)
+                if gen_rows:
+                    conn.execute(insert(Generation), gen_rows)
+            return Outcome(run_id, "added" if stored is None else "updated", "", label)
+        except IntegrityError:  # PostgreSQL: a concurrent aggregation inserted it first; look again
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _stored_digest(engine, run_id: str) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(select(Run.mlflow_digest).where(Run.run_id == run_id)).scalar_one_or_none()
+
+
+def _remove_stale(engine, experiment_id: str, keep: set[str]) -> list[Outcome]:
+    with engine.begin() as conn:
+        stored = conn.execute(select(Run.run_id, Run.model, Run.dataset)
+                              .where(Run.experiment_id == experiment_id)).all()
+        stale = [r for r in stored if r.run_id not in keep]
+        for r in stale:
+            conn.execute(delete(Generation).where(Generation.run_id == r.run_id))
+            conn.execute(delete(Score).where(Score.run_id == r.run_id))
+            conn.execute(delete(Run).where(Run.run_id == r.run_id))
+    return [Outcome(r.run_id, "removed", "no longer a FINISHED run of the experiment in MLflow",
+                    f"{r.model} x {r.dataset}") for r in stale]
+
+
+def _num(v: Any) -> float | None:
+    """A finite float, or None (NULL) for NaN, infinities and missing values."""
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _int(v: Any) -> int | None:
+    f = _num(v)
+    return None if f is None else int(f)
+
+
+def _time(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None)
+
+
+def _run_row(experiment_name: str, run, dig: str) -> dict[str, Any]:
+    info, p, t, m = run.info, run.data.params, run.data.tags, run.data.metrics
+    try:
+        size_b = float(t["size_b"])
+    except ValueError:
+        raise UqflowError(f"tag size_b={t['size_b']!r} is not a number") from None
+    pair = "g_nll_vs_rw_g_nll"
+    return {
+        "run_id": info.run_id, "experiment_id": info.experiment_id, "experiment_name": experiment_name,
+        "run_name": info.run_name, "parent_run_id": t.get("mlflow.parentRunId"),
+        "source_run_id": t.get("uqflow.source_run"), "start_time": _time(info.start_time),
+        "end_time": _time(info.end_time), "model": t["model"], "family": t["family"], "size_b": size_b,
+        "quantization": t.get("quantization", "none"), "instruct": t.get("instruct", "").lower() == "true",
+        "dataset": t["dataset"], "correctness": p.get("correctness"), "similarity": p.get("similarity"),
+        "num_few_shot": _int(p.get("num_few_shot")), "backend": p.get("backend"),
+        "config_hash": t.get("config_hash"), "dataset_fingerprint": t.get("dataset_fingerprint"),
+        "prompt_template_hash": t.get("prompt_template_hash"), "uqflow_version": t.get("uqflow_version"),
+        "torch_version": t.get("torch_version"), "transformers_version": t.get("transformers_version"),
+        "n": int(m["n"]), "n_undecided": _int(m.get("n_undecided")), "n_skipped": _int(m.get("n_skipped")),
+        "accuracy": _num(m.get("accuracy")), "mean_answer_tokens": _num(m.get("mean_answer_tokens")),
+        "delong_z": _num(m.get(f"delong_z_{pair}")), "delong_p": _num(m.get(f"delong_p_{pair}")),
+        "generation_seconds": _num(m.get("generation_seconds")),
+        "questions_per_second": _num(m.get("questions_per_second")), "peak_memory_mb": _num(m.get("peak_memory_mb")),
+        "params": dict(p), "tags": {k: v for k, v in t.items()}, "metrics": {k: _num(v) for k, v in m.items()},
+        "mlflow_digest": dig, "aggregated_at": datetime.now(UTC).replace(tzinfo=None),
+    }
+
+
+_AUROC = re.compile(r"^auroc_(.+?)(_ci_low|_ci_high)?$")
+
+
+def _score_rows(run_id: str, metrics: dict[str, float]) -> list[dict[str, Any]]:
+    measures = list(SCORE_COLUMNS) + sorted({mt.group(1) for k in metrics if (mt := _AUROC.match(k))} - set(SCORE_COLUMNS))
+    rows = []
+    for s in measures:
+        keys = {"auroc": f"auroc_{s}", "ci_low": f"auroc_{s}_ci_low", "ci_high": f"auroc_{s}_ci_high",
+                "aurac": f"aurac_{s}", "prr": f"prr_{s}", "acc_cov80": f"acc_cov80_{s}",
+                "acc_cov90": f"acc_cov90_{s}", "acc_cov95": f"acc_cov95_{s}"}
+        if not any(k in metrics for k in keys.values()):
+            continue
+        rows.append({"run_id": run_id, "measure": s, **{col: _num(metrics.get(k)) for col, k in keys.items()}})
+    return rows
+
+
+def _floats(values) -> list[float | None]:
+    return [_num(v) for v in values]
+
+
+def _generation_rows(run_id: str, n: int) -> list[dict[str, Any]]:
+    import pandas as pd
+
+    frame = tracking.load_frame(run_id)
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise UqflowError(f"its generations.parquet lacks the column(s) {', '.join(missing)}")
+    if len(frame) != n:
+        raise UqflowError(f"its generations.parquet has {len(frame)} rows but the run reports n={n}")
+    if frame["example_id"].duplicated().any():
+        raise UqflowError("its generations.parquet repeats an example_id")
+    rows = []
+    try:
+        for i, r in enumerate(frame.to_dict("records")):
+            correct = r["correct"]  # True, False, or None / pd.NA where the judge could not decide
+            token_ids = [int(x) for x in r["token_ids"]]
+            rows.append({
+                "run_id": run_id, "example_id": str(r["example_id"]), "position": i, "question": str(r["question"]),
+                "answer": str(r["answer"]), "reference_answers": [str(x) for x in r["references"]],
+                "answerable": bool(r["answerable"]),
+                "correct": None if pd.isna(correct) else bool(correct),
+                "correctness_score": _num(r.get("correctness_score")), "num_tokens": len(token_ids),
+                "stop_reason": r.get("stop_reason"), **{s: _num(r.get(s)) for s in SCORE_COLUMNS},
+                "tokens": [str(x) for x in r["tokens"]] if r.get("tokens") is not None else None,
+                "token_ids": token_ids, "token_logprobs": _floats(r["token_logprobs"]),
+                "relevance": _floats(r["relevance"]) if r.get("relevance") is not None else None,
+            })
+    except (TypeError, ValueError, KeyError) as e:
+        raise UqflowError(f"its generations.parquet has a malformed row {len(rows)} ({type(e).__name__}: {e})") from None
+    return rows

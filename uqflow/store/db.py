@@ -1,0 +1,205 @@
+"""Connecting to the results store and bringing its schema up to date.
+
+The URL is ``--db`` where a command takes it, else ``UQFLOW_RESULTS_DB``, else
+``sqlite:///results.db``; Alembic's ``migrations/env.py`` reads the same setting. Any SQLAlchemy URL
+works: SQLite on a laptop, PostgreSQL (``postgresql+psycopg://user@host/db``) for a team.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+
+from uqflow.errors import StoreError
+
+DEFAULT_URL = "sqlite:///results.db"
+ENV_VAR = "UQFLOW_RESULTS_DB"
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+SQLITE_BUSY_SECONDS = 60
+
+
+def db_url(url: str | None = None) -> str:
+    """The results store's URL: the argument, else $UQFLOW_RESULTS_DB, else sqlite:///results.db."""
+    return url or os.environ.get(ENV_VAR) or DEFAULT_URL
+
+
+def redact(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def connect(url: str | None = None, *, readonly: bool = False) -> Engine:
+    """An engine for the store, checked to be reachable.
+
+    SQLite gets foreign keys, a busy timeout (so two writers wait for each other instead of
+    failing) and, for writers, ``BEGIN IMMEDIATE`` transactions: a writer takes the write lock when
+    its transaction starts, so two aggregations never deadlock upgrading a read lock. ``readonly``
+    opens SQLite files read-only and PostgreSQL sessions in read-only transactions.
+    """
+    url = db_url(url)
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"{url!r} is not a database URL; expected e.g. sqlite:///results.db or "
+                         "postgresql+psycopg://user@host/dbname") from None
+    try:
+        if u.get_backend_name() == "sqlite":
+            engine = _sqlite_engine(u, readonly)
+        else:
+            args = {"options": "-c default_transaction_read_only=on"} if readonly and u.get_backend_name() == "postgresql" else {}
+            engine = create_engine(u, connect_args=args, pool_pre_ping=True)
+    except NoSuchModuleError:
+        raise StoreError(f"no SQLAlchemy dialect for {u.drivername!r} (in {redact(url)})") from None
+    except ModuleNotFoundError as e:
+        raise StoreError(f"the database driver for {redact(url)} is not installed ({e}); for PostgreSQL: "
+                         "pip install 'uqflow[postgres]'") from None
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as e:
+        engine.dispose()
+        raise StoreError(f"cannot open the results store {redact(url)}: {_first_line(e)}") from None
+    return engine
+
+
+def _sqlite_engine(u, readonly: bool) -> Engine:
+    path = u.database
+    if path and path != ":memory:":
+        p = Path(path)
+        if readonly and not p.exists():
+            raise StoreError(f"no results store at {p}; fill one with `uqflow aggregate` first")
+        if not readonly and not p.parent.exists():
+            raise StoreError(f"cannot create the results store {p}: folder {p.parent} does not exist")
+    if readonly and path and path != ":memory:":
+        # mode=ro: SQLite itself refuses every write on this connection, whatever the SQL says
+        u = u.set(database=f"file:{Path(path).resolve()}?mode=ro", query={**u.query, "uri": "true"})
+    engine = create_engine(u, connect_args={"timeout": SQLITE_BUSY_SECONDS})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # let the "begin" hook below issue BEGIN itself
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys = ON")
+        if readonly:
+            cur.execute("PRAGMA query_only = ON")
+        cur.close()
+        if readonly:
+            dbapi_conn.set_authorizer(_read_only_authorizer)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _read_only_authorizer(action: int, *_args) -> int:
+    """SQLite's per-statement access check for read-only connections: reading and functions pass;
+    writes, schema changes, ATTACH and PRAGMA are denied before they run."""
+    import sqlite3
+
+    return sqlite3.SQLITE_OK if action in _READ_ACTIONS else sqlite3.SQLITE_DENY
+
+
+def _read_actions() -> frozenset[int]:
+    import sqlite3
+
+    return frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
+                      sqlite3.SQLITE_RECURSIVE, sqlite3.SQLITE_TRANSACTION})
+
+
+_READ_ACTIONS = _read_actions()
+
+
+def _first_line(e: BaseException) -> str:
+    orig = getattr(e, "orig", None) or e
+    text = str(orig).strip()
+    return text.splitlines()[0] if text else type(orig).__name__
+
+
+def alembic_config(url: str):
+    """Alembic's configuration for the store at ``url`` (the URL travels as an attribute, not
+    through the ini file, so no ``%`` in a password needs escaping)."""
+    from alembic.config import Config
+
+    if not (MIGRATIONS / "env.py").is_file():
+        raise StoreError(f"the migrations folder {MIGRATIONS} is missing; run uqflow from its source checkout")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["url"] = url
+    return cfg
+
+
+def upgrade(url: str | None = None, revision: str = "head") -> str:
+    """Apply the migrations up to ``revision``; returns the revision the store is at afterwards."""
+    return _migrate("upgrade", url, revision)
+
+
+def downgrade(url: str | None, revision: str) -> str:
+    """Undo migrations down to ``revision`` ("base": an empty store); returns the revision reached."""
+    return _migrate("downgrade", url, revision)
+
+
+def _migrate(direction: str, url: str | None, revision: str) -> str:
+    from alembic import command
+    from alembic.util import CommandError
+
+    url = db_url(url)
+    engine = connect(url)
+    try:
+        cfg = alembic_config(url)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            getattr(command, direction)(cfg, revision)
+        return current_revision(engine) or "base"
+    except CommandError as e:
+        raise StoreError(f"cannot {direction} the results store to {revision!r}: {e}") from None
+    except OperationalError as e:
+        raise StoreError(f"cannot migrate the results store {redact(url)}: {_first_line(e)}") from None
+    finally:
+        engine.dispose()
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(DEFAULT_URL)).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def require_schema(engine: Engine, url: str) -> None:
+    """Fail clearly unless the store is at the newest migration."""
+    if not inspect(engine).has_table("runs"):
+        raise StoreError(f"the results store {redact(url)} is empty; fill it with `uqflow aggregate`")
+    cur, head = current_revision(engine), head_revision()
+    if cur != head:
+        raise StoreError(f"the results store {redact(url)} is at schema revision {cur}, this uqflow needs {head}; "
+                         f"run `uqflow db upgrade --db {redact(url)}`")
+
+
+def row_counts(url: str | None = None) -> dict[str, int]:
+    """Rows in each table of the store."""
+    from sqlalchemy import func, select
+
+    from uqflow.store.schema import Base
+
+    engine = connect(db_url(url), readonly=True)
+    try:
+        with engine.connect() as conn:
+            return {name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+                    for name, t in Base.metadata.tables.items()}
+    finally:
+        engine.dispose()
