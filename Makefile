@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the study in miniature: the cpu_demo grid into MLflow, the runs into the SQL results store, the report
 demo: $(STAMP)
 	$(BIN)/uqflow grid grids/cpu_demo.yaml
+	$(BIN)/uqflow aggregate
+	$(BIN)/uqflow report --out reports
+	@echo "Browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

@@ -310,6 +310,27 @@ def query(sql, fmt, db) -> None:
         click.echo(render(result, fmt), nl=False)
 
 
+@cli.command()
+@click.option("--db", default=None, help=_DB_HELP)
+@click.option("--out", default="reports", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for report.html, summary.json and figures/.")
+@click.option("--measure", default="g_nll", show_default=True,
+              help="Primary measure of the answers: g_nll, ln_g_nll, max_nll, mean_entropy or rw_g_nll.")
+@click.option("--no-mlflow", is_flag=True, help="Do not log the report as an MLflow analysis run.")
+def report(db, out, measure, no_mlflow) -> None:
+    """Figures, statistics and one self-contained report.html from the results store.
+
+    Example: uqflow report --out reports
+    """
+    from uqflow.report import build_report
+
+    r = build_report(db, out, measure=measure, log_to_mlflow=not no_mlflow)
+    click.echo(f"Figures: {r.html.parent / 'figures'}/ ({len(r.figures)} PNG files); summary: {r.summary}")
+    if r.analysis_run_id:
+        click.echo(f"Logged as the MLflow analysis run {r.analysis_run_id}.")
+    click.echo(f"Report: {r.html.resolve()}")
+
+
 @cli.group()
 def db() -> None:
     """Manage the results store's schema (Alembic migrations)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -27,7 +28,7 @@ class RunConfig:
     max_new_tokens: int = 50  # brief answers; the study's grid used 150
     batch_size: int = 0  # 0 = automatic; never changes results, only speed
     backend: str = "hf"  # generation engine: hf | vllm
-    device: str = "auto"  # auto | cpu | cuda[:N]
+    device: str = "auto"  # auto | cpu | cuda[:N] | mps
     instruction: str = BRIEF_INSTRUCTION  # the study's grid used prompts.SHORT_PHRASE_INSTRUCTION
     use_context: bool = True  # include the passage for datasets that have one (SQuAD, SVAMP)
     instruction_per_block: bool = False  # repeat the instruction before every few-shot block
@@ -55,6 +56,10 @@ class RunConfig:
             raise ConfigError(f"unknown backend {self.backend!r}. Known: {', '.join(ENGINES)}")
         if not is_judge_name(self.correctness):
             raise ConfigError(f"unknown correctness judge {self.correctness!r}. Known: {', '.join(JUDGES)}")
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"unknown device {self.device!r}. Known: auto, cpu, cuda, cuda:N, mps")
+        if not self.similarity.strip():
+            raise ConfigError("similarity must name a similarity model, e.g. all-MiniLM-L6-v2 (the default)")
 
     @property
     def prompt_options(self) -> PromptOptions:
@@ -82,6 +87,7 @@ class RunConfig:
 
 
 NON_RESULT_FIELDS = {"batch_size", "device", "backend"}
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 _PY_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}

@@ -33,6 +33,10 @@ class ModelRegistryError(UqflowError):
     """A user's model registry file that is missing, malformed or inconsistent."""
 
 
+class TrackingError(UqflowError):
+    """The MLflow tracking store cannot be reached or refuses a request."""
+
+
 class StoreError(UqflowError):
     """The results store cannot be reached, migrated, written or queried."""
 

@@ -65,6 +65,9 @@ def load_grid(path: str | os.PathLike) -> Grid:
         v = data.get(key)
         if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
             raise ConfigError(f"{p}: {key} must be a non-empty list of names")
+        twice = sorted({x for x in v if v.count(x) > 1})
+        if twice:
+            raise ConfigError(f"{p}: {key} lists {', '.join(map(repr, twice))} more than once")
     settings = data.get("settings") or {}
     if not isinstance(settings, dict):
         raise ConfigError(f"{p}: settings must be a mapping of configuration fields")
@@ -93,11 +96,12 @@ def cell_states(cells: list[RunConfig]) -> list[CellState]:
     latest run FAILED or KILLED) or pending."""
     import mlflow
 
-    exp = mlflow.get_experiment_by_name(tracking.experiment_name())
     runs: dict[str, list] = {}
-    if exp is not None:
-        for h in sorted({c.hash() for c in cells}):  # tag filters take no IN (...)
-            runs[h] = tracking.search_runs(exp.experiment_id, f"tags.config_hash = '{h}'")
+    with tracking.reaching_store():
+        exp = mlflow.get_experiment_by_name(tracking.experiment_name())
+        if exp is not None:
+            for h in sorted({c.hash() for c in cells}):  # tag filters take no IN (...)
+                runs[h] = tracking.search_runs(exp.experiment_id, f"tags.config_hash = '{h}'")
     out = []
     for cfg in cells:
         mine = sorted(runs.get(cfg.hash(), []), key=lambda r: r.info.start_time or 0)
@@ -152,10 +156,11 @@ def run_grid(grid: Grid, overrides: dict[str, Any] | None = None, *, isolate: bo
     cells = grid.cells(overrides)
     for cfg in cells:
         resolve(cfg)  # every name checked before anything starts
-    if mlflow.active_run() is None and not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(tracking.experiment_name())
-    states = cell_states(cells)
-    _close_abandoned(states)
+    with tracking.reaching_store():
+        if mlflow.active_run() is None and not os.environ.get("MLFLOW_RUN_ID"):
+            mlflow.set_experiment(tracking.experiment_name())
+        states = cell_states(cells)
+        _close_abandoned(states)
     todo = [s for s in states if s.state != "done"]
     with tracking.tracked_run(f"grid:{grid.name}", {GRID_TAG: grid.name, "uqflow.grid_cells": len(cells)}) as parent:
         tracking.log_params({"grid": grid.name, "models": ",".join(grid.models), "datasets": ",".join(grid.datasets),

@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from uqflow.errors import TrackingError, UqflowError
+
 DEFAULT_EXPERIMENT = "uqflow"
 ERROR_TAG = "uqflow.error"
 
@@ -26,30 +28,78 @@ def experiment_name() -> str:
 def tracked_run(run_name: str, tags: Mapping[str, Any]) -> Iterator[Any]:
     """Start (or attach to) a run; end it FINISHED, FAILED with the error as a tag, or KILLED on Ctrl-C.
 
-    No run is ever left RUNNING by an exception that passes through here.
+    No run is ever left RUNNING by an exception that passes through here. A tracking store that
+    cannot be reached, or that refuses a request, is reported as a ``TrackingError`` naming its URI.
     """
     import mlflow
 
-    if mlflow.active_run() is not None:  # a cell of a grid: a child of the grid's run
-        run = mlflow.start_run(run_name=run_name, nested=True)
-    elif os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: the run MLflow Projects created
-        run = mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
-    else:
-        mlflow.set_experiment(experiment_name())
-        run = mlflow.start_run(run_name=run_name)
+    with reaching_store():
+        if mlflow.active_run() is not None:  # a cell of a grid: a child of the grid's run
+            run = mlflow.start_run(run_name=run_name, nested=True)
+        elif os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: the run MLflow Projects created
+            run = mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
+        else:
+            mlflow.set_experiment(experiment_name())
+            run = mlflow.start_run(run_name=run_name)
     try:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
         yield run
     except KeyboardInterrupt:
         _record_error("interrupted (KeyboardInterrupt)")
-        mlflow.end_run("KILLED")
+        _end_run("KILLED")
         raise
     except BaseException as e:
         _record_error(f"{type(e).__name__}: {e}")
-        mlflow.end_run("FAILED")
+        _end_run("FAILED")
+        if isinstance(e, _store_failures()):  # the store failed mid-run: said once, without a traceback
+            raise TrackingError(_store_message(e)) from None
         raise
     else:
-        mlflow.end_run("FINISHED")
+        with reaching_store():
+            mlflow.end_run("FINISHED")
+
+
+def _end_run(status: str) -> None:
+    import mlflow
+
+    with contextlib.suppress(Exception):  # the run is taken off the active stack even if the store is gone
+        mlflow.end_run(status)
+
+
+def _store_failures() -> tuple[type[BaseException], ...]:
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException, requests.exceptions.RequestException
+
+
+_UNREACHABLE = (("connection refused", "connection refused"), ("timed out", "no answer in time"),
+                ("timeout", "no answer in time"), ("name or service not known", "unknown host"),
+                ("failed to resolve", "unknown host"), ("nodename nor servname", "unknown host"),
+                ("max retries exceeded", "no connection"), ("connection aborted", "connection lost"),
+                ("remote end closed", "connection lost"))
+
+
+def _store_message(e: BaseException) -> str:
+    text = str(e).strip()
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
+    uri = tracking_uri()
+    reason = next((why for key, why in _UNREACHABLE if key in text.lower()), None)
+    if reason is not None:
+        return (f"cannot reach the MLflow tracking store {uri} ({reason}); check MLFLOW_TRACKING_URI "
+                "and that the tracking server is running")
+    return f"the MLflow tracking store {uri} refused the request: {first[:500]} (check MLFLOW_TRACKING_URI)"
+
+
+@contextlib.contextmanager
+def reaching_store() -> Iterator[None]:
+    """Reports a tracking store that cannot be reached or refuses a request as a
+    :class:`~uqflow.errors.TrackingError` naming its URI, instead of MLflow's or requests' own
+    exception."""
+    try:
+        yield
+    except _store_failures() as e:
+        raise TrackingError(_store_message(e)) from None
 
 
 def _record_error(message: str) -> None:
@@ -111,20 +161,20 @@ def get_run(run_id: str):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from uqflow.errors import UqflowError
-
     try:
         return mlflow.get_run(run_id)
-    except MlflowException:
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise TrackingError(_store_message(e)) from None
         raise UqflowError(f"no run {run_id!r} in the tracking store {tracking_uri()}") from None
+    except _store_failures() as e:
+        raise TrackingError(_store_message(e)) from None
 
 
 def load_frame(run_id: str, name: str = "generations.parquet"):
     """A run's per-example table, read back from its artifact."""
     import mlflow
     import pandas as pd
-
-    from uqflow.errors import UqflowError
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run is noise
     try:

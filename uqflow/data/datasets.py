@@ -6,6 +6,7 @@ few-shot examples are drawn from.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import hashlib
 import json
@@ -97,11 +98,13 @@ def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
         except Exception as e:  # pyarrow raises several types for a damaged file
             raise DatasetError(f"{path}: not a readable Parquet file ({e})") from None
         return [(i + 1, r) for i, r in enumerate(rows)]
+    raw = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0  # a BOM (Windows editors) is allowed
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise DatasetError(f"{path}:{line}: not valid UTF-8 (byte {e.start}); save the file as UTF-8") from None
+        line = raw[: bom + e.start].count(b"\n") + 1
+        raise DatasetError(f"{path}:{line}: not valid UTF-8 (byte {bom + e.start}); save the file as UTF-8") from None
     if suffix == ".json":
         try:
             data = json.loads(text)
@@ -181,7 +184,7 @@ def load_dataset(name: str) -> LoadedDataset:
     and shared; treat the result as read-only."""
     if name in DATASETS:
         return _load_registered(name)
-    if looks_like_path(name):
+    if name.strip() and looks_like_path(name):
         return load_local(name)
     DATASETS.get(name)  # raises UnknownDataset with suggestions
     raise AssertionError("unreachable")

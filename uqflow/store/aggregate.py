@@ -111,6 +111,8 @@ def _aggregate_run(engine, experiment_name: str, run) -> Outcome:
     tags, metrics = run.data.tags, run.data.metrics
     if "uqflow.grid" in tags:
         return Outcome(run_id, "skipped", "a grid's parent run (its cells are runs of their own)", f"grid {tags['uqflow.grid']}")
+    if "uqflow.analysis" in tags:
+        return Outcome(run_id, "skipped", "an analysis run (a report's artifacts)", "analysis")
     missing = [k for k in ("model", "dataset", "family") if k not in tags] + [k for k in ("n",) if k not in metrics]
     if missing:
         return Outcome(run_id, "skipped", f"not a uqflow model x dataset run (no {', '.join(missing)})", label)

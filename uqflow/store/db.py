@@ -100,12 +100,21 @@ def _sqlite_engine(u, readonly: bool) -> Engine:
     return engine
 
 
-def _read_only_authorizer(action: int, *_args) -> int:
-    """SQLite's per-statement access check for read-only connections: reading and functions pass;
-    writes, schema changes, ATTACH and PRAGMA are denied before they run."""
+def _read_only_authorizer(action: int, arg1, arg2, *_rest) -> int:
+    """SQLite's per-statement access check for read-only connections: reading, functions and the
+    schema-describing PRAGMAs pass; writes, schema changes, ATTACH and every
+    other PRAGMA are denied before they run."""
     import sqlite3
 
-    return sqlite3.SQLITE_OK if action in _READ_ACTIONS else sqlite3.SQLITE_DENY
+    if action in _READ_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _READ_PRAGMAS:  # arg2: a table name
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+_READ_PRAGMAS = frozenset({"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
+                           "foreign_key_list", "table_list"})
 
 
 def _read_actions() -> frozenset[int]:

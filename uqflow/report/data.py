@@ -1,0 +1,74 @@
+"""The results store read into pandas, once, for the report and the notebook."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from uqflow.store.db import connect, db_url, redact, require_schema
+
+#: generations columns the report uses (the prompt and token ids stay in the store)
+GENERATION_COLUMNS = ("run_id", "example_id", "position", "question", "answer", "correct", "answerable", "num_tokens",
+                      "g_nll", "ln_g_nll", "max_nll", "mean_entropy", "rw_g_nll", "tokens", "token_logprobs",
+                      "relevance")
+
+
+@dataclass
+class Study:
+    """Every run in the store with its dimensions, scores and generations.
+
+    ``runs``: one row per run (with ``label`` = "model x dataset" and ``size_class`` within its
+    family); ``scores``: one row per run and measure, joined to the run's dimensions (the view
+    ``v_run_scores``); ``generations``: one row per run and example.
+    """
+
+    url: str
+    runs: pd.DataFrame
+    scores: pd.DataFrame
+    generations: pd.DataFrame
+
+    @property
+    def families(self) -> list[str]:
+        return sorted(self.runs["family"].unique())
+
+    @property
+    def datasets(self) -> list[str]:
+        return sorted(self.runs["dataset"].unique())
+
+    def measure(self, name: str) -> pd.DataFrame:
+        """Per-run scores of one measure, with the run's dimensions, ordered by family, size, dataset."""
+        s = self.scores[self.scores["measure"] == name]
+        return s.sort_values(["family", "size_b", "model", "dataset"]).reset_index(drop=True)
+
+    def answers(self, run_id: str) -> pd.DataFrame:
+        return self.generations[self.generations["run_id"] == run_id].sort_values("position")
+
+
+def load_study(url: str | None = None) -> Study:
+    """Read the store at ``url`` (default: $UQFLOW_RESULTS_DB, else sqlite:///results.db), read-only."""
+    import json
+
+    from uqflow.errors import StoreError
+
+    url = db_url(url)
+    engine = connect(url, readonly=True)
+    try:
+        require_schema(engine, url)
+        with engine.connect() as conn:
+            runs = pd.read_sql("SELECT * FROM runs ORDER BY family, size_b, model, dataset", conn)
+            scores = pd.read_sql("SELECT * FROM v_run_scores", conn)
+            gens = pd.read_sql(f"SELECT {', '.join(GENERATION_COLUMNS)} FROM generations", conn)
+    finally:
+        engine.dispose()
+    if runs.empty:
+        raise StoreError(f"the results store {redact(url)} holds no runs; run `uqflow aggregate` first")
+    for col in ("tokens", "token_logprobs", "relevance"):  # JSON columns come back as text from SQLite
+        gens[col] = gens[col].map(lambda v: json.loads(v) if isinstance(v, str) else v)
+    for frame in (runs, scores):
+        frame["instruct"] = frame["instruct"].astype(bool)
+    gens["correct"] = gens["correct"].astype("boolean")
+    runs["label"] = runs["model"] + " x " + runs["dataset"]
+    runs = runs.merge(scores[["run_id", "size_class"]].drop_duplicates(), on="run_id", how="left")
+    scores["label"] = scores["model"] + " x " + scores["dataset"]
+    return Study(redact(url), runs, scores, gens)

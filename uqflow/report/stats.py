@@ -1,0 +1,271 @@
+"""The study's five questions, answered from the results store with their tests — or a plain
+statement that the runs present cannot answer them.
+
+Comparisons of two models on the same dataset are paired: both answered the same questions (same
+seed and sample size), so each bootstrap resample draws the same questions for both and the
+questions' own difficulty cancels. Comparisons across datasets are unpaired. With three or more
+families measured in the same blocks (dataset x size class), families are compared with
+Friedman's test: each block measures every family once, there are few blocks, and AUROCs are
+bounded and not normal, so a rank-based repeated-measures test fits; with two families, the paired
+bootstrap per block is used instead (Friedman needs three groups).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from uqflow.report.data import Study
+from uqflow.scoring.evaluation import auroc_difference
+
+QUESTIONS = {
+    "size": "Does size help?",
+    "family": "Which family flags its errors best?",
+    "dataset": "Does the dataset matter?",
+    "instruct": "Does instruction tuning help?",
+    "quantization": "What does 8-bit quantization cost?",
+}
+ALPHA = 0.05
+
+
+@dataclass
+class Answer:
+    """One question's answer: a sentence with its numbers, the test behind it and why that test."""
+
+    key: str
+    question: str
+    answerable: bool
+    answer: str
+    test: str = ""
+    why: str = ""
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _clean(asdict(self))
+
+
+def _clean(obj):
+    """JSON-safe: NaN becomes None, numpy scalars become Python numbers."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def _p(p: float) -> str:
+    return "n/a" if not math.isfinite(p) else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
+
+
+def compare_runs(study: Study, run_a: str, run_b: str, measure: str, *, seed: int = 0,
+                 n_resamples: int = 2000) -> dict[str, Any]:
+    """AUROC(b) - AUROC(a) for ``measure``: paired over the questions both runs answered (and the
+    judge decided) when they share questions, unpaired otherwise."""
+    ga, gb = study.answers(run_a), study.answers(run_b)
+    ga, gb = ga[ga["correct"].notna()], gb[gb["correct"].notna()]
+    shared = ga.merge(gb, on="example_id", suffixes=("_a", "_b"))
+    paired = len(shared) >= 0.8 * min(len(ga), len(gb)) and len(shared) > 0
+    if paired:
+        d = auroc_difference(shared["correct_a"].astype(bool), shared[f"{measure}_a"], shared["correct_b"].astype(bool),
+                             shared[f"{measure}_b"], paired=True, seed=seed, n_resamples=n_resamples)
+    else:
+        d = auroc_difference(ga["correct"].astype(bool), ga[measure], gb["correct"].astype(bool), gb[measure],
+                             paired=False, seed=seed, n_resamples=n_resamples)
+    ra, rb = (study.runs.set_index("run_id").loc[r] for r in (run_a, run_b))
+    sa = study.scores[(study.scores.run_id == run_a) & (study.scores.measure == measure)]
+    sb = study.scores[(study.scores.run_id == run_b) & (study.scores.measure == measure)]
+    return {"a": ra["label"], "b": rb["label"], "run_a": run_a, "run_b": run_b,
+            "auroc_a": float(sa["auroc"].iloc[0]) if len(sa) else math.nan,
+            "auroc_b": float(sb["auroc"].iloc[0]) if len(sb) else math.nan,
+            "difference": d.difference, "ci_low": d.ci_low, "ci_high": d.ci_high, "p_value": d.p_value,
+            "paired": d.paired, "n": d.n_a if d.paired else d.n_a + d.n_b}
+
+
+def _summarise(comps: list[dict[str, Any]], a_name: str, b_name: str) -> str:
+    diffs = [c["difference"] for c in comps if math.isfinite(c["difference"])]
+    if not diffs:
+        return "Every comparison was undefined (a run with only right or only wrong answers)."
+    up = sum(d > 0 for d in diffs)
+    sig_up = sum(c["ci_low"] > 0 for c in comps if math.isfinite(c["ci_low"]))
+    sig_down = sum(c["ci_high"] < 0 for c in comps if math.isfinite(c["ci_high"]))
+    text = (f"AUROC is higher for {b_name} than for {a_name} in {up} of {len(diffs)} comparisons "
+            f"(mean ΔAUROC {np.mean(diffs):+.3f}). ")
+    if sig_up == sig_down == 0:
+        return text + "No difference is distinguishable from zero at the 95% level."
+    return text + (f"The 95% interval excludes zero in {sig_up} comparison(s) in favour of {b_name} and {sig_down} "
+                   f"in favour of {a_name}.")
+
+
+def _pairs_answer(study, key, measure, pairs, a_name, b_name, why, cannot) -> Answer:
+    comps = [compare_runs(study, a, b, measure) for a, b in pairs]
+    if not comps:
+        return Answer(key, QUESTIONS[key], False, cannot)
+    test = "paired bootstrap of the AUROC difference over shared questions (2,000 resamples)"
+    if not all(c["paired"] for c in comps):
+        test = "bootstrap of the AUROC difference (paired over shared questions where the runs share them)"
+    lines = "; ".join(f"{c['b']} vs {c['a']}: {c['difference']:+.3f} [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}], "
+                      f"{_p(c['p_value'])}" for c in comps)
+    return Answer(key, QUESTIONS[key], True, f"{_summarise(comps, a_name, b_name)} Per comparison: {lines}.", test,
+                  why, comps, {"mean_difference": float(np.nanmean([c["difference"] for c in comps])),
+                               "comparisons": len(comps)})
+
+
+def answer_size(study: Study, measure: str = "g_nll") -> Answer:
+    runs = study.runs
+    pairs, confounded = [], set()
+    for _, g in runs.groupby(["family", "dataset"]):
+        sizes = sorted(g["size_b"].unique())
+        if len(sizes) < 2:
+            continue
+        small, large = g[g.size_b == sizes[0]].iloc[-1], g[g.size_b == sizes[-1]].iloc[-1]
+        pairs.append((small.run_id, large.run_id))
+        if small.quantization != large.quantization:
+            confounded.add("quantization")
+        if small.instruct != large.instruct:
+            confounded.add("instruction tuning")
+    cannot = ("The runs present cannot answer this: every family in the store has runs of one size only "
+              f"({', '.join(f'{f}: {runs[runs.family == f].size_b.iloc[0]:g}B' for f in study.families)}). "
+              "Run two sizes of a family (grids/multi_family.yaml does) and aggregate again.")
+    a = _pairs_answer(study, "size", measure, pairs, "the smaller model", "the larger model", "The two sizes of a family answer the same questions, so the comparison is "
+                      "paired, which cancels the questions' own difficulty.", cannot)
+    if a.answerable and confounded:
+        a.answer += (f" Caution: within these pairs the two sizes also differ in {' and '.join(sorted(confounded))}, "
+                     "so that difference is part of what is measured.")
+    return a
+
+
+def answer_dataset(study: Study, measure: str = "g_nll") -> Answer:
+    pairs = []
+    for _, g in study.runs.groupby("model"):
+        ds = sorted(g["dataset"].unique())
+        for i in range(1, len(ds)):
+            pairs.append((g[g.dataset == ds[0]].iloc[-1].run_id, g[g.dataset == ds[i]].iloc[-1].run_id))
+    cannot = (f"The runs present cannot answer this: no model has runs on two datasets (datasets: "
+              f"{', '.join(study.datasets)}).")
+    first = study.datasets[0]
+    second = study.datasets[1] if len(study.datasets) == 2 else "the other dataset"
+    a = _pairs_answer(study, "dataset", measure, pairs, first, second, "Different datasets have different questions, so each run is resampled on its own "
+                      "(unpaired bootstrap); the model is held fixed.", cannot)
+    if a.answerable:
+        a.test = "unpaired bootstrap of the AUROC difference, per model (2,000 resamples)"
+        by_ds = study.measure(measure).groupby("dataset")["auroc"].mean()
+        a.numbers["mean_auroc_by_dataset"] = by_ds.to_dict()
+        a.answer = ("Mean AUROC by dataset: " + ", ".join(f"{d} {v:.3f}" for d, v in by_ds.items()) + ". " + a.answer)
+    return a
+
+
+def answer_instruct(study: Study, measure: str = "g_nll") -> Answer:
+    pairs = []
+    for _, g in study.runs.groupby(["family", "size_b", "quantization", "dataset"]):
+        if g["instruct"].nunique() == 2:
+            pairs.append((g[~g.instruct].iloc[-1].run_id, g[g.instruct].iloc[-1].run_id))
+    kinds = ", ".join(f"{m} ({'instruct' if i else 'base'})"
+                      for m, i in study.runs[["model", "instruct"]].drop_duplicates().itertuples(index=False))
+    cannot = ("The runs present cannot answer this: no family has a base and an instruction-tuned model of the same "
+              f"size and quantization on the same dataset (models: {kinds}). Comparing across families would "
+              "confound tuning with the family.")
+    return _pairs_answer(study, "instruct", measure, pairs, "the base model", "the instruction-tuned model", "Base and instruct versions of one model answer the same questions: "
+                         "paired comparison.", cannot)
+
+
+def answer_quantization(study: Study, measure: str = "g_nll") -> Answer:
+    pairs = []
+    for _, g in study.runs.groupby(["family", "size_b", "instruct", "dataset"]):
+        q = g["quantization"].unique()
+        if len(q) >= 2 and "none" in q:
+            for other in sorted(set(q) - {"none"}):
+                pairs.append((g[g.quantization == "none"].iloc[-1].run_id, g[g.quantization == other].iloc[-1].run_id))
+    quants = ", ".join(f"{m}: {q}" for m, q in study.runs[["model", "quantization"]].drop_duplicates().itertuples(index=False))
+    cannot = ("The runs present cannot answer this: no model was run both quantized and unquantized on the same "
+              f"dataset ({quants}). In the reference study only the large models are quantized, so there size and "
+              "quantization are confounded; run one large model in bf16 beside its 8-bit run to measure the cost.")
+    return _pairs_answer(study, "quantization", measure, pairs, "full precision", "the quantized model",
+                         "The quantized and full-precision versions of one model answer the same questions: "
+                         "paired comparison.", cannot)
+
+
+def answer_family(study: Study, measure: str = "g_nll") -> Answer:
+    from scipy.stats import friedmanchisquare
+
+    s = study.measure(measure)
+    fams = study.families
+    means = s.groupby("family")["auroc"].mean()
+    ranking = ", ".join(f"{f} {v:.3f}" for f, v in means.sort_values(ascending=False).items())
+    numbers: dict[str, Any] = {"mean_auroc_by_family": means.to_dict()}
+    if len(fams) < 2:
+        return Answer("family", QUESTIONS["family"], False,
+                      f"The runs present cannot answer this: the store holds one family only ({fams[0]}, mean AUROC "
+                      f"{means.iloc[0]:.3f}).", numbers=numbers)
+    blocks = s.pivot_table(index=["dataset", "size_class"], columns="family", values="auroc", aggfunc="mean")
+    complete, block_kind = blocks.dropna(), "dataset x size class"
+    if len(complete) < 2:  # e.g. a family with one size: its runs cannot be matched by size, so by dataset only
+        complete, block_kind = s.pivot_table(index="dataset", columns="family", values="auroc", aggfunc="mean").dropna(), \
+            "dataset (each family's mean over its runs)"
+    numbers["blocks"] = len(complete)
+    best = means.idxmax()
+    if len(fams) >= 3 and len(complete) >= 2:
+        stat, p = friedmanchisquare(*[complete[f].to_numpy() for f in complete.columns])
+        numbers.update({"friedman_chi2": float(stat), "p_value": float(p), "block_kind": block_kind})
+        verdict = (f"{best} has the highest mean AUROC ({ranking}). Friedman's test over {len(complete)} blocks "
+                   f"({block_kind}): χ² = {stat:.2f}, {_p(p)}: "
+                   + ("the families differ." if p < ALPHA else "the data do not show the families differ."))
+        if len(complete) < 4:
+            verdict += f" With only {len(complete)} blocks the test has little power."
+        return Answer("family", QUESTIONS["family"], True, verdict, f"Friedman test (blocks: {block_kind})",
+                      "Each block measures every family once, blocks are few, and AUROC is bounded and not normal, "
+                      "so a rank-based repeated-measures test fits.", numbers=numbers)
+    # two families (or too few complete blocks): paired bootstrap per block
+    pairs = []
+    for key, _ in complete.iterrows():
+        ds, size_class = key if isinstance(key, tuple) else (key, None)
+        g = study.runs[(study.runs.dataset == ds) & ((study.runs.size_class == size_class) if size_class else True)]
+        fa, fb = sorted(g.family.unique())[:2]
+        pairs.append((g[g.family == fa].iloc[-1].run_id, g[g.family == fb].iloc[-1].run_id))
+    if not pairs:
+        return Answer("family", QUESTIONS["family"], False,
+                      f"The runs present cannot answer this: the families were not run on a common dataset and size "
+                      f"class (mean AUROC {ranking}).", numbers=numbers)
+    fa, fb = sorted(fams)[:2]
+    a = _pairs_answer(study, "family", measure, pairs, fa, fb, "Friedman's test needs three families; with two, each dataset's runs share their questions, "
+                      "so a paired bootstrap per dataset is the most direct test.", "")
+    a.answer = f"Mean AUROC by family: {ranking}. " + a.answer
+    a.numbers.update(numbers)
+    return a
+
+
+def answer_all(study: Study, measure: str = "g_nll") -> list[Answer]:
+    return [answer_size(study, measure), answer_family(study, measure), answer_dataset(study, measure),
+            answer_instruct(study, measure), answer_quantization(study, measure)]
+
+
+def best_performers(study: Study) -> dict[str, Any]:
+    """The best run per measure, the best measure per run, and the best family per measure."""
+    s = study.scores.dropna(subset=["auroc"])
+    best_run = s.loc[s.groupby("measure")["auroc"].idxmax(), ["measure", "label", "auroc", "ci_low", "ci_high"]]
+    best_measure = s.loc[s.groupby("run_id")["auroc"].idxmax(), ["label", "measure", "auroc"]]
+    fam = s.groupby(["measure", "family"])["auroc"].mean().reset_index()
+    best_family = fam.loc[fam.groupby("measure")["auroc"].idxmax()]
+    return _clean({"run_per_measure": best_run.to_dict("records"), "measure_per_run": best_measure.to_dict("records"),
+                   "family_per_measure": best_family.to_dict("records")})
+
+
+def delong_table(study: Study) -> pd.DataFrame:
+    """G-NLL against RW-G-NLL per run: both AUROCs and DeLong's paired test (from the store)."""
+    g, rw = study.measure("g_nll").set_index("run_id"), study.measure("rw_g_nll").set_index("run_id")
+    r = study.runs.set_index("run_id")
+    out = pd.DataFrame({"label": r["label"], "auroc_g_nll": g["auroc"], "auroc_rw_g_nll": rw["auroc"],
+                        "delong_z": r["delong_z"], "delong_p": r["delong_p"]})
+    return out.reset_index().sort_values("label").reset_index(drop=True)
