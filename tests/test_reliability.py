@@ -1,0 +1,112 @@
+"""Interruptions and concurrency in the results store: SIGKILL during aggregation leaves it
+consistent and a rerun completes it; two aggregations at once store every run exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from store_fixtures import log_run
+from uqflow.store import aggregate, run_query
+from uqflow.store.db import row_counts
+
+N_RUNS, N_QUESTIONS = 12, 150
+
+
+@pytest.fixture
+def many_runs(tracking):
+    models = ["SmolLM2-135M-Instruct", "Gemma-3-270M", "Llama-3.2-1B", "Qwen2.5-1.5B", "Mistral-7B-v0.3-8bit",
+              "Llama-3-8B-8bit"]
+    ids = [log_run(models[i % len(models)], ["trivia_mini", "squad_mini"][i // len(models)], N_QUESTIONS, seed=i)
+           for i in range(N_RUNS)]
+    return ids
+
+
+def _consistent(url: str) -> int:
+    """Every stored run has all its generations and scores, nothing is orphaned; returns the run count."""
+    per_run = run_query("SELECT r.run_id, r.n, (SELECT COUNT(*) FROM generations g WHERE g.run_id = r.run_id), "
+                        "(SELECT COUNT(*) FROM scores s WHERE s.run_id = r.run_id) FROM runs r", url).rows
+    for run_id, n, gens, scores in per_run:
+        assert gens == n and scores == 5, f"run {run_id}: {gens} generations of {n}, {scores} scores"
+    orphans = run_query("SELECT COUNT(*) FROM generations WHERE run_id NOT IN (SELECT run_id FROM runs)", url).rows
+    assert orphans == [(0,)]
+    return len(per_run)
+
+
+def _aggregate_cmd(url: str) -> list[str]:
+    return [sys.executable, "-m", "uqflow", "aggregate", "--db", url]
+
+
+def test_sigkill_during_aggregation_then_rerun(many_runs, tmp_path, venv_env):
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    proc = subprocess.Popen(_aggregate_cmd(url), env=venv_env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True)
+    added = 0
+    for line in proc.stderr:  # kill it once a few runs are in, while it writes the next ones
+        added += line.strip().startswith("added")
+        if added == 3:
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    stored = _consistent(url)
+    assert 3 <= stored < N_RUNS
+    out = aggregate(url=url)
+    assert sum(o.action == "added" for o in out) == N_RUNS - stored
+    assert sum(o.action == "unchanged" for o in out) == stored
+    assert _consistent(url) == N_RUNS
+    assert row_counts(url) == {"runs": N_RUNS, "scores": 5 * N_RUNS, "generations": N_QUESTIONS * N_RUNS}
+
+
+def test_two_aggregations_at_once(many_runs, tmp_path, venv_env):
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    procs = [subprocess.Popen(_aggregate_cmd(url), env=venv_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    added = sum(int(out.split(" added")[0].split()[-1]) for out, _ in outs)
+    assert added == N_RUNS  # each run stored by exactly one of them
+    assert _consistent(url) == N_RUNS
+    assert row_counts(url) == {"runs": N_RUNS, "scores": 5 * N_RUNS, "generations": N_QUESTIONS * N_RUNS}
+
+
+def test_two_aggregations_at_once_on_postgres(many_runs, postgres_server, venv_env):
+    url = postgres_server()
+    procs = [subprocess.Popen(_aggregate_cmd(url), env=venv_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    assert _consistent(url) == N_RUNS
+    assert row_counts(url) == {"runs": N_RUNS, "scores": 5 * N_RUNS, "generations": N_QUESTIONS * N_RUNS}
+
+
+def test_a_failed_write_leaves_no_partial_rows(tracking, tmp_path, monkeypatch):
+    """A run whose generations cannot be inserted (here: made to fail mid-insert) leaves nothing."""
+    import importlib
+
+    agg = importlib.import_module("uqflow.store.aggregate")  # the module, not the function of that name
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    log_run(n=20, seed=1)
+    real = agg._generation_rows
+
+    def broken(run_id, n):
+        rows = real(run_id, n)
+        rows[-1]["question"] = None  # NOT NULL: the insert fails after the run and scores rows went in
+        return rows
+
+    monkeypatch.setattr(agg, "_generation_rows", broken)
+    with pytest.raises(Exception):
+        aggregate(url=url)
+    assert row_counts(url) == {"runs": 0, "scores": 0, "generations": 0}
+    monkeypatch.setattr(agg, "_generation_rows", real)
+    assert [o.action for o in aggregate(url=url)] == ["added"]
+    assert os.path.exists(tmp_path / "results.db")
