@@ -103,3 +103,36 @@ def postgres_server():
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"],
                        capture_output=True)
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's chromium and chromium-driver packages) driven through selenium
+    for the test session, with a fresh temporary profile; yields the selenium driver.
+
+    Where the browser, its driver or selenium is missing these tests are skipped, unless
+    UQFLOW_REQUIRE_CHROMIUM=1, when they fail instead.
+    """
+    import shutil
+    import tempfile
+
+    from browser import CHROMEDRIVER, CHROMIUM, start_chromium
+
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("the selenium Python package")
+    if missing:
+        if os.environ.get("UQFLOW_REQUIRE_CHROMIUM") == "1":
+            pytest.fail(f"headless browser not found ({', '.join(missing)}); install Debian's chromium and "
+                        "chromium-driver packages and selenium")
+        pytest.skip(f"headless browser not installed ({', '.join(missing)} missing; Debian packages chromium "
+                    "and chromium-driver, Python package selenium)")
+    profile = tempfile.mkdtemp(prefix="uqflow-chromium-")
+    driver = start_chromium(profile)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)

@@ -149,3 +149,21 @@ def test_notebook_runs_on_the_same_functions(study_store, tmp_path):
     assert len(pngs) == 9
     text = json.dumps([o.get("data", {}).get("text/markdown", "") for o in outputs])
     assert "Does size help?" in text and "Friedman" in text
+
+
+def test_report_renders_in_a_real_browser(study_store, tmp_path, browser):
+    """Headless Chromium opens report.html: every figure loads and every question is on the page."""
+    from browser import page_report
+
+    r = build_report(study_store["url"], tmp_path / "rep", log_to_mlflow=False)
+    seen = page_report(browser, r.html.resolve().as_uri())
+    print(f"\nbrowser: title {seen['title']!r}, {seen['images']} images, broken {seen['broken_images']}, "
+          f"{len(seen['text'])} characters of text")
+    assert seen["title"] == "uqflow report"
+    assert seen["images"] == 9 and seen["broken_images"] == []
+    for q in ("Does size help?", "Which family flags its errors best?", "Does the dataset matter?",
+              "Does instruction tuning help?", "What does 8-bit quantization cost?"):
+        assert q in seen["text"]
+    assert "cannot answer" in seen["text"]
+    widths = browser.execute_script("return Array.from(document.images).map(i => i.naturalWidth)")
+    assert all(w > 300 for w in widths)

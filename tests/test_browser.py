@@ -1,0 +1,134 @@
+"""Checks in a real headless browser (Chromium through selenium): the MLflow UI shows uqflow's runs
+with the tags the study is sliced by, and the page report used for that can see a broken image."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+
+import pytest
+
+from browser import current_page_report, page_report, server_output, start_mlflow_ui, stop_process
+
+RUNS = (("SmolLM2-135M-Instruct", "trivia_mini"), ("Gemma-3-270M", "squad_mini"))
+# Tags of the SmolLM2 run as the run page must show them (family and size from the model registry).
+SMOLLM_TAGS = {"family": "SmolLM2", "size_b": "0.135", "dataset": "trivia_mini"}
+# A 1x1 PNG.
+PNG_1X1 = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+
+
+def _tags_section(text: str) -> str:
+    """The run page's text from its "Tags" heading on (empty without one). Params come before it,
+    so a param with a tag's name and value (``dataset``) cannot pass for the tag."""
+    found = re.search(r"(?m)^Tags$", text)
+    return text[found.end():] if found else ""
+
+
+def _tag_shown(text: str, key: str, value: str) -> str | None:
+    """Where the run page's Tags section shows ``key`` with ``value``, rendered "key: value" (key
+    and value possibly on separate lines): the snippet as one line, or None."""
+    found = re.search(rf"(?:^|\s)({re.escape(key)}\s*:\s*{re.escape(value)})(?:\s|$)", _tags_section(text))
+    return " ".join(found.group(1).split()) if found else None
+
+
+def _wait_for_text(driver, needles, timeout: float = 60.0, until=None) -> str:
+    """The page's visible text once every one of ``needles`` is in it and ``until(text)``, when
+    given, is true (fails after ``timeout`` s)."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def text_now(d) -> str:
+        return d.execute_script("return document.body ? document.body.innerText : ''") or ""
+
+    def shown(d) -> bool:
+        text = text_now(d)
+        return all(n in text for n in needles) and (until is None or until(text))
+
+    try:
+        WebDriverWait(driver, timeout, poll_frequency=0.25).until(shown)
+    except TimeoutException:
+        text = text_now(driver)
+        missing = [n for n in needles if n not in text]
+        pytest.fail(f"{driver.current_url}: not shown within {timeout:.0f} s: {missing or until.__doc__}\n"
+                    f"--- page text ---\n{text[:3000]}")
+    return text_now(driver)
+
+
+def _settled(driver, loaded: dict, needles, until=None) -> dict:
+    """The report of a single-page app's page once its data has rendered: the text and images as
+    they are when every one of ``needles`` is shown (and ``until(text)``), the console errors from
+    loading on."""
+    _wait_for_text(driver, needles, until=until)
+    now = current_page_report(driver)
+    return {**now, "console_errors": loaded["console_errors"] + now["console_errors"]}
+
+
+@pytest.mark.slow
+def test_mlflow_ui_shows_runs_with_family_size_and_dataset(tracking, browser, tmp_path, monkeypatch):
+    import mlflow
+
+    from store_fixtures import log_run
+    from uqflow import tracking as uq_tracking
+
+    monkeypatch.chdir(tmp_path)  # the experiment's artifact root (./mlruns) is made under the test's folder
+    started = time.monotonic()
+    run_ids = {f"{model}__{dataset}": log_run(model, dataset, n=10, seed=i)
+               for i, (model, dataset) in enumerate(RUNS)}
+    experiment = mlflow.get_experiment_by_name(uq_tracking.experiment_name())
+    logged_s = time.monotonic() - started
+
+    proc, base_url = start_mlflow_ui(tracking)
+    try:
+        server_s = time.monotonic() - started - logged_s
+        runs_url = f"{base_url}/#/experiments/{experiment.experiment_id}/runs"
+        runs_page = _settled(browser, page_report(browser, runs_url), list(run_ids))
+
+        smollm = "SmolLM2-135M-Instruct__trivia_mini"
+        run_url = f"{base_url}/#/experiments/{experiment.experiment_id}/runs/{run_ids[smollm]}"
+
+        def all_tags_shown(text: str) -> bool:
+            """all of the tags family, size_b and dataset with their values in the Tags section"""
+            return all(_tag_shown(text, k, v) for k, v in SMOLLM_TAGS.items())
+
+        run_page = _settled(browser, page_report(browser, run_url), [smollm], until=all_tags_shown)
+        snippets = {k: _tag_shown(run_page["text"], k, v) for k, v in SMOLLM_TAGS.items()}
+        tags_shown = {k: v for k, v in SMOLLM_TAGS.items() if snippets[k]}
+
+        artifacts_page = _settled(browser, page_report(browser, f"{run_url}/artifacts"), ["generations.parquet"])
+
+        print(f"\n[browser] runs logged in {logged_s:.1f} s, MLflow UI up in {server_s:.1f} s at {base_url}")
+        for label, page in (("runs page", runs_page), ("run page", run_page), ("artifacts page", artifacts_page)):
+            print(f"[browser] {label}: title={page['title']!r} images={page['images']} "
+                  f"broken={page['broken_images']} console_errors={page['console_errors']}")
+        print(f"[browser] run names found: {[name for name in run_ids if name in runs_page['text']]}")
+        print(f"[browser] tags found on {smollm}: {[snippet for snippet in snippets.values() if snippet]}")
+        print(f"[browser] artifact listed: {'generations.parquet' in artifacts_page['text']}")
+
+        assert all(name in runs_page["text"] for name in run_ids)
+        assert tags_shown == SMOLLM_TAGS, f"tags not shown as key/value: {run_page['text'][:3000]}"
+        for page in (runs_page, run_page, artifacts_page):
+            assert page["broken_images"] == [], page["title"]
+    except BaseException:
+        print(f"--- mlflow ui output ---\n{server_output(proc)[-5000:]}")
+        raise
+    finally:
+        stop_process(proc)
+
+
+def test_page_report_sees_broken_images(browser, tmp_path):
+    page = tmp_path / "page.html"
+    data_uri = "data:image/png;base64," + base64.b64encode(PNG_1X1).decode()
+    page.write_text(f"""<!doctype html><html><head><title>images</title></head><body>
+<p>two images</p>
+<img id="ok" src="{data_uri}" alt="ok">
+<img id="missing" src="missing.png" alt="missing">
+</body></html>""")
+
+    report = page_report(browser, page.as_uri())
+
+    assert report["title"] == "images"
+    assert "two images" in report["text"]
+    assert report["images"] == 2
+    assert report["broken_images"] == [(tmp_path / "missing.png").as_uri()[:80]]
