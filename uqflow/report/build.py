@@ -105,7 +105,7 @@ img { max-width: 100%; margin: 0.5em 0; border: 1px solid #eee; }
 <h2>G-NLL against RW-G-NLL (DeLong's paired test per run)</h2>
 <table><tr><th>run</th><th>G-NLL</th><th>RW-G-NLL</th><th>z</th><th>p</th></tr>
 {% for d in s.delong_g_nll_vs_rw_g_nll %}<tr><td>{{ d.label }}</td><td>{{ f(d.auroc_g_nll) }}</td><td>{{ f(d.auroc_rw_g_nll) }}</td>
-<td>{{ f(d.delong_z, 2) }}</td><td>{{ f(d.delong_p, 4) }}</td></tr>{% endfor %}</table>
+<td>{{ f(d.delong_z, 2) }}</td><td>{{ pval(d.delong_p) }}</td></tr>{% endfor %}</table>
 
 <h2>Figures</h2>
 {% for name, title, uri in images %}<h3>{{ title }}</h3><img src="{{ uri }}" alt="{{ title }}" id="fig-{{ name }}">
@@ -131,11 +131,14 @@ def render_html(study: Study, summary: dict, pngs: dict[str, bytes]) -> str:
     def f(x, digits=3):
         return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
 
+    def pval(p):
+        return "–" if p is None or not math.isfinite(p) else ("< 0.0001" if p < 1e-4 else f"{p:.4f}")
+
     fam_best = {b["measure"]: b for b in summary["best"]["family_per_measure"]}
     env = Environment(autoescape=True)
     images = [(k, TITLES[k], "data:image/png;base64," + base64.b64encode(v).decode()) for k, v in pngs.items()]
     return env.from_string(_TEMPLATE).render(
-        s=summary, measures=F.MEASURES, label=lambda m: F.LABELS.get(m, m), f=f, images=images,
+        s=summary, measures=F.MEASURES, label=lambda m: F.LABELS.get(m, m), f=f, pval=pval, images=images,
         family_best=lambda m: fam_best.get(m, {"family": "–", "auroc": None}),
         tokens=Markup(F.token_view_html(study)))
 
