@@ -110,3 +110,28 @@ def test_a_failed_write_leaves_no_partial_rows(tracking, tmp_path, monkeypatch):
     monkeypatch.setattr(agg, "_generation_rows", real)
     assert [o.action for o in aggregate(url=url)] == ["added"]
     assert os.path.exists(tmp_path / "results.db")
+
+
+@pytest.mark.slow
+def test_same_configuration_in_two_processes_is_identical(tracking, venv_env):
+    """Two `uqflow run` processes with one configuration: identical generations (token ids and
+    log-probabilities to the bit), scores and metrics; each run records what it ran with."""
+    import mlflow
+    import pandas as pd
+
+    cmd = [sys.executable, "-m", "uqflow", "run", "--model", "SmolLM2-135M-Instruct", "--dataset", "squad_mini",
+           "--num-samples", "8", "--set", "max_new_tokens=24", "--set", "n_bootstrap=100"]
+    for _ in range(2):
+        subprocess.run(cmd, env=venv_env, check=True, capture_output=True, timeout=600)
+    runs = mlflow.search_runs(experiment_names=["uqflow"], output_format="list", order_by=["attributes.start_time"])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    frames = [pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=r.info.run_id,
+                                                                  artifact_path="generations.parquet")) for r in runs]
+    pd.testing.assert_frame_equal(frames[0], frames[1], check_exact=True)
+    volatile = {"generation_seconds", "scoring_seconds", "relevance_seconds", "questions_per_second", "run_seconds",
+                "peak_memory_mb"}
+    m0, m1 = ({k: v for k, v in r.data.metrics.items() if k not in volatile} for r in runs)
+    assert m0 == m1
+    for key in ("torch_version", "transformers_version", "uqflow_version", "dataset_fingerprint",
+                "prompt_template_hash", "config_hash"):
+        assert runs[0].data.tags[key] and runs[0].data.tags[key] == runs[1].data.tags[key]
