@@ -7,9 +7,10 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
-from uqflow.errors import ConfigError
+from uqflow.errors import ConfigError, UqflowError
 from uqflow.generation import ENGINES
 from uqflow.scoring.judges import JUDGES, is_judge_name
 from uqflow.prompts import BRIEF_INSTRUCTION, PromptOptions
@@ -118,3 +119,23 @@ def _coerce(key: str, typ: Any, raw: Any) -> Any:
     except ValueError:
         raise ConfigError(f"{key} must be {'a whole number' if name == 'int' else 'a number' if name == 'float' else 'true or false'}, got {raw!r}") from None
     return raw
+
+
+def read_yaml(path: Path, kind: str, error: type[UqflowError]) -> Any:
+    """The data in a user's YAML file (a grid or a model registry), read with ``safe_load``: a tag
+    that would construct an object or run code (``!!python/object``, ``!!python/name``, ...) is
+    refused, and every problem is an ``error`` naming the file."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not valid UTF-8 (byte {e.start}); save the file as UTF-8") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        where = f":{e.problem_mark.line + 1}" if e.problem_mark else ""
+        raise error(f"{path}{where}: not valid YAML for a {kind} ({e.problem}): {kind}s are data, so tags that "
+                    "construct objects or run code are refused") from None
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None

@@ -18,7 +18,7 @@ from uqflow import tracking
 from uqflow.config import RunConfig
 from uqflow.data import LoadedDataset, load_dataset
 from uqflow.data.examples import Example
-from uqflow.errors import ConfigError
+from uqflow.errors import ConfigError, UqflowError
 from uqflow.generation import make_engine
 from uqflow.generation.base import token_pieces
 from uqflow.models import LoadedModel, ModelSpec, get_model, load_model, unload
@@ -204,6 +204,9 @@ def _score(cfg: RunConfig, frame, decode, lm: LoadedModel | None):
 # ---------------------------------------------------------------- rescoring
 
 RESCORE_FIELDS = ("correctness", "correctness_threshold", "similarity", "n_bootstrap", "answerable_only")
+#: the generations columns that rescoring reads
+RESCORE_COLUMNS = ("example_id", "question", "answer", "token_ids", "token_logprobs", "token_entropies",
+                   "references", "answerable")
 
 
 def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
@@ -219,6 +222,10 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
     base = RunConfig.from_strings(params)
     cfg = RunConfig.from_strings({**params, **overrides})
     frame = tracking.load_frame(run_id)
+    missing = [c for c in RESCORE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise UqflowError(f"run {run_id}: its generations.parquet lacks the column(s) {', '.join(missing)}, "
+                          "so it cannot be rescored")
     if not cfg.answerable_only and base.answerable_only:
         raise ConfigError("the source run evaluated answerable questions only; unanswerable ones were never generated")
     if cfg.answerable_only:
@@ -232,8 +239,12 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
     t0 = time.perf_counter()
     with tracking.tracked_run(f"{cfg.model}__{cfg.dataset}__rescored", tags) as run:
         tracking.log_params(cfg.to_dict())
-        frame, rel_s = _score(cfg, pd.DataFrame(frame),
-                              lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True), None)
+        try:
+            frame, rel_s = _score(cfg, pd.DataFrame(frame),
+                                  lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True), None)
+        except (TypeError, ValueError, KeyError) as e:
+            raise UqflowError(f"run {run_id}: its generations.parquet has a malformed row "
+                              f"({type(e).__name__}: {e})") from None
         metrics = pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
         metrics.update({"relevance_seconds": rel_s, "run_seconds": time.perf_counter() - t0})
         _log_outputs(cfg, frame, metrics, [f"rescored from run {run_id}"])

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from uqflow import tracking
-from uqflow.config import RunConfig
+from uqflow.config import RunConfig, read_yaml
 from uqflow.errors import ConfigError, UqflowError
 
 log = logging.getLogger(__name__)
@@ -47,15 +47,10 @@ class Grid:
 
 def load_grid(path: str | os.PathLike) -> Grid:
     """Read and check a grid file (YAML, data only)."""
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"grid file {p} does not exist (grids in this project: grids/*.yaml)")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))  # safe_load: no object construction
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml(p, "grid file", ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping with keys models, datasets, settings")
     unknown = set(data) - _KEYS

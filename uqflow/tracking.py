@@ -88,7 +88,8 @@ def _store_message(e: BaseException) -> str:
     if reason is not None:
         return (f"cannot reach the MLflow tracking store {uri} ({reason}); check MLFLOW_TRACKING_URI "
                 "and that the tracking server is running")
-    return f"the MLflow tracking store {uri} refused the request: {first[:500]} (check MLFLOW_TRACKING_URI)"
+    return (f"the MLflow tracking store {uri} refused the request: {first[:500]} (check MLFLOW_TRACKING_URI and "
+            "MLFLOW_EXPERIMENT_NAME)")
 
 
 @contextlib.contextmanager

@@ -54,15 +54,29 @@ class DatasetSpec:
     bundled: bool = False
 
     def load(self) -> LoadedDataset:
-        adapt = SCHEMAS[self.schema][0]
-        examples = [adapt(r) for r in self.loader(self.eval_split)]
+        examples = self._adapted(self.eval_split)
         if self.pool_split is None:
             examples, pool = hold_out_pool(examples)
         else:
-            pool = [adapt(r) for r in self.loader(self.pool_split)]
+            pool = self._adapted(self.pool_split)
         if not examples:
             raise DatasetError(f"dataset {self.name!r} has no examples in split {self.eval_split!r}")
         return LoadedDataset(self.name, examples, pool, self.has_context)
+
+    def _adapted(self, split: str) -> list[Example]:
+        """The split's records as examples; a record that does not fit the schema is a DatasetError
+        naming the dataset, split, record and field."""
+        adapt = SCHEMAS[self.schema][0]
+        out = []
+        for i, rec in enumerate(self.loader(split), 1):
+            where = f"dataset {self.name!r} ({self.source}), split {split!r}, record {i}"
+            try:
+                out.append(adapt(rec))
+            except KeyError as e:
+                raise DatasetError(f"{where}: missing field {e.args[0]!r} ({self.schema} schema)") from None
+            except (TypeError, ValueError, AttributeError) as e:
+                raise DatasetError(f"{where}: malformed record ({self.schema} schema): {e}") from None
+        return out
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset", UnknownDataset)
@@ -82,6 +96,10 @@ def hold_out_pool(examples: list[Example], k: int = HELD_OUT_POOL) -> tuple[list
 
 # ---------------------------------------------------------------- local files
 
+#: the local dataset file types, by suffix (JSON Lines, a JSON list, Parquet)
+FILE_TYPES = (".jsonl", ".json", ".parquet")
+
+
 def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, record) pairs from a JSON Lines, JSON (list or BioASQ ``questions``) or
     Parquet file; every problem is reported with the file and line."""
@@ -90,6 +108,9 @@ def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if path.is_dir():
         raise DatasetError(f"dataset path {path} is a directory; give a .jsonl, .json or .parquet file")
     suffix = path.suffix.lower()
+    if suffix not in FILE_TYPES:
+        raise DatasetError(f"dataset file {path}: unsupported file type {suffix or '(none)'!r}; "
+                           "give a .jsonl, .json or .parquet file")
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -169,7 +190,7 @@ def load_local(path: str | os.PathLike) -> LoadedDataset:
 
 
 def looks_like_path(name: str) -> bool:
-    return os.sep in name or name.endswith((".jsonl", ".json", ".parquet")) or Path(name).exists()
+    return os.sep in name or name.endswith(FILE_TYPES) or Path(name).exists()
 
 
 @functools.lru_cache(maxsize=8)

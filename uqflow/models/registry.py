@@ -80,15 +80,12 @@ def load_registry_file(path: str | os.PathLike) -> list[ModelSpec]:
             quantization: 8bit       # none (default) | 8bit | 4bit
             trust_remote_code: false # only where the model needs it
     """
-    import yaml
+    from uqflow.config import read_yaml
 
     p = Path(path).expanduser()
     if not p.is_file():
         raise ModelRegistryError(f"model registry file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))  # safe_load: tags cannot construct objects
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ModelRegistryError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml(p, "model registry file", ModelRegistryError)
     entries = data.get("models") if isinstance(data, dict) else data
     if not isinstance(entries, list):
         raise ModelRegistryError(f"{p}: expected a list of models under the key 'models'")

@@ -2,6 +2,10 @@
 
 Convention: the positive class is an **incorrect** answer and the score predicts it (higher score =
 more uncertain), so 0.5 is chance and 1.0 means every wrong answer scored above every right one.
+
+A NaN score is undefined (an empty answer's per-token scores) and is left out. An infinite score is
+kept: +inf (an answer with a token of probability zero) is more uncertain than any finite score,
+and every measure here depends only on the order of the scores.
 """
 
 from __future__ import annotations
@@ -30,10 +34,15 @@ class AurocResult:
 
 
 def _clean(correct, score) -> tuple[np.ndarray, np.ndarray]:
+    """(incorrect, score) without NaN scores; infinite scores become their ranks (same order, finite),
+    since scikit-learn refuses infinities."""
     y = ~np.asarray(correct, dtype=bool)  # positive = incorrect
     s = np.asarray(score, dtype=np.float64)
-    keep = np.isfinite(s)
-    return y[keep], s[keep]
+    keep = ~np.isnan(s)
+    y, s = y[keep], s[keep]
+    if np.isinf(s).any():
+        s = stats.rankdata(s)
+    return y, s
 
 
 def auroc(correct, score) -> float:
@@ -72,7 +81,7 @@ def _by_confidence(correct, score) -> np.ndarray:
     ties keep their original order (a stable sort), so the curves are deterministic."""
     c = np.asarray(correct, dtype=np.float64)
     s = np.asarray(score, dtype=np.float64)
-    keep = np.isfinite(s)
+    keep = ~np.isnan(s)
     c, s = c[keep], s[keep]
     return c[np.argsort(s, kind="stable")]
 
@@ -151,7 +160,7 @@ def delong_test(correct, score_a, score_b) -> DeLongResult:
     y = ~np.asarray(correct, dtype=bool)
     a = np.asarray(score_a, dtype=np.float64)
     b = np.asarray(score_b, dtype=np.float64)
-    keep = np.isfinite(a) & np.isfinite(b)
+    keep = ~np.isnan(a) & ~np.isnan(b)
     y, a, b = y[keep], a[keep], b[keep]
     m, n = int(y.sum()), int((~y).sum())
     if m < 2 or n < 2:
