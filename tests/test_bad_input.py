@@ -8,8 +8,7 @@ where there is one, the way out), no traceback, no MLflow run left RUNNING (a fa
 with its error as the ``uqflow.error`` tag) and no partial rows in the results store.
 
 Cases that other modules already cover are not repeated here (each class names them); ``CASES`` at
-the end counts both. Cases marked ``xfail(strict=True)`` are known bugs: each names the function at
-fault and the fix, and fails (to be unmarked) once it is fixed.
+the end counts both.
 """
 
 from __future__ import annotations
@@ -285,10 +284,6 @@ def test_grid_files(tracking, tmp_path, content, extra, phrase, code):
     assert_runs_settled(started=0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "uqflow/cli.py grid --dry-run lists a cell whose model or dataset is unknown (or whose dataset file is "
-    "malformed) as 'pending' and exits 0; it should resolve each cell (uqflow.experiment.resolve, as "
-    "run_grid does before starting) and fail the same way the real run does"))
 def test_grid_dry_run_checks_names(tracking, tmp_path):
     f = tmp_path / "g.yaml"
     f.write_text("models: [SmolLM2-135M-Instruct]\ndatasets: [trivia_mni]\n")
@@ -471,8 +466,6 @@ def test_registry_trust_remote_code_only_where_declared(tmp_path, monkeypatch, e
 # Already covered (tests/test_store.py): test_bad_database_urls on `db upgrade` (not a URL, unknown
 # dialect, missing folder, PostgreSQL server refusing), test_query_errors_are_clear (no store file).
 
-_NOT_A_DB_BUG = ("bug in uqflow/store/db.py: a file that is not an SQLite database raises sqlalchemy DatabaseError "
-                 "(not an OperationalError) from _migrate and current_revision, shown as a traceback")
 DATABASE_URLS = [
     ("query_not_a_url", ["query", "--db", "not a url", "SELECT 1"],
      "'not a url' is not a database URL; expected e.g. sqlite:///results.db"),
@@ -486,14 +479,9 @@ DATABASE_URLS = [
      "folder /nonexistent/dir does not exist"),
     ("aggregate_a_directory", ["aggregate", "--db", "sqlite:///{tmp}/folder.db"], "cannot open the results store"),
     ("env_var_not_a_url", ["query", "SELECT 1"], "'results.db' is not a database URL"),
-    pytest.param("aggregate_not_an_sqlite_file", ["aggregate", "--db", "sqlite:///{tmp}/notes.db"],
-                 "is not a database", marks=pytest.mark.xfail(strict=True, reason=_NOT_A_DB_BUG)),
-    pytest.param("db_current_not_an_sqlite_file", ["db", "current", "--db", "sqlite:///{tmp}/notes.db"],
-                 "is not a database", marks=pytest.mark.xfail(strict=True, reason=_NOT_A_DB_BUG)),
-    pytest.param("query_an_empty_file", ["query", "--db", "sqlite:///{tmp}/empty.db", "SELECT * FROM runs"],
-                 "uqflow aggregate", marks=pytest.mark.xfail(strict=True, reason=(
-                     "uqflow/store/query.py run_query: on a file with no uqflow tables it says only 'no such "
-                     "table: runs'; the way out (fill it with `uqflow aggregate`) is missing"))),
+    ("aggregate_not_an_sqlite_file", ["aggregate", "--db", "sqlite:///{tmp}/notes.db"], "is not a database"),
+    ("db_current_not_an_sqlite_file", ["db", "current", "--db", "sqlite:///{tmp}/notes.db"], "is not a database"),
+    ("query_an_empty_file", ["query", "--db", "sqlite:///{tmp}/empty.db", "SELECT * FROM runs"], "uqflow aggregate"),
 ]
 
 
@@ -529,9 +517,7 @@ QUERY_SQL = [
     ("write_after_a_select", "SELECT 1; DROP TABLE runs", "one SQL statement at a time"),
     ("write_inside_a_cte", "WITH x AS (SELECT 1) DELETE FROM runs", "uqflow query is read-only"),
     ("load_extension", "SELECT load_extension('/tmp/x.so')", "uqflow query is read-only"),
-    pytest.param("vacuum", "VACUUM", "uqflow query is read-only", marks=pytest.mark.xfail(strict=True, reason=(
-        "uqflow/store/query.py _REFUSALS lacks SQLite's 'authorization denied' (VACUUM), so the refusal reads "
-        "'the database rejected the query: authorization denied' without saying the command is read-only"))),
+    ("vacuum", "VACUUM", "uqflow query is read-only"),
 ]
 
 
@@ -785,7 +771,7 @@ TRACKING_SERVER = [
     ("unreachable_grid", "closed", ["grid", "{grid}"], UNREACHABLE),
     ("unreachable_grid_dry_run", "closed", ["grid", "{grid}", "--dry-run"], UNREACHABLE),
     ("unreachable_rescore", "closed", ["rescore", "0123abcd"], UNREACHABLE),
-    ("unreachable_aggregate", "closed", ["aggregate", "--db", "{db}"], "cannot reach the tracking store {uri}"),
+    ("unreachable_aggregate", "closed", ["aggregate", "--db", "{db}"], "cannot reach the MLflow tracking store {uri}"),
     ("unsupported_scheme_run", "foo://tracking", ["run", "--num-samples", "1"],
      "the MLflow tracking store foo://tracking refused the request"),
     ("experiment_deleted_run", "deleted", ["run", "--num-samples", "1"],
@@ -850,9 +836,9 @@ def locked(path: Path):
 
 RESULTS_STORE_FILE = [
     ("read_only_aggregate", "read_only", "aggregate",
-     "cannot write the results store sqlite:///{db}: attempt to write a readonly database", 1),
-    ("locked_aggregate", "locked", "aggregate", "database is locked", 1),
-    ("locked_query", "locked", "query", "database is locked", 1),
+     "cannot write the results store sqlite:///{db}: it is read-only", 1),
+    ("locked_aggregate", "locked", "aggregate", "is locked by another process", 1),
+    ("locked_query", "locked", "query", "is locked by another process", 1),
     ("read_only_query_still_reads", "read_only", "query", "SmolLM2", 0),
 ]
 
@@ -932,7 +918,7 @@ def test_artifacts_aggregate_skips_that_run(tracking, tmp_path, change, reason):
     bad = log_run("Gemma-3-270M", "trivia_mini", 20, 2)
     _damage(bad, change)
     res = invoke("aggregate", "--db", url)
-    assert "Traceback" not in res.output and res.exception is None, res.output
+    assert_clear_failure(res, "1 run(s) could not be stored", 1)  # the store is incomplete: exit 1
     assert f"skipped  {bad}" in res.output and reason in res.output, res.output
     assert f"added  {good}" in res.output
     assert row_counts(url) == {"runs": 1, "scores": 5, "generations": 20}
@@ -940,11 +926,6 @@ def test_artifacts_aggregate_skips_that_run(tracking, tmp_path, change, reason):
     assert_runs_settled(started=2)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "uqflow/cli.py aggregate / uqflow/store/aggregate.py: a run skipped because its artifact cannot be read "
-    "is reported like a grid's parent run ('skipped') and the command exits 0, so a script cannot tell that "
-    "the store is incomplete; the exit code should be non-zero (after storing the rest), as `uqflow grid` does "
-    "for a failed cell"))
 def test_artifacts_aggregate_exit_code_says_a_run_was_not_stored(tracking, tmp_path):
     good = log_run("SmolLM2-135M-Instruct", "trivia_mini", 10, 1)
     bad = log_run("Gemma-3-270M", "trivia_mini", 10, 2)

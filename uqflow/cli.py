@@ -144,7 +144,12 @@ def grid(grid_file, sets, isolate, dry_run) -> None:
     g = load_grid(grid_file)
     overrides = _parse_sets(sets)
     if dry_run:
-        states = cell_states(g.cells(overrides))
+        from uqflow.experiment import resolve
+
+        cells = g.cells(overrides)
+        for cfg in cells:  # names and dataset files are checked as a real run would, before listing
+            resolve(cfg)
+        states = cell_states(cells)
     else:
         cells_bar = tqdm(total=len(g.models) * len(g.datasets), desc=f"grid {g.name}", unit="cell", disable=None)
         q_bar, q_update = _progress_bar("questions")
@@ -268,6 +273,7 @@ def aggregate(experiment, filter_string, db) -> None:
 
     url = db_url(db)
     outcomes = aggregate_runs(experiment, filter_string, url, on_run=on_run)
+    problems = [o for o in outcomes if o.problem]
     counts = {a: sum(o.action == a for o in outcomes) for a in ACTIONS}
     click.echo(", ".join(f"{counts[a]} {a}" for a in ACTIONS) + f" (of {len(outcomes)} runs looked at)")
     table = Table(title=f"results store {redact(url)}")
@@ -278,13 +284,17 @@ def aggregate(experiment, filter_string, db) -> None:
     Console(width=200).print(table)
     click.echo(f"Query it: uqflow query \"SELECT * FROM v_auroc_by_family WHERE measure = 'g_nll'\"" +
                ("" if db is None else f" --db {redact(url)}"))
+    if problems:
+        raise click.ClickException(f"{len(problems)} run(s) could not be stored (reasons above); the others are in "
+                                   "the store. Fix or delete those runs in MLflow and aggregate again.")
 
 
 @cli.command()
 @click.argument("sql")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--timeout", default=120.0, show_default=True, type=float, help="Stop the query after this many seconds.")
 @click.option("--db", default=None, help=_DB_HELP)
-def query(sql, fmt, db) -> None:
+def query(sql, fmt, timeout, db) -> None:
     """Run one read-only SQL statement over the results store.
 
     Tables: runs, scores, generations; views: v_run_scores and v_auroc_by_{family,size,family_size,
@@ -294,7 +304,7 @@ def query(sql, fmt, db) -> None:
     """
     from uqflow.store.query import render, run_query
 
-    result = run_query(sql, db)
+    result = run_query(sql, db, timeout=timeout)
     if fmt == "table":
         from rich.console import Console
         from rich.table import Table
@@ -333,7 +343,10 @@ def report(db, out, measure, no_mlflow) -> None:
 
 @cli.group()
 def db() -> None:
-    """Manage the results store's schema (Alembic migrations)."""
+    """Manage the results store's schema (Alembic migrations).
+
+    Example: uqflow db upgrade --db sqlite:///results.db
+    """
 
 
 @db.command("upgrade")

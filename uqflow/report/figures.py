@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from uqflow.report.data import Study
 from uqflow.report.plots import LABELS, rejection_figure, roc_figure  # noqa: F401  (re-exported for the notebook)
-from uqflow.scoring.evaluation import rejection_curve
+from uqflow.scoring.evaluation import incorrect_and_scores as ranked, rejection_curve
 
 MEASURES = tuple(LABELS)
 
@@ -164,11 +164,11 @@ def roc_overlay(study: Study, measure: str = "g_nll") -> Figure:
     styles = {d: st for d, st in zip(study.datasets, ["-", "--", ":", "-."] * 5)}
     for _, r in study.runs.iterrows():
         g = study.answers(r.run_id)
-        g = g[g.correct.notna() & np.isfinite(g[measure].astype(float))]
-        y = ~g.correct.astype(bool).to_numpy()
+        g = g[g.correct.notna()]
+        y, s = ranked(g.correct.astype(bool).to_numpy(), g[measure].astype(float).to_numpy())  # NaN out
         if y.all() or not y.any():
             continue
-        fpr, tpr, _ = roc_curve(y, g[measure].astype(float))
+        fpr, tpr, _ = roc_curve(y, s)
         ax.plot(fpr, tpr, color=colours[r.family], ls=styles[r.dataset], label=r.label)
     ax.plot([0, 1], [0, 1], ls=":", c="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate (wrong answers flagged)", xlim=(0, 1), ylim=(0, 1.01),

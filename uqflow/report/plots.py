@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from uqflow.scoring.evaluation import rejection_curve
+from uqflow.scoring.evaluation import incorrect_and_scores as ranked, rejection_curve
 
 LABELS = {"g_nll": "G-NLL", "ln_g_nll": "LN-G-NLL", "max_nll": "max-token NLL",
           "mean_entropy": "mean token entropy", "rw_g_nll": "RW-G-NLL"}
@@ -29,11 +29,10 @@ def roc_figure(frame, scores: Sequence[str], title: str = "") -> Figure:
     ax = fig.add_subplot()
     d, correct = _decided(frame)
     for name in scores:
-        s = d[name].to_numpy(dtype=np.float64)
-        ok = np.isfinite(s)
-        if len(set(correct[ok])) < 2:
+        wrong, s = ranked(correct, d[name].to_numpy(dtype=np.float64))  # NaN out, infinities ranked
+        if len(set(wrong)) < 2:
             continue
-        fpr, tpr, _ = roc_curve(~correct[ok], s[ok])
+        fpr, tpr, _ = roc_curve(wrong, s)
         auc = np.trapezoid(tpr, fpr)
         ax.plot(fpr, tpr, label=f"{LABELS.get(name, name)} (AUROC {auc:.3f})")
     ax.plot([0, 1], [0, 1], ls=":", c="grey", label="chance")

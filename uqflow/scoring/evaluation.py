@@ -33,7 +33,7 @@ class AurocResult:
     n_incorrect: int
 
 
-def _clean(correct, score) -> tuple[np.ndarray, np.ndarray]:
+def incorrect_and_scores(correct, score) -> tuple[np.ndarray, np.ndarray]:
     """(incorrect, score) without NaN scores; infinite scores become their ranks (same order, finite),
     since scikit-learn refuses infinities."""
     y = ~np.asarray(correct, dtype=bool)  # positive = incorrect
@@ -47,7 +47,7 @@ def _clean(correct, score) -> tuple[np.ndarray, np.ndarray]:
 
 def auroc(correct, score) -> float:
     """AUROC of ``score`` for detecting incorrect answers; NaN (with a warning) for one class."""
-    y, s = _clean(correct, score)
+    y, s = incorrect_and_scores(correct, score)
     if y.all() or not y.any():
         warnings.warn(f"AUROC undefined: {int(y.sum())} incorrect of {y.size} scored answers", OneClassWarning, stacklevel=2)
         return float("nan")
@@ -57,7 +57,7 @@ def auroc(correct, score) -> float:
 def auroc_with_ci(correct, score, *, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> AurocResult:
     """AUROC with a stratified percentile bootstrap interval (scipy.stats.bootstrap over the
     incorrect and correct groups separately, so no resample loses a class), seeded."""
-    y, s = _clean(correct, score)
+    y, s = incorrect_and_scores(correct, score)
     value = auroc(~y, s) if y.size else float("nan")
     lo = hi = float("nan")
     wrong, right = s[y], s[~y]
@@ -226,11 +226,12 @@ def auroc_difference(correct_a, score_a, correct_b, score_b, *, paired: bool, n_
     yb, sb = ~np.asarray(correct_b, dtype=bool), np.asarray(score_b, dtype=np.float64)
     if paired and ya.size != yb.size:
         raise ValueError(f"paired comparison of {ya.size} and {yb.size} answers")
-    if paired:  # a question whose score is not finite on either side leaves both
-        keep = np.isfinite(sa) & np.isfinite(sb)
+    # NaN (undefined) scores are left out, infinite ones kept: only their order matters here
+    if paired:  # a question whose score is undefined on either side leaves both
+        keep = ~np.isnan(sa) & ~np.isnan(sb)
         ya, sa, yb, sb = ya[keep], sa[keep], yb[keep], sb[keep]
     else:
-        ka, kb = np.isfinite(sa), np.isfinite(sb)
+        ka, kb = ~np.isnan(sa), ~np.isnan(sb)
         ya, sa, yb, sb = ya[ka], sa[ka], yb[kb], sb[kb]
     nan = AurocDifference(float("nan"), float("nan"), float("nan"), float("nan"), ya.size, yb.size, paired)
     if not ya.size or not yb.size:

@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from uqflow import tracking
 from uqflow.errors import StoreError, UqflowError
-from uqflow.store.db import _first_line, connect, db_url, redact, upgrade
+from uqflow.store.db import _first_line, connect, db_url, preflight, store_failure, upgrade
 from uqflow.store.schema import Generation, Run, Score
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class Outcome:
     action: str  # one of ACTIONS
     reason: str = ""
     label: str = ""  # "model x dataset", for messages
+    problem: bool = False  # a uqflow run that could not be stored (the store is incomplete without it)
 
 
 def aggregate(experiment: str | None = None, filter_string: str = "", url: str | None = None,
@@ -57,21 +58,23 @@ def aggregate(experiment: str | None = None, filter_string: str = "", url: str |
     from mlflow.exceptions import MlflowException
 
     url = db_url(url)
-    upgrade(url)  # the writer keeps the schema current; a no-op when it already is
+    preflight(url)  # a mistyped URL or a missing driver is reported before anything else is looked at
     name = experiment or tracking.experiment_name()
-    try:
+    with tracking.reaching_store():  # an unreachable tracking store is reported before the SQL store is touched
         exp = mlflow.MlflowClient().get_experiment_by_name(name)
-    except MlflowException as e:
-        raise UqflowError(f"cannot reach the tracking store {tracking.tracking_uri()}: {_first_line(e)}") from None
     if exp is None:
         raise UqflowError(f"no experiment {name!r} in the tracking store {tracking.tracking_uri()}; "
                           "run `uqflow run` or `uqflow grid` first, or pass --experiment")
     search = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string.strip() else "")
-    try:
-        runs = tracking.search_runs(exp.experiment_id, search)
-    except MlflowException as e:
-        raise UqflowError(f"MLflow rejected the filter {filter_string!r}: {_first_line(e)}") from None
+    with tracking.reaching_store():
+        try:
+            runs = tracking.search_runs(exp.experiment_id, search)
+        except MlflowException as e:
+            if filter_string.strip() and e.error_code == "INVALID_PARAMETER_VALUE":
+                raise UqflowError(f"MLflow rejected the filter {filter_string!r}: {_first_line(e)}") from None
+            raise
 
+    upgrade(url)  # the writer keeps the schema current; a no-op when it already is
     engine = connect(url)
     outcomes: list[Outcome] = []
 
@@ -86,8 +89,8 @@ def aggregate(experiment: str | None = None, filter_string: str = "", url: str |
         if not filter_string.strip():
             for o in _remove_stale(engine, exp.experiment_id, {r.info.run_id for r in runs}):
                 report(o)
-    except OperationalError as e:
-        raise StoreError(f"cannot write the results store {redact(url)}: {_first_line(e)}") from None
+    except SQLAlchemyError as e:
+        raise StoreError(store_failure("write", url, e)) from None
     finally:
         engine.dispose()
     return outcomes
@@ -116,6 +119,8 @@ def _aggregate_run(engine, experiment_name: str, run) -> Outcome:
     missing = [k for k in ("model", "dataset", "family") if k not in tags] + [k for k in ("n",) if k not in metrics]
     if missing:
         return Outcome(run_id, "skipped", f"not a uqflow model x dataset run (no {', '.join(missing)})", label)
+    if "size_b" not in tags:
+        return Outcome(run_id, "skipped", "its tags lack size_b", label, problem=True)
     dig = digest(run)
     if _stored_digest(engine, run_id) == dig:
         return Outcome(run_id, "unchanged", "", label)
@@ -124,7 +129,7 @@ def _aggregate_run(engine, experiment_name: str, run) -> Outcome:
         score_rows = _score_rows(run_id, metrics)
         gen_rows = _generation_rows(run_id, int(metrics["n"]))
     except UqflowError as e:
-        return Outcome(run_id, "skipped", str(e), label)
+        return Outcome(run_id, "skipped", str(e), label, problem=True)
     for attempt in (1, 2):
         try:
             with engine.begin() as conn:
@@ -166,14 +171,21 @@ def _remove_stale(engine, experiment_id: str, keep: set[str]) -> list[Outcome]:
 
 
 def _num(v: Any) -> float | None:
-    """A finite float, or None (NULL) for NaN, infinities and missing values."""
+    """A float for a FLOAT column: NaN and missing values are NULL (undefined); an infinite score
+    (an answer with a token of probability zero) is kept, as SQLite and PostgreSQL floats hold it."""
     if v is None:
         return None
     try:
         f = float(v)
     except (TypeError, ValueError):
         return None
-    return f if math.isfinite(f) else None
+    return None if math.isnan(f) else f
+
+
+def _json_num(v: Any) -> float | None:
+    """A float inside a JSON column: JSON has no NaN or infinity, so those are null."""
+    f = _num(v)
+    return f if f is not None and math.isfinite(f) else None
 
 
 def _int(v: Any) -> int | None:
@@ -208,7 +220,7 @@ def _run_row(experiment_name: str, run, dig: str) -> dict[str, Any]:
         "delong_z": _num(m.get(f"delong_z_{pair}")), "delong_p": _num(m.get(f"delong_p_{pair}")),
         "generation_seconds": _num(m.get("generation_seconds")),
         "questions_per_second": _num(m.get("questions_per_second")), "peak_memory_mb": _num(m.get("peak_memory_mb")),
-        "params": dict(p), "tags": {k: v for k, v in t.items()}, "metrics": {k: _num(v) for k, v in m.items()},
+        "params": dict(p), "tags": {k: v for k, v in t.items()}, "metrics": {k: _json_num(v) for k, v in m.items()},
         "mlflow_digest": dig, "aggregated_at": datetime.now(UTC).replace(tzinfo=None),
     }
 
@@ -230,7 +242,7 @@ def _score_rows(run_id: str, metrics: dict[str, float]) -> list[dict[str, Any]]:
 
 
 def _floats(values) -> list[float | None]:
-    return [_num(v) for v in values]
+    return [_json_num(v) for v in values]
 
 
 def _generation_rows(run_id: str, n: int) -> list[dict[str, Any]]:

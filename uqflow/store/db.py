@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from uqflow.errors import StoreError
 
@@ -35,6 +35,40 @@ def redact(url: str) -> str:
         return url
 
 
+def parse_url(url: str):
+    """The SQLAlchemy URL object, or a clear error for text that is not a database URL."""
+    try:
+        return make_url(url)
+    except ArgumentError:
+        raise StoreError(f"{url!r} is not a database URL; expected e.g. sqlite:///results.db or "
+                         "postgresql+psycopg://user@host/dbname") from None
+
+
+def preflight(url: str) -> None:
+    """Check what can be checked of a store's URL without creating or opening anything: that it
+    is a URL, that its driver is installed, and for SQLite that the file's folder exists and the
+    path is not a folder."""
+    u = parse_url(url)
+    try:
+        u.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise StoreError(f"no SQLAlchemy dialect for {u.drivername!r} (in {redact(url)})") from None
+    except ModuleNotFoundError as e:
+        raise StoreError(f"the database driver for {redact(url)} is not installed ({e}); for PostgreSQL: "
+                         "pip install 'uqflow[postgres]'") from None
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        p = Path(u.database)
+        if not p.parent.exists():
+            raise StoreError(f"cannot create the results store {p}: folder {p.parent} does not exist")
+        if p.is_dir():
+            raise StoreError(f"cannot open the results store {redact(url)}: {p} is a folder")
+        if p.is_file() and p.stat().st_size:
+            with p.open("rb") as f:
+                if f.read(16) != b"SQLite format 3\x00":
+                    raise StoreError(f"{redact(url)} is not a database (not an SQLite file); point --db at a "
+                                     "results store or a new file")
+
+
 def connect(url: str | None = None, *, readonly: bool = False) -> Engine:
     """An engine for the store, checked to be reachable.
 
@@ -44,11 +78,7 @@ def connect(url: str | None = None, *, readonly: bool = False) -> Engine:
     opens SQLite files read-only and PostgreSQL sessions in read-only transactions.
     """
     url = db_url(url)
-    try:
-        u = make_url(url)
-    except ArgumentError:
-        raise StoreError(f"{url!r} is not a database URL; expected e.g. sqlite:///results.db or "
-                         "postgresql+psycopg://user@host/dbname") from None
+    u = parse_url(url)
     try:
         if u.get_backend_name() == "sqlite":
             engine = _sqlite_engine(u, readonly)
@@ -61,11 +91,12 @@ def connect(url: str | None = None, *, readonly: bool = False) -> Engine:
         raise StoreError(f"the database driver for {redact(url)} is not installed ({e}); for PostgreSQL: "
                          "pip install 'uqflow[postgres]'") from None
     try:
-        with engine.connect():
-            pass
+        with engine.connect() as conn:
+            if u.get_backend_name() == "sqlite":  # a file that is not a database fails here, not later
+                conn.exec_driver_sql("SELECT 1 FROM sqlite_master LIMIT 1")
     except SQLAlchemyError as e:
         engine.dispose()
-        raise StoreError(f"cannot open the results store {redact(url)}: {_first_line(e)}") from None
+        raise StoreError(store_failure("open", url, e)) from None
     return engine
 
 
@@ -127,6 +158,20 @@ def _read_actions() -> frozenset[int]:
 _READ_ACTIONS = _read_actions()
 
 
+def store_failure(verb: str, url: str, e: BaseException) -> str:
+    """A one-line message for a database error, with the way out where there is one."""
+    msg = _first_line(e)
+    low = msg.lower()
+    if "locked" in low or "busy" in low:
+        return (f"the results store {redact(url)} is locked by another process (waited {SQLITE_BUSY_SECONDS} s); "
+                "try again when it has finished")
+    if "not a database" in low or "file is encrypted" in low:
+        return f"{redact(url)} is not a database (not an SQLite file); point --db at a results store or a new file"
+    if "readonly" in low or "read-only" in low or "read only" in low:
+        return f"cannot {verb} the results store {redact(url)}: it is read-only ({msg})"
+    return f"cannot {verb} the results store {redact(url)}: {msg}"
+
+
 def _first_line(e: BaseException) -> str:
     orig = getattr(e, "orig", None) or e
     text = str(orig).strip()
@@ -170,8 +215,8 @@ def _migrate(direction: str, url: str | None, revision: str) -> str:
         return current_revision(engine) or "base"
     except CommandError as e:
         raise StoreError(f"cannot {direction} the results store to {revision!r}: {e}") from None
-    except OperationalError as e:
-        raise StoreError(f"cannot migrate the results store {redact(url)}: {_first_line(e)}") from None
+    except SQLAlchemyError as e:
+        raise StoreError(store_failure("migrate", url, e)) from None
     finally:
         engine.dispose()
 
@@ -185,8 +230,11 @@ def head_revision() -> str:
 def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as e:
+        raise StoreError(store_failure("read", str(engine.url), e)) from None
 
 
 def require_schema(engine: Engine, url: str) -> None:
