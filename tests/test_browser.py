@@ -72,9 +72,12 @@ def test_mlflow_ui_shows_runs_with_family_size_and_dataset(tracking, browser, tm
     from store_fixtures import log_run
     from uqflow import tracking as uq_tracking
 
+    from store_fixtures import log_grid_parent
+
     monkeypatch.chdir(tmp_path)  # the experiment's artifact root (./mlruns) is made under the test's folder
     started = time.monotonic()
-    run_ids = {f"{model}__{dataset}": log_run(model, dataset, n=10, seed=i)
+    grid_id = log_grid_parent()  # as `uqflow grid` logs them: cells nested under the grid's run
+    run_ids = {f"{model}__{dataset}": log_run(model, dataset, n=10, seed=i, parent_run_id=grid_id)
                for i, (model, dataset) in enumerate(RUNS)}
     experiment = mlflow.get_experiment_by_name(uq_tracking.experiment_name())
     logged_s = time.monotonic() - started
@@ -83,7 +86,11 @@ def test_mlflow_ui_shows_runs_with_family_size_and_dataset(tracking, browser, tm
     try:
         server_s = time.monotonic() - started - logged_s
         runs_url = f"{base_url}/#/experiments/{experiment.experiment_id}/runs"
-        runs_page = _settled(browser, page_report(browser, runs_url), list(run_ids))
+        page_report(browser, runs_url)
+        _wait_for_text(browser, ["grid:test"])
+        # the cells are nested under the grid's row until it is expanded, as a user would click it
+        browser.execute_script(f"document.querySelector('[row-id=\"{grid_id}\"] button').click()")
+        runs_page = _settled(browser, current_page_report(browser), list(run_ids))
 
         smollm = "SmolLM2-135M-Instruct__trivia_mini"
         run_url = f"{base_url}/#/experiments/{experiment.experiment_id}/runs/{run_ids[smollm]}"

@@ -20,6 +20,7 @@ DEFAULT_URL = "sqlite:///results.db"
 ENV_VAR = "UQFLOW_RESULTS_DB"
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 SQLITE_BUSY_SECONDS = 60
+_MIGRATION_LOCK = 0x7571666C6F77  # an arbitrary advisory-lock key for this schema's migrations ("uqflow")
 
 
 def db_url(url: str | None = None) -> str:
@@ -210,6 +211,9 @@ def _migrate(direction: str, url: str | None, revision: str) -> str:
     try:
         cfg = alembic_config(url)
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # two processes migrating one database at once take turns (SQLite: BEGIN IMMEDIATE does it)
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
             cfg.attributes["connection"] = conn
             getattr(command, direction)(cfg, revision)
         return current_revision(engine) or "base"
