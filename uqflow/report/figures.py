@@ -245,7 +245,8 @@ def pick_token_examples(study: Study, per_run: int = 2) -> pd.DataFrame:
 
 def token_view_html(study: Study, rows: pd.DataFrame | None = None) -> str:
     """Answers token by token: each token's NLL as a red background and its RW-G-NLL relevance as
-    a blue underline (darker = larger), with the question and the verdict. HTML, self-contained."""
+    a blue underline (darker = more relevant, relative to the answer's most relevant token, since
+    only relative weights matter to RW-G-NLL), with the question and the verdict. Self-contained HTML."""
     rows = pick_token_examples(study) if rows is None else rows
     if rows.empty:
         return "<p>No stored answer has its tokens (runs made before token texts were recorded).</p>"
@@ -255,9 +256,10 @@ def token_view_html(study: Study, rows: pd.DataFrame | None = None) -> str:
         nll = -np.asarray(r.token_logprobs, dtype=float)
         rel = np.asarray(r.relevance if r.relevance is not None else [np.nan] * len(nll), dtype=float)
         spans = []
+        top = np.nanmax(rel) if np.isfinite(rel).any() and np.nanmax(rel) > 0 else 1.0
         for tok, n, rv in zip(r.tokens, nll, rel):
-            a = 0.0 if not math.isfinite(n) else min(n / 5.0, 1.0)
-            b = 0.0 if not math.isfinite(rv) else min(max(rv, 0.0), 1.0)
+            a = 1.0 if n == math.inf else 0.0 if not math.isfinite(n) else min(n / 5.0, 1.0)
+            b = 0.0 if not math.isfinite(rv) else min(max(rv / top, 0.0), 1.0)
             spans.append(f'<span class="tok" style="background: rgba(220,40,40,{a:.2f}); '
                          f'border-bottom: 3px solid rgba(30,80,220,{b:.2f})" title="NLL {n:.3f} · relevance {rv:.3f}">'
                          f"{html.escape(tok).replace(' ', '&nbsp;')}</span>")
@@ -266,5 +268,5 @@ def token_view_html(study: Study, rows: pd.DataFrame | None = None) -> str:
                    f'<span class="verdict {verdict}">{verdict}</span> G-NLL {r.g_nll:.2f}, RW-G-NLL {r.rw_g_nll:.2f}: '
                    + "".join(spans) + "</p>")
     out.append('<p class="legend">Background: token NLL (red, saturating at 5 nats). Underline: relevance '
-               "(blue, 0–1). Hover a token for its numbers.</p></div>")
+               "(blue, relative to the answer's most relevant token). Hover a token for its numbers.</p></div>")
     return "\n".join(out)
