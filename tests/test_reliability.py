@@ -135,3 +135,48 @@ def test_same_configuration_in_two_processes_is_identical(tracking, venv_env):
     for key in ("torch_version", "transformers_version", "uqflow_version", "dataset_fingerprint",
                 "prompt_template_hash", "config_hash"):
         assert runs[0].data.tags[key] and runs[0].data.tags[key] == runs[1].data.tags[key]
+
+
+def _wait_for_running(timeout: float = 120.0):
+    import mlflow
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        exp = mlflow.get_experiment_by_name("uqflow")
+        if exp is not None:
+            running = mlflow.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", output_format="list")
+            if running:
+                return running
+        time.sleep(0.5)
+    raise AssertionError("no run started")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [
+    ["run", "--model", "SmolLM2-135M-Instruct", "--dataset", "trivia_mini", "--num-samples", "200"],
+    ["grid", "grids/cpu_demo.yaml", "--set", "num_samples=200"],
+], ids=["run", "grid"])
+def test_ctrl_c_ends_runs_killed_and_leaves_nothing_running(tracking, venv_env, command):
+    """A real SIGINT (Ctrl-C) during generation: exit 130, one line, no traceback, and every run it
+    started ends KILLED with the reason, none left RUNNING."""
+    import mlflow
+
+    from conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "uqflow", *command], env=venv_env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        started = _wait_for_running()
+        time.sleep(3)  # into loading and generating
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Interrupted." in err and "Traceback" not in err
+    exp = mlflow.get_experiment_by_name("uqflow")
+    runs = mlflow.search_runs([exp.experiment_id], output_format="list")
+    assert {r.info.status for r in runs} == {"KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
+    assert {r.info.run_id for r in started} <= {r.info.run_id for r in runs}
+    assert all("interrupted" in r.data.tags.get("uqflow.error", "") for r in runs)
