@@ -83,7 +83,7 @@ def size_effect(study: Study, measure: str = "g_nll") -> Figure:
     fig = Figure(figsize=(6, 4.2), layout="constrained")
     ax = fig.add_subplot()
     colours = _family_colours(study)
-    styles = {d: st for d, st in zip(study.datasets, ["-", "--", ":", "-."] * 5)}
+    styles = _dataset_styles(study)
     for (fam, ds), g in s.groupby(["family", "dataset"]):
         g = g.sort_values("size_b")
         ax.errorbar(g.size_b, g.auroc, yerr=[(g.auroc - g.ci_low).clip(lower=0), (g.ci_high - g.auroc).clip(lower=0)],
@@ -154,21 +154,30 @@ def family_radar(study: Study, measures=MEASURES) -> Figure:
     return fig
 
 
+def _dataset_styles(study: Study) -> dict[str, str]:
+    return dict(zip(study.datasets, ["-", "--", ":", "-."] * 5))
+
+
+def _decided_per_run(study: Study, measure: str):
+    """(run row, correct, score) of every run's decided answers, in the runs' order."""
+    for _, r in study.runs.iterrows():
+        g = study.answers(r.run_id)
+        g = g[g.correct.notna()]
+        yield r, g.correct.astype(bool).to_numpy(), g[measure].astype(float).to_numpy()
+
+
 def roc_overlay(study: Study, measure: str = "g_nll") -> Figure:
     """ROC curves of every run for one measure, overlaid."""
     from sklearn.metrics import roc_curve
 
     fig = Figure(figsize=(5.5, 5), layout="constrained")
     ax = fig.add_subplot()
-    colours = _family_colours(study)
-    styles = {d: st for d, st in zip(study.datasets, ["-", "--", ":", "-."] * 5)}
-    for _, r in study.runs.iterrows():
-        g = study.answers(r.run_id)
-        g = g[g.correct.notna()]
-        y, s = ranked(g.correct.astype(bool).to_numpy(), g[measure].astype(float).to_numpy())  # NaN out
-        if y.all() or not y.any():
+    colours, styles = _family_colours(study), _dataset_styles(study)
+    for r, correct, score in _decided_per_run(study, measure):
+        wrong, s = ranked(correct, score)  # NaN scores out, infinite ones ranked
+        if wrong.all() or not wrong.any():
             continue
-        fpr, tpr, _ = roc_curve(y, s)
+        fpr, tpr, _ = roc_curve(wrong, s)
         ax.plot(fpr, tpr, color=colours[r.family], ls=styles[r.dataset], label=r.label)
     ax.plot([0, 1], [0, 1], ls=":", c="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate (wrong answers flagged)", xlim=(0, 1), ylim=(0, 1.01),
@@ -181,15 +190,11 @@ def rejection_overlay(study: Study, measure: str = "g_nll") -> Figure:
     """Accuracy-rejection curves of every run for one measure, overlaid."""
     fig = Figure(figsize=(5.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    colours = _family_colours(study)
-    styles = {d: st for d, st in zip(study.datasets, ["-", "--", ":", "-."] * 5)}
-    for _, r in study.runs.iterrows():
-        g = study.answers(r.run_id)
-        g = g[g.correct.notna()]
-        if g.empty:
-            continue
-        cov, acc = rejection_curve(g.correct.astype(bool).to_numpy(), g[measure].astype(float).to_numpy())
-        ax.plot(1 - cov, acc, color=colours[r.family], ls=styles[r.dataset], label=r.label)
+    colours, styles = _family_colours(study), _dataset_styles(study)
+    for r, correct, score in _decided_per_run(study, measure):
+        if correct.size:
+            cov, acc = rejection_curve(correct, score)
+            ax.plot(1 - cov, acc, color=colours[r.family], ls=styles[r.dataset], label=r.label)
     ax.set(xlabel="rejection rate (most uncertain first)", ylabel="accuracy of kept answers", xlim=(0, 1), ylim=(0, 1.02),
            title=f"Accuracy-rejection, {LABELS[measure]}, every run")
     ax.legend(fontsize="x-small")
