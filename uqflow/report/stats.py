@@ -197,8 +197,61 @@ def answer_quantization(study: Study, measure: str = "g_nll") -> Answer:
                          "paired comparison.", cannot)
 
 
+def family_differences(study: Study, measure: str = "g_nll", *, n_resamples: int = 2000, seed: int = 0,
+                       confidence: float = 0.95) -> list[dict[str, Any]]:
+    """Per dataset and pair of families: the difference in the families' mean AUROC over their runs
+    on that dataset, with a bootstrap over the questions that every run on the dataset answered and
+    the judge decided. All runs are resampled with the same questions, so the comparison is paired.
+    p-values are two-sided bootstrap tail probabilities, then adjusted across all pairs and datasets
+    with Benjamini-Hochberg (``p_adjusted``)."""
+    import warnings
+    from itertools import combinations
+
+    from scipy.stats import false_discovery_control
+
+    from uqflow.scoring.evaluation import _aurocs
+
+    rng = np.random.default_rng(seed)
+    alpha = (1 - confidence) / 2
+    out: list[dict[str, Any]] = []
+    for ds in study.datasets:
+        runs = study.runs[study.runs.dataset == ds]
+        fams = sorted(runs.family.unique())
+        if len(fams) < 2:
+            continue
+        frames = [study.answers(r).set_index("example_id") for r in runs.run_id]
+        usable = [set(f.index[f.correct.notna() & f[measure].astype(float).notna()]) for f in frames]
+        ids = sorted(set.intersection(*usable))
+        if len(ids) < 10:
+            continue
+        wrong = np.stack([~f.loc[ids, "correct"].astype(bool).to_numpy() for f in frames])  # (runs, questions)
+        score = np.stack([f.loc[ids, measure].astype(float).to_numpy() for f in frames])
+        idx = rng.integers(0, len(ids), size=(n_resamples, len(ids)))
+        point, boot = _aurocs(wrong, score), _aurocs(wrong[:, idx], score[:, idx])  # (runs,), (runs, resamples)
+        family = runs.family.to_numpy()
+        for fa, fb in combinations(fams, 2):
+            a, b = family == fa, family == fb
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a family whose runs are all one-class
+                diff = float(np.nanmean(point[b]) - np.nanmean(point[a]))
+                d = np.nanmean(boot[b], axis=0) - np.nanmean(boot[a], axis=0)
+            d = d[np.isfinite(d)]
+            if not math.isfinite(diff) or d.size < n_resamples // 2:
+                continue
+            lo, hi = np.quantile(d, [alpha, 1 - alpha])
+            p = min(1.0, max(2 * min((d <= 0).mean(), (d >= 0).mean()), 1 / d.size))
+            out.append({"dataset": ds, "a": fa, "b": fb, "runs_a": int(a.sum()), "runs_b": int(b.sum()),
+                        "difference": diff, "ci_low": float(lo), "ci_high": float(hi), "p_value": float(p),
+                        "n": len(ids), "paired": True})
+    if out:
+        adjusted = false_discovery_control([c["p_value"] for c in out], method="bh")
+        for c, q in zip(out, adjusted):
+            c["p_adjusted"] = float(q)
+    return out
+
+
 def answer_family(study: Study, measure: str = "g_nll") -> Answer:
-    from scipy.stats import friedmanchisquare
+    from scipy.stats import chi2, friedmanchisquare
 
     s = study.measure(measure)
     fams = study.families
@@ -209,41 +262,44 @@ def answer_family(study: Study, measure: str = "g_nll") -> Answer:
         return Answer("family", QUESTIONS["family"], False,
                       f"The runs present cannot answer this: the store holds one family only ({fams[0]}, mean AUROC "
                       f"{means.iloc[0]:.3f}).", numbers=numbers)
-    blocks = s.pivot_table(index=["dataset", "size_class"], columns="family", values="auroc", aggfunc="mean")
-    complete, block_kind = blocks.dropna(), "dataset x size class"
-    if len(complete) < 2:  # e.g. a family with one size: its runs cannot be matched by size, so by dataset only
-        complete, block_kind = s.pivot_table(index="dataset", columns="family", values="auroc", aggfunc="mean").dropna(), \
-            "dataset (each family's mean over its runs)"
-    numbers["blocks"] = len(complete)
-    best = means.idxmax()
-    if len(fams) >= 3 and len(complete) >= 2:
-        stat, p = friedmanchisquare(*[complete[f].to_numpy() for f in complete.columns])
-        numbers.update({"friedman_chi2": float(stat), "p_value": float(p), "block_kind": block_kind})
-        verdict = (f"{best} has the highest mean AUROC ({ranking}). Friedman's test over {len(complete)} blocks "
-                   f"({block_kind}): χ² = {stat:.2f}, {_p(p)}: "
-                   + ("the families differ." if p < ALPHA else "the data do not show the families differ."))
-        if len(complete) < 4:
-            verdict += f" With only {len(complete)} blocks the test has little power."
-        return Answer("family", QUESTIONS["family"], True, verdict, f"Friedman test (blocks: {block_kind})",
-                      "Each block measures every family once, blocks are few, and AUROC is bounded and not normal, "
-                      "so a rank-based repeated-measures test fits.", numbers=numbers)
-    # two families (or too few complete blocks): paired bootstrap per block
-    pairs = []
-    for key, _ in complete.iterrows():
-        ds, size_class = key if isinstance(key, tuple) else (key, None)
-        g = study.runs[(study.runs.dataset == ds) & ((study.runs.size_class == size_class) if size_class else True)]
-        fa, fb = sorted(g.family.unique())[:2]
-        pairs.append((g[g.family == fa].iloc[-1].run_id, g[g.family == fb].iloc[-1].run_id))
-    if not pairs:
+    pairs = family_differences(study, measure)
+    parts, tests = [f"Mean AUROC by family: {ranking}."], []
+    blocks = s.pivot_table(index=["dataset", "size_class"], columns="family", values="auroc", aggfunc="mean").dropna()
+    block_kind = "dataset x size class"
+    if len(blocks) < 2:  # e.g. a family with one size: its runs cannot be matched by size, so by dataset only
+        blocks = s.pivot_table(index="dataset", columns="family", values="auroc", aggfunc="mean").dropna()
+        block_kind = "dataset, each family's mean over its runs"
+    if len(fams) >= 3 and len(blocks) >= 2:
+        stat, p = friedmanchisquare(*[blocks[f].to_numpy() for f in blocks.columns])
+        k, n = len(blocks.columns), len(blocks)
+        p_min = float(chi2.sf(n * (k - 1), k - 1))  # all blocks ranking the families alike
+        numbers.update({"friedman_chi2": float(stat), "p_value": float(p), "blocks": n, "block_kind": block_kind,
+                        "friedman_smallest_possible_p": p_min})
+        parts.append(f"Friedman's test over {n} blocks ({block_kind}): χ² = {stat:.2f}, {_p(p)}"
+                     + (f"; with {n} blocks it cannot reach p < {ALPHA} whatever the data (smallest possible "
+                        f"p = {p_min:.3f}), so the pairwise comparisons below carry the evidence." if p_min >= ALPHA
+                        else (": the families differ." if p < ALPHA else ": the data do not show the families differ.")))
+        tests.append(f"Friedman test (blocks: {block_kind})")
+    if pairs:
+        sig = [c for c in pairs if c["p_adjusted"] < ALPHA]
+        parts.append(f"Pairwise, per dataset, on the questions all its runs share: {len(sig)} of {len(pairs)} "
+                     f"differences in mean AUROC are distinguishable from zero after Benjamini-Hochberg adjustment. "
+                     + "; ".join(f"{c['b']} − {c['a']} on {c['dataset']}: {c['difference']:+.3f} "
+                                 f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}], adjusted {_p(c['p_adjusted'])}"
+                                 for c in pairs) + ".")
+        tests.append("paired bootstrap of the difference in family-mean AUROC over shared questions, per dataset "
+                     "(2,000 resamples, Benjamini-Hochberg adjusted)")
+    if not tests:
         return Answer("family", QUESTIONS["family"], False,
-                      f"The runs present cannot answer this: the families were not run on a common dataset and size "
-                      f"class (mean AUROC {ranking}).", numbers=numbers)
-    fa, fb = sorted(fams)[:2]
-    a = _pairs_answer(study, "family", measure, pairs, fa, fb, "Friedman's test needs three families; with two, each dataset's runs share their questions, "
-                      "so a paired bootstrap per dataset is the most direct test.", "")
-    a.answer = f"Mean AUROC by family: {ranking}. " + a.answer
-    a.numbers.update(numbers)
-    return a
+                      f"The runs present cannot answer this: the families were not run on a common dataset "
+                      f"(mean AUROC {ranking}).", numbers=numbers)
+    why = ("Friedman's test fits the design — every block measures every family once, blocks are few, and AUROC is "
+           "bounded and not normal, so ranks within blocks are the safe statistic — but a handful of blocks gives it "
+           "little power. Every run on a dataset answers the same questions, so resampling those questions jointly "
+           "gives paired, much tighter comparisons of the families themselves." if len(tests) == 2 else
+           "Friedman's test needs three families and two blocks; every run on a dataset answers the same questions, "
+           "so resampling them jointly compares the families directly (paired).")
+    return Answer("family", QUESTIONS["family"], True, " ".join(parts), "; ".join(tests), why, pairs, numbers)
 
 
 def answer_all(study: Study, measure: str = "g_nll") -> list[Answer]:
