@@ -7,7 +7,9 @@ works: SQLite on a laptop, PostgreSQL (``postgresql+psycopg://user@host/db``) fo
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect
@@ -45,10 +47,10 @@ def parse_url(url: str):
                          "postgresql+psycopg://user@host/dbname") from None
 
 
-def preflight(url: str) -> None:
+def preflight(url: str, *, readonly: bool = False) -> None:
     """Check what can be checked of a store's URL without creating or opening anything: that it
-    is a URL, that its driver is installed, and for SQLite that the file's folder exists and the
-    path is not a folder."""
+    is a URL and its driver is installed, and for SQLite that the file (or, for a new store, its
+    folder) exists and is an SQLite file."""
     u = parse_url(url)
     try:
         u.get_dialect().import_dbapi()
@@ -59,6 +61,8 @@ def preflight(url: str) -> None:
                          "pip install 'uqflow[postgres]'") from None
     if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
         p = Path(u.database)
+        if readonly and not p.exists():
+            raise StoreError(f"no results store at {p}; fill one with `uqflow aggregate` first")
         if not p.parent.exists():
             raise StoreError(f"cannot create the results store {p}: folder {p.parent} does not exist")
         if p.is_dir():
@@ -66,8 +70,10 @@ def preflight(url: str) -> None:
         if p.is_file() and p.stat().st_size:
             with p.open("rb") as f:
                 if f.read(16) != b"SQLite format 3\x00":
-                    raise StoreError(f"{redact(url)} is not a database (not an SQLite file); point --db at a "
-                                     "results store or a new file")
+                    raise StoreError(_NOT_SQLITE.format(url=redact(url)))
+
+
+_NOT_SQLITE = "{url} is not a database (not an SQLite file); point --db at a results store or a new file"
 
 
 def connect(url: str | None = None, *, readonly: bool = False) -> Engine:
@@ -79,37 +85,40 @@ def connect(url: str | None = None, *, readonly: bool = False) -> Engine:
     opens SQLite files read-only and PostgreSQL sessions in read-only transactions.
     """
     url = db_url(url)
-    u = parse_url(url)
+    preflight(url, readonly=readonly)
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        engine = _sqlite_engine(u, readonly)
+    else:
+        args = {"options": "-c default_transaction_read_only=on"} if readonly and u.get_backend_name() == "postgresql" else {}
+        engine = create_engine(u, connect_args=args, pool_pre_ping=True)
     try:
-        if u.get_backend_name() == "sqlite":
-            engine = _sqlite_engine(u, readonly)
-        else:
-            args = {"options": "-c default_transaction_read_only=on"} if readonly and u.get_backend_name() == "postgresql" else {}
-            engine = create_engine(u, connect_args=args, pool_pre_ping=True)
-    except NoSuchModuleError:
-        raise StoreError(f"no SQLAlchemy dialect for {u.drivername!r} (in {redact(url)})") from None
-    except ModuleNotFoundError as e:
-        raise StoreError(f"the database driver for {redact(url)} is not installed ({e}); for PostgreSQL: "
-                         "pip install 'uqflow[postgres]'") from None
-    try:
-        with engine.connect() as conn:
-            if u.get_backend_name() == "sqlite":  # a file that is not a database fails here, not later
-                conn.exec_driver_sql("SELECT 1 FROM sqlite_master LIMIT 1")
+        with engine.connect():
+            pass
     except SQLAlchemyError as e:
         engine.dispose()
         raise StoreError(store_failure("open", url, e)) from None
     return engine
 
 
+def _recover_hot_journal(path: str) -> None:
+    """A writer killed mid-transaction leaves a rollback journal that the next connection must play
+    back before reading; a read-only connection cannot, so one ordinary read does it first (SQLite
+    plays a journal back only when no live process holds the write lock, so this never undoes a
+    running transaction)."""
+    journal = Path(f"{path}-journal")
+    if journal.is_file() and journal.stat().st_size:
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_SECONDS)) as c:
+                c.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.Error as e:
+            raise StoreError(store_failure("recover", f"sqlite:///{path}", e)) from None
+
+
 def _sqlite_engine(u, readonly: bool) -> Engine:
     path = u.database
-    if path and path != ":memory:":
-        p = Path(path)
-        if readonly and not p.exists():
-            raise StoreError(f"no results store at {p}; fill one with `uqflow aggregate` first")
-        if not readonly and not p.parent.exists():
-            raise StoreError(f"cannot create the results store {p}: folder {p.parent} does not exist")
     if readonly and path and path != ":memory:":
+        _recover_hot_journal(path)
         # mode=ro: SQLite itself refuses every write on this connection, whatever the SQL says
         u = u.set(database=f"file:{Path(path).resolve()}?mode=ro", query={**u.query, "uri": "true"})
     engine = create_engine(u, connect_args={"timeout": SQLITE_BUSY_SECONDS})
@@ -136,8 +145,6 @@ def _read_only_authorizer(action: int, arg1, arg2, *_rest) -> int:
     """SQLite's per-statement access check for read-only connections: reading, functions and the
     schema-describing PRAGMAs pass; writes, schema changes, ATTACH and every
     other PRAGMA are denied before they run."""
-    import sqlite3
-
     if action in _READ_ACTIONS:
         return sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _READ_PRAGMAS:  # arg2: a table name
@@ -147,16 +154,8 @@ def _read_only_authorizer(action: int, arg1, arg2, *_rest) -> int:
 
 _READ_PRAGMAS = frozenset({"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
                            "foreign_key_list", "table_list"})
-
-
-def _read_actions() -> frozenset[int]:
-    import sqlite3
-
-    return frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
-                      sqlite3.SQLITE_RECURSIVE, sqlite3.SQLITE_TRANSACTION})
-
-
-_READ_ACTIONS = _read_actions()
+_READ_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
+                           sqlite3.SQLITE_RECURSIVE, sqlite3.SQLITE_TRANSACTION})
 
 
 def store_failure(verb: str, url: str, e: BaseException) -> str:
@@ -167,7 +166,7 @@ def store_failure(verb: str, url: str, e: BaseException) -> str:
         return (f"the results store {redact(url)} is locked by another process (waited {SQLITE_BUSY_SECONDS} s); "
                 "try again when it has finished")
     if "not a database" in low or "file is encrypted" in low:
-        return f"{redact(url)} is not a database (not an SQLite file); point --db at a results store or a new file"
+        return _NOT_SQLITE.format(url=redact(url))
     if "readonly" in low or "read-only" in low or "read only" in low:
         return f"cannot {verb} the results store {redact(url)}: it is read-only ({msg})"
     return f"cannot {verb} the results store {redact(url)}: {msg}"
@@ -257,10 +256,13 @@ def row_counts(url: str | None = None) -> dict[str, int]:
 
     from uqflow.store.schema import Base
 
-    engine = connect(db_url(url), readonly=True)
+    url = db_url(url)
+    engine = connect(url, readonly=True)
     try:
         with engine.connect() as conn:
             return {name: conn.execute(select(func.count()).select_from(t)).scalar_one()
                     for name, t in Base.metadata.tables.items()}
+    except SQLAlchemyError as e:
+        raise StoreError(store_failure("read", url, e)) from None
     finally:
         engine.dispose()

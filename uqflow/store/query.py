@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from uqflow.errors import QueryError
-from uqflow.store.db import _first_line, connect, db_url, redact
+from uqflow.store.db import _first_line, connect, db_url, redact, store_failure
 
 FORMATS = ("table", "csv", "json")
 DEFAULT_TIMEOUT = 120.0  # seconds; a runaway query (say, an unbounded WITH RECURSIVE) is stopped
@@ -59,6 +59,8 @@ def run_query(sql: str, url: str | None = None, timeout: float = DEFAULT_TIMEOUT
             rows = [tuple(r) for r in cur.fetchall()] if cur.description else []
         except engine.dialect.loaded_dbapi.Error as e:
             msg = _first_line(e)
+            if "locked" in msg.lower():
+                raise QueryError(store_failure("read", url, e)) from None
             if "interrupted" in msg.lower() or "statement timeout" in msg.lower():
                 raise QueryError(f"the query ran longer than {timeout:g} s and was stopped (--timeout)") from None
             if "no such table" in msg.lower() or "does not exist" in msg.lower():
