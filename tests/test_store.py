@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from store_fixtures import log_grid_parent, log_run
 from uqflow.cli import cli
-from uqflow.errors import QueryError, StoreError
+from uqflow.errors import QueryError, StoreError, UqflowError
 from uqflow.store import SLICE_VIEWS, Generation, Run, Score, aggregate, connect, run_query, upgrade
 from uqflow.store.db import downgrade, row_counts
 
@@ -115,7 +115,7 @@ def test_filter_narrows_and_does_not_remove_others(tracking, tmp_path):
     assert _actions(aggregate(url=url, filter_string="tags.family = 'Gemma'")) == {"added": 1}
     assert _actions(aggregate(url=url, filter_string="tags.family = 'SmolLM2'")) == {"added": 1}
     assert row_counts(url)["runs"] == 2
-    with pytest.raises(Exception, match="filter"):
+    with pytest.raises(UqflowError, match="MLflow rejected the filter"):
         aggregate(url=url, filter_string="tags.family === 'x'")
 
 
@@ -173,7 +173,7 @@ def test_size_class_within_family(tracking, tmp_path, monkeypatch):
     "UPDATE scores SET auroc = 1",
     "DROP TABLE runs",
     "CREATE TABLE t (x INTEGER)",
-    "ATTACH DATABASE '/tmp/other.db' AS other",
+    "ATTACH DATABASE '{other}' AS other",
     "PRAGMA query_only = OFF",
     "PRAGMA journal_mode = DELETE",
 ])
@@ -182,10 +182,11 @@ def test_query_cannot_write_or_attach(tracking, tmp_path, sql):
     log_run(n=10)
     aggregate(url=url)
     before = row_counts(url)
+    other = tmp_path / "other.db"
     with pytest.raises(QueryError, match="read-only|one SQL statement"):
-        run_query(sql, url)
+        run_query(sql.format(other=other), url)
     assert row_counts(url) == before
-    assert not Path("/tmp/other.db").exists() or Path("/tmp/other.db").stat().st_size == 0
+    assert not other.exists()  # an ATTACH that ran would have created it
 
 
 def test_query_on_postgres_is_read_only(tracking, postgres_server):

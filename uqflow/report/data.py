@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from uqflow.store.db import connect, db_url, redact, require_schema
+from uqflow.store import SLICE_VIEWS
+from uqflow.store.db import connect, db_url, redact, require_schema, store_failure
 
 #: generations columns the report uses (the prompt and token ids stay in the store)
 GENERATION_COLUMNS = ("run_id", "example_id", "position", "question", "answer", "correct", "answerable", "num_tokens",
@@ -20,13 +21,16 @@ class Study:
 
     ``runs``: one row per run (with ``label`` = "model x dataset" and ``size_class`` within its
     family); ``scores``: one row per run and measure, joined to the run's dimensions (the view
-    ``v_run_scores``); ``generations``: one row per run and example.
+    ``v_run_scores``); ``generations``: one row per run and example; ``slices``: the store's
+    ``v_auroc_by_*`` views as they are. Where a model x dataset was run more than once, the later
+    run comes last in ``runs``, which the comparisons take.
     """
 
     url: str
     runs: pd.DataFrame
     scores: pd.DataFrame
     generations: pd.DataFrame
+    slices: dict[str, pd.DataFrame]  # the store's slice views, by what they slice: "family", "size", ...
 
     @property
     def families(self) -> list[str]:
@@ -49,6 +53,8 @@ def load_study(url: str | None = None) -> Study:
     """Read the store at ``url`` (default: $UQFLOW_RESULTS_DB, else sqlite:///results.db), read-only."""
     import json
 
+    from sqlalchemy.exc import SQLAlchemyError
+
     from uqflow.errors import StoreError
 
     url = db_url(url)
@@ -56,9 +62,13 @@ def load_study(url: str | None = None) -> Study:
     try:
         require_schema(engine, url)
         with engine.connect() as conn:
-            runs = pd.read_sql("SELECT * FROM runs ORDER BY family, size_b, model, dataset", conn)
+            runs = pd.read_sql("SELECT * FROM runs ORDER BY family, size_b, model, dataset, end_time", conn)
             scores = pd.read_sql("SELECT * FROM v_run_scores", conn)
             gens = pd.read_sql(f"SELECT {', '.join(GENERATION_COLUMNS)} FROM generations", conn)
+            slices = {view.removeprefix("v_auroc_by_"): pd.read_sql(f"SELECT * FROM {view}", conn)
+                      for view in SLICE_VIEWS}
+    except SQLAlchemyError as e:  # a lock held too long, a damaged file
+        raise StoreError(store_failure("read", url, e)) from None
     finally:
         engine.dispose()
     if runs.empty:
@@ -71,4 +81,4 @@ def load_study(url: str | None = None) -> Study:
     runs["label"] = runs["model"] + " x " + runs["dataset"]
     runs = runs.merge(scores[["run_id", "size_class"]].drop_duplicates(), on="run_id", how="left")
     scores["label"] = scores["model"] + " x " + scores["dataset"]
-    return Study(redact(url), runs, scores, gens)
+    return Study(redact(url), runs, scores, gens, slices)

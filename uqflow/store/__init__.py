@@ -1,6 +1,6 @@
 """The results store: SQLAlchemy tables, aggregation from MLflow, read-only queries."""
 
-from uqflow.store.aggregate import ACTIONS, Outcome, aggregate
+from uqflow.store.aggregation import ACTIONS, Outcome, aggregate
 from uqflow.store.db import DEFAULT_URL, connect, db_url, require_schema, upgrade
 from uqflow.store.query import FORMATS, QueryResult, run_query
 from uqflow.store.schema import Base, Generation, Run, Score

@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from uqflow import tracking
 from uqflow.errors import StoreError, UqflowError
 from uqflow.store.db import _first_line, connect, db_url, preflight, store_failure, upgrade
+from uqflow.scoring.uncertainty import SCORES
 from uqflow.store.schema import Generation, Run, Score
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 #: columns a run's generations.parquet must have to be stored
 REQUIRED_COLUMNS = ("example_id", "question", "answer", "token_ids", "token_logprobs", "references", "answerable",
                     "correct", "g_nll", "rw_g_nll")
-SCORE_COLUMNS = ("g_nll", "ln_g_nll", "max_nll", "mean_entropy", "rw_g_nll")
+SCORE_COLUMNS = tuple(SCORES)  # one column each in `generations`, one row each in `scores`
 ACTIONS = ("added", "updated", "unchanged", "skipped", "removed")
 
 
@@ -104,7 +105,7 @@ def _label(run) -> str:
 def digest(run) -> str:
     """A fingerprint of what MLflow recorded for a run; a change in it means the stored copy is stale."""
     d = run.data
-    payload = {"params": d.params, "tags": {k: v for k, v in d.tags.items()}, "metrics": d.metrics,
+    payload = {"params": d.params, "tags": d.tags, "metrics": d.metrics,
                "end_time": run.info.end_time}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -137,9 +138,7 @@ def _aggregate_run(engine, experiment_name: str, run) -> Outcome:
                 stored = conn.execute(select(Run.mlflow_digest).where(Run.run_id == run_id)).scalar_one_or_none()
                 if stored == dig:
                     return Outcome(run_id, "unchanged", "", label)
-                conn.execute(delete(Generation).where(Generation.run_id == run_id))
-                conn.execute(delete(Score).where(Score.run_id == run_id))
-                conn.execute(delete(Run).where(Run.run_id == run_id))
+                _delete_run(conn, run_id)
                 conn.execute(insert(Run), [row])
                 if score_rows:
                     conn.execute(insert(Score), score_rows)
@@ -150,6 +149,12 @@ def _aggregate_run(engine, experiment_name: str, run) -> Outcome:
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def _delete_run(conn, run_id: str) -> None:
+    """A run's row; its scores and generations go with it (ON DELETE CASCADE, enforced on SQLite
+    by the store's ``PRAGMA foreign_keys``)."""
+    conn.execute(delete(Run).where(Run.run_id == run_id))
 
 
 def _stored_digest(engine, run_id: str) -> str | None:
@@ -163,9 +168,7 @@ def _remove_stale(engine, experiment_id: str, keep: set[str]) -> list[Outcome]:
                               .where(Run.experiment_id == experiment_id)).all()
         stale = [r for r in stored if r.run_id not in keep]
         for r in stale:
-            conn.execute(delete(Generation).where(Generation.run_id == r.run_id))
-            conn.execute(delete(Score).where(Score.run_id == r.run_id))
-            conn.execute(delete(Run).where(Run.run_id == r.run_id))
+            _delete_run(conn, r.run_id)
     return [Outcome(r.run_id, "removed", "no longer a FINISHED run of the experiment in MLflow",
                     f"{r.model} x {r.dataset}") for r in stale]
 
@@ -189,7 +192,7 @@ def _json_num(v: Any) -> float | None:
 
 
 def _int(v: Any) -> int | None:
-    f = _num(v)
+    f = _json_num(v)  # finite or None: a count has no infinity
     return None if f is None else int(f)
 
 
@@ -220,7 +223,7 @@ def _run_row(experiment_name: str, run, dig: str) -> dict[str, Any]:
         "delong_z": _num(m.get(f"delong_z_{pair}")), "delong_p": _num(m.get(f"delong_p_{pair}")),
         "generation_seconds": _num(m.get("generation_seconds")),
         "questions_per_second": _num(m.get("questions_per_second")), "peak_memory_mb": _num(m.get("peak_memory_mb")),
-        "params": dict(p), "tags": {k: v for k, v in t.items()}, "metrics": {k: _json_num(v) for k, v in m.items()},
+        "params": dict(p), "tags": dict(t), "metrics": {k: _json_num(v) for k, v in m.items()},
         "mlflow_digest": dig, "aggregated_at": datetime.now(UTC).replace(tzinfo=None),
     }
 
