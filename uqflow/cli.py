@@ -139,17 +139,12 @@ def grid(grid_file, sets, isolate, dry_run) -> None:
     from rich.table import Table
     from tqdm import tqdm
 
-    from uqflow.grid import cell_states, load_grid, run_grid
+    from uqflow.grid import cell_states, checked_cells, load_grid, run_grid
 
     g = load_grid(grid_file)
     overrides = _parse_sets(sets)
     if dry_run:
-        from uqflow.experiment import resolve
-
-        cells = g.cells(overrides)
-        for cfg in cells:  # names and dataset files are checked as a real run would, before listing
-            resolve(cfg)
-        states = cell_states(cells)
+        states = cell_states(checked_cells(g, overrides))
     else:
         cells_bar = tqdm(total=len(g.models) * len(g.datasets), desc=f"grid {g.name}", unit="cell", disable=None)
         q_bar, q_update = _progress_bar("questions")

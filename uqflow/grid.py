@@ -86,6 +86,17 @@ class CellState:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def checked_cells(grid: Grid, overrides: dict[str, Any] | None = None) -> list[RunConfig]:
+    """The grid's cells, each model and dataset checked as a run would check them, so that a typo
+    or a malformed dataset file fails before anything starts (and in a dry run)."""
+    from uqflow.experiment import resolve
+
+    cells = grid.cells(overrides)
+    for cfg in cells:
+        resolve(cfg)
+    return cells
+
+
 def cell_states(cells: list[RunConfig]) -> list[CellState]:
     """Each cell's state in the tracking store: done (a FINISHED run with its hash), failed (its
     latest run FAILED or KILLED) or pending."""
@@ -145,12 +156,10 @@ def run_grid(grid: Grid, overrides: dict[str, Any] | None = None, *, isolate: bo
     """Run every cell that is not done yet; returns the final state of each cell."""
     import mlflow
 
-    from uqflow.experiment import resolve, run_experiment
+    from uqflow.experiment import run_experiment
     from uqflow.models import get_model, load_model, unload
 
-    cells = grid.cells(overrides)
-    for cfg in cells:
-        resolve(cfg)  # every name checked before anything starts
+    cells = checked_cells(grid, overrides)
     with tracking.reaching_store():
         if mlflow.active_run() is None and not os.environ.get("MLFLOW_RUN_ID"):
             mlflow.set_experiment(tracking.experiment_name())
