@@ -36,8 +36,8 @@ def _png(fig) -> bytes:
 
 
 def summarise(study: Study, measure: str = "g_nll") -> dict:
-    """Everything the report states, as data: per-run figures from the store, the slices, the five
-    answers, the best performers and the G-NLL/RW-G-NLL tests."""
+    """The numbers behind the report, as data: per-run figures from the store, its slice views, the
+    five answers, the best performers and the G-NLL/RW-G-NLL tests."""
     from uqflow.report.stats import _clean
 
     runs = []
@@ -50,10 +50,7 @@ def summarise(study: Study, measure: str = "g_nll") -> dict:
             "scores": {s.measure: {"auroc": s.auroc, "ci_low": s.ci_low, "ci_high": s.ci_high, "aurac": s.aurac,
                                    "prr": s.prr} for s in sc.itertuples()},
         })
-    slices = {}
-    for key in ("family", "size_class", "dataset", "quantization", "instruct"):
-        g = study.scores.groupby([key, "measure"])["auroc"].agg(["mean", "count"]).reset_index()
-        slices[key] = g.rename(columns={"mean": "mean_auroc", "count": "n_runs"}).to_dict("records")
+    slices = {key: view.to_dict("records") for key, view in study.slices.items()}
     return _clean({
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "store": study.url, "measure": measure,
         "n_runs": len(study.runs), "families": study.families, "datasets": study.datasets, "runs": runs,
@@ -158,8 +155,7 @@ def build_report(url: str | None = None, out: str | Path = "reports", *, measure
     except OSError as e:
         raise UqflowError(f"cannot write the report to {out}: {e.strerror}") from None
     pngs, paths = {}, {}
-    for name, fn in F.FIGURES.items():
-        fig = fn(study) if name in ("auroc_heatmap", "family_radar", "gnll_vs_rwgnll") else fn(study, measure)
+    for name, fig in F.draw_all(study, measure).items():
         pngs[name] = _png(fig)
         paths[name] = out / "figures" / f"{name}.png"
         paths[name].write_bytes(pngs[name])

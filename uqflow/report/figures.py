@@ -24,10 +24,10 @@ def _family_colours(study: Study) -> dict[str, tuple]:
     return {f: cmap(i % 10) for i, f in enumerate(study.families)}
 
 
-def _empty(fig: Figure, ax, message: str) -> Figure:
-    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
-    ax.set_axis_off()
-    return fig
+def _axes(width: float, height: float):
+    """A figure with one set of axes."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.add_subplot()
 
 
 def auroc_heatmap(study: Study, measures=MEASURES) -> Figure:
@@ -53,8 +53,7 @@ def auroc_heatmap(study: Study, measures=MEASURES) -> Figure:
 def family_bars(study: Study, measure: str = "g_nll") -> Figure:
     """AUROC of every run, grouped by family, with 95% bootstrap intervals as error bars."""
     s = study.measure(measure)
-    fig = Figure(figsize=(max(6, 0.7 * len(s) + 2), 4.2), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes(max(6, 0.7 * len(s) + 2), 4.2)
     colours = _family_colours(study)
     x, ticks, pos = [], [], 0.0
     for fam, g in s.groupby("family", sort=True):
@@ -80,8 +79,7 @@ def family_bars(study: Study, measure: str = "g_nll") -> Figure:
 def size_effect(study: Study, measure: str = "g_nll") -> Figure:
     """AUROC against model size within each family (one line per family and dataset)."""
     s = study.measure(measure)
-    fig = Figure(figsize=(6, 4.2), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes(6, 4.2)
     colours = _family_colours(study)
     styles = _dataset_styles(study)
     for (fam, ds), g in s.groupby(["family", "dataset"]):
@@ -100,8 +98,7 @@ def size_effect(study: Study, measure: str = "g_nll") -> Figure:
 def dataset_effect(study: Study, measure: str = "g_nll") -> Figure:
     """Each model's AUROC on each dataset, joined by a line (a slope chart)."""
     s = study.measure(measure)
-    fig = Figure(figsize=(5.5, 4.2), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes(5.5, 4.2)
     colours = _family_colours(study)
     xs = {d: i for i, d in enumerate(study.datasets)}
     for model, g in s.groupby("model"):
@@ -118,8 +115,7 @@ def dataset_effect(study: Study, measure: str = "g_nll") -> Figure:
 def accuracy_vs_auroc(study: Study, measure: str = "g_nll") -> Figure:
     """Accuracy against AUROC per run: does a model that is right more often also know when it is wrong?"""
     s = study.measure(measure)
-    fig = Figure(figsize=(5.5, 4.5), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes(5.5, 4.5)
     colours = _family_colours(study)
     markers = dict(zip(study.datasets, "osD^v<>"))
     for _, r in s.iterrows():
@@ -170,8 +166,7 @@ def roc_overlay(study: Study, measure: str = "g_nll") -> Figure:
     """ROC curves of every run for one measure, overlaid."""
     from sklearn.metrics import roc_curve
 
-    fig = Figure(figsize=(5.5, 5), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes(5.5, 5)
     colours, styles = _family_colours(study), _dataset_styles(study)
     for r, correct, score in _decided_per_run(study, measure):
         wrong, s = ranked(correct, score)  # NaN scores out, infinite ones ranked
@@ -188,8 +183,7 @@ def roc_overlay(study: Study, measure: str = "g_nll") -> Figure:
 
 def rejection_overlay(study: Study, measure: str = "g_nll") -> Figure:
     """Accuracy-rejection curves of every run for one measure, overlaid."""
-    fig = Figure(figsize=(5.5, 4.5), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes(5.5, 4.5)
     colours, styles = _family_colours(study), _dataset_styles(study)
     for r, correct, score in _decided_per_run(study, measure):
         if correct.size:
@@ -205,8 +199,7 @@ def gnll_vs_rwgnll(study: Study) -> Figure:
     """G-NLL against RW-G-NLL, paired per run: both AUROCs with intervals, and DeLong's p."""
     g, rw = study.measure("g_nll").set_index("run_id"), study.measure("rw_g_nll").set_index("run_id")
     runs = study.runs.set_index("run_id").loc[g.index]
-    fig = Figure(figsize=(7, 0.45 * len(g) + 1.6), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes(7, 0.45 * len(g) + 1.6)
     for i, rid in enumerate(g.index):
         a, b = g.loc[rid], rw.loc[rid] if rid in rw.index else None
         ax.plot([a.ci_low, a.ci_high], [i - 0.12] * 2, c="C0", lw=1)
@@ -226,11 +219,18 @@ def gnll_vs_rwgnll(study: Study) -> Figure:
     return fig
 
 
+#: the report's figures in order; the ones that take a measure draw the primary one
 FIGURES = {
     "auroc_heatmap": auroc_heatmap, "family_bars": family_bars, "size_effect": size_effect,
     "dataset_effect": dataset_effect, "accuracy_vs_auroc": accuracy_vs_auroc, "family_radar": family_radar,
     "roc_overlay": roc_overlay, "rejection_overlay": rejection_overlay, "gnll_vs_rwgnll": gnll_vs_rwgnll,
 }
+_EVERY_MEASURE = {"auroc_heatmap", "family_radar", "gnll_vs_rwgnll"}  # these show several measures at once
+
+
+def draw_all(study: Study, measure: str = "g_nll") -> dict[str, Figure]:
+    """Every figure of the report, by name."""
+    return {name: fn(study) if name in _EVERY_MEASURE else fn(study, measure) for name, fn in FIGURES.items()}
 
 
 def pick_token_examples(study: Study, per_run: int = 2) -> pd.DataFrame:

@@ -70,6 +70,12 @@ def _p(p: float) -> str:
     return "n/a" if not math.isfinite(p) else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
 
 
+def _slice_means(study: Study, key: str, measure: str) -> pd.Series:
+    """Mean AUROC per family (or dataset, ...) from the store's slice view."""
+    v = study.slices[key]
+    return v[v["measure"] == measure].set_index(key)["mean_auroc"].sort_index()
+
+
 def compare_runs(study: Study, run_a: str, run_b: str, measure: str, *, seed: int = 0,
                  n_resamples: int = 2000) -> dict[str, Any]:
     """AUROC(b) - AUROC(a) for ``measure``: paired over the questions both runs answered (and the
@@ -139,8 +145,9 @@ def answer_size(study: Study, measure: str = "g_nll") -> Answer:
     cannot = ("The runs present cannot answer this: every family in the store has runs of one size only "
               f"({', '.join(f'{f}: {runs[runs.family == f].size_b.iloc[0]:g}B' for f in study.families)}). "
               "Run two sizes of a family (grids/multi_family.yaml does) and aggregate again.")
-    a = _pairs_answer(study, "size", measure, pairs, "the smaller model", "the larger model", "The two sizes of a family answer the same questions, so the comparison is "
-                      "paired, which cancels the questions' own difficulty.", cannot)
+    a = _pairs_answer(study, "size", measure, pairs, "the smaller model", "the larger model",
+                      "The two sizes of a family answer the same questions, so the comparison is paired, which "
+                      "cancels the questions' own difficulty.", cannot)
     if a.answerable and confounded:
         a.answer += (f" Caution: within these pairs the two sizes also differ in {' and '.join(sorted(confounded))}, "
                      "so that difference is part of what is measured.")
@@ -157,11 +164,12 @@ def answer_dataset(study: Study, measure: str = "g_nll") -> Answer:
               f"{', '.join(study.datasets)}).")
     first = study.datasets[0]
     second = study.datasets[1] if len(study.datasets) == 2 else "the other dataset"
-    a = _pairs_answer(study, "dataset", measure, pairs, first, second, "Different datasets have different questions, so each run is resampled on its own "
+    a = _pairs_answer(study, "dataset", measure, pairs, first, second,
+                      "Different datasets have different questions, so each run is resampled on its own "
                       "(unpaired bootstrap); the model is held fixed.", cannot)
     if a.answerable:
         a.test = "unpaired bootstrap of the AUROC difference, per model (2,000 resamples)"
-        by_ds = study.measure(measure).groupby("dataset")["auroc"].mean()
+        by_ds = _slice_means(study, "dataset", measure)
         a.numbers["mean_auroc_by_dataset"] = by_ds.to_dict()
         a.answer = ("Mean AUROC by dataset: " + ", ".join(f"{d} {v:.3f}" for d, v in by_ds.items()) + ". " + a.answer)
     return a
@@ -177,8 +185,9 @@ def answer_instruct(study: Study, measure: str = "g_nll") -> Answer:
     cannot = ("The runs present cannot answer this: no family has a base and an instruction-tuned model of the same "
               f"size and quantization on the same dataset (models: {kinds}). Comparing across families would "
               "confound tuning with the family.")
-    return _pairs_answer(study, "instruct", measure, pairs, "the base model", "the instruction-tuned model", "Base and instruct versions of one model answer the same questions: "
-                         "paired comparison.", cannot)
+    return _pairs_answer(study, "instruct", measure, pairs, "the base model", "the instruction-tuned model",
+                         "Base and instruct versions of one model answer the same questions: paired comparison.",
+                         cannot)
 
 
 def answer_quantization(study: Study, measure: str = "g_nll") -> Answer:
@@ -255,7 +264,7 @@ def answer_family(study: Study, measure: str = "g_nll") -> Answer:
 
     s = study.measure(measure)
     fams = study.families
-    means = s.groupby("family")["auroc"].mean()
+    means = _slice_means(study, "family", measure)
     ranking = ", ".join(f"{f} {v:.3f}" for f, v in means.sort_values(ascending=False).items())
     numbers: dict[str, Any] = {"mean_auroc_by_family": means.to_dict()}
     if len(fams) < 2:
