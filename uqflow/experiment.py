@@ -20,7 +20,7 @@ from uqflow.data import LoadedDataset, load_dataset
 from uqflow.data.examples import Example
 from uqflow.errors import ConfigError, UqflowError
 from uqflow.generation import make_engine
-from uqflow.generation.base import token_pieces
+from uqflow.generation.base import decoder, token_pieces
 from uqflow.models import LoadedModel, ModelSpec, get_model, load_model, unload
 from uqflow.prompts import build_prompts, draw_few_shot
 from uqflow.scoring import pipeline
@@ -174,13 +174,13 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
     frame = pd.DataFrame([{
         "example_id": p.example.id, "question": p.example.question, "context": p.example.context,
         "prompt": p.text, "prompt_token_ids": p.token_ids, "num_shots": p.num_shots, "answer": g.text,
-        "token_ids": g.token_ids, "tokens": token_pieces(g.token_ids, engine._decode),
+        "token_ids": g.token_ids, "tokens": token_pieces(g.token_ids, engine.decode),
         "token_logprobs": g.token_logprobs, "token_entropies": g.token_entropies,
         "stop_reason": g.stop_reason, "dropped_text": g.dropped_text,
         "references": list(p.example.references), "answerable": p.example.answerable,
     } for p, g in zip(prompts, gens)])
     t = time.perf_counter()
-    frame, score_seconds = _score(cfg, frame, engine._decode, lm)
+    frame, score_seconds = _score(cfg, frame, engine.decode, lm)
     metrics = pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
     metrics.update({
         "n_skipped": float(len(skipped)), "generation_seconds": engine.generation_seconds,
@@ -240,8 +240,7 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
     with tracking.tracked_run(f"{cfg.model}__{cfg.dataset}__rescored", tags) as run:
         tracking.log_params(cfg.to_dict())
         try:
-            frame, rel_s = _score(cfg, pd.DataFrame(frame),
-                                  lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True), None)
+            frame, rel_s = _score(cfg, pd.DataFrame(frame), decoder(tokenizer), None)
         except (TypeError, ValueError, KeyError) as e:
             raise UqflowError(f"run {run_id}: its generations.parquet has a malformed row "
                               f"({type(e).__name__}: {e})") from None

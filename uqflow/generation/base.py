@@ -50,6 +50,12 @@ def align_answer(
     return len(ids), "length", ""
 
 
+def decoder(tokenizer) -> Callable[[Sequence[int]], str]:
+    """Token ids to text as every answer is stored: special tokens dropped. One definition for the
+    engines, the token pieces and the relevance variants, so they cannot disagree."""
+    return lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
 def token_pieces(token_ids: Sequence[int], decode: Callable[[Sequence[int]], str]) -> list[str]:
     """Each answer token as the text it adds, so that the pieces join to the decoded answer.
 

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from uqflow.generation.base import Generation, align_answer
+from uqflow.generation.base import Generation, align_answer, decoder
 from uqflow.models.loading import LoadedModel
 from uqflow.prompts import STOP_SEQUENCES
 
@@ -53,6 +53,7 @@ class HFEngine:
     def __init__(self, lm: LoadedModel, *, batch_size: int = 0, max_new_tokens: int = 50,
                  stop_sequences: Sequence[str] = STOP_SEQUENCES, share_prefix: bool = True):
         self.lm = lm
+        self.decode = decoder(lm.tokenizer)  # token ids -> stored answer text
         self.max_new_tokens = max_new_tokens
         self.stop_sequences = tuple(stop_sequences)
         self.eos_ids = eos_token_ids(lm)
@@ -72,9 +73,6 @@ class HFEngine:
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.generation_seconds = 0.0
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self.lm.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def generate(self, prompts: Sequence[Sequence[int]], progress=None) -> list[Generation]:
         """Greedy answers for tokenized prompts, in the order given."""
@@ -146,7 +144,7 @@ class HFEngine:
         return cache
 
     def _stopped(self, ids: list[int]) -> bool:
-        return ids[-1] in self.eos_ids or any(stop in self._decode(ids) for stop in self.stop_sequences)
+        return ids[-1] in self.eos_ids or any(stop in self.decode(ids) for stop in self.stop_sequences)
 
     def _mergeable(self, cache) -> bool:
         """Whether chunk caches can be padded and stacked: plain dynamic layers only (sliding-window
@@ -235,10 +233,10 @@ class HFEngine:
                 logits = out.logits[:, -1, :].float()
         gens = []
         for b, prompt in enumerate(batch):
-            n, reason, dropped = align_answer(ids[b], self._decode, self.eos_ids, self.stop_sequences)
+            n, reason, dropped = align_answer(ids[b], self.decode, self.eos_ids, self.stop_sequences)
             gens.append(Generation(
                 prompt_token_ids=list(prompt), token_ids=ids[b][:n], token_logprobs=logps[b][:n],
-                token_entropies=ents[b][:n], text=self._decode(ids[b][:n]).strip(), stop_reason=reason,
+                token_entropies=ents[b][:n], text=self.decode(ids[b][:n]).strip(), stop_reason=reason,
                 dropped_text=dropped,
             ))
         return gens

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 
 from uqflow.errors import ModelLoadError
-from uqflow.generation.base import Generation, align_answer
+from uqflow.generation.base import Generation, align_answer, decoder
 from uqflow.models.registry import ModelSpec
 from uqflow.prompts import STOP_SEQUENCES
 
@@ -51,6 +51,7 @@ class VLLMEngine:
                             seed=seed, enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization,
                             logprobs_mode="raw_logprobs", **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self.decode = decoder(self.tokenizer)  # token ids -> stored answer text
         self.max_new_tokens = max_new_tokens
         self.stop_sequences = tuple(stop_sequences)
         eos = self.tokenizer.eos_token_id
@@ -58,9 +59,6 @@ class VLLMEngine:
         self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
         self.generation_seconds = 0.0
         self.batch_size = 0  # vLLM schedules its own batches
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def generate(self, prompts: Sequence[Sequence[int]], progress=None) -> list[Generation]:
         from vllm import SamplingParams
@@ -76,11 +74,11 @@ class VLLMEngine:
         for prompt, out in zip(prompts, outputs):
             comp = out.outputs[0]
             ids = list(comp.token_ids)
-            n, reason, dropped = align_answer(ids, self._decode, self.eos_ids, self.stop_sequences)
+            n, reason, dropped = align_answer(ids, self.decode, self.eos_ids, self.stop_sequences)
             logprobs = [float(comp.logprobs[t][tok].logprob) for t, tok in enumerate(ids[:n])]
             gens.append(Generation(
                 prompt_token_ids=list(prompt), token_ids=ids[:n], token_logprobs=logprobs,
-                token_entropies=[math.nan] * n, text=self._decode(ids[:n]).strip(), stop_reason=reason,
+                token_entropies=[math.nan] * n, text=self.decode(ids[:n]).strip(), stop_reason=reason,
                 dropped_text=dropped,
             ))
         if progress is not None:
