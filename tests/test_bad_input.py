@@ -890,12 +890,46 @@ def _null_references_in_row_5(frame):
     return frame
 
 
+def _as_text(column):
+    """A column rewritten as the strings "True"/"False" (or "1.25"), as a CSV round trip leaves it."""
+    def change(frame):
+        frame = frame.copy()
+        frame[column] = frame[column].astype(str)
+        return frame
+    return change
+
+
+def _float_token_ids(frame):
+    frame = frame.copy()
+    frame["token_ids"] = [[float(t) for t in ids] for ids in frame["token_ids"]]
+    return frame
+
+
+def _short_logprobs_in_row_3(frame):
+    frame = frame.copy()
+    frame.at[3, "token_ids"] = list(frame.at[3, "token_ids"]) + [99]
+    return frame
+
+
+def _bytes_answers(frame):
+    frame = frame.copy()
+    frame["answer"] = [a.encode() for a in frame["answer"]]
+    return frame
+
+
 ARTIFACTS = [
     ("missing", None, "cannot read its generations.parquet"),
     ("column_missing", _drop_column, "its generations.parquet lacks the column(s) token_logprobs"),
     ("fewer_rows_than_n", _drop_last_row, "its generations.parquet has 19 rows but the run reports n=20"),
-    ("example_id_repeated", _repeat_an_id, "its generations.parquet repeats an example_id"),
-    ("malformed_row", _null_references_in_row_5, "its generations.parquet has a malformed row 5 (TypeError"),
+    ("example_id_repeated", _repeat_an_id, "its generations.parquet repeats example_id 'q0' (rows 0 and 1)"),
+    ("null_references", _null_references_in_row_5, "its generations.parquet column 'references' is empty (null) in row 5"),
+    # before: bool("False") stored every verdict as correct beside an accuracy of 0.0, exit 0
+    ("correct_as_strings", _as_text("correct"), "column 'correct' holds text, expected true/false (row 0: "),
+    ("answerable_as_strings", _as_text("answerable"), "column 'answerable' holds text, expected true/false (row 0: 'True')"),
+    ("score_as_strings", _as_text("g_nll"), "column 'g_nll' holds text, expected numbers (row 0: "),
+    ("token_ids_floats", _float_token_ids, "column 'token_ids' holds lists of double, expected lists of whole numbers"),
+    ("answers_bytes", _bytes_answers, "column 'answer' holds bytes, expected text (row 0: b'w0"),
+    ("per_token_lengths_differ", _short_logprobs_in_row_3, "row 3 has"),
 ]
 
 
@@ -939,14 +973,15 @@ RESCORE_ARTIFACTS = [
     ("not_parquet", "garbage", "cannot read its generations.parquet (ArrowInvalid", 0),
     ("column_missing", "drop_entropies", "its generations.parquet lacks the column(s) token_entropies, so it cannot "
      "be rescored", 0),
-    ("malformed_row", "null_references", "its generations.parquet has a malformed row (TypeError", 1),
+    ("null_references", "null_references", "column 'references' is empty (null) in row 5; it cannot be rescored", 0),
+    ("answerable_as_strings", "answerable_text", "column 'answerable' holds text, expected true/false", 0),
 ]
 
 
 @pytest.mark.parametrize("damage,phrase,new_runs", params(RESCORE_ARTIFACTS))
 def test_artifacts_rescore(tracking, tmp_path, monkeypatch, damage, phrase, new_runs):
-    """Rescoring a run with a damaged artifact: refused before a run starts, or (a value that only
-    scoring can find wrong) the new run ends FAILED with the reason; never RUNNING."""
+    """Rescoring a run with a damaged artifact: refused, every value checked by type before a run
+    starts; never a run left RUNNING."""
     monkeypatch.setattr("uqflow.experiment._similarity", lambda name, device: _similarity)
     source = log_run(n=12)
     path = artifact_path(source)
@@ -954,6 +989,8 @@ def test_artifacts_rescore(tracking, tmp_path, monkeypatch, damage, phrase, new_
         path.write_bytes(b"PAR1 not parquet")
     elif damage == "drop_entropies":
         pd.read_parquet(path).drop(columns=["token_entropies"]).to_parquet(path, index=False)
+    elif damage == "answerable_text":
+        _damage(source, _as_text("answerable"))
     else:
         _damage(source, _null_references_in_row_5)
     res = invoke("rescore", source, "--correctness", "em")

@@ -17,7 +17,7 @@ from store_fixtures import log_grid_parent, log_run
 from uqflow.cli import cli
 from uqflow.errors import QueryError, StoreError, UqflowError
 from uqflow.store import SLICE_VIEWS, Generation, Run, Score, aggregate, connect, run_query, upgrade
-from uqflow.store.db import downgrade, row_counts
+from uqflow.store.db import downgrade, head_revision, row_counts
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -41,13 +41,13 @@ def test_models_and_migrations_agree(store):
 
     from uqflow.store import Base
 
-    assert upgrade(store) == "0001"
+    assert upgrade(store) == head_revision()
     engine = connect(store)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     engine.dispose()
     assert diff == []
-    assert upgrade(store) == "0001"  # a second upgrade is a no-op
+    assert upgrade(store) == head_revision()  # a second upgrade is a no-op
 
 
 def test_downgrade_removes_everything_and_upgrade_restores(store):
@@ -59,7 +59,72 @@ def test_downgrade_removes_everything_and_upgrade_restores(store):
     names = set(inspect(engine).get_table_names()) | set(inspect(engine).get_view_names())
     engine.dispose()
     assert names <= {"alembic_version"}
-    upgrade(store)
+    assert upgrade(store) == head_revision()
+    engine = connect(store)
+    names = set(inspect(engine).get_table_names()) | set(inspect(engine).get_view_names())
+    engine.dispose()
+    assert {"runs", "scores", "generations", *SLICE_VIEWS, "v_run_scores"} <= names
+
+
+def test_downgrade_one_step_keeps_the_rows(tracking, store):
+    """Undoing the newest migration and applying it again loses no run, score or generation."""
+    log_run(n=12)
+    aggregate(url=store)
+    counts = row_counts(store)
+    downgrade(store, "-1")
+    assert row_counts(store) == counts
+    assert upgrade(store) == head_revision()
+    assert row_counts(store) == counts
+    assert _actions(aggregate(url=store)) == {"unchanged": 1}
+
+
+def _use_tracking_store(monkeypatch, uri: str) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+
+
+def test_two_tracking_stores_keep_each_others_runs(tracking, tmp_path, monkeypatch, store):
+    """A laptop's and a cluster's tracking store, aggregated into one results store. Both number
+    their experiment 'uqflow' 1; aggregating one never removes the other's runs, and a run deleted
+    in one store is removed from the results store, the other store's runs kept."""
+    laptop, cluster = f"sqlite:///{tmp_path / 'laptop.db'}", f"sqlite:///{tmp_path / 'cluster.db'}"
+    _use_tracking_store(monkeypatch, laptop)
+    on_laptop = [log_run("SmolLM2-135M-Instruct", "trivia_mini", 10, 1), log_run("Gemma-3-270M", "trivia_mini", 10, 2)]
+    assert _actions(aggregate(url=store)) == {"added": 2}
+    laptop_exp = mlflow.get_experiment_by_name("uqflow")
+    _use_tracking_store(monkeypatch, cluster)
+    on_cluster = [log_run("SmolLM2-135M-Instruct", "squad_mini", 10, 3), log_run("Gemma-3-270M", "squad_mini", 10, 4)]
+    assert mlflow.get_experiment_by_name("uqflow").experiment_id == laptop_exp.experiment_id  # the collision
+    assert _actions(aggregate(url=store)) == {"added": 2}  # before: also 2 removed (the laptop's), exit 0
+    assert row_counts(store) == {"runs": 4, "scores": 20, "generations": 40}
+
+    mlflow.delete_run(on_cluster[0])
+    out = aggregate(url=store)
+    assert _actions(out) == {"unchanged": 1, "removed": 1}
+    assert [o.run_id for o in out if o.action == "removed"] == [on_cluster[0]]
+    _use_tracking_store(monkeypatch, laptop)
+    assert _actions(aggregate(url=store)) == {"unchanged": 2}
+    stored = run_query("SELECT run_id, tracking_uri FROM runs ORDER BY run_id", store).rows
+    assert sorted(stored) == sorted([(r, laptop) for r in on_laptop] + [(on_cluster[1], cluster)])
+
+
+def test_runs_of_mlflow_run_are_found_in_any_experiment(tracking, store, monkeypatch):
+    """`mlflow run .` without --experiment-name logs to the Default experiment; aggregation finds
+    uqflow's runs there (by their tag), and leaves other runs of that experiment alone.
+    (tests/test_experiment.py::test_headline_command_then_aggregate_and_query runs `mlflow run` itself.)"""
+    mlflow.set_experiment("Default")
+    with mlflow.start_run(run_name="someone else's run"):
+        mlflow.log_metric("loss", 0.1)
+    created = mlflow.MlflowClient().create_run("0")  # as MLflow Projects creates the run it hands over
+    monkeypatch.setenv("MLFLOW_RUN_ID", created.info.run_id)
+    theirs = log_run(n=10)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    assert theirs == created.info.run_id and mlflow.get_run(theirs).info.experiment_id == "0"
+    out = aggregate(url=store)
+    assert [(o.run_id, o.action) for o in out] == [(theirs, "added")]
+    with pytest.raises(UqflowError, match="no experiment 'uqflow'.*leave out --experiment"):
+        aggregate("uqflow", url=store)
 
 
 def test_aggregate_is_idempotent_and_follows_mlflow(tracking, store):
@@ -68,21 +133,21 @@ def test_aggregate_is_idempotent_and_follows_mlflow(tracking, store):
            log_run("Gemma-3-270M", "trivia_mini", 25, 2, parent),
            log_run("Gemma-3-270M", "squad_mini", 20, 3, parent)]
     first = aggregate(url=store)
-    assert _actions(first) == {"added": 3, "skipped": 1}
-    assert [o.reason for o in first if o.action == "skipped"] == ["a grid's parent run (its cells are runs of their own)"]
+    assert _actions(first) == {"added": 3}
+    assert parent not in {o.run_id for o in first}  # a grid's parent run is not a model x dataset run
     counts = row_counts(store)
     assert counts == {"runs": 3, "scores": 15, "generations": 75}
 
-    assert _actions(aggregate(url=store)) == {"unchanged": 3, "skipped": 1}
+    assert _actions(aggregate(url=store)) == {"unchanged": 3}
     assert row_counts(store) == counts
 
     mlflow.MlflowClient().set_tag(ids[0], "note", "re-checked")  # a change MLflow recorded
-    assert _actions(aggregate(url=store)) == {"updated": 1, "unchanged": 2, "skipped": 1}
+    assert _actions(aggregate(url=store)) == {"updated": 1, "unchanged": 2}
     assert row_counts(store) == counts
 
     mlflow.MlflowClient().delete_run(ids[2])
     out = aggregate(url=store)
-    assert _actions(out) == {"unchanged": 2, "skipped": 1, "removed": 1}
+    assert _actions(out) == {"unchanged": 2, "removed": 1}
     assert row_counts(store) == {"runs": 2, "scores": 10, "generations": 55}
 
     # the stored rows are what MLflow recorded

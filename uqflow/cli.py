@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from uqflow.errors import UqflowError
+from uqflow.errors import Terminated, UqflowError
 
 
 class UqflowGroup(click.Group):
@@ -18,6 +18,9 @@ class UqflowGroup(click.Group):
             return super().invoke(ctx)
         except UqflowError as e:
             raise click.ClickException(str(e)) from None
+        except Terminated as e:
+            click.echo(f"Terminated by {e.signame}.", err=True)
+            sys.exit(128 + e.signum)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
@@ -246,12 +249,15 @@ _DB_HELP = "Results store URL (default: $UQFLOW_RESULTS_DB, else sqlite:///resul
 
 
 @cli.command()
-@click.option("--experiment", default=None, help="MLflow experiment to read (default: $MLFLOW_EXPERIMENT_NAME, else uqflow).")
+@click.option("--experiment", default=None, help="Read this MLflow experiment only (default: uqflow's runs in every experiment).")
 @click.option("--filter", "filter_string", default="", metavar="FILTER",
               help="MLflow filter string narrowing the runs, e.g. \"tags.family = 'Llama'\".")
 @click.option("--db", default=None, help=_DB_HELP)
 def aggregate(experiment, filter_string, db) -> None:
-    """Copy FINISHED MLflow runs into the SQL results store (idempotent; safe to rerun).
+    """Copy FINISHED uqflow runs from MLflow into the SQL results store (idempotent; safe to rerun).
+
+    uqflow's runs are found by their tags in every experiment of the tracking store, so runs of
+    `mlflow run .` are found whichever experiment they went to.
 
     Example: uqflow aggregate --db sqlite:///results.db
     """
@@ -267,7 +273,7 @@ def aggregate(experiment, filter_string, db) -> None:
             click.echo(f"{o.action:>9}  {o.run_id}  {o.label}" + (f"  ({o.reason})" if o.reason else ""), err=True)
 
     url = db_url(db)
-    outcomes = aggregate_runs(experiment, filter_string, url, on_run=on_run)
+    outcomes = aggregate_runs(experiment or None, filter_string, url, on_run=on_run)
     problems = [o for o in outcomes if o.problem]
     counts = {a: sum(o.action == a for o in outcomes) for a in ACTIONS}
     click.echo(", ".join(f"{counts[a]} {a}" for a in ACTIONS) + f" (of {len(outcomes)} runs looked at)")
@@ -388,7 +394,27 @@ def db_current(url) -> None:
     click.echo(f"{redact(db_url(url))}: revision {cur or 'none (empty)'}; newest: {head_revision()}")
 
 
+#: what a scheduler (Slurm, Kubernetes, `timeout`) or a closed terminal sends to stop a process
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+def _stop_on_signals() -> None:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated`, so they end runs KILLED as Ctrl-C does.
+    The first one starts the orderly stop; repeats are ignored while it finishes recording."""
+    import signal
+
+    def handler(signum, _frame):
+        for name in STOP_SIGNALS:
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+        raise Terminated(signum)
+
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):  # SIGHUP does not exist on Windows
+            signal.signal(getattr(signal, name), handler)
+
+
 def main() -> None:
+    _stop_on_signals()
     cli(prog_name="uqflow")
 
 

@@ -1,6 +1,18 @@
 """Domain errors. The library raises these; only ``cli.py`` turns them into exit codes."""
 
 
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop by a signal (SIGTERM, SIGHUP): handled as Ctrl-C is, so that
+    every run in progress ends KILLED with the signal as its reason."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.signame = signal.Signals(signum).name
+        super().__init__(self.signame)
+
+
 class UqflowError(Exception):
     """Base class of every error uqflow reports to a user (no traceback shown)."""
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from uqflow import tracking
+from uqflow.artifact import ArtifactError, check_generations
 from uqflow.config import RunConfig
 from uqflow.data import LoadedDataset, load_dataset
 from uqflow.data.examples import Example
@@ -221,11 +222,16 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
     params = {k: v for k, v in source.data.params.items() if k in RunConfig.__dataclass_fields__}
     base = RunConfig.from_strings(params)
     cfg = RunConfig.from_strings({**params, **overrides})
-    frame = tracking.load_frame(run_id)
-    missing = [c for c in RESCORE_COLUMNS if c not in frame.columns]
+    table = tracking.load_table(run_id)
+    missing = [c for c in RESCORE_COLUMNS if c not in table.column_names]
     if missing:
         raise UqflowError(f"run {run_id}: its generations.parquet lacks the column(s) {', '.join(missing)}, "
                           "so it cannot be rescored")
+    try:
+        check_generations(table, required=RESCORE_COLUMNS)  # every value read back is checked by type
+    except ArtifactError as e:
+        raise ArtifactError(f"run {run_id}: {e}; it cannot be rescored") from None
+    frame = table.to_pandas()
     if not cfg.answerable_only and base.answerable_only:
         raise ConfigError("the source run evaluated answerable questions only; unanswerable ones were never generated")
     if cfg.answerable_only:

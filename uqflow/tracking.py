@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from uqflow.errors import TrackingError, UqflowError
+from uqflow.errors import Terminated, TrackingError, UqflowError
 
 DEFAULT_EXPERIMENT = "uqflow"
 ERROR_TAG = "uqflow.error"
@@ -44,8 +44,8 @@ def tracked_run(run_name: str, tags: Mapping[str, Any]) -> Iterator[Any]:
     try:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
         yield run
-    except KeyboardInterrupt:
-        _record_error("interrupted (KeyboardInterrupt)")
+    except KeyboardInterrupt as e:
+        _record_error(f"interrupted ({e.signame if isinstance(e, Terminated) else 'KeyboardInterrupt'})")
         _end_run("KILLED")
         raise
     except BaseException as e:
@@ -172,27 +172,51 @@ def get_run(run_id: str):
         raise TrackingError(_store_message(e)) from None
 
 
-def load_frame(run_id: str, name: str = "generations.parquet"):
-    """A run's per-example table, read back from its artifact."""
+def download_artifact(run_id: str, name: str) -> Path:
+    """A local copy of one of a run's artifacts (a temporary folder for remote artifact stores)."""
     import mlflow
-    import pandas as pd
+    import requests
+
+    from uqflow.artifact import ArtifactError
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run is noise
     try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name)
-        return pd.read_parquet(path)
-    except Exception as e:  # missing artifact (MlflowException, OSError) or a damaged Parquet file (ArrowInvalid)
-        raise UqflowError(f"run {run_id}: cannot read its {name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name))
+    except requests.exceptions.RequestException as e:
+        raise TrackingError(_store_message(e)) from None
+    except Exception as e:  # a missing artifact: MlflowException or OSError, by artifact store
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ArtifactError(f"run {run_id}: cannot read its {name} ({type(e).__name__}: {first[:300]})") from None
 
 
-def search_runs(experiment_id: str, filter_string: str = "") -> list:
-    """Every run of an experiment matching ``filter_string``, all pages."""
+def load_table(run_id: str, name: str = "generations.parquet"):
+    """A run's per-example table as a pyarrow Table, read back from its artifact."""
+    import pyarrow.parquet as pq
+
+    from uqflow.artifact import ArtifactError
+
+    path = download_artifact(run_id, name)
+    try:
+        return pq.read_table(path)
+    except Exception as e:  # a damaged Parquet file: pyarrow raises ArrowInvalid, OSError, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ArtifactError(f"run {run_id}: cannot read its {name} ({type(e).__name__}: {first[:300]})") from None
+
+
+def load_frame(run_id: str, name: str = "generations.parquet"):
+    """A run's per-example table as a DataFrame, read back from its artifact."""
+    return load_table(run_id, name).to_pandas()
+
+
+def search_runs(experiment_ids: str | list[str], filter_string: str = "") -> list:
+    """Every run of the experiment(s) matching ``filter_string``, all pages."""
     import mlflow
 
     client = mlflow.MlflowClient()
+    ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids)
     out, token = [], None
     while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+        page = client.search_runs(ids, filter_string, max_results=1000, page_token=token)
         out.extend(page)
         token = page.token
         if not token:

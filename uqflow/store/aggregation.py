@@ -1,13 +1,24 @@
 """MLflow runs into the results store.
 
-``aggregate`` pulls the FINISHED runs of an experiment through the MLflow API (search with paging,
-artifact download) and writes each run's row in ``runs``, its ``scores`` and its ``generations`` in
-one transaction: a crash or ``kill -9`` leaves every run either fully stored or as it was, and
-running it again completes the rest. It is idempotent: a run whose params, tags, metrics and end time
-are unchanged since it was stored (their digest) is left alone; a changed one is replaced; a run the
-experiment no longer has as FINISHED is removed (unless ``filter_string`` narrows the search, when
-runs outside it are not looked at). Two aggregations may run at once: each run's write re-checks the
-digest inside its own write transaction, so nothing is stored twice.
+``aggregate`` pulls the FINISHED uqflow runs of a tracking store through the MLflow API (search with
+paging, artifact download) and writes each run's row in ``runs``, its ``scores`` and its
+``generations`` in one transaction: a crash or ``kill -9`` leaves every run either fully stored or
+as it was, and running it again completes the rest.
+
+Which runs: uqflow's runs carry the tag ``uqflow_version``; they are found in every experiment of the
+tracking store (``mlflow run .`` puts them in whichever experiment it was given, ``Default`` when
+none), or in one experiment with ``experiment``.
+
+Idempotent: a run whose params, tags, metrics and end time are unchanged since it was stored (their
+digest) is left alone; a changed one is replaced. A stored run that the tracking store no longer has
+as FINISHED is removed, unless ``filter_string`` narrows the search. Removal is scoped to the
+experiments that were searched, each identified by its id *and* its creation time: two tracking
+stores (a laptop's and a cluster's) both number their first experiment 1, and one store's runs are
+never removed because another store lacks them. MLflow run ids are random UUIDs, so a run id is one
+run whichever store it is read from; ``tracking_uri`` records where it was last read.
+
+Two aggregations may run at once: each run's write re-checks the digest inside its own write
+transaction, so nothing is stored twice.
 """
 
 from __future__ import annotations
@@ -22,22 +33,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from uqflow import tracking
+from uqflow.artifact import GENERATIONS_FILE, check_generations
 from uqflow.errors import StoreError, UqflowError
-from uqflow.store.db import _first_line, connect, db_url, preflight, store_failure, upgrade
+from uqflow.store.db import _first_line, connect, db_url, preflight, redact, store_failure, upgrade
 from uqflow.scoring.uncertainty import SCORES
 from uqflow.store.schema import Generation, Run, Score
 
 log = logging.getLogger(__name__)
 
-#: columns a run's generations.parquet must have to be stored
-REQUIRED_COLUMNS = ("example_id", "question", "answer", "token_ids", "token_logprobs", "references", "answerable",
-                    "correct", "g_nll", "rw_g_nll")
 SCORE_COLUMNS = tuple(SCORES)  # one column each in `generations`, one row each in `scores`
 ACTIONS = ("added", "updated", "unchanged", "skipped", "removed")
+#: every run uqflow logs for a model x dataset carries this tag (see experiment.run_tags)
+UQFLOW_RUN_TAG = "uqflow_version"
 
 
 @dataclass(frozen=True)
@@ -53,27 +64,27 @@ class Outcome:
 
 def aggregate(experiment: str | None = None, filter_string: str = "", url: str | None = None,
               on_run: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Bring the store at ``url`` in line with the FINISHED runs of ``experiment`` (default: the
-    tracking experiment, ``uqflow``). Returns one outcome per run looked at."""
-    import mlflow
+    """Bring the store at ``url`` in line with the FINISHED uqflow runs of the tracking store: of
+    every experiment, or of ``experiment`` alone. Returns one outcome per run looked at."""
     from mlflow.exceptions import MlflowException
 
     url = db_url(url)
     preflight(url)  # a mistyped URL or a missing driver is reported before anything else is looked at
-    name = experiment or tracking.experiment_name()
+    uri = redact(tracking.tracking_uri())
     with tracking.reaching_store():  # an unreachable tracking store is reported before the SQL store is touched
-        exp = mlflow.MlflowClient().get_experiment_by_name(name)
-    if exp is None:
-        raise UqflowError(f"no experiment {name!r} in the tracking store {tracking.tracking_uri()}; "
-                          "run `uqflow run` or `uqflow grid` first, or pass --experiment")
-    search = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string.strip() else "")
+        scope = _experiments(experiment)
+    search = (f"attributes.status = 'FINISHED' and tags.{UQFLOW_RUN_TAG} LIKE '%'"
+              + (f" and {filter_string}" if filter_string.strip() else ""))
+    active = [e for e in scope if e.lifecycle_stage == "active"]
+    runs = []
     with tracking.reaching_store():
         try:
-            runs = tracking.search_runs(exp.experiment_id, search)
+            runs = tracking.search_runs([e.experiment_id for e in active], search) if active else []
         except MlflowException as e:
             if filter_string.strip() and e.error_code == "INVALID_PARAMETER_VALUE":
                 raise UqflowError(f"MLflow rejected the filter {filter_string!r}: {_first_line(e)}") from None
             raise
+    by_id = {e.experiment_id: e for e in scope}
 
     upgrade(url)  # the writer keeps the schema current; a no-op when it already is
     engine = connect(url)
@@ -86,15 +97,37 @@ def aggregate(experiment: str | None = None, filter_string: str = "", url: str |
 
     try:
         for run in runs:
-            report(_aggregate_run(engine, exp.name, run))
+            report(_aggregate_run(engine, by_id[run.info.experiment_id], uri, run))
         if not filter_string.strip():
-            for o in _remove_stale(engine, exp.experiment_id, {r.info.run_id for r in runs}):
+            for o in _remove_stale(engine, scope, {r.info.run_id for r in runs}):
                 report(o)
     except SQLAlchemyError as e:
         raise StoreError(store_failure("write", url, e)) from None
     finally:
         engine.dispose()
     return outcomes
+
+
+def _experiments(name: str | None) -> list:
+    """The experiments aggregation looks at: ``name`` alone, else all of them (deleted ones too, so
+    that the runs of a deleted experiment are removed from the store)."""
+    import mlflow
+    from mlflow.entities import ViewType
+
+    client = mlflow.MlflowClient()
+    if name:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise UqflowError(f"no experiment {name!r} in the tracking store {redact(tracking.tracking_uri())}; "
+                              "run `uqflow run` or `uqflow grid` first, or leave out --experiment to look in all")
+        return [exp]
+    out, token = [], None
+    while True:
+        page = client.search_experiments(view_type=ViewType.ALL, max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
 
 
 def _label(run) -> str:
@@ -110,7 +143,7 @@ def digest(run) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _aggregate_run(engine, experiment_name: str, run) -> Outcome:
+def _aggregate_run(engine, exp, tracking_uri: str, run) -> Outcome:
     run_id, label = run.info.run_id, _label(run)
     tags, metrics = run.data.tags, run.data.metrics
     if "uqflow.grid" in tags:
@@ -123,10 +156,15 @@ def _aggregate_run(engine, experiment_name: str, run) -> Outcome:
     if "size_b" not in tags:
         return Outcome(run_id, "skipped", "its tags lack size_b", label, problem=True)
     dig = digest(run)
-    if _stored_digest(engine, run_id) == dig:
+    identity = {"tracking_uri": tracking_uri, "experiment_creation_time": exp.creation_time}
+    stored = _stored(engine, run_id)
+    if stored is not None and stored.mlflow_digest == dig:
+        if (stored.tracking_uri, stored.experiment_creation_time) != tuple(identity.values()):
+            with engine.begin() as conn:  # the same run read from a moved or copied tracking store
+                conn.execute(update(Run).where(Run.run_id == run_id).values(**identity))
         return Outcome(run_id, "unchanged", "", label)
     try:
-        row = _run_row(experiment_name, run, dig)
+        row = {**_run_row(exp.name, run, dig), **identity}
         score_rows = _score_rows(run_id, metrics)
         gen_rows = _generation_rows(run_id, int(metrics["n"]))
     except UqflowError as e:
@@ -157,19 +195,28 @@ def _delete_run(conn, run_id: str) -> None:
     conn.execute(delete(Run).where(Run.run_id == run_id))
 
 
-def _stored_digest(engine, run_id: str) -> str | None:
+def _stored(engine, run_id: str):
+    """The stored run's digest and tracking-store identity, or None."""
     with engine.connect() as conn:
-        return conn.execute(select(Run.mlflow_digest).where(Run.run_id == run_id)).scalar_one_or_none()
+        return conn.execute(select(Run.mlflow_digest, Run.tracking_uri, Run.experiment_creation_time)
+                            .where(Run.run_id == run_id)).one_or_none()
 
 
-def _remove_stale(engine, experiment_id: str, keep: set[str]) -> list[Outcome]:
+def _remove_stale(engine, scope: list, keep: set[str]) -> list[Outcome]:
+    """Remove stored runs of the searched experiments that are no longer FINISHED uqflow runs there.
+    An experiment is matched by id and creation time, so another tracking store's experiment of the
+    same id is out of reach; rows stored before the creation time was recorded are left alone."""
+    if not scope:
+        return []
+    same_experiment = or_(*(and_(Run.experiment_id == e.experiment_id,
+                                 Run.experiment_creation_time == e.creation_time) for e in scope))
     with engine.begin() as conn:
-        stored = conn.execute(select(Run.run_id, Run.model, Run.dataset)
-                              .where(Run.experiment_id == experiment_id)).all()
+        stored = conn.execute(select(Run.run_id, Run.model, Run.dataset, Run.experiment_name)
+                              .where(same_experiment)).all()
         stale = [r for r in stored if r.run_id not in keep]
         for r in stale:
             _delete_run(conn, r.run_id)
-    return [Outcome(r.run_id, "removed", "no longer a FINISHED run of the experiment in MLflow",
+    return [Outcome(r.run_id, "removed", f"no longer a FINISHED run of experiment {r.experiment_name!r} in MLflow",
                     f"{r.model} x {r.dataset}") for r in stale]
 
 
@@ -249,32 +296,19 @@ def _floats(values) -> list[float | None]:
 
 
 def _generation_rows(run_id: str, n: int) -> list[dict[str, Any]]:
-    import pandas as pd
-
-    frame = tracking.load_frame(run_id)
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise UqflowError(f"its generations.parquet lacks the column(s) {', '.join(missing)}")
-    if len(frame) != n:
-        raise UqflowError(f"its generations.parquet has {len(frame)} rows but the run reports n={n}")
-    if frame["example_id"].duplicated().any():
-        raise UqflowError("its generations.parquet repeats an example_id")
+    """The run's generations as rows of ``generations``, every value checked by type first."""
+    table = tracking.load_table(run_id, GENERATIONS_FILE)
+    check_generations(table, expected_rows=n)
     rows = []
-    try:
-        for i, r in enumerate(frame.to_dict("records")):
-            correct = r["correct"]  # True, False, or None / pd.NA where the judge could not decide
-            token_ids = [int(x) for x in r["token_ids"]]
-            rows.append({
-                "run_id": run_id, "example_id": str(r["example_id"]), "position": i, "question": str(r["question"]),
-                "answer": str(r["answer"]), "reference_answers": [str(x) for x in r["references"]],
-                "answerable": bool(r["answerable"]),
-                "correct": None if pd.isna(correct) else bool(correct),
-                "correctness_score": _num(r.get("correctness_score")), "num_tokens": len(token_ids),
-                "stop_reason": r.get("stop_reason"), **{s: _num(r.get(s)) for s in SCORE_COLUMNS},
-                "tokens": [str(x) for x in r["tokens"]] if r.get("tokens") is not None else None,
-                "token_ids": token_ids, "token_logprobs": _floats(r["token_logprobs"]),
-                "relevance": _floats(r["relevance"]) if r.get("relevance") is not None else None,
-            })
-    except (TypeError, ValueError, KeyError) as e:
-        raise UqflowError(f"its generations.parquet has a malformed row {len(rows)} ({type(e).__name__}: {e})") from None
+    for i, r in enumerate(table.to_pylist()):
+        token_ids = r["token_ids"]
+        rows.append({
+            "run_id": run_id, "example_id": str(r["example_id"]), "position": i, "question": r["question"],
+            "answer": r["answer"], "reference_answers": r["references"], "answerable": r["answerable"],
+            "correct": r["correct"], "correctness_score": _num(r.get("correctness_score")),
+            "num_tokens": len(token_ids), "stop_reason": r.get("stop_reason"),
+            **{s: _num(r.get(s)) for s in SCORE_COLUMNS},
+            "tokens": r.get("tokens"), "token_ids": token_ids, "token_logprobs": _floats(r["token_logprobs"]),
+            "relevance": _floats(r["relevance"]) if r.get("relevance") is not None else None,
+        })
     return rows

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 RUN_ID = String(64)
@@ -30,6 +30,10 @@ class Run(Base):
     run_id: Mapped[str] = mapped_column(RUN_ID, primary_key=True)
     experiment_id: Mapped[str] = mapped_column(String(64), index=True)
     experiment_name: Mapped[str] = mapped_column(String(256))
+    # which tracking store the run was read from: its URI (password hidden) and its experiment's
+    # creation time (ms), which tells apart experiments of the same id in different stores
+    tracking_uri: Mapped[str | None] = mapped_column(String(1024))
+    experiment_creation_time: Mapped[int | None] = mapped_column(BigInteger)
     run_name: Mapped[str | None] = mapped_column(String(256))
     parent_run_id: Mapped[str | None] = mapped_column(String(64))
     source_run_id: Mapped[str | None] = mapped_column(String(64))  # set on runs made by `uqflow rescore`
