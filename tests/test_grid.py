@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from uqflow.cli import cli
 from uqflow.errors import ConfigError
-from uqflow.grid import cell_states, load_grid
+from uqflow.grid import cell_states, checked_cells, load_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,6 +73,48 @@ def _runs():
         if mlflow.get_experiment_by_name("uqflow") else None
 
 
+def _trivia_file(path, answers: dict[int, str]) -> None:
+    import json
+
+    path.write_text("".join(json.dumps({"question_id": f"q{i}", "question": f"What is {i} plus one?",
+                                        "answer": {"value": answers.get(i, str(i + 1)), "aliases": []}}) + "\n"
+                            for i in range(30)), encoding="utf-8")
+
+
+def test_an_edited_local_dataset_file_is_a_new_cell(tracking, tmp_path):
+    """A cell's identity covers a local dataset file's content, not only its path: once the file is
+    edited, a cell that was done is pending again (before: skipped as done, with stale answers);
+    with the content restored it is done again."""
+    from uqflow import tracking as tr
+    from uqflow.data import load_dataset
+    from uqflow.experiment import run_tags
+    from uqflow.models import MODELS
+
+    data = tmp_path / "qa.jsonl"
+    _trivia_file(data, {})
+    f = _grid_file(tmp_path, ["SmolLM2-135M-Instruct"], [str(data)], num_samples=5)
+    [cell] = checked_cells(load_grid(f))
+    cfg, identity = cell.config, cell.identity
+    with tr.tracked_run("cell", run_tags(cfg, MODELS.get(cfg.model), load_dataset(str(data)))):
+        pass  # a finished run of the cell, tagged as `uqflow run` tags it
+    assert [s.state for s in cell_states(checked_cells(load_grid(f)))] == ["done"]
+    _trivia_file(data, {7: "eight (8)"})
+    assert checked_cells(load_grid(f))[0].identity != identity
+    assert [s.state for s in cell_states(checked_cells(load_grid(f)))] == ["pending"]
+    _trivia_file(data, {})
+    assert [s.state for s in cell_states(checked_cells(load_grid(f)))] == ["done"]
+
+
+def test_registered_datasets_keep_their_identity():
+    """Registered datasets are identified by name, so the hashes of existing runs stay valid."""
+    from uqflow.config import RunConfig
+    from uqflow.data import load_dataset
+    from uqflow.experiment import run_identity
+
+    cfg = RunConfig(dataset="trivia_mini")
+    assert run_identity(cfg, load_dataset("trivia_mini")) == cfg.hash()
+
+
 @pytest.mark.slow
 def test_sigkill_during_second_cell_then_resume(tracking, tmp_path, venv_env):
     """kill -9 in the middle of cell 2; the same command then completes the rest, no duplicates."""
@@ -105,8 +147,7 @@ def test_sigkill_during_second_cell_then_resume(tracking, tmp_path, venv_env):
                                                        "SmolLM2-135M-Instruct__trivia_mini"]
     assert mlflow.get_run(killed_run).info.status == "KILLED"  # the abandoned run is closed, not left RUNNING
     # a third invocation has nothing to do
-    cells = load_grid(f).cells()
-    assert [s.state for s in cell_states(cells)] == ["done", "done"]
+    assert [s.state for s in cell_states(checked_cells(load_grid(f)))] == ["done", "done"]
 
 
 @pytest.mark.slow
@@ -143,3 +184,22 @@ def test_isolated_cells_nest_under_the_grid_run(tracking, tmp_path):
     child = runs[runs["tags.config_hash"].notna()].iloc[0]
     assert child["tags.mlflow.parentRunId"] == parent["run_id"] and child["status"] == "FINISHED"
     assert "cell.log" in [a.path for a in mlflow.MlflowClient().list_artifacts(child["run_id"])]
+
+
+def test_dry_run_offline_says_what_each_cell_needs(tracking):
+    """The reference study's grid on a machine without hub access or GPU: the dry run lists every
+    cell with what it needs (before: it failed after 27 s); running it refuses at once, naming
+    every cell's needs, and starts nothing."""
+    import time
+
+    t0 = time.perf_counter()
+    dry = CliRunner().invoke(cli, ["grid", str(ROOT / "grids" / "multi_family.yaml"), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert dry.output.count("pending") == 12 and "needs" in dry.output
+    assert "not in the local Hugging Face cache" in dry.output and "needs a CUDA GPU" in dry.output
+    res = CliRunner().invoke(cli, ["grid", str(ROOT / "grids" / "multi_family.yaml")])
+    assert res.exit_code == 1 and "12 of 12 cells of grid 'multi_family' cannot run on this machine" in res.output
+    assert "Mistral-7B-v0.3-8bit x trivia_qa: model 'Mistral-7B-v0.3-8bit'" in res.output
+    assert "Traceback" not in res.output
+    assert time.perf_counter() - t0 < 60  # a guard against hub retries, not a benchmark
+    assert mlflow.get_experiment_by_name("uqflow") is None  # nothing started

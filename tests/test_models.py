@@ -53,14 +53,14 @@ def test_registry_file_adds_models(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("text,message", [
     ("models: 3\n", "expected a list of models"),
-    ("models:\n  - {name: X, source: s, family: F, instruct: true}\n", "missing field(s) size_b"),
-    ("models:\n  - {name: X, source: s, family: F, size_b: 0, instruct: true}\n", "size_b must be a positive"),
-    ("models:\n  - {name: X, source: s, family: F, size_b: -2, instruct: true}\n", "size_b must be a positive"),
-    ("models:\n  - {name: X, source: s, family: F, size_b: big, instruct: true}\n", "size_b must be of type number"),
-    ("models:\n  - {name: X, source: s, family: F, size_b: 1, instruct: yes please}\n", "instruct must be of type bool"),
-    ("models:\n  - {name: X, source: s, family: F, size_b: 1, instruct: true, quantization: 3bit}\n", "quantization must be one of"),
-    ("models:\n  - {name: X, source: s, family: F, size_b: 1, instruct: true, code: 'import os'}\n", "unknown field(s) code"),
-    ("models:\n  - {name: Gemma-3-270M, source: s, family: F, size_b: 1, instruct: true}\n", "clash with built-in"),
+    ("models:\n  - {name: X, source: org/s, family: F, instruct: true}\n", "missing field(s) size_b"),
+    ("models:\n  - {name: X, source: org/s, family: F, size_b: 0, instruct: true}\n", "size_b must be a positive"),
+    ("models:\n  - {name: X, source: org/s, family: F, size_b: -2, instruct: true}\n", "size_b must be a positive"),
+    ("models:\n  - {name: X, source: org/s, family: F, size_b: big, instruct: true}\n", "size_b must be of type number"),
+    ("models:\n  - {name: X, source: org/s, family: F, size_b: 1, instruct: yes please}\n", "instruct must be of type bool"),
+    ("models:\n  - {name: X, source: org/s, family: F, size_b: 1, instruct: true, quantization: 3bit}\n", "quantization must be one of"),
+    ("models:\n  - {name: X, source: org/s, family: F, size_b: 1, instruct: true, code: 'import os'}\n", "unknown field(s) code"),
+    ("models:\n  - {name: Gemma-3-270M, source: org/s, family: F, size_b: 1, instruct: true}\n", "clash with built-in"),
     ("models: [unclosed\n", "not valid YAML"),
     ("models:\n  - !!python/object/apply:os.system ['echo pwned']\n", "not valid YAML"),
 ])

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from conftest import ROOT
+
 from store_fixtures import log_run
 from uqflow.errors import StoreError
 from uqflow.store import aggregate, run_query
@@ -148,35 +150,42 @@ def _wait_for_running(timeout: float = 120.0):
     raise AssertionError("no run started")
 
 
+RUN = ["run", "--model", "SmolLM2-135M-Instruct", "--dataset", "trivia_mini", "--num-samples", "200"]
+GRID = ["grid", str(ROOT / "grids" / "cpu_demo.yaml"), "--set", "num_samples=200"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [
-    ["run", "--model", "SmolLM2-135M-Instruct", "--dataset", "trivia_mini", "--num-samples", "200"],
-    ["grid", "grids/cpu_demo.yaml", "--set", "num_samples=200"],
-], ids=["run", "grid"])
-def test_ctrl_c_ends_runs_killed_and_leaves_nothing_running(tracking, venv_env, command):
-    """A real SIGINT (Ctrl-C) during generation: exit 130, one line, no traceback, and every run it
-    started ends KILLED with the reason, none left RUNNING."""
+@pytest.mark.parametrize("command,sig,code,said", [
+    (RUN, signal.SIGINT, 130, "Interrupted."),
+    (GRID, signal.SIGINT, 130, "Interrupted."),
+    (RUN, signal.SIGTERM, 143, "Terminated by SIGTERM."),  # Slurm, Kubernetes, `timeout`
+    (GRID, signal.SIGHUP, 129, "Terminated by SIGHUP."),  # the terminal closed
+], ids=["run-SIGINT", "grid-SIGINT", "run-SIGTERM", "grid-SIGHUP"])
+def test_a_stop_signal_ends_runs_killed_and_leaves_nothing_running(tracking, tmp_path, venv_env, command, sig, code,
+                                                                    said):
+    """A real Ctrl-C (SIGINT), SIGTERM or SIGHUP during generation: its exit code, one line, no
+    traceback, and every run it started ends KILLED with the signal as its reason, none RUNNING.
+    Before, SIGTERM and SIGHUP left the run RUNNING for good."""
     import mlflow
 
-    from conftest import ROOT
-
-    proc = subprocess.Popen([sys.executable, "-m", "uqflow", *command], env=venv_env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "uqflow", *command], env=venv_env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         started = _wait_for_running()
         time.sleep(3)  # into loading and generating
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
-    assert "Interrupted." in err and "Traceback" not in err
+    assert proc.returncode == code, err
+    assert said in err and "Traceback" not in err
     exp = mlflow.get_experiment_by_name("uqflow")
     runs = mlflow.search_runs([exp.experiment_id], output_format="list")
     assert {r.info.status for r in runs} == {"KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
     assert {r.info.run_id for r in started} <= {r.info.run_id for r in runs}
-    assert all("interrupted" in r.data.tags.get("uqflow.error", "") for r in runs)
+    reason = "KeyboardInterrupt" if sig == signal.SIGINT else sig.name
+    assert all(r.data.tags.get("uqflow.error", "") == f"interrupted ({reason})" for r in runs)
 
 
 def test_readers_recover_after_a_writer_killed_mid_transaction(tracking, tmp_path):

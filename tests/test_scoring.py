@@ -187,7 +187,8 @@ def test_delong_same_scores_and_one_class():
 # ---------------------------------------------------------------- judges
 
 from uqflow.errors import ConfigError
-from uqflow.scoring.judges import Verdict, is_abstention, judge_examples, make_judge, parse_yes_no
+from uqflow.scoring.judges import (ABSTENTION_RULES, Verdict, abstains_lenient, abstains_official, judge_examples,
+                                  make_judge, parse_yes_no)
 
 
 @pytest.mark.parametrize("name,answer,refs,correct", [
@@ -219,19 +220,46 @@ def test_parse_yes_no(reply, verdict):
     assert parse_yes_no(reply) is verdict
 
 
-@pytest.mark.parametrize("answer,abstains", [
-    ("", True), ("Unanswerable", True), ("I don't know.", True), ("The passage does not say.", True),
-    ("It cannot be answered from the text", True), ("Paris", False), ("none of the above wines", False),
-])
-def test_abstention(answer, abstains):
-    assert is_abstention(answer) is abstains
+# (reply, official, lenient). Before, an ad hoc list said yes to "unknown", "N/A" and "I don't know"
+# but no to "There is no answer"; the official rule is the empty answer alone.
+ABSTENTIONS = [
+    ("", True, True), ("  . ", True, True), ("Unanswerable", False, True), ("unknown", False, True),
+    ("N/A", False, True), ("None.", False, True), ("I don't know.", False, True), ("There is no answer", False, True),
+    ("There is no answer to this question.", False, True), ("Not mentioned", False, True),
+    ("The passage does not say.", False, True), ("It cannot be answered from the text", False, True),
+    ("The context doesn't specify", False, True), ("No information is given", False, True),
+    ("Paris", False, False), ("No", False, False), ("not Paris", False, False), ("none of the above wines", False, False),
+    ("The treaty was not signed until 1648 because the parties could not agree on the terms", False, False),
+]
 
 
-def test_unanswerable_judged_by_abstention():
-    v = judge_examples(make_judge("f1"), ["q1", "q2", "q3"], ["unknown", "Paris", "Paris"],
-                       [[], [], ["Paris"]], [False, False, True])
-    assert [x.correct for x in v] == [True, False, True]
+@pytest.mark.parametrize("answer,official,lenient", ABSTENTIONS)
+def test_abstention_rules(answer, official, lenient):
+    assert abstains_official(answer) is official
+    assert abstains_lenient(answer) is lenient
+    assert set(ABSTENTION_RULES) == {"official", "lenient"}
+
+
+@pytest.mark.parametrize("rule,expected", [("official", [False, True, False, True]), ("lenient", [True, True, False, True])])
+def test_unanswerable_judged_by_abstention(rule, expected):
+    v = judge_examples(make_judge("f1"), ["q1", "q2", "q3", "q4"], ["unknown", "", "Paris", "Paris"],
+                       [[], [], [], ["Paris"]], [False, False, False, True], abstention=rule)
+    assert [x.correct for x in v] == expected
     assert isinstance(v[0], Verdict)
+
+
+def test_abstention_rule_is_a_recorded_setting():
+    """The rule is part of the configuration (logged as a param) and of the hash where it can change
+    results: with unanswerable questions evaluated, not when they are left out."""
+    from uqflow.config import RunConfig
+    from uqflow.errors import ConfigError
+
+    assert RunConfig().to_dict()["abstention"] == "official"
+    with pytest.raises(ConfigError, match="unknown abstention rule 'loose'. Known: official, lenient"):
+        RunConfig(abstention="loose")
+    assert RunConfig(abstention="lenient").hash() == RunConfig().hash()
+    assert (RunConfig(answerable_only=False, abstention="lenient").hash()
+            != RunConfig(answerable_only=False).hash())
 
 
 def test_undecided_judgments_are_counted_and_left_out():

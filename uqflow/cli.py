@@ -34,6 +34,9 @@ def cli(verbose: bool) -> None:
 
     Example: uqflow run --model SmolLM2-135M-Instruct --dataset trivia_mini --num-samples 50
     """
+    from uqflow import tracking
+
+    tracking.bound_network_waits()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("uqflow").setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -147,7 +150,7 @@ def grid(grid_file, sets, isolate, dry_run) -> None:
     g = load_grid(grid_file)
     overrides = _parse_sets(sets)
     if dry_run:
-        states = cell_states(checked_cells(g, overrides))
+        states = cell_states(checked_cells(g, overrides, dry_run=True))
     else:
         cells_bar = tqdm(total=len(g.models) * len(g.datasets), desc=f"grid {g.name}", unit="cell", disable=None)
         q_bar, q_update = _progress_bar("questions")
@@ -164,14 +167,16 @@ def grid(grid_file, sets, isolate, dry_run) -> None:
         finally:
             cells_bar.close()
             q_bar.close()
+    needs = any(s.needs for s in states)
     table = Table(title=f"grid {g.name}")
-    for col in ("model", "dataset", "state", "run id", "accuracy", "AUROC G-NLL", "AUROC RW-G-NLL"):
-        table.add_column(col)
+    for col in ("model", "dataset", "state", "run id", "accuracy", "AUROC G-NLL", "AUROC RW-G-NLL",
+                *(["needs"] if needs else [])):
+        table.add_column(col, overflow="fold")
     for s in states:
         m = s.metrics
         f = lambda k: "" if k not in m or m[k] != m[k] else f"{m[k]:.3f}"  # noqa: E731
         table.add_row(s.config.model, s.config.dataset, s.state, s.run_id, f("accuracy"), f("auroc_g_nll"),
-                      f("auroc_rw_g_nll"))
+                      f("auroc_rw_g_nll"), *(["\n".join(s.needs)] if needs else []))
     Console(width=200).print(table)
     _where_to_look()
     failed = [s for s in states if s.state in ("error", "failed")]

@@ -14,23 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uqflow import tracking
+from uqflow import hub, tracking
 from uqflow.artifact import ArtifactError, check_generations
 from uqflow.config import RunConfig
-from uqflow.data import LoadedDataset, load_dataset
+from uqflow.data import DATASETS, LoadedDataset, load_dataset
 from uqflow.data.examples import Example
-from uqflow.errors import ConfigError, UqflowError
+from uqflow.errors import ConfigError, ModelLoadError, UqflowError
 from uqflow.generation import make_engine
 from uqflow.generation.base import decoder, token_pieces
 from uqflow.models import LoadedModel, ModelSpec, get_model, load_model, unload
+from uqflow.models.loading import known_context_length, unavailable
 from uqflow.prompts import build_prompts, draw_few_shot
 from uqflow.scoring import pipeline
 from uqflow.scoring.judges import make_judge
 from uqflow.scoring.relevance import load_similarity
 
 log = logging.getLogger(__name__)
-
-SOURCE_RUN_TAG = "uqflow.source_run"
 
 
 @dataclass
@@ -47,6 +46,9 @@ class RunResult:
 def select_examples(ds: LoadedDataset, cfg: RunConfig) -> tuple[list[Example], list[str]]:
     """The evaluated questions: answerable ones only if asked, then ``num_samples`` drawn with the seed."""
     notes = []
+    if cfg.dataset not in DATASETS and ds.few_shot_pool:
+        notes.append(f"{len(ds.few_shot_pool)} of the file's {len(ds.examples) + len(ds.few_shot_pool)} questions are "
+                     "held out as the few-shot pool and not evaluated")
     pool = ds.examples
     if cfg.answerable_only:
         pool = [ex for ex in pool if ex.answerable]
@@ -75,6 +77,15 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def run_identity(cfg: RunConfig, ds: LoadedDataset | None) -> str:
+    """The configuration hash that identifies a run's results (the ``config_hash`` tag, by which a
+    grid knows a cell is done): every field that changes results and, for a local dataset file, a
+    fingerprint of its content, since an edited file at the same path asks other questions.
+    Registered datasets are identified by name, so a grid's dry run needs no hub access."""
+    local = ds is not None and cfg.dataset not in DATASETS
+    return cfg.hash(ds.fingerprint if local else None)
+
+
 def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset | None = None) -> dict[str, Any]:
     import torch
     import transformers
@@ -84,8 +95,8 @@ def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset | None = None) -
     tags = {
         "family": spec.family, "size_b": spec.size_b, "quantization": spec.quantization,
         "instruct": str(spec.instruct).lower(), "model": spec.name, "dataset": cfg.dataset,
-        "config_hash": cfg.hash(), "prompt_template_hash": cfg.prompt_options.template_hash(),
-        "uqflow_version": __version__, "torch_version": torch.__version__,
+        "config_hash": run_identity(cfg, ds), "prompt_template_hash": cfg.prompt_options.template_hash(),
+        tracking.VERSION_TAG: __version__, "torch_version": torch.__version__,
         "transformers_version": transformers.__version__, "python_version": platform.python_version(),
     }
     if ds is not None:
@@ -93,11 +104,46 @@ def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset | None = None) -
     return tags
 
 
-def resolve(cfg: RunConfig) -> tuple[ModelSpec, LoadedDataset]:
-    """Check names and load the dataset before any run starts, so a typo creates no run."""
+def check(cfg: RunConfig) -> tuple[ModelSpec | None, LoadedDataset | None, list[UqflowError]]:
+    """Everything a run needs, checked before it starts: the names, the dataset's records (read
+    now), what the model needs of this machine (weights on disk or a reachable hub, a GPU and
+    bitsandbytes for a quantized model) and the answer length against the model's context.
+    Returns the model, the dataset and every problem found, each once."""
+    problems: list[UqflowError] = []
+    spec = ds = None
+    try:
+        spec = get_model(cfg.model, cfg.model_registry or None)
+    except UqflowError as e:
+        problems.append(e)
     if cfg.correctness.startswith("llm:"):
-        get_model(cfg.correctness[4:], cfg.model_registry or None)  # the judge model must exist too
-    return get_model(cfg.model, cfg.model_registry or None), load_dataset(cfg.dataset)
+        try:
+            get_model(cfg.correctness[4:], cfg.model_registry or None)  # the judge model must exist too
+        except UqflowError as e:
+            problems.append(e)
+    try:
+        if cfg.dataset in DATASETS and DATASETS.get(cfg.dataset).source.startswith("hub"):
+            hub.reachable()  # offline: `datasets` reads its cache at once instead of retrying the hub
+        ds = load_dataset(cfg.dataset)
+    except UqflowError as e:
+        problems.append(e)
+    if spec is not None:
+        problems += [ModelLoadError(p) for p in unavailable(spec, cfg.device, cfg.backend)]
+        context = known_context_length(spec)
+        if context and cfg.max_new_tokens >= context:
+            problems.append(ConfigError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in "
+                                        f"{spec.name}'s context of {context} tokens; lower max_new_tokens"))
+    return spec, ds, problems
+
+
+def resolve(cfg: RunConfig) -> tuple[ModelSpec, LoadedDataset]:
+    """The model and dataset of ``cfg``, or one error naming every problem (see :func:`check`),
+    raised before any run exists, so a mistake leaves nothing behind in MLflow."""
+    spec, ds, problems = check(cfg)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ConfigError(f"{cfg.model} x {cfg.dataset} cannot run:\n" + "\n".join(f"  - {p}" for p in problems))
+    return spec, ds  # type: ignore[return-value]
 
 
 def _log_outputs(cfg: RunConfig, frame, metrics: dict[str, float], notes: Sequence[str]) -> None:
@@ -121,8 +167,13 @@ def run_experiment(cfg: RunConfig, lm: LoadedModel | Callable[[], LoadedModel] |
     a failure to load is recorded on it. ``artifact_log`` names a log file that is stored with the
     run as ``cell.log``, whether the run succeeds or fails.
     """
-    spec, ds = resolve(cfg)
-    examples, notes = select_examples(ds, cfg)
+    try:
+        spec, ds = resolve(cfg)
+        examples, notes = select_examples(ds, cfg)
+    except UqflowError as e:
+        if os.environ.get("MLFLOW_RUN_ID") and parent_run_id is None:  # `mlflow run` made the run: it says why
+            tracking.tag_error(os.environ["MLFLOW_RUN_ID"], str(e))
+        raise
     for n in notes:
         log.warning(n)
     t0 = time.perf_counter()
@@ -198,13 +249,14 @@ def _score(cfg: RunConfig, frame, decode, lm: LoadedModel | None):
     t = time.perf_counter()
     frame = pipeline.add_relevance(frame, decode, _similarity(cfg.similarity, device))
     relevance_seconds = time.perf_counter() - t
-    frame = pipeline.add_correctness(frame, make_judge(cfg.correctness, cfg.correctness_threshold, lm=lm))
+    frame = pipeline.add_correctness(frame, make_judge(cfg.correctness, cfg.correctness_threshold, lm=lm),
+                                     cfg.abstention)
     return pipeline.add_scores(frame), relevance_seconds
 
 
 # ---------------------------------------------------------------- rescoring
 
-RESCORE_FIELDS = ("correctness", "correctness_threshold", "similarity", "n_bootstrap", "answerable_only")
+RESCORE_FIELDS = ("correctness", "correctness_threshold", "similarity", "n_bootstrap", "answerable_only", "abstention")
 #: the generations columns that rescoring reads
 RESCORE_COLUMNS = ("example_id", "question", "answer", "token_ids", "token_logprobs", "token_entropies",
                    "references", "answerable")
@@ -240,7 +292,9 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
     from uqflow.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(spec)
-    tags = {**source.data.tags, SOURCE_RUN_TAG: run_id, "config_hash": cfg.hash()}
+    local = cfg.dataset not in DATASETS
+    tags = {**source.data.tags, tracking.SOURCE_RUN_TAG: run_id,
+            "config_hash": cfg.hash(source.data.tags.get("dataset_fingerprint") if local else None)}
     tags = {k: v for k, v in tags.items() if not k.startswith("mlflow.") and k != tracking.ERROR_TAG}
     t0 = time.perf_counter()
     with tracking.tracked_run(f"{cfg.model}__{cfg.dataset}__rescored", tags) as run:
@@ -256,4 +310,4 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
         return RunResult(run.info.run_id, cfg, metrics, frame, [])
 
 
-__all__ = ["RunResult", "rescore", "run_experiment", "select_examples"]
+__all__ = ["RunResult", "rescore", "run_experiment", "run_identity", "select_examples"]

@@ -22,11 +22,10 @@ from typing import Any
 
 from uqflow import tracking
 from uqflow.config import RunConfig, read_yaml
-from uqflow.errors import ConfigError, UqflowError
+from uqflow.errors import ConfigError, Terminated, UqflowError
 
 log = logging.getLogger(__name__)
 
-GRID_TAG = "uqflow.grid"
 _KEYS = {"name", "description", "models", "datasets", "settings"}
 
 
@@ -77,28 +76,57 @@ def load_grid(path: str | os.PathLike) -> Grid:
     return grid
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One model x dataset cell: its configuration, its identity (the configuration hash its runs
+    carry, experiment.run_identity) and what this machine lacks to run it."""
+
+    config: RunConfig
+    identity: str
+    needs: tuple[str, ...] = ()
+
+
 @dataclass
 class CellState:
     config: RunConfig
     state: str  # done | failed | pending | finished | error (the last two: this invocation)
+    identity: str = ""
     run_id: str = ""
     error: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
 
 
-def checked_cells(grid: Grid, overrides: dict[str, Any] | None = None) -> list[RunConfig]:
-    """The grid's cells, each model and dataset checked as a run would check them, so that a typo
-    or a malformed dataset file fails before anything starts (and in a dry run)."""
-    from uqflow.experiment import resolve
+def checked_cells(grid: Grid, overrides: dict[str, Any] | None = None, *, dry_run: bool = False) -> list[Cell]:
+    """The grid's cells, each checked as a run would check it (experiment.check) before anything
+    starts. A mistake (an unknown name, a malformed dataset file) is raised at once. What a cell
+    needs of this machine (a model or hub dataset not cached offline, a GPU) is raised for every
+    cell in one message, or, in a dry run, returned with each cell, so a dry run works offline."""
+    from uqflow.data import DATASETS
+    from uqflow.errors import DatasetError, ModelLoadError
+    from uqflow.experiment import check, run_identity
 
-    cells = grid.cells(overrides)
-    for cfg in cells:
-        resolve(cfg)
+    cells, blocked = [], []
+    for cfg in grid.cells(overrides):
+        _, ds, problems = check(cfg)
+        hub_data = cfg.dataset in DATASETS  # a registered dataset that could not be read: unavailable here
+        needs = [p for p in problems if isinstance(p, ModelLoadError) or (isinstance(p, DatasetError) and hub_data)]
+        mistakes = [p for p in problems if p not in needs]
+        if mistakes:
+            raise mistakes[0] if len(mistakes) == 1 else ConfigError(
+                f"{cfg.model} x {cfg.dataset}:\n" + "\n".join(f"  - {p}" for p in mistakes))
+        cells.append(Cell(cfg, run_identity(cfg, ds), tuple(str(p) for p in needs)))
+        if needs:
+            blocked.append(cells[-1])
+    if blocked and not dry_run:
+        lines = [f"  {c.config.model} x {c.config.dataset}: {need}" for c in blocked for need in c.needs]
+        raise ConfigError(f"{len(blocked)} of {len(cells)} cells of grid {grid.name!r} cannot run on this machine:\n"
+                          + "\n".join(lines) + "\n(`uqflow grid FILE --dry-run` lists every cell)")
     return cells
 
 
-def cell_states(cells: list[RunConfig]) -> list[CellState]:
-    """Each cell's state in the tracking store: done (a FINISHED run with its hash), failed (its
+def cell_states(cells: list[Cell]) -> list[CellState]:
+    """Each cell's state in the tracking store: done (a FINISHED run with its identity), failed (its
     latest run FAILED or KILLED) or pending."""
     import mlflow
 
@@ -106,18 +134,21 @@ def cell_states(cells: list[RunConfig]) -> list[CellState]:
     with tracking.reaching_store():
         exp = mlflow.get_experiment_by_name(tracking.experiment_name())
         if exp is not None:
-            for h in sorted({c.hash() for c in cells}):  # tag filters take no IN (...)
+            for h in sorted({c.identity for c in cells}):  # tag filters take no IN (...)
                 runs[h] = tracking.search_runs(exp.experiment_id, f"tags.config_hash = '{h}'")
     out = []
-    for cfg in cells:
-        mine = sorted(runs.get(cfg.hash(), []), key=lambda r: r.info.start_time or 0)
-        done = [r for r in mine if r.info.status == "FINISHED" and "uqflow.source_run" not in r.data.tags]
+    for c in cells:
+        mine = sorted(runs.get(c.identity, []), key=lambda r: r.info.start_time or 0)
+        done = [r for r in mine if r.info.status == "FINISHED" and tracking.SOURCE_RUN_TAG not in r.data.tags]
         if done:
-            out.append(CellState(cfg, "done", done[-1].info.run_id, metrics=dict(done[-1].data.metrics)))
+            state = CellState(c.config, "done", c.identity, done[-1].info.run_id, metrics=dict(done[-1].data.metrics))
         elif mine and mine[-1].info.status in ("FAILED", "KILLED"):
-            out.append(CellState(cfg, "failed", mine[-1].info.run_id, mine[-1].data.tags.get(tracking.ERROR_TAG, "")))
+            state = CellState(c.config, "failed", c.identity, mine[-1].info.run_id,
+                              mine[-1].data.tags.get(tracking.ERROR_TAG, ""))
         else:
-            out.append(CellState(cfg, "pending", mine[-1].info.run_id if mine else ""))
+            state = CellState(c.config, "pending", c.identity, mine[-1].info.run_id if mine else "")
+        state.needs = c.needs
+        out.append(state)
     return out
 
 
@@ -166,7 +197,7 @@ def run_grid(grid: Grid, overrides: dict[str, Any] | None = None, *, isolate: bo
         states = cell_states(cells)
         _close_abandoned(states)
     todo = [s for s in states if s.state != "done"]
-    with tracking.tracked_run(f"grid:{grid.name}", {GRID_TAG: grid.name, "uqflow.grid_cells": len(cells)}) as parent:
+    with tracking.tracked_run(f"grid:{grid.name}", {tracking.GRID_TAG: grid.name, tracking.GRID_CELLS_TAG: len(cells)}) as parent:
         tracking.log_params({"grid": grid.name, "models": ",".join(grid.models), "datasets": ",".join(grid.datasets),
                              **{f"set.{k}": v for k, v in (overrides or {}).items()}})
         lm, lm_key = None, None
@@ -229,14 +260,20 @@ def _run_isolated(cfg: RunConfig, parent_id: str, s: CellState) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
     env["MLFLOW_TRACKING_URI"] = tracking.tracking_uri()
     env["MLFLOW_EXPERIMENT_NAME"] = tracking.experiment_name()
-    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate()
+    except Terminated as e:  # the cell's process ends its run KILLED too, then this one stops
+        proc.send_signal(e.signum)
+        proc.communicate(timeout=120)
+        raise
     s.run_id = _last_child_run_id(parent_id)
     import mlflow
 
     if s.run_id:  # the cell's own output, as in-process cells keep their log
-        mlflow.MlflowClient().log_text(s.run_id, proc.stdout + proc.stderr, "cell.log")
+        mlflow.MlflowClient().log_text(s.run_id, out + err, "cell.log")
     if proc.returncode == 0:
         s.state, s.metrics = "finished", dict(mlflow.get_run(s.run_id).data.metrics) if s.run_id else {}
     else:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
         s.state, s.error = "error", lines[-1] if lines else f"exit code {proc.returncode}"

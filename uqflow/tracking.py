@@ -17,7 +17,27 @@ from typing import Any
 from uqflow.errors import Terminated, TrackingError, UqflowError
 
 DEFAULT_EXPERIMENT = "uqflow"
-ERROR_TAG = "uqflow.error"
+
+# the tags uqflow sets beyond a run's dimensions (experiment.run_tags), declared once
+ERROR_TAG = "uqflow.error"  # why a run ended FAILED or KILLED
+SOURCE_RUN_TAG = "uqflow.source_run"  # on a rescored run: the run whose generations it rescored
+GRID_TAG = "uqflow.grid"  # on a grid's parent run: the grid's name
+GRID_CELLS_TAG = "uqflow.grid_cells"  # on a grid's parent run: its number of cells
+ANALYSIS_TAG = "uqflow.analysis"  # on a report's run
+VERSION_TAG = "uqflow_version"  # on every model x dataset run (and only those): how aggregation finds them
+
+
+#: MLflow's HTTP client retries a failed request 7 times with growing waits (about 4 minutes) before
+#: it gives up; a person waiting on a command is told within seconds instead. Set any of these
+#: variables to keep MLflow's patience (a rate-limited hosted server may want it).
+NETWORK_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def bound_network_waits() -> None:
+    """Apply NETWORK_DEFAULTS to this process where the user has not set them."""
+    for key, value in NETWORK_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 def experiment_name() -> str:
@@ -101,6 +121,14 @@ def reaching_store() -> Iterator[None]:
         yield
     except _store_failures() as e:
         raise TrackingError(_store_message(e)) from None
+
+
+def tag_error(run_id: str, message: str) -> None:
+    """Record why a run that uqflow did not start (``mlflow run``'s) failed, as the error tag."""
+    import mlflow
+
+    with contextlib.suppress(Exception):  # the message matters more; the run ends FAILED either way
+        mlflow.MlflowClient().set_tag(run_id, ERROR_TAG, message[:5000])
 
 
 def _record_error(message: str) -> None:

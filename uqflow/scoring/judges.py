@@ -12,7 +12,9 @@ llm:<name>  a registry model asked whether the answer means the same as a      -
 ==========  ================================================================  ==================
 
 A verdict is True, False or None (undecided: recorded as such, never silently counted as wrong).
-SQuAD v2 unanswerable questions, when evaluated, are judged by abstention alone.
+SQuAD v2 unanswerable questions, when evaluated (``answerable_only=false``), are judged by
+abstention alone, under the ``abstention`` setting: ``official`` (the empty answer, SQuAD v2's own
+rule) or ``lenient`` (:func:`abstains_lenient`).
 """
 
 from __future__ import annotations
@@ -37,23 +39,41 @@ def is_judge_name(name: str) -> bool:
     """Whether ``name`` names a judge (without loading anything)."""
     return name in RULE_JUDGES or (name.startswith("llm:") and len(name) > 4)
 
-#: replies that count as declining to answer (after SQuAD normalisation), for unanswerable questions
-ABSTENTIONS = (
-    "", "unanswerable", "no answer", "none", "unknown", "n/a", "na", "not known", "i dont know", "i do not know",
-    "cannot be answered", "cant be answered", "cannot answer", "cannot be determined", "not mentioned",
-    "not stated", "not given", "not specified", "not provided", "no information", "not in passage",
-    "not in context", "passage does not say", "context does not say",
-)
+# ---------------------------------------------------------------- abstention (SQuAD v2 unanswerable)
+
+#: lenient rule: one-word refusals, and short replies that negate knowing, answering or the text saying
+_REFUSAL_WORDS = frozenset({"unanswerable", "unknown", "none", "na", "nothing", "unclear", "unsure"})
+_NEGATIONS = frozenset({"no", "not", "none", "cannot", "cant", "dont", "doesnt", "isnt", "arent", "wasnt", "never",
+                        "unable", "nothing", "neither", "nor"})
+_ABOUT_ANSWERING = frozenset({"answer", "answers", "answered", "answerable", "know", "known", "knowledge", "sure",
+                              "information", "info", "mention", "mentions", "mentioned", "say", "says", "said",
+                              "state", "states", "stated", "specify", "specifies", "specified", "given", "provided",
+                              "determine", "determined", "tell", "clear", "passage", "context", "text", "question"})
+_LENIENT_MAX_WORDS = 12
 
 
-def is_abstention(answer: str) -> bool:
-    """True when the answer declines to answer: empty, or one of ABSTENTIONS (normalised), or a
-    sentence stating that the passage/context does not say."""
-    a = normalize_squad(answer)
-    if a in ABSTENTIONS:
+def abstains_official(answer: str) -> bool:
+    """SQuAD v2's own rule: an unanswerable question is answered correctly only by the empty answer
+    (after SQuAD normalisation, so a lone full stop is empty too)."""
+    return normalize_squad(answer) == ""
+
+
+def abstains_lenient(answer: str) -> bool:
+    """A rule consistent with itself, for models that say they cannot answer instead of staying
+    silent: after SQuAD normalisation the reply is empty, or one refusal word ("unknown",
+    "unanswerable", "none", ...), or at most 12 words holding both a negation ("no", "not", "cannot",
+    "don't", ...) and a word about answering or the text ("answer", "know", "mentioned", "say",
+    "passage", ...). So "There is no answer", "I don't know", "not mentioned" and "the passage does
+    not say" all abstain, and "No" or "not Paris" do not."""
+    words = normalize_squad(answer).split()
+    if not words or (len(words) == 1 and words[0] in _REFUSAL_WORDS):
         return True
-    return bool(re.search(r"\b(passage|context|text) (does not|doesnt) (say|mention|state|specify)\b", a)
-                or re.search(r"\b(not|cannot) (be )?(answered|determined) from\b", a))
+    return (len(words) <= _LENIENT_MAX_WORDS and any(w in _NEGATIONS for w in words)
+            and any(w in _ABOUT_ANSWERING for w in words))
+
+
+#: the ``abstention`` setting: which replies to an unanswerable question count as abstaining
+ABSTENTION_RULES: dict[str, Callable[[str], bool]] = {"official": abstains_official, "lenient": abstains_lenient}
 
 
 @dataclass(frozen=True)
@@ -226,14 +246,16 @@ def make_judge(name: str, threshold: float = 0.0, lm=None) -> Judge:
 
 
 def judge_examples(judge: Judge, questions: Sequence[str], answers: Sequence[str],
-                   references: Sequence[Sequence[str]], answerable: Sequence[bool]) -> list[Verdict]:
+                   references: Sequence[Sequence[str]], answerable: Sequence[bool],
+                   abstention: str = "official") -> list[Verdict]:
     """Verdicts for a run's answers: answerable questions by the judge, unanswerable ones
-    (SQuAD v2) by whether the model abstained."""
+    (SQuAD v2) by whether the model abstained, under the ``abstention`` rule (ABSTENTION_RULES)."""
+    abstains = ABSTENTION_RULES[abstention]
     verdicts: list[Verdict | None] = [None] * len(answers)
     todo = []
     for i, (a, ok) in enumerate(zip(answers, answerable)):
         if not ok:
-            verdicts[i] = Verdict(is_abstention(a), float("nan"), "abstention" if is_abstention(a) else "answered")
+            verdicts[i] = Verdict(abstains(a), float("nan"), "abstention" if abstains(a) else "answered")
         else:
             todo.append(i)
     for i, v in zip(todo, judge.judge_many([(questions[i], answers[i], references[i]) for i in todo])):

@@ -34,11 +34,12 @@ def add_relevance(frame: pd.DataFrame, decode: Callable[[Sequence[int]], str], s
     return frame
 
 
-def add_correctness(frame: pd.DataFrame, judge: Judge) -> pd.DataFrame:
-    """``correct`` (nullable: None = undecided), ``correctness_score`` and ``judge_reply``."""
+def add_correctness(frame: pd.DataFrame, judge: Judge, abstention: str = "official") -> pd.DataFrame:
+    """``correct`` (nullable: None = undecided), ``correctness_score`` and ``judge_reply``;
+    unanswerable questions are judged by the ``abstention`` rule."""
     frame = frame.copy()
     verdicts = judge_examples(judge, list(frame["question"]), list(frame["answer"]),
-                              [list(r) for r in frame["references"]], list(frame["answerable"]))
+                              [list(r) for r in frame["references"]], list(frame["answerable"]), abstention)
     frame["correct"] = pd.array([v.correct for v in verdicts], dtype="boolean")
     frame["correctness_score"] = [v.score for v in verdicts]
     frame["judge_reply"] = [v.raw for v in verdicts]

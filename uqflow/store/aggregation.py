@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 
 SCORE_COLUMNS = tuple(SCORES)  # one column each in `generations`, one row each in `scores`
 ACTIONS = ("added", "updated", "unchanged", "skipped", "removed")
-#: every run uqflow logs for a model x dataset carries this tag (see experiment.run_tags)
-UQFLOW_RUN_TAG = "uqflow_version"
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,7 @@ def aggregate(experiment: str | None = None, filter_string: str = "", url: str |
     uri = redact(tracking.tracking_uri())
     with tracking.reaching_store():  # an unreachable tracking store is reported before the SQL store is touched
         scope = _experiments(experiment)
-    search = (f"attributes.status = 'FINISHED' and tags.{UQFLOW_RUN_TAG} LIKE '%'"
+    search = (f"attributes.status = 'FINISHED' and tags.{tracking.VERSION_TAG} LIKE '%'"
               + (f" and {filter_string}" if filter_string.strip() else ""))
     active = [e for e in scope if e.lifecycle_stage == "active"]
     runs = []
@@ -146,9 +144,9 @@ def digest(run) -> str:
 def _aggregate_run(engine, exp, tracking_uri: str, run) -> Outcome:
     run_id, label = run.info.run_id, _label(run)
     tags, metrics = run.data.tags, run.data.metrics
-    if "uqflow.grid" in tags:
-        return Outcome(run_id, "skipped", "a grid's parent run (its cells are runs of their own)", f"grid {tags['uqflow.grid']}")
-    if "uqflow.analysis" in tags:
+    if tracking.GRID_TAG in tags:
+        return Outcome(run_id, "skipped", "a grid's parent run (its cells are runs of their own)", f"grid {tags[tracking.GRID_TAG]}")
+    if tracking.ANALYSIS_TAG in tags:
         return Outcome(run_id, "skipped", "an analysis run (a report's artifacts)", "analysis")
     missing = [k for k in ("model", "dataset", "family") if k not in tags] + [k for k in ("n",) if k not in metrics]
     if missing:
@@ -257,7 +255,7 @@ def _run_row(experiment_name: str, run, dig: str) -> dict[str, Any]:
     return {
         "run_id": info.run_id, "experiment_id": info.experiment_id, "experiment_name": experiment_name,
         "run_name": info.run_name, "parent_run_id": t.get("mlflow.parentRunId"),
-        "source_run_id": t.get("uqflow.source_run"), "start_time": _time(info.start_time),
+        "source_run_id": t.get(tracking.SOURCE_RUN_TAG), "start_time": _time(info.start_time),
         "end_time": _time(info.end_time), "model": t["model"], "family": t["family"], "size_b": size_b,
         "quantization": t.get("quantization", "none"), "instruct": t.get("instruct", "").lower() == "true",
         "dataset": t["dataset"], "correctness": p.get("correctness"), "similarity": p.get("similarity"),
