@@ -13,9 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def tracking(tmp_path, monkeypatch):
-    """A fresh MLflow tracking store (SQLite) for one test; its URI is returned."""
+    """A fresh MLflow tracking store (SQLite) for one test; its URI is returned. The test runs in
+    its temporary folder, where MLflow puts the store's default artifact root (./mlruns)."""
     import mlflow
 
+    monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
@@ -136,3 +138,27 @@ def browser():
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def _untracked(root: Path) -> set[str]:
+    """Files in the repository that git does not track (ignored ones included), less the
+    environment's own: the virtualenv, caches and the installed package's metadata."""
+    import subprocess
+
+    out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=root,
+                         capture_output=True, text=True)
+    if out.returncode:  # not a git checkout (an installed copy of the tests): nothing to compare
+        return set()
+    own = (".venv/", ".pytest_cache/", "uqflow.egg-info/", ".study-cache/", ".whl/", ".gl/")
+    paths = {line[3:] for line in out.stdout.splitlines() if line[:2] in ("??", "!!")}
+    return {p for p in paths if not p.startswith(own) and "__pycache__/" not in p}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_stays_clean():
+    """Tests write only inside their temporary folders: a run's artifacts, a results store or a
+    report that lands in the repository fails the session (reported as an error at its end)."""
+    before = _untracked(ROOT)
+    yield
+    new = sorted(_untracked(ROOT) - before)
+    assert not new, f"the tests wrote into the repository: {', '.join(new[:10])}"

@@ -86,12 +86,19 @@ def _print_results(results) -> None:
     Console(width=200).print(table)
 
 
-def _where_to_look() -> None:
+def _where_to_look(run_id: str | None = None, experiment: str | None = None) -> None:
+    """The run's (or the experiment's) place in MLflow and the UI page that shows it."""
+    import mlflow
+
     from uqflow import tracking
 
-    uri = tracking.tracking_uri()
-    click.echo(f"Tracking store: {uri} (experiment '{tracking.experiment_name()}')")
-    click.echo(f"Browse the runs: mlflow ui --backend-store-uri {uri}")
+    exp_id = None
+    if run_id is None:
+        with tracking.reaching_store():
+            exp = mlflow.get_experiment_by_name(experiment or tracking.experiment_name())
+        exp_id = exp.experiment_id if exp else None
+    for line in tracking.ui_hint(run_id, exp_id):
+        click.echo(line)
 
 
 @cli.command()
@@ -125,7 +132,7 @@ def run(model, dataset, num_samples, batch_size, backend, correctness, sets, par
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     _print_results([result])
-    _where_to_look()
+    _where_to_look(result.run_id)
 
 
 @cli.command()
@@ -205,7 +212,7 @@ def rescore(run_id, correctness, similarity, sets) -> None:
     result = rescore_run(run_id, values)
     _print_results([result])
     click.echo(f"Rescored run {result.run_id} from source run {run_id}.")
-    _where_to_look()
+    _where_to_look(result.run_id)
 
 
 @cli.command()

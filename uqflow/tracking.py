@@ -63,6 +63,7 @@ def tracked_run(run_name: str, tags: Mapping[str, Any]) -> Iterator[Any]:
             run = mlflow.start_run(run_name=run_name)
     try:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        _mark_experiment_kind(run.info.experiment_id)
         yield run
     except KeyboardInterrupt as e:
         _record_error(f"interrupted ({e.signame if isinstance(e, Terminated) else 'KeyboardInterrupt'})")
@@ -77,6 +78,41 @@ def tracked_run(run_name: str, tags: Mapping[str, Any]) -> Iterator[Any]:
     else:
         with reaching_store():
             mlflow.end_run("FINISHED")
+
+
+#: MLflow 3's UI opens an experiment on its GenAI traces view unless the experiment says it holds
+#: model runs; uqflow's runs are evaluations, best seen in the runs table ("Model training")
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def _mark_experiment_kind(experiment_id: str) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:  # a kind the user chose is kept
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def ui_hint(run_id: str | None = None, experiment_id: str | None = None) -> list[str]:
+    """Where a run (or an experiment) is found: its experiment and store, the command that opens
+    the MLflow UI on the store, and the page to open there."""
+    import mlflow
+
+    with reaching_store():
+        if run_id:
+            experiment_id = mlflow.get_run(run_id).info.experiment_id
+        exp = mlflow.MlflowClient().get_experiment(experiment_id) if experiment_id else None
+    uri = tracking_uri()
+    lines = [f"Tracking store: {uri}" + (f" (experiment '{exp.name}')" if exp else "")]
+    if uri.startswith(("http://", "https://")):
+        base = uri.rstrip("/")
+    else:
+        lines.append(f"Browse the runs: mlflow ui --backend-store-uri {uri}")
+        base = "http://127.0.0.1:5000"
+    if exp:
+        page = f"{base}/#/experiments/{exp.experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+        lines.append(f"Open: {page}")
+    return lines
 
 
 def _end_run(status: str) -> None:
