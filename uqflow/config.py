@@ -213,7 +213,8 @@ def _check_expanded_size(root: Any) -> None:
         if children_done:
             open_.discard(key)
             values = 1 + sum(size[id(c)][0] for c in children)
-            chars = (len(node.value) if isinstance(node, yaml.ScalarNode) else 0) + sum(size[id(c)][1] for c in children)
+            own = len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+            chars = own + sum(size[id(c)][1] for c in children)
             if values > MAX_YAML_NODES:
                 raise _YamlTooLarge(f"too many YAML aliases or nodes (more than {MAX_YAML_NODES:,})")
             if chars > MAX_YAML_BYTES:

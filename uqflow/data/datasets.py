@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -99,10 +100,47 @@ def hold_out_pool(examples: list[Example], k: int = HELD_OUT_POOL) -> tuple[list
 #: the local dataset file types, by suffix (JSON Lines, a JSON list, Parquet)
 FILE_TYPES = (".jsonl", ".json", ".parquet")
 
+#: levels of objects and lists a record may nest (the schemas need 4: BioASQ's lists of synonyms)
+MAX_RECORD_DEPTH = 20
+
+_TOO_DEEP = (f"nested too deeply (more than {MAX_RECORD_DEPTH} levels of objects and lists); a record is an object "
+             "of text fields and lists of answers, so check that this is the file you meant")
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether ``value`` nests objects and lists more than MAX_RECORD_DEPTH levels (iteratively, so
+    any depth is measured without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        cur, depth = stack.pop()
+        if depth > MAX_RECORD_DEPTH:
+            return True
+        children = cur.values() if isinstance(cur, dict) else cur
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def _deep_line(text: str, limit: int) -> int:
+    """The line on which brackets outside JSON strings first nest more than ``limit`` deep (1 if
+    they never do): where a JSON file too deep for the parser goes wrong."""
+    depth, line = 0, 1
+    for m in re.finditer(r'"(?:[^"\\\n]|\\.)*"|[\[{]|[\]}]|\n', text):
+        tok = m.group()
+        if tok == "\n":
+            line += 1
+        elif tok in "[{":
+            depth += 1
+            if depth > limit:
+                return line
+        elif tok in "]}":
+            depth -= 1
+    return 1
+
 
 def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, record) pairs from a JSON Lines, JSON (list or BioASQ ``questions``) or
-    Parquet file; every problem is reported with the file and line."""
+    Parquet file; every problem is reported with the file and line (for a JSON list or a Parquet
+    file, the record's number)."""
     if not path.exists():
         raise DatasetError(f"dataset file {path} does not exist")
     if path.is_dir():
@@ -116,9 +154,11 @@ def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
         try:
             rows = pq.read_table(path).to_pylist()
+        except RecursionError:
+            raise DatasetError(f"{path}: {_TOO_DEEP}") from None
         except Exception as e:  # pyarrow raises several types for a damaged file
             raise DatasetError(f"{path}: not a readable Parquet file ({e})") from None
-        return [(i + 1, r) for i, r in enumerate(rows)]
+        return _checked_records(path, [(i + 1, r) for i, r in enumerate(rows)])
     raw = path.read_bytes()
     bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0  # a BOM (Windows editors) is allowed
     try:
@@ -131,23 +171,49 @@ def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DatasetError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        except RecursionError:  # the parser's own limit, far past any record's depth
+            raise DatasetError(f"{path}:{_deep_line(text, MAX_RECORD_DEPTH + 2)}: {_TOO_DEEP}") from None
         if isinstance(data, dict) and isinstance(data.get("questions"), list):  # BioASQ layout
             data = data["questions"]
         if not isinstance(data, list):
             raise DatasetError(f"{path}: expected a JSON list of records (or BioASQ's {{'questions': [...]}})")
-        return [(i + 1, r) for i, r in enumerate(data)]
+        return _checked_records(path, [(i + 1, r) for i, r in enumerate(data)])
     out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # lines end at "\n" only: str.splitlines would also split at U+2028, U+2029 and U+0085, which
+    # JSON allows unescaped inside a string
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise DatasetError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(rec, dict):
-            raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        except RecursionError:
+            raise DatasetError(f"{path}:{lineno}: {_TOO_DEEP}") from None
+        _check_record(path, lineno, rec)
         out.append((lineno, rec))
     return out
+
+
+def _check_record(path: Path, lineno: int, rec: Any) -> None:
+    """A record must be an object nested at most MAX_RECORD_DEPTH levels."""
+    if not isinstance(rec, dict):
+        raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+    if _too_deep(rec):
+        raise DatasetError(f"{path}:{lineno}: {_TOO_DEEP}")
+
+
+def _checked_records(path: Path, numbered: list[tuple[int, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """``numbered``, each record checked by :func:`_check_record`."""
+    for lineno, rec in numbered:
+        _check_record(path, lineno, rec)
+    return numbered
+
+
+def _field_names(rec: dict[str, Any], limit: int = 200) -> str:
+    """The record's field names for a message, cut to ``limit`` characters."""
+    text = ", ".join(sorted(map(str, rec))) or "none"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(rec)} fields)"
 
 
 def adapt_records(path: Path, numbered: list[tuple[int, dict[str, Any]]], schema: str | None = None) -> list[Example]:
@@ -157,10 +223,9 @@ def adapt_records(path: Path, numbered: list[tuple[int, dict[str, Any]]], schema
     if schema is None:
         schema = detect_schema(numbered[0][1])
         if schema is None:
-            keys = ", ".join(sorted(numbered[0][1])) or "none"
             raise DatasetError(
-                f"{path}:{numbered[0][0]}: cannot tell the schema from the fields ({keys}); expected one of: "
-                + "; ".join(f"{n} ({', '.join(k)})" for n, (_, k) in SCHEMAS.items())
+                f"{path}:{numbered[0][0]}: cannot tell the schema from the fields ({_field_names(numbered[0][1])}); "
+                "expected one of: " + "; ".join(f"{n} ({', '.join(k)})" for n, (_, k) in SCHEMAS.items())
             )
     adapt = SCHEMAS[schema][0]
     examples, seen = [], set()
@@ -174,7 +239,9 @@ def adapt_records(path: Path, numbered: list[tuple[int, dict[str, Any]]], schema
         if not ex.question.strip():
             raise DatasetError(f"{path}:{lineno}: empty question")
         if ex.id in seen:
-            raise DatasetError(f"{path}:{lineno}: duplicate id {ex.id!r}")
+            from uqflow.config import short  # not at the top: uqflow.config imports this package
+
+            raise DatasetError(f"{path}:{lineno}: duplicate id {short(ex.id)}")
         seen.add(ex.id)
         examples.append(ex)
     return examples

@@ -8,7 +8,7 @@ or the JSON Lines files look) and returns an :class:`Example`. A missing field r
 from __future__ import annotations
 
 import hashlib
-
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,10 +51,40 @@ def _list(rec: Mapping[str, Any], key: str) -> list[Any]:
     return list(value)
 
 
-def _dedup(items) -> tuple[str, ...]:
+def _checked_text(value: Any, key: str) -> str:
+    """``value`` if it is text that encodes as UTF-8: bytes (a Parquet binary column), a mapping, a
+    list or a number would reach the prompt as its Python repr (``b'...'``, ``{'text': ...}``), and
+    a lone surrogate (a JSON escape like ``\\ud800`` without its pair) would fail in the tokenizer."""
+    if not isinstance(value, str):
+        raise TypeError(f"field {key!r} must be text, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"field {key!r} is not valid text (a lone surrogate \\u{ord(value[e.start]):04x} at character "
+                         f"{e.start + 1}); a surrogate escape must come in a pair (\\ud83d\\ude00 is one character), "
+                         "so fix or remove it") from None
+    return value
+
+
+def _text(rec: Mapping[str, Any], key: str) -> str:
+    """``rec[key]``, which must be text (see :func:`_checked_text`)."""
+    return _checked_text(_need(rec, key), key)
+
+
+def _checked_ident(value: Any, key: str) -> str:
+    """An id as text: datasets use both text and whole numbers (a number becomes its digits)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise TypeError(f"field {key!r} must be text or a whole number, got {type(value).__name__}")
+    return _checked_text(value, key)
+
+
+def _dedup(items: Iterable[Any], key: str) -> tuple[str, ...]:
+    """The distinct non-blank answers among ``items`` (field ``key``), each of which must be text."""
     out: list[str] = []
-    for s in items:
-        s = str(s).strip()
+    for i, s in enumerate(items):
+        s = _checked_text(s, f"{key}[{i}]").strip()
         if s and s not in out:
             out.append(s)
     return tuple(out)
@@ -62,22 +92,22 @@ def _dedup(items) -> tuple[str, ...]:
 
 def from_trivia_qa(rec: Mapping[str, Any]) -> Example:
     """TriviaQA (``mandarjoshi/trivia_qa``, rc.nocontext): answer.value plus answer.aliases."""
-    value = _need(rec, "answer.value")
-    aliases = _list(rec, "answer.aliases")
+    value = _text(rec, "answer.value")
+    aliases = [_checked_text(a, f"answer.aliases[{i}]") for i, a in enumerate(_list(rec, "answer.aliases"))]
     return Example(
-        id=str(_need(rec, "question_id")),
-        question=str(_need(rec, "question")),
-        references=_dedup([value, *aliases]),
+        id=_checked_ident(_need(rec, "question_id"), "question_id"),
+        question=_text(rec, "question"),
+        references=_dedup([value, *aliases], "answer"),
     )
 
 
 def from_squad(rec: Mapping[str, Any]) -> Example:
     """SQuAD v2 (``rajpurkar/squad_v2``): answers.text; an empty list means unanswerable."""
-    texts = _dedup(_list(rec, "answers.text"))
+    texts = _dedup(_list(rec, "answers.text"), "answers.text")
     return Example(
-        id=str(_need(rec, "id")),
-        question=str(_need(rec, "question")),
-        context=str(_need(rec, "context")),
+        id=_checked_ident(_need(rec, "id"), "id"),
+        question=_text(rec, "question"),
+        context=_text(rec, "context"),
         references=texts,
         answerable=bool(texts),
         meta={"title": rec.get("title", "")},
@@ -86,37 +116,45 @@ def from_squad(rec: Mapping[str, Any]) -> Example:
 
 def from_nq_open(rec: Mapping[str, Any]) -> Example:
     """Natural Questions open (``google-research-datasets/nq_open``): answer is a list."""
-    question = str(_need(rec, "question"))
-    # nq_open rows carry no id: derive a stable one from the question text
-    ident = rec.get("id") or "nq_" + hashlib.sha1(question.encode()).hexdigest()[:12]
-    return Example(id=str(ident), question=question, references=_dedup(_list(rec, "answer")))
+    question = _text(rec, "question")
+    raw_id = rec.get("id")
+    if raw_id is None or raw_id == "":  # nq_open rows carry no id: derive a stable one from the question text
+        ident = "nq_" + hashlib.sha1(question.encode()).hexdigest()[:12]
+    else:
+        ident = _checked_ident(raw_id, "id")
+    return Example(id=ident, question=question, references=_dedup(_list(rec, "answer"), "answer"))
 
 
 def from_svamp(rec: Mapping[str, Any]) -> Example:
     """SVAMP (``ChilleD/SVAMP``): Body is the context, Answer a number."""
     answer = _need(rec, "Answer")
+    if isinstance(answer, bool) or not isinstance(answer, (int, float, str)):
+        raise TypeError(f"field 'Answer' must be a number, got {type(answer).__name__}")
+    if isinstance(answer, float) and not math.isfinite(answer):
+        raise ValueError(f"field 'Answer' must be a finite number, got {answer}")
     if isinstance(answer, float) and answer.is_integer():
         answer = int(answer)
     return Example(
-        id=str(_need(rec, "ID")),
-        question=str(_need(rec, "Question")),
-        context=str(_need(rec, "Body")),
-        references=(str(answer),),
+        id=_checked_ident(_need(rec, "ID"), "ID"),
+        question=_text(rec, "Question"),
+        context=_text(rec, "Body"),
+        references=(_checked_text(str(answer), "Answer"),),
     )
 
 
 def from_bioasq(rec: Mapping[str, Any]) -> Example:
-    """BioASQ Task B question (training JSON): exact_answer, possibly nested lists of synonyms."""
+    """BioASQ Task B question (training JSON): exact_answer, text or (nested) lists of synonyms."""
     exact = _need(rec, "exact_answer")
-    flat: list[str] = []
+    flat: list[Any] = []
     stack = [exact]
     while stack:
         cur = stack.pop(0)
         if isinstance(cur, list):
             stack[:0] = cur
         else:
-            flat.append(str(cur))
-    return Example(id=str(_need(rec, "id")), question=str(_need(rec, "body")), references=_dedup(flat))
+            flat.append(cur)
+    return Example(id=_checked_ident(_need(rec, "id"), "id"), question=_text(rec, "body"),
+                   references=_dedup(flat, "exact_answer"))
 
 
 #: schema name -> (adapter, fields whose presence identifies the schema)
