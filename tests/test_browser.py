@@ -139,3 +139,52 @@ def test_page_report_sees_broken_images(browser, tmp_path):
     assert "two images" in report["text"]
     assert report["images"] == 2
     assert report["broken_images"] == [(tmp_path / "missing.png").as_uri()[:80]]
+
+
+# Per figure <img> of report.html: its natural size, its displayed box, whether it loaded.
+_FIGURES_JS = """
+return Array.from(document.querySelectorAll('img.figure')).map(img => {
+    const r = img.getBoundingClientRect();
+    return {id: img.id, complete: img.complete, naturalWidth: img.naturalWidth, width: r.width,
+            left: r.left, right: r.right};
+});
+"""
+
+
+def test_report_figures_load_and_fit_at_two_widths(tracking, browser, tmp_path):
+    """report.html at 1400 and 800 px wide in headless Chromium: every figure loads, none is wider
+    than the viewport, the page does not scroll sideways, and each figure is shown 1:1 up to
+    FIGURE_DISPLAY_MAX_PX wide, which is what the unit test of figure text sizes assumes
+    (tests/test_report.py::test_figure_text_is_legible_at_its_displayed_size)."""
+    from store_fixtures import log_run
+    from uqflow.report import build_report
+    from uqflow.report.build import FIGURE_DISPLAY_MAX_PX
+    from uqflow.store import aggregate
+
+    runs = [("SmolLM2-135M-Instruct", "trivia_mini"), ("SmolLM2-135M-Instruct", "squad_mini"),
+            ("Gemma-3-270M", "trivia_mini"), ("Gemma-3-270M", "squad_mini")]
+    for i, (model, dataset) in enumerate(runs):
+        log_run(model, dataset, 40, seed=i)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    aggregate(url=url)
+    report = build_report(url, tmp_path / "rep", log_to_mlflow=False)
+    original = browser.get_window_size()
+    try:
+        for width in (1400, 800):
+            browser.set_window_size(width, 1000)
+            seen = page_report(browser, report.html.resolve().as_uri())
+            figures = browser.execute_script(_FIGURES_JS)
+            inner, client, scroll = browser.execute_script(
+                "const d = document.documentElement; return [window.innerWidth, d.clientWidth, d.scrollWidth]")
+            browser.save_screenshot(str(tmp_path / f"report_{width}.png"))
+            print(f"\n[browser] {width} px: inner {inner}, client {client}, scroll {scroll}; figures "
+                  + ", ".join(f"{f['id']} {f['naturalWidth']}->{f['width']:.0f}" for f in figures))
+            assert seen["broken_images"] == [] and len(figures) == 9
+            assert scroll <= inner and scroll <= client, f"the page scrolls sideways at {width} px"
+            for f in figures:
+                assert f["complete"] and f["naturalWidth"] > 0, f["id"]
+                assert f["left"] >= 0 and f["right"] <= client, f"{f['id']} is wider than the viewport at {width} px"
+                shown = min(f["naturalWidth"], FIGURE_DISPLAY_MAX_PX)
+                assert abs(f["width"] - shown) <= 1, f"{f['id']} shown {f['width']} px wide, not {shown}"
+    finally:
+        browser.set_window_size(original["width"], original["height"])

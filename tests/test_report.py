@@ -21,23 +21,40 @@ STUDY = ["Llama-3.2-1B", "Llama-3-8B-8bit", "Qwen2.5-1.5B", "Qwen2.5-7B-8bit", "
 DATASETS = ["trivia_mini", "squad_mini"]
 
 
-@pytest.fixture(scope="module")
-def study_store(tmp_path_factory):
-    """The reference study's 12 cells, as runs shaped like uqflow's (no model is run), aggregated."""
-    tmp = tmp_path_factory.mktemp("study")
+def _logged_store(tmp_path_factory, name: str, cells):
+    """A results store aggregated from synthetic runs shaped like uqflow's (no model is run): one
+    run per (model, dataset, n, seed) in ``cells``."""
+    tmp = tmp_path_factory.mktemp(name)
     with pytest.MonkeyPatch.context() as mp:
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
             mp.delenv(k, raising=False)
         mlflow.set_tracking_uri(uri)
-        for i, m in enumerate(STUDY):
-            for j, d in enumerate(DATASETS):
-                log_run(m, d, 80, seed=10 * i + j)
         url = f"sqlite:///{tmp / 'results.db'}"
-        aggregate(url=url)
+        with pytest.MonkeyPatch.context() as here:
+            here.chdir(tmp)  # where MLflow puts the store's default artifact root (./mlruns), not the repository
+            for model, dataset, n, seed in cells:
+                log_run(model, dataset, n, seed=seed)
+            aggregate(url=url)
         yield {"url": url, "tracking": uri, "tmp": tmp}
         os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
+@pytest.fixture(scope="module")
+def study_store(tmp_path_factory):
+    """The reference study's 12 cells, as runs shaped like uqflow's (no model is run), aggregated."""
+    yield from _logged_store(tmp_path_factory, "study", [(m, d, 80, 10 * i + j) for i, m in enumerate(STUDY)
+                                                         for j, d in enumerate(DATASETS)])
+
+
+@pytest.fixture(scope="module")
+def two_model_store(tmp_path_factory):
+    """Two models, each run on two datasets: SmolLM2's two runs land at nearby points of
+    accuracy against AUROC (the case where its two labels were printed on top of each other)."""
+    yield from _logged_store(tmp_path_factory, "two_models", [
+        ("SmolLM2-135M-Instruct", "trivia_mini", 60, 3), ("SmolLM2-135M-Instruct", "squad_mini", 60, 4),
+        ("Gemma-3-270M", "trivia_mini", 60, 5), ("Gemma-3-270M", "squad_mini", 60, 6)])
 
 
 def test_the_study_answers_what_it_can(study_store):
@@ -112,9 +129,13 @@ def test_report_is_logged_as_an_analysis_run(tracking, tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["uqflow.analysis"] == "true"
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(r.analysis_run_id)}
     assert {"report.html", "summary.json", "figures"} <= names
-    # aggregating again leaves the analysis run out, with its reason
+    # aggregating again leaves the analysis run out: aggregation looks for uqflow's model x dataset
+    # runs by their tag, so it does not list the analysis run, or lists it as skipped with its reason
     out = {o.run_id: o for o in aggregate(url=url)}
-    assert out[r.analysis_run_id].action == "skipped" and "analysis" in out[r.analysis_run_id].reason
+    if r.analysis_run_id in out:
+        assert out[r.analysis_run_id].action == "skipped" and "analysis" in out[r.analysis_run_id].reason
+    stored = {rid for (rid,) in run_query("SELECT run_id FROM runs", url).rows}
+    assert r.analysis_run_id not in stored and len(stored) == 2
 
 
 def test_report_on_an_empty_or_missing_store_says_so(tmp_path):
@@ -167,3 +188,185 @@ def test_report_renders_in_a_real_browser(study_store, tmp_path, browser):
     assert "cannot answer" in seen["text"]
     widths = browser.execute_script("return Array.from(document.images).map(i => i.naturalWidth)")
     assert all(w > 300 for w in widths)
+
+
+# ---------------------------------------------------------------- the figures at their displayed size
+
+def _drawn_texts(fig):
+    """Every piece of text the figure draws, once drawn: tick labels of the ticks in view (not the
+    spare ones matplotlib keeps), titles, axis labels, legends, annotations, cell values."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    tick_labels, drawn = set(), []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for tick in axis.majorTicks + axis.minorTicks:
+                tick_labels |= {id(tick.label1), id(tick.label2)}
+            if not (ax.axison and axis.get_visible()):
+                continue
+            for tick in axis._update_ticks():
+                drawn += [t for t in (tick.label1, tick.label2) if t.get_visible() and t.get_text().strip()]
+    drawn += [t for t in fig.findobj(Text) if id(t) not in tick_labels and t.get_visible() and t.get_text().strip()]
+    return drawn
+
+
+def _text_box(t, renderer):
+    """The text's own box (an annotation's ``get_window_extent`` also spans its leader line)."""
+    from matplotlib.text import Text
+
+    return Text.get_window_extent(t, renderer)
+
+
+def _figures(url):
+    from uqflow.report import figures as F
+    from uqflow.report.build import _png
+
+    study = load_study(url)
+    for name, fig in F.draw_all(study).items():
+        png = _png(fig)
+        yield name, fig, int.from_bytes(png[16:20], "big")  # the PNG's width, from its IHDR chunk
+
+
+@pytest.mark.parametrize("store", ["study_store", "two_model_store"])
+def test_figure_text_is_legible_at_its_displayed_size(store, request):
+    """No text in any figure is under 9 px as report.html shows it: points x DPI / 72, scaled by how
+    the page's CSS sizes the image (at most FIGURE_DISPLAY_MAX_PX wide, never enlarged)."""
+    from uqflow.report.build import FIGURE_DISPLAY_MAX_PX
+    from uqflow.report.figures import DPI
+
+    for name, fig, width in _figures(request.getfixturevalue(store)["url"]):
+        texts = _drawn_texts(fig)
+        assert texts, name
+        smallest = min(t.get_fontsize() for t in texts)
+        shown = min(1.0, FIGURE_DISPLAY_MAX_PX / width)
+        px = smallest * DPI / 72 * shown
+        print(f"{name}: {width} px wide, shown at {shown:.2f}, smallest text {smallest:g} pt = {px:.1f} px")
+        assert px >= 9, f"{name}: smallest text {smallest} pt is {px:.1f} px as displayed"
+        assert width <= FIGURE_DISPLAY_MAX_PX, f"{name} is {width} px wide: report.html would shrink it"
+
+
+@pytest.mark.parametrize("store", ["study_store", "two_model_store"])
+def test_figure_texts_neither_overlap_nor_leave_the_figure(store, request):
+    from itertools import combinations
+
+    for name, fig, _ in _figures(request.getfixturevalue(store)["url"]):
+        renderer = fig.canvas.get_renderer()
+        boxes = [(t.get_text(), _text_box(t, renderer)) for t in _drawn_texts(fig)]
+        for text, b in boxes:
+            assert b.x0 >= -1 and b.y0 >= -1 and b.x1 <= fig.bbox.x1 + 1 and b.y1 <= fig.bbox.y1 + 1, \
+                f"{name}: {text!r} is cut off at the figure's edge"
+        for (ta, a), (tb, b) in combinations(boxes, 2):
+            w, h = min(a.x1, b.x1) - max(a.x0, b.x0), min(a.y1, b.y1) - max(a.y0, b.y0)
+            assert not (w > 1 and h > 1), f"{name}: {ta!r} overlaps {tb!r}"
+
+
+def test_auroc_axes_start_at_zero_and_say_so(study_store):
+    from uqflow.report import figures as F
+
+    figs = F.draw_all(load_study(study_store["url"]))
+    bars = figs["family_bars"].axes[0]
+    assert bars.get_xlim() == (0.0, 1.0) and "bars start at 0" in bars.get_xlabel()
+    for name in ("size_effect", "dataset_effect", "accuracy_vs_auroc"):
+        ax = figs[name].axes[0]
+        assert ax.get_ylim()[0] == 0 and "axis from 0" in ax.get_ylabel(), name
+    assert figs["accuracy_vs_auroc"].axes[0].get_xlim() == (0.0, 1.0)
+    assert figs["gnll_vs_rwgnll"].axes[0].get_xlim() == (0.0, 1.0)
+    for ax in figs["family_radar"].axes:
+        if ax.name == "polar":
+            assert ax.get_ylim() == (0.0, 1.0)
+    assert "centre 0" in figs["family_radar"].get_suptitle()
+    heat = figs["auroc_heatmap"].axes[0].images[0]
+    assert (heat.norm.vmin, heat.norm.vmax) == (0.0, 1.0)
+
+
+def test_size_plot_tells_the_datasets_apart_by_marker_and_line_style(study_store):
+    from uqflow.report import figures as F
+
+    fig = F.size_effect(load_study(study_store["url"]))
+    entries = {t.get_text(): h for t, h in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles)}
+    a, b = (entries[d] for d in DATASETS)
+    assert a.get_marker() != b.get_marker() and a.get_linestyle() != b.get_linestyle()
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels(which="minor") if t.get_visible()]
+    assert not any(labels), "minor ticks of the log axis are labelled"
+
+
+def test_two_runs_of_one_model_get_labels_apart(two_model_store):
+    """SmolLM2's two runs (two datasets, nearby points): both labelled, neither label on the other
+    or on a marker."""
+    from itertools import combinations
+
+    import numpy as np
+    from matplotlib.transforms import Bbox
+
+    from uqflow.report import figures as F
+
+    fig = F.accuracy_vs_auroc(load_study(two_model_store["url"]))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    labels = [(a.get_text(), _text_box(a, renderer)) for a in ax.texts]
+    assert sorted(t for t, _ in labels) == ["Gemma-3-270M"] * 2 + ["SmolLM2-135M-Instruct"] * 2
+    for (_, a), (_, b) in combinations(labels, 2):
+        assert not a.overlaps(b)
+    half = (45 ** 0.5) / 2 * fig.dpi / 72  # the markers' radius (scatter size 45 pt²), in pixels
+    centres = np.concatenate([ax.transData.transform(c.get_offsets()) for c in ax.collections if len(c.get_offsets())])
+    assert len(centres) == 4
+    for text, box in labels:
+        for x, y in centres:
+            assert not box.overlaps(Bbox.from_extents(x - half, y - half, x + half, y + half)), \
+                f"{text!r} covers the marker at {x:.0f}, {y:.0f}"
+
+
+def test_every_interval_says_whether_it_is_adjusted(study_store, tmp_path):
+    r = build_report(study_store["url"], tmp_path / "rep", log_to_mlflow=False)
+    summary = json.loads(r.summary.read_text())
+    assert "not adjusted" in summary["intervals"]["runs.scores.ci_low/ci_high"]
+    assert "0 to 1" in summary["figure_axes"]
+    for key, a in summary["answers"].items():
+        if not a["answerable"]:
+            continue
+        assert "adjusted" in a["intervals"], key
+        for c in a["comparisons"]:
+            assert c["ci_adjusted"] is False and c["ci_level"] == 0.95, key
+            if key == "family":
+                assert "Benjamini-Hochberg" in c["p_adjustment"] and "p_adjusted" in c
+            else:
+                assert c["p_adjustment"] == "none"
+        if a["comparisons"]:
+            assert "[" not in a["answer"].replace("unadjusted 95% CI [", ""), key  # no bare interval
+    html = r.html.read_text()
+    assert "not adjusted for" in html and "AUROC [95% CI, unadjusted]" in html and "p (unadjusted)" in html
+
+
+def test_an_unadjusted_interval_beside_an_adjusted_p_is_explained():
+    from uqflow.report.stats import _family_pair_text
+
+    c = {"a": "Llama", "b": "Qwen", "dataset": "trivia_mini", "difference": 0.05, "ci_low": 0.01, "ci_high": 0.09,
+         "p_adjusted": 0.12}
+    text = _family_pair_text(c)
+    assert "unadjusted 95% CI [0.010, 0.090]" in text and "adjusted p = 0.120" in text
+    assert "not distinguishable from zero" in text
+    assert "not distinguishable" not in _family_pair_text({**c, "p_adjusted": 0.01})
+
+
+def test_token_examples_say_how_they_were_chosen_and_show_the_references(two_model_store, tmp_path):
+    from uqflow.report import figures as F
+
+    study = load_study(two_model_store["url"])
+    picks = F.pick_token_examples(study)
+    assert picks.equals(F.pick_token_examples(study))  # deterministic
+    for rid, g in picks.groupby("run_id", sort=False):
+        answers = study.answers(rid)
+        answers = answers[answers.correct.notna() & answers.tokens.notna()]
+        wrong, right = g[~g.correct.astype(bool)], g[g.correct.astype(bool)]
+        assert wrong.g_nll.iloc[0] == answers[~answers.correct.astype(bool)].g_nll.min()
+        assert right.g_nll.iloc[0] == answers[answers.correct.astype(bool)].g_nll.max()
+    r = build_report(two_model_store["url"], tmp_path / "rep", log_to_mlflow=False)
+    html = r.html.read_text()
+    assert "How these were chosen" in html and "most confident wrong answer" in html and "deterministic" in html
+    for ref in picks.reference_answers:
+        assert f"<q>{ref[0]}</q>" in html
+    assert html.count("Reference answer") == len(picks)
+    assert json.loads(r.summary.read_text())["token_examples"] == F.token_pick_rule("g_nll")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from uqflow.errors import ConfigError, UqflowError
+from uqflow.errors import ConfigError, UqflowError, short
 from uqflow.generation import ENGINES
 from uqflow.scoring.judges import ABSTENTION_RULES, JUDGES, is_judge_name
 from uqflow.prompts import BRIEF_INSTRUCTION, PromptOptions
@@ -58,13 +58,13 @@ class RunConfig:
         if self.n_bootstrap < 0:
             raise ConfigError(f"n_bootstrap must be 0 or more, got {self.n_bootstrap}")
         if self.backend not in ENGINES:
-            raise ConfigError(f"unknown backend {self.backend!r}. Known: {', '.join(ENGINES)}")
+            raise ConfigError(f"unknown backend {short(self.backend)}. Known: {', '.join(ENGINES)}")
         if self.abstention not in ABSTENTION_RULES:
-            raise ConfigError(f"unknown abstention rule {self.abstention!r}. Known: {', '.join(ABSTENTION_RULES)}")
+            raise ConfigError(f"unknown abstention rule {short(self.abstention)}. Known: {', '.join(ABSTENTION_RULES)}")
         if not is_judge_name(self.correctness):
-            raise ConfigError(f"unknown correctness judge {self.correctness!r}. Known: {', '.join(JUDGES)}")
+            raise ConfigError(f"unknown correctness judge {short(self.correctness)}. Known: {', '.join(JUDGES)}")
         if not _DEVICE.fullmatch(self.device):
-            raise ConfigError(f"unknown device {self.device!r}. Known: auto, cpu, cuda, cuda:N, mps")
+            raise ConfigError(f"unknown device {short(self.device)}. Known: auto, cpu, cuda, cuda:N, mps")
         if not self.similarity.strip():
             raise ConfigError("similarity must name a similarity model, e.g. all-MiniLM-L6-v2 (the default)")
 
@@ -93,7 +93,7 @@ class RunConfig:
         kwargs: dict[str, Any] = {}
         for key, raw in values.items():
             if key not in known:
-                raise ConfigError(f"unknown setting {key!r}. Known: {', '.join(known)}")
+                raise ConfigError(f"unknown setting {short(key)}. Known: {', '.join(known)}")
             kwargs[key] = _coerce(key, known[key].type, raw)
         return cls(**kwargs)
 
@@ -132,14 +132,6 @@ def _coerce(key: str, typ: Any, raw: Any) -> Any:
     except ValueError:
         raise ConfigError(f"{key} must be {'a whole number' if name == 'int' else 'a number' if name == 'float' else 'true or false'}, got {short(raw)}") from None
     return raw
-
-
-def short(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters (with its full length) for an error message."""
-    text = repr(value)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text):,} characters)"
 
 
 #: bounds on a user's YAML file (grids and model registries are a few hundred bytes of plain data)

@@ -1,6 +1,17 @@
 """Domain errors. The library raises these; only ``cli.py`` turns them into exit codes."""
 
 
+def short(value, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (with its full length) for an error message, so
+    a value from a user's file is never printed whole."""
+    return clip(repr(value), limit)
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters, with its full length."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 class Terminated(KeyboardInterrupt):
     """The process was asked to stop by a signal (SIGTERM, SIGHUP): handled as Ctrl-C is, so that
     every run in progress ends KILLED with the signal as its reason."""

@@ -146,12 +146,38 @@ def resolve(cfg: RunConfig) -> tuple[ModelSpec, LoadedDataset]:
     return spec, ds  # type: ignore[return-value]
 
 
+#: the columns of the generations preview, the table MLflow's UI shows on the run's page
+PREVIEW_COLUMNS = ("example_id", "question", "answer", "references", "correct", "g_nll", "rw_g_nll", "ln_g_nll")
+
+
+def preview(frame):
+    """A readable table of the generations for the MLflow UI: references joined, scores rounded."""
+    table = frame[[c for c in PREVIEW_COLUMNS if c in frame.columns]].copy()
+    table["references"] = [" | ".join(map(str, refs)) for refs in table["references"]]
+    table["correct"] = table["correct"].astype(object).where(table["correct"].notna(), None)
+    for c in ("g_nll", "rw_g_nll", "ln_g_nll"):
+        if c in table:
+            table[c] = table[c].round(4)
+    return table
+
+
+def _log_dataset(cfg: RunConfig, ds: LoadedDataset, examples: Sequence[Example]) -> None:
+    """The evaluated questions as the run's MLflow dataset input."""
+    import pandas as pd
+
+    frame = pd.DataFrame([{"example_id": ex.id, "question": ex.question, "context": ex.context or "",
+                           "references": list(ex.references), "answerable": ex.answerable} for ex in examples])
+    name = cfg.dataset if cfg.dataset in DATASETS else Path(cfg.dataset).name
+    tracking.log_dataset(frame, name, ds.origin)
+
+
 def _log_outputs(cfg: RunConfig, frame, metrics: dict[str, float], notes: Sequence[str]) -> None:
     from uqflow.report.plots import rejection_figure, roc_figure
 
     title = f"{cfg.model} x {cfg.dataset}"
     tracking.log_metrics(metrics)
     tracking.log_frame(frame)
+    tracking.log_table(preview(frame), "generations_preview.json")
     tracking.log_figure(roc_figure(frame, pipeline.REPORTED_SCORES, title), "plots/roc.png")
     tracking.log_figure(rejection_figure(frame, pipeline.REPORTED_SCORES, title), "plots/accuracy_rejection.png")
     if notes:
@@ -184,6 +210,7 @@ def run_experiment(cfg: RunConfig, lm: LoadedModel | Callable[[], LoadedModel] |
         own = lm is None
         try:
             tracking.log_params(cfg.to_dict())
+            _log_dataset(cfg, ds, examples)
             log.info("run %s: %s x %s, %d questions", run.info.run_id, cfg.model, cfg.dataset, len(examples))
             if own:
                 lm = load_model(spec, cfg.device, cfg.backend)

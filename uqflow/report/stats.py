@@ -34,7 +34,9 @@ ALPHA = 0.05
 
 @dataclass
 class Answer:
-    """One question's answer: a sentence with its numbers, the test behind it and why that test."""
+    """One question's answer: a sentence with its numbers, the test behind it and why that test, and
+    what its intervals and p-values are (``intervals``: whether they are adjusted for multiple
+    comparisons)."""
 
     key: str
     question: str
@@ -44,6 +46,7 @@ class Answer:
     why: str = ""
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     numbers: dict[str, Any] = field(default_factory=dict)
+    intervals: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))
@@ -110,9 +113,19 @@ def _summarise(comps: list[dict[str, Any]], a_name: str, b_name: str) -> str:
     text = (f"AUROC is higher for {b_name} than for {a_name} in {up} of {len(diffs)} comparisons "
             f"(mean ΔAUROC {np.mean(diffs):+.3f}). ")
     if sig_up == sig_down == 0:
-        return text + "No difference is distinguishable from zero at the 95% level."
-    return text + (f"The 95% interval excludes zero in {sig_up} comparison(s) in favour of {b_name} and {sig_down} "
-                   f"in favour of {a_name}.")
+        return text + "No unadjusted 95% interval excludes zero."
+    return text + (f"The unadjusted 95% interval excludes zero in {sig_up} comparison(s) in favour of {b_name} and "
+                   f"{sig_down} in favour of {a_name}.")
+
+
+#: the comparisons' interval, as summary.json records it on each comparison
+CI_LEVEL = 0.95
+
+
+def _pairs_intervals(n: int) -> str:
+    return (f"Each interval is a 95% percentile bootstrap interval of one comparison's AUROC difference and each p "
+            f"is that comparison's two-sided bootstrap p-value; neither is adjusted for the {n} comparison"
+            f"{'s' if n != 1 else ''} made here.")
 
 
 def _pairs_answer(study, key, measure, pairs, a_name, b_name, why, cannot) -> Answer:
@@ -122,11 +135,13 @@ def _pairs_answer(study, key, measure, pairs, a_name, b_name, why, cannot) -> An
     test = "paired bootstrap of the AUROC difference over shared questions (2,000 resamples)"
     if not all(c["paired"] for c in comps):
         test = "bootstrap of the AUROC difference (paired over shared questions where the runs share them)"
-    lines = "; ".join(f"{c['b']} vs {c['a']}: {c['difference']:+.3f} [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}], "
-                      f"{_p(c['p_value'])}" for c in comps)
+    for c in comps:
+        c.update({"ci_level": CI_LEVEL, "ci_adjusted": False, "p_adjustment": "none"})
+    lines = "; ".join(f"{c['b']} vs {c['a']}: {c['difference']:+.3f}, unadjusted 95% CI "
+                      f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}], unadjusted {_p(c['p_value'])}" for c in comps)
     return Answer(key, QUESTIONS[key], True, f"{_summarise(comps, a_name, b_name)} Per comparison: {lines}.", test,
                   why, comps, {"mean_difference": float(np.nanmean([c["difference"] for c in comps])),
-                               "comparisons": len(comps)})
+                               "comparisons": len(comps)}, _pairs_intervals(len(comps)))
 
 
 def answer_size(study: Study, measure: str = "g_nll") -> Answer:
@@ -251,11 +266,12 @@ def family_differences(study: Study, measure: str = "g_nll", *, n_resamples: int
             p = min(1.0, max(2 * min((d <= 0).mean(), (d >= 0).mean()), 1 / d.size))
             out.append({"dataset": ds, "a": fa, "b": fb, "runs_a": int(a.sum()), "runs_b": int(b.sum()),
                         "difference": diff, "ci_low": float(lo), "ci_high": float(hi), "p_value": float(p),
-                        "n": len(ids), "paired": True})
+                        "n": len(ids), "paired": True, "ci_level": confidence, "ci_adjusted": False})
     if out:
         adjusted = false_discovery_control([c["p_value"] for c in out], method="bh")
         for c, q in zip(out, adjusted):
             c["p_adjusted"] = float(q)
+            c["p_adjustment"] = f"Benjamini-Hochberg over {len(out)} comparisons (p_adjusted)"
     return out
 
 
@@ -289,13 +305,18 @@ def answer_family(study: Study, measure: str = "g_nll") -> Answer:
                         f"p = {p_min:.3f}), so the pairwise comparisons below carry the evidence." if p_min >= ALPHA
                         else (": the families differ." if p < ALPHA else ": the data do not show the families differ.")))
         tests.append(f"Friedman test (blocks: {block_kind})")
+    intervals = ""
     if pairs:
         sig = [c for c in pairs if c["p_adjusted"] < ALPHA]
         parts.append(f"Pairwise, per dataset, on the questions all its runs share: {len(sig)} of {len(pairs)} "
-                     f"differences in mean AUROC are distinguishable from zero after Benjamini-Hochberg adjustment. "
-                     + "; ".join(f"{c['b']} − {c['a']} on {c['dataset']}: {c['difference']:+.3f} "
-                                 f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}], adjusted {_p(c['p_adjusted'])}"
-                                 for c in pairs) + ".")
+                     f"differences in mean AUROC are distinguishable from zero after Benjamini-Hochberg adjustment "
+                     f"(adjusted p < {ALPHA}). "
+                     + "; ".join(_family_pair_text(c) for c in pairs) + ".")
+        intervals = (f"The family comparisons' p-values are adjusted with Benjamini-Hochberg across all {len(pairs)} "
+                     "family pairs and datasets; their 95% bootstrap intervals are not adjusted, so an interval can "
+                     f"exclude zero while the adjusted p is above {ALPHA} — such a difference is not distinguishable "
+                     "after adjustment."
+                     + (" Friedman's p is one test, unadjusted." if "friedman_chi2" in numbers else ""))
         tests.append("paired bootstrap of the difference in family-mean AUROC over shared questions, per dataset "
                      "(2,000 resamples, Benjamini-Hochberg adjusted)")
     if not tests:
@@ -308,7 +329,19 @@ def answer_family(study: Study, measure: str = "g_nll") -> Answer:
            "gives paired, much tighter comparisons of the families themselves." if len(tests) == 2 else
            "Friedman's test needs three families and two blocks; every run on a dataset answers the same questions, "
            "so resampling them jointly compares the families directly (paired).")
-    return Answer("family", QUESTIONS["family"], True, " ".join(parts), "; ".join(tests), why, pairs, numbers)
+    return Answer("family", QUESTIONS["family"], True, " ".join(parts), "; ".join(tests), why, pairs, numbers,
+                  intervals or "Friedman's p is one test, unadjusted.")
+
+
+def _family_pair_text(c: dict[str, Any]) -> str:
+    """One family comparison in words: the difference, its unadjusted interval, its adjusted p, and a
+    note where the two disagree."""
+    text = (f"{c['b']} − {c['a']} on {c['dataset']}: {c['difference']:+.3f}, unadjusted 95% CI "
+            f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}], Benjamini-Hochberg adjusted {_p(c['p_adjusted'])}")
+    excludes = (math.isfinite(c["ci_low"]) and c["ci_low"] > 0) or (math.isfinite(c["ci_high"]) and c["ci_high"] < 0)
+    if excludes and c["p_adjusted"] >= ALPHA:
+        text += " (the unadjusted interval excludes zero, but after adjustment this is not distinguishable from zero)"
+    return text
 
 
 def answer_all(study: Study, measure: str = "g_nll") -> list[Answer]:
