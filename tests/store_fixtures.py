@@ -37,23 +37,29 @@ def generations(n: int, seed: int) -> pd.DataFrame:
 
 def log_run(model: str = "SmolLM2-135M-Instruct", dataset: str = "trivia_mini", n: int = 30, seed: int = 0,
             parent_run_id: str | None = None) -> str:
-    """Log one finished run the way `uqflow run` does; returns its run id."""
-    from uqflow.experiment import run_tags
+    """Log one finished run the way `uqflow run` does (tags, params, dataset input, metrics, the
+    generations and their preview); returns its run id."""
+    from uqflow.data import load_dataset
+    from uqflow.experiment import _log_dataset, preview, run_name, run_tags
 
     cfg = RunConfig(model=model, dataset=dataset, num_samples=n, seed=seed, n_bootstrap=50)
     spec = MODELS.get(model)
     frame = generations(n, seed)
     tags = run_tags(cfg, spec)
     if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    with tracking.tracked_run(f"{model}__{dataset}", tags) as run:
+        tags[tracking.GRID_RUN_TAG] = parent_run_id
+    experiment_id = tracking.get_run(parent_run_id).info.experiment_id if parent_run_id else None
+    with tracking.tracked_run(run_name(cfg), tags, experiment_id=experiment_id) as run:
         tracking.log_params(cfg.to_dict())
+        ds = load_dataset(dataset)
+        _log_dataset(cfg, ds, ds.examples[:n])
         tracking.log_metrics(pipeline.evaluate(frame, n_bootstrap=50, seed=seed))
         tracking.log_frame(frame)
+        tracking.log_table(preview(frame), "generations_preview.json")
     return run.info.run_id
 
 
 def log_grid_parent() -> str:
-    with tracking.tracked_run("grid:test", {"uqflow.grid": "test"}) as run:
+    with tracking.tracked_run("grid:test", {tracking.GRID_TAG: "test"}, active=False) as run:
         pass
     return run.info.run_id

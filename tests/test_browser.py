@@ -66,57 +66,60 @@ def _settled(driver, loaded: dict, needles, until=None) -> dict:
 
 
 @pytest.mark.slow
-def test_mlflow_ui_shows_runs_with_family_size_and_dataset(tracking, browser, tmp_path, monkeypatch):
+def test_mlflow_ui_as_a_researcher_meets_it(tracking, browser, tmp_path, monkeypatch):
+    """The MLflow UI over a grid's runs, from the link uqflow prints: the runs table (not MLflow 3's
+    GenAI overview) with every cell a row of its own (not folded under the grid's run) whose name
+    tells it apart within the name column's width, the Dataset column and filter filled from the
+    logged dataset input, the run page's tags, and the generations preview rendered as a table."""
     import mlflow
 
-    from store_fixtures import log_run
+    from store_fixtures import log_grid_parent, log_run
     from uqflow import tracking as uq_tracking
-
-    from store_fixtures import log_grid_parent
+    from uqflow.experiment import run_name
+    from uqflow.config import RunConfig
 
     monkeypatch.chdir(tmp_path)  # the experiment's artifact root (./mlruns) is made under the test's folder
-    started = time.monotonic()
-    grid_id = log_grid_parent()  # as `uqflow grid` logs them: cells nested under the grid's run
-    run_ids = {f"{model}__{dataset}": log_run(model, dataset, n=10, seed=i, parent_run_id=grid_id)
-               for i, (model, dataset) in enumerate(RUNS)}
+    grid_id = log_grid_parent()
+    run_ids = {run_name(RunConfig(model=m, dataset=d)): log_run(m, d, n=10, seed=i, parent_run_id=grid_id)
+               for i, (m, d) in enumerate(RUNS)}
     experiment = mlflow.get_experiment_by_name(uq_tracking.experiment_name())
-    logged_s = time.monotonic() - started
+    [printed] = [ln for ln in uq_tracking.ui_hint(experiment_id=experiment.experiment_id) if ln.startswith("Open: ")]
 
     proc, base_url = start_mlflow_ui(tracking)
     try:
-        server_s = time.monotonic() - started - logged_s
-        runs_url = f"{base_url}/#/experiments/{experiment.experiment_id}/runs"
-        page_report(browser, runs_url)
-        _wait_for_text(browser, ["grid:test"])
-        # the cells are nested under the grid's row until it is expanded, as a user would click it
-        browser.execute_script(f"document.querySelector('[row-id=\"{grid_id}\"] button').click()")
-        runs_page = _settled(browser, current_page_report(browser), list(run_ids))
+        link = printed.removeprefix("Open: ").replace("http://127.0.0.1:5000", base_url)
+        runs_page = _settled(browser, page_report(browser, link), ["grid:test", *run_ids, "Dataset"])
+        text = runs_page["text"]
+        assert "No data available" not in text and "Run Name" in text  # the runs table, not the traces overview
+        # every cell is a row of its own, named dataset first, so the first 22 characters tell them apart
+        rows = browser.execute_script(
+            "return Array.from(document.querySelectorAll('[role=row]')).map(r => r.innerText.replace(/\\n/g, ' '))")
+        for name in run_ids:
+            assert any(name[:22] in row for row in rows), (name, rows)
+        assert len({name[:22] for name in run_ids}) == len(run_ids)
+        assert "trivia_mini" in text.split("Run Name", 1)[1] and "squad_mini" in text  # the Dataset column
+        browser.find_element("xpath", "//button[contains(., 'Datasets')]").click()  # the Datasets filter
+        filter_menu = _wait_for_text(browser, ["trivia_mini", "squad_mini"])
+        assert "trivia_mini" in filter_menu
 
-        smollm = "SmolLM2-135M-Instruct__trivia_mini"
-        run_url = f"{base_url}/#/experiments/{experiment.experiment_id}/runs/{run_ids[smollm]}"
+        smollm = run_name(RunConfig(model=RUNS[0][0], dataset=RUNS[0][1]))
+        run_url = uq_tracking.ui_page(base_url, experiment.experiment_id, run_ids[smollm])
 
         def all_tags_shown(text: str) -> bool:
             """all of the tags family, size_b and dataset with their values in the Tags section"""
             return all(_tag_shown(text, k, v) for k, v in SMOLLM_TAGS.items())
 
         run_page = _settled(browser, page_report(browser, run_url), [smollm], until=all_tags_shown)
-        snippets = {k: _tag_shown(run_page["text"], k, v) for k, v in SMOLLM_TAGS.items()}
-        tags_shown = {k: v for k, v in SMOLLM_TAGS.items() if snippets[k]}
-
-        artifacts_page = _settled(browser, page_report(browser, f"{run_url}/artifacts"), ["generations.parquet"])
-
-        print(f"\n[browser] runs logged in {logged_s:.1f} s, MLflow UI up in {server_s:.1f} s at {base_url}")
-        for label, page in (("runs page", runs_page), ("run page", run_page), ("artifacts page", artifacts_page)):
-            print(f"[browser] {label}: title={page['title']!r} images={page['images']} "
-                  f"broken={page['broken_images']} console_errors={page['console_errors']}")
-        print(f"[browser] run names found: {[name for name in run_ids if name in runs_page['text']]}")
-        print(f"[browser] tags found on {smollm}: {[snippet for snippet in snippets.values() if snippet]}")
-        print(f"[browser] artifact listed: {'generations.parquet' in artifacts_page['text']}")
-
-        assert all(name in runs_page["text"] for name in run_ids)
+        tags_shown = {k: v for k, v in SMOLLM_TAGS.items() if _tag_shown(run_page["text"], k, v)}
         assert tags_shown == SMOLLM_TAGS, f"tags not shown as key/value: {run_page['text'][:3000]}"
-        for page in (runs_page, run_page, artifacts_page):
+
+        preview_url = run_url.replace("?", "/artifacts/generations_preview.json?")
+        preview = _settled(browser, page_report(browser, preview_url), ["generations_preview.json", "question", "g_nll"])
+        assert "question 0?" in preview["text"] and "answer 0" in preview["text"]  # rows of the table, not raw JSON
+        assert '"columns"' not in preview["text"]
+        for page in (runs_page, run_page, preview):
             assert page["broken_images"] == [], page["title"]
+        print(f"\n[browser] runs table rows: {rows}")
     except BaseException:
         print(f"--- mlflow ui output ---\n{server_output(proc)[-5000:]}")
         raise

@@ -130,7 +130,8 @@ def test_headline_command_then_aggregate_and_query(tracking, venv_env, tmp_path)
     [logged] = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert logged.info.experiment_id == "0" and logged.info.status == "FINISHED"
     assert mlflow.get_experiment("0").tags["mlflow.experimentKind"] == "custom_model_development"  # the runs table
-    assert f"Open: http://127.0.0.1:5000/#/experiments/0/runs/{logged.info.run_id}" in run.stdout + run.stderr
+    assert (f"Open: http://127.0.0.1:5000/#/experiments/0/runs/{logged.info.run_id}?workflowType=machine_learning"
+            in run.stdout + run.stderr)
     agg = sh("uqflow", "aggregate")
     assert agg.returncode == 0 and "1 added" in agg.stdout, agg.stdout + agg.stderr
     query = sh("uqflow", "query", "--format", "csv", "SELECT model, family, dataset, n FROM runs")

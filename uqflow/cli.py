@@ -306,8 +306,10 @@ def aggregate(experiment, filter_string, db) -> None:
 @click.argument("sql")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--timeout", default=120.0, show_default=True, type=float, help="Stop the query after this many seconds.")
+@click.option("--max-memory", default=1024.0, show_default=True, type=float, metavar="MB",
+              help="Stop the query when the database's memory, or the rows it returns, pass this many MB.")
 @click.option("--db", default=None, help=_DB_HELP)
-def query(sql, fmt, timeout, db) -> None:
+def query(sql, fmt, timeout, max_memory, db) -> None:
     """Run one read-only SQL statement over the results store.
 
     Tables: runs, scores, generations; views: v_run_scores and v_auroc_by_{family,size,family_size,
@@ -317,7 +319,7 @@ def query(sql, fmt, timeout, db) -> None:
     """
     from uqflow.store.query import render, run_query
 
-    result = run_query(sql, db, timeout=timeout)
+    result = run_query(sql, db, timeout=timeout, max_memory_mb=max_memory)
     if fmt == "table":
         from rich.console import Console
         from rich.table import Table

@@ -77,6 +77,13 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def run_name(cfg: RunConfig) -> str:
+    """The run's name in MLflow: dataset first, so that a grid's cells differ within the width of
+    the runs table's name column ("trivia_mini · SmolLM2-135M-Instruct")."""
+    dataset = cfg.dataset if cfg.dataset in DATASETS else Path(cfg.dataset).name
+    return f"{dataset} · {cfg.model}"
+
+
 def run_identity(cfg: RunConfig, ds: LoadedDataset | None) -> str:
     """The configuration hash that identifies a run's results (the ``config_hash`` tag, by which a
     grid knows a cell is done): every field that changes results and, for a local dataset file, a
@@ -204,9 +211,11 @@ def run_experiment(cfg: RunConfig, lm: LoadedModel | Callable[[], LoadedModel] |
         log.warning(n)
     t0 = time.perf_counter()
     tags = run_tags(cfg, spec, ds)
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    with tracking.tracked_run(f"{cfg.model}__{cfg.dataset}", tags) as run:
+    experiment_id = None
+    if parent_run_id:  # a grid's cell: a run of its own beside the grid's run, linked by a tag
+        tags[tracking.GRID_RUN_TAG] = parent_run_id
+        experiment_id = tracking.get_run(parent_run_id).info.experiment_id
+    with tracking.tracked_run(run_name(cfg), tags, experiment_id=experiment_id) as run:
         own = lm is None
         try:
             tracking.log_params(cfg.to_dict())
@@ -324,7 +333,7 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
             "config_hash": cfg.hash(source.data.tags.get("dataset_fingerprint") if local else None)}
     tags = {k: v for k, v in tags.items() if not k.startswith("mlflow.") and k != tracking.ERROR_TAG}
     t0 = time.perf_counter()
-    with tracking.tracked_run(f"{cfg.model}__{cfg.dataset}__rescored", tags) as run:
+    with tracking.tracked_run(f"{run_name(cfg)} (rescored)", tags) as run:
         tracking.log_params(cfg.to_dict())
         try:
             frame, rel_s = _score(cfg, pd.DataFrame(frame), decoder(tokenizer), None)

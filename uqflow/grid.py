@@ -200,9 +200,12 @@ def run_grid(grid: Grid, overrides: dict[str, Any] | None = None, *, isolate: bo
         states = cell_states(cells)
         _close_abandoned(states)
     todo = [s for s in states if s.state != "done"]
-    with tracking.tracked_run(f"grid:{grid.name}", {tracking.GRID_TAG: grid.name, tracking.GRID_CELLS_TAG: len(cells)}) as parent:
+    # the grid's run is not MLflow's active run, so its cells are top-level runs (rows of the runs
+    # table) linked to it by a tag, not folded under it
+    with tracking.tracked_run(f"grid:{grid.name}", {tracking.GRID_TAG: grid.name, tracking.GRID_CELLS_TAG: len(cells)},
+                              active=False) as parent:
         tracking.log_params({"grid": grid.name, "models": ",".join(grid.models), "datasets": ",".join(grid.datasets),
-                             **{f"set.{k}": v for k, v in (overrides or {}).items()}})
+                             **{f"set.{k}": v for k, v in (overrides or {}).items()}}, parent.info.run_id)
         lm, lm_key = None, None
         try:
             for i, s in enumerate(states, 1):
@@ -228,7 +231,8 @@ def run_grid(grid: Grid, overrides: dict[str, Any] | None = None, *, isolate: bo
                                     lm, lm_key = load_model(spec, cfg.device, cfg.backend), key
                                 return lm
 
-                            result = run_experiment(cfg, lm=loader, progress=progress, artifact_log=cell_log.path)
+                            result = run_experiment(cfg, lm=loader, progress=progress, artifact_log=cell_log.path,
+                                                    parent_run_id=parent.info.run_id)
                         s.state, s.run_id, s.metrics = "finished", result.run_id, result.metrics
                     except (UqflowError, RuntimeError, ValueError, OSError, MemoryError) as e:
                         # recorded on the cell's run (FAILED, with the error); the grid goes on
@@ -242,14 +246,14 @@ def run_grid(grid: Grid, overrides: dict[str, Any] | None = None, *, isolate: bo
             unload(lm)
         ok = sum(s.state in ("done", "finished") for s in states)
         tracking.log_metrics({"cells": len(states), "cells_ok": ok, "cells_failed": len(states) - ok,
-                              "cells_run": len(todo)})
+                              "cells_run": len(todo)}, parent.info.run_id)
     return states
 
 
 def _last_child_run_id(parent_id: str) -> str:
     import mlflow
 
-    runs = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+    runs = mlflow.search_runs(filter_string=f"tags.`{tracking.GRID_RUN_TAG}` = '{parent_id}'",
                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list",
                               search_all_experiments=True)
     return runs[0].info.run_id if runs else ""

@@ -24,6 +24,7 @@ SOURCE_RUN_TAG = "uqflow.source_run"  # on a rescored run: the run whose generat
 GRID_TAG = "uqflow.grid"  # on a grid's parent run: the grid's name
 GRID_CELLS_TAG = "uqflow.grid_cells"  # on a grid's parent run: its number of cells
 ANALYSIS_TAG = "uqflow.analysis"  # on a report's run
+GRID_RUN_TAG = "uqflow.grid_run"  # on a grid's cell: the id of the grid's run that ran it
 VERSION_TAG = "uqflow_version"  # on every model x dataset run (and only those): how aggregation finds them
 
 
@@ -45,39 +46,61 @@ def experiment_name() -> str:
 
 
 @contextlib.contextmanager
-def tracked_run(run_name: str, tags: Mapping[str, Any]) -> Iterator[Any]:
-    """Start (or attach to) a run; end it FINISHED, FAILED with the error as a tag, or KILLED on Ctrl-C.
+def tracked_run(run_name: str, tags: Mapping[str, Any], *, experiment_id: str | None = None,
+                active: bool = True) -> Iterator[Any]:
+    """Start (or attach to) a run; end it FINISHED, FAILED with the error as a tag, or KILLED on an
+    interruption (Ctrl-C, SIGTERM, SIGHUP) with its reason.
 
-    No run is ever left RUNNING by an exception that passes through here. A tracking store that
+    Under ``mlflow run`` the run MLflow Projects created (``MLFLOW_RUN_ID``) is used, unless
+    ``experiment_id`` asks for a new run there (a grid's cell, which goes where its grid's run is).
+    ``active=False`` leaves the run out of MLflow's active-run stack (a grid's own run), so that the
+    cells started meanwhile are top-level runs, each a row of MLflow's runs table, not folded under
+    it. No run is ever left RUNNING by an exception that passes through here. A tracking store that
     cannot be reached, or that refuses a request, is reported as a ``TrackingError`` naming its URI.
     """
     import mlflow
 
+    client = mlflow.MlflowClient()
     with reaching_store():
-        if mlflow.active_run() is not None:  # a cell of a grid: a child of the grid's run
-            run = mlflow.start_run(run_name=run_name, nested=True)
-        elif os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: the run MLflow Projects created
-            run = mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
+        attach = os.environ.get("MLFLOW_RUN_ID") if experiment_id is None else None
+        if not attach and experiment_id is None:
+            experiment_id = mlflow.set_experiment(experiment_name()).experiment_id
+        if active:
+            run = mlflow.start_run(run_id=attach) if attach else \
+                mlflow.start_run(run_name=run_name, experiment_id=experiment_id)
         else:
-            mlflow.set_experiment(experiment_name())
-            run = mlflow.start_run(run_name=run_name)
+            run = client.get_run(attach) if attach else client.create_run(experiment_id, run_name=run_name)
+    run_id = run.info.run_id
+
+    def end(status: str) -> None:
+        if active:
+            _end_run(status)
+        else:
+            with contextlib.suppress(Exception):  # the store may be what failed
+                client.set_terminated(run_id, status)
+
     try:
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        from mlflow.entities import RunTag
+
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         _mark_experiment_kind(run.info.experiment_id)
         yield run
     except KeyboardInterrupt as e:
-        _record_error(f"interrupted ({e.signame if isinstance(e, Terminated) else 'KeyboardInterrupt'})")
-        _end_run("KILLED")
+        tag_error(run_id, f"interrupted ({e.signame if isinstance(e, Terminated) else 'KeyboardInterrupt'})")
+        end("KILLED")
         raise
     except BaseException as e:
-        _record_error(f"{type(e).__name__}: {e}")
-        _end_run("FAILED")
+        tag_error(run_id, f"{type(e).__name__}: {e}")
+        end("FAILED")
         if isinstance(e, _store_failures()):  # the store failed mid-run: said once, without a traceback
             raise TrackingError(_store_message(e)) from None
         raise
     else:
         with reaching_store():
-            mlflow.end_run("FINISHED")
+            if active:
+                mlflow.end_run("FINISHED")
+            else:
+                client.set_terminated(run_id, "FINISHED")
 
 
 #: MLflow 3's UI opens an experiment on its GenAI traces view unless the experiment says it holds
@@ -91,6 +114,12 @@ def _mark_experiment_kind(experiment_id: str) -> None:
     client = mlflow.MlflowClient()
     if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:  # a kind the user chose is kept
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def ui_page(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's runs table (or of one run), in its "Model training"
+    view: MLflow 3 otherwise opens an experiment on its GenAI traces overview."""
+    return f"{base}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "") + "?workflowType=machine_learning"
 
 
 def ui_hint(run_id: str | None = None, experiment_id: str | None = None) -> list[str]:
@@ -110,8 +139,7 @@ def ui_hint(run_id: str | None = None, experiment_id: str | None = None) -> list
         lines.append(f"Browse the runs: mlflow ui --backend-store-uri {uri}")
         base = "http://127.0.0.1:5000"
     if exp:
-        page = f"{base}/#/experiments/{exp.experiment_id}" + (f"/runs/{run_id}" if run_id else "")
-        lines.append(f"Open: {page}")
+        lines.append(f"Open: {ui_page(base, exp.experiment_id, run_id)}")
     return lines
 
 
@@ -160,37 +188,40 @@ def reaching_store() -> Iterator[None]:
 
 
 def tag_error(run_id: str, message: str) -> None:
-    """Record why a run that uqflow did not start (``mlflow run``'s) failed, as the error tag."""
+    """Record why a run failed or was stopped, as its error tag (never raises: the store may be
+    what failed, and ending the run matters more)."""
     import mlflow
 
     with contextlib.suppress(Exception):  # the message matters more; the run ends FAILED either way
         mlflow.MlflowClient().set_tag(run_id, ERROR_TAG, message[:5000])
 
 
-def _record_error(message: str) -> None:
+def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
+    """Log the configuration (to the active run, or ``run_id``). Under ``mlflow run`` MLflow
+    Projects has already logged the entry point's parameters as typed on the command line ("50" for
+    50.0); those are kept as they are."""
     import mlflow
+    from mlflow.entities import Param
 
-    with contextlib.suppress(Exception):  # the store may be what failed; ending the run matters more
-        mlflow.set_tag(ERROR_TAG, message[:5000])
-
-
-def log_params(params: Mapping[str, Any]) -> None:
-    """Log the configuration. Under ``mlflow run`` MLflow Projects has already logged the entry
-    point's parameters as typed on the command line ("50" for 50.0); those are kept as they are."""
-    import mlflow
-
-    run = mlflow.active_run()
-    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
-    mlflow.log_params({k: ("" if v is None else v) for k, v in params.items() if k not in existing})
+    run_id = run_id or mlflow.active_run().info.run_id
+    existing = mlflow.get_run(run_id).data.params
+    mlflow.MlflowClient().log_batch(run_id, params=[Param(k, str("" if v is None else v))
+                                                    for k, v in params.items() if k not in existing])
 
 
-def log_metrics(metrics: Mapping[str, float]) -> None:
-    """Log finite metrics; NaN (an undefined AUROC) is left out rather than stored as a number."""
+def log_metrics(metrics: Mapping[str, float], run_id: str | None = None) -> None:
+    """Log finite metrics (to the active run, or ``run_id``); NaN (an undefined AUROC) is left out
+    rather than stored as a number."""
     import math
+    import time
 
     import mlflow
+    from mlflow.entities import Metric
 
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))})
+    run_id = run_id or mlflow.active_run().info.run_id
+    now = int(time.time() * 1000)
+    mlflow.MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
+                                                     if v is not None and math.isfinite(float(v))])
 
 
 def log_frame(frame, name: str = "generations.parquet") -> None:

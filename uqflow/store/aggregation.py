@@ -254,7 +254,7 @@ def _run_row(experiment_name: str, run, dig: str) -> dict[str, Any]:
     pair = "g_nll_vs_rw_g_nll"
     return {
         "run_id": info.run_id, "experiment_id": info.experiment_id, "experiment_name": experiment_name,
-        "run_name": info.run_name, "parent_run_id": t.get("mlflow.parentRunId"),
+        "run_name": info.run_name, "parent_run_id": t.get(tracking.GRID_RUN_TAG) or t.get("mlflow.parentRunId"),
         "source_run_id": t.get(tracking.SOURCE_RUN_TAG), "start_time": _time(info.start_time),
         "end_time": _time(info.end_time), "model": t["model"], "family": t["family"], "size_b": size_b,
         "quantization": t.get("quantization", "none"), "instruct": t.get("instruct", "").lower() == "true",
