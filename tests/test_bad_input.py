@@ -1,7 +1,7 @@
 """Bad input at every entry point, by class: CLI options, MLproject parameters, grid files, dataset
 files, registry files, database URLs, query SQL, runtime conditions (context, empty and non-finite
-generations, more questions than a dataset has), the tracking server, the results store's file and
-run artifacts.
+generations, more questions than a dataset has), hub access (offline, uncached), the tracking
+server, the results store's file and run artifacts (missing, damaged, values of the wrong type).
 
 Every case checks what a user meets: a non-zero exit, one message that names the problem (and,
 where there is one, the way out), no traceback, no MLflow run left RUNNING (a failed run is FAILED
@@ -1078,17 +1078,23 @@ def test_artifacts_rescore(tracking, tmp_path, monkeypatch, damage, phrase, new_
 CASES = {
     "cli_options": {"here": len(CLI_OPTIONS), "elsewhere": 12},  # test_cli 9, test_experiment 3
     "mlproject_parameters": {"here": len(MLPROJECT), "elsewhere": 0},
-    "grid_files": {"here": len(GRID_FILES) + 1, "elsewhere": 13},  # + test_grid_dry_run_checks_names
-    "dataset_files": {"here": len(DATASET_FILES) + 1, "elsewhere": 10},  # + the byte-order mark
+    # elsewhere also: test_hostile_inputs' YAML bombs (2) and bounds (5) and a long value cut (1);
+    # test_grid's edited local dataset (a stale cell) and offline dry run
+    "grid_files": {"here": len(GRID_FILES) + 1, "elsewhere": 13 + 10},  # + test_grid_dry_run_checks_names
+    # elsewhere also: test_hostile_inputs' records refused before any run (20), a binary Parquet
+    # question, a long duplicate id
+    "dataset_files": {"here": len(DATASET_FILES) + 1, "elsewhere": 10 + 22},  # + the byte-order mark
     # + trust_remote_code x 4; elsewhere also test_models::test_every_entry_is_consistent (no built-in
     # entry trusts remote code) and test_models::test_quantized_models_need_a_gpu
-    "registry_files": {"here": len(REGISTRY_FILES) + 4, "elsewhere": 16},
+    "registry_files": {"here": len(REGISTRY_FILES) + 4, "elsewhere": 16 + 1},  # + test_hostile_inputs' YAML bomb
     "database_urls": {"here": len(DATABASE_URLS), "elsewhere": 5},
-    "query_sql": {"here": len(QUERY_SQL), "elsewhere": 16},
+    "query_sql": {"here": len(QUERY_SQL), "elsewhere": 16 + 14},  # + test_query_limits' time and memory bounds
     # the first run of RUNTIME_RUNS checks two cases (more questions than the dataset has, one prompt
     # too long); elsewhere: test_scoring's empty answer and NaN scores, test_store's NaN metrics
-    "runtime": {"here": len(RUNTIME_SCORING) + len(RUNTIME_RUNS) + 1, "elsewhere": 3},
-    "tracking_server": {"here": len(TRACKING_SERVER) + 1, "elsewhere": 0},  # + unreachable, in seconds
+    # + test_reliability's stop signals: SIGTERM and SIGHUP beside SIGINT
+    "runtime": {"here": len(RUNTIME_SCORING) + len(RUNTIME_RUNS) + 1, "elsewhere": 3 + 2},
+    # + unreachable, in seconds; elsewhere: test_store's two tracking stores into one results store
+    "tracking_server": {"here": len(TRACKING_SERVER) + 1, "elsewhere": 1},
     "hub_access": {"here": 2 * len(HUB_ACCESS), "elsewhere": 0},
     # elsewhere: test_reliability::test_a_failed_write_leaves_no_partial_rows
     "results_store_file": {"here": len(RESULTS_STORE_FILE), "elsewhere": 1},

@@ -178,11 +178,28 @@ def _log_dataset(cfg: RunConfig, ds: LoadedDataset, examples: Sequence[Example])
     tracking.log_dataset(frame, name, ds.origin)
 
 
+def describe(cfg: RunConfig, metrics: dict[str, float]) -> str:
+    """The run's description (Markdown, shown on its MLflow page): what ran and how well each score
+    flags wrong answers."""
+    def auroc(name: str) -> str:
+        v = metrics.get(f"auroc_{name}", float("nan"))
+        if v != v:
+            return "undefined (one class)"
+        return f"{v:.3f} [{metrics[f'auroc_{name}_ci_low']:.3f}, {metrics[f'auroc_{name}_ci_high']:.3f}]"
+
+    acc = metrics.get("accuracy", float("nan"))
+    rows = "\n".join(f"| {name} | {auroc(name)} |" for name in pipeline.REPORTED_SCORES)
+    return (f"**{cfg.model}** on **{cfg.dataset}**: {int(metrics['n'])} questions, accuracy "
+            f"{'n/a' if acc != acc else f'{acc:.3f}'} (judge `{cfg.correctness}`).\n\n"
+            f"| score | AUROC [95% CI] (wrong answer = positive) |\n|---|---|\n{rows}\n")
+
+
 def _log_outputs(cfg: RunConfig, frame, metrics: dict[str, float], notes: Sequence[str]) -> None:
     from uqflow.report.plots import rejection_figure, roc_figure
 
     title = f"{cfg.model} x {cfg.dataset}"
     tracking.log_metrics(metrics)
+    tracking.set_description(describe(cfg, metrics))
     tracking.log_frame(frame)
     tracking.log_table(preview(frame), "generations_preview.json")
     tracking.log_figure(roc_figure(frame, pipeline.REPORTED_SCORES, title), "plots/roc.png")

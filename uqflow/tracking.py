@@ -258,6 +258,13 @@ def log_dataset(frame, name: str, origin: Mapping[str, Any]) -> None:
     mlflow.log_input(dataset, context="evaluation")
 
 
+def set_description(markdown: str) -> None:
+    """The active run's description, which MLflow's run page shows first."""
+    import mlflow
+
+    mlflow.set_tag("mlflow.note.content", markdown)
+
+
 def log_table(frame, name: str) -> None:
     """A table artifact the MLflow UI shows as a table (its artifact view and evaluation tab)."""
     import mlflow
