@@ -1,7 +1,8 @@
 """MLflow runs shaped exactly like `uqflow run`'s (same tags, params, metrics and generations
 columns, metrics computed by the real pipeline from the rows), without running a model: the store
 only reads what MLflow recorded, so these tell the truth about aggregation at a fraction of the
-cost. `tests/test_store.py::test_aggregates_a_real_run` covers a run made by a real model."""
+cost. `tests/test_experiment.py::test_headline_command_then_aggregate_and_query` aggregates and
+queries a run made by a real model."""
 
 from __future__ import annotations
 

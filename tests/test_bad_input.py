@@ -733,7 +733,8 @@ RUNTIME_RUNS = [
     # more questions asked than the dataset has, one of them too long for the context: the run goes on
     # with the rest and says both
     ("more_questions_than_the_dataset_and_one_prompt_too_long", "mixed", [], 0,
-     ["running on all 9", "prompt of", "exceeds the 8188 available even without few-shot examples"]),
+     ["running on all 9", "prompt of", "exceeds the 8188 available even without few-shot examples",
+      "2 of the file's 11 questions are held out as the few-shot pool and not evaluated"]),
     ("every_prompt_longer_than_the_context", "long", [], 1,
      ["no prompt fits the model's context; lower num_few_shot or max_new_tokens"]),
 ]

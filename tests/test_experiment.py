@@ -193,13 +193,18 @@ def test_rescore_rejects_unknown_run_and_fields(tracking):
 
 @pytest.mark.slow
 def test_llm_judge_with_a_bundled_model_and_cache(smollm, tmp_path):
-    from uqflow.scoring.judges import LLMJudge
+    from uqflow.scoring.judges import LLMJudge, parse_yes_no
 
     judge = LLMJudge("SmolLM2-135M-Instruct", lm=smollm, cache_path=tmp_path / "j.sqlite")
     items = [("What is the capital of France?", "Paris", ["Paris"]),
              ("How many legs does a spider have?", "six", ["8", "eight"])]
     first = judge.judge_many(items)
-    assert all(v.correct in (True, False, None) and v.raw is not None for v in first)
+    # every verdict is the parse of the model's own greedy reply, an unclear one undecided (None)
+    assert all(v.raw.strip() and v.correct is parse_yes_no(v.raw) for v in first)
+    # what this 135M model replies, greedily: no clear yes/no for Paris, and a wrong "yes" for a
+    # six-legged spider, which is why a run records undecided verdicts and the judge it used
+    assert [v.correct for v in first] == [None, True]
+    assert first[0].raw.startswith('The answer "Paris"')
     rows = judge.cache.db.execute("SELECT COUNT(*) FROM judgments").fetchone()[0]
     assert rows == 2
     judge._lm = None  # a second call must come from the cache, without a model

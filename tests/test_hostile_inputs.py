@@ -13,7 +13,7 @@ import time
 import pytest
 
 from test_bad_input import assert_clear_failure, assert_runs_settled, invoke, jsonl, squad, trivia
-from uqflow.config import MAX_YAML_BYTES, MAX_YAML_NODES, read_yaml
+from uqflow.yamlfile import MAX_YAML_BYTES, MAX_YAML_NODES, read_yaml
 from uqflow.errors import short
 from uqflow.errors import ConfigError
 

@@ -66,26 +66,18 @@ def test_sigkill_during_aggregation_then_rerun(many_runs, tmp_path, venv_env):
     assert row_counts(url) == {"runs": N_RUNS, "scores": 5 * N_RUNS, "generations": N_QUESTIONS * N_RUNS}
 
 
-def test_two_aggregations_at_once(many_runs, tmp_path, venv_env):
-    url = f"sqlite:///{tmp_path / 'results.db'}"
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_aggregations_at_once(many_runs, tmp_path, venv_env, request, backend):
+    """Two aggregations of one tracking store into one results store at the same time: each run is
+    stored exactly once (one process adds it, the other finds it unchanged) and completely."""
+    url = f"sqlite:///{tmp_path / 'results.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_server")()
     procs = [subprocess.Popen(_aggregate_cmd(url), env=venv_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+                              text=True, cwd=tmp_path) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
     added = sum(int(out.split(" added")[0].split()[-1]) for out, _ in outs)
     assert added == N_RUNS  # each run stored by exactly one of them
-    assert _consistent(url) == N_RUNS
-    assert row_counts(url) == {"runs": N_RUNS, "scores": 5 * N_RUNS, "generations": N_QUESTIONS * N_RUNS}
-
-
-def test_two_aggregations_at_once_on_postgres(many_runs, postgres_server, venv_env):
-    url = postgres_server()
-    procs = [subprocess.Popen(_aggregate_cmd(url), env=venv_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err
     assert _consistent(url) == N_RUNS
     assert row_counts(url) == {"runs": N_RUNS, "scores": 5 * N_RUNS, "generations": N_QUESTIONS * N_RUNS}
 

@@ -19,14 +19,14 @@ from uqflow.artifact import ArtifactError, check_generations
 from uqflow.config import RunConfig
 from uqflow.data import DATASETS, LoadedDataset, load_dataset
 from uqflow.data.examples import Example
-from uqflow.errors import ConfigError, ModelLoadError, UqflowError
-from uqflow.generation import make_engine
+from uqflow.errors import ConfigError, ModelLoadError, UqflowError, short
+from uqflow.generation import ENGINES, make_engine
 from uqflow.generation.base import decoder, token_pieces
 from uqflow.models import LoadedModel, ModelSpec, get_model, load_model, unload
 from uqflow.models.loading import known_context_length, unavailable
 from uqflow.prompts import build_prompts, draw_few_shot
 from uqflow.scoring import pipeline
-from uqflow.scoring.judges import make_judge
+from uqflow.scoring.judges import ABSTENTION_RULES, JUDGES, is_judge_name, make_judge
 from uqflow.scoring.relevance import load_similarity
 
 log = logging.getLogger(__name__)
@@ -111,18 +111,31 @@ def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset | None = None) -
     return tags
 
 
+def name_problems(cfg: RunConfig) -> list[ConfigError]:
+    """The engine, judge and abstention rule named by ``cfg`` that are not registered."""
+    problems = []
+    if cfg.backend not in ENGINES:
+        problems.append(ConfigError(f"unknown backend {short(cfg.backend)}. Known: {', '.join(ENGINES)}"))
+    if not is_judge_name(cfg.correctness):
+        problems.append(ConfigError(f"unknown correctness judge {short(cfg.correctness)}. Known: {', '.join(JUDGES)}"))
+    if cfg.abstention not in ABSTENTION_RULES:
+        problems.append(ConfigError(f"unknown abstention rule {short(cfg.abstention)}. "
+                                    f"Known: {', '.join(ABSTENTION_RULES)}"))
+    return problems
+
+
 def check(cfg: RunConfig) -> tuple[ModelSpec | None, LoadedDataset | None, list[UqflowError]]:
     """Everything a run needs, checked before it starts: the names, the dataset's records (read
     now), what the model needs of this machine (weights on disk or a reachable hub, a GPU and
     bitsandbytes for a quantized model) and the answer length against the model's context.
     Returns the model, the dataset and every problem found, each once."""
-    problems: list[UqflowError] = []
+    problems: list[UqflowError] = list(name_problems(cfg))
     spec = ds = None
     try:
         spec = get_model(cfg.model, cfg.model_registry or None)
     except UqflowError as e:
         problems.append(e)
-    if cfg.correctness.startswith("llm:"):
+    if cfg.correctness.startswith("llm:") and len(cfg.correctness) > 4:
         try:
             get_model(cfg.correctness[4:], cfg.model_registry or None)  # the judge model must exist too
         except UqflowError as e:
@@ -195,7 +208,7 @@ def describe(cfg: RunConfig, metrics: dict[str, float]) -> str:
 
 
 def _log_outputs(cfg: RunConfig, frame, metrics: dict[str, float], notes: Sequence[str]) -> None:
-    from uqflow.report.plots import rejection_figure, roc_figure
+    from uqflow.plots import rejection_figure, roc_figure
 
     title = f"{cfg.model} x {cfg.dataset}"
     tracking.log_metrics(metrics)
@@ -327,6 +340,9 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
     params = {k: v for k, v in source.data.params.items() if k in RunConfig.__dataclass_fields__}
     base = RunConfig.from_strings(params)
     cfg = RunConfig.from_strings({**params, **overrides})
+    problems = name_problems(cfg)
+    if problems:
+        raise problems[0]
     table = tracking.load_table(run_id)
     missing = [c for c in RESCORE_COLUMNS if c not in table.column_names]
     if missing:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from uqflow import tracking
-from uqflow.config import RunConfig, read_yaml
+from uqflow.config import RunConfig
+from uqflow.yamlfile import read_yaml
 from uqflow.errors import ConfigError, Terminated, UqflowError, clip
 
 log = logging.getLogger(__name__)

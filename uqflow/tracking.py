@@ -60,8 +60,8 @@ def tracked_run(run_name: str, tags: Mapping[str, Any], *, experiment_id: str | 
     """
     import mlflow
 
-    client = mlflow.MlflowClient()
     with reaching_store():
+        client = mlflow.MlflowClient()
         attach = os.environ.get("MLFLOW_RUN_ID") if experiment_id is None else None
         if not attach and experiment_id is None:
             experiment_id = mlflow.set_experiment(experiment_name()).experiment_id

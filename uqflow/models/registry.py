@@ -9,6 +9,7 @@ from pathlib import Path
 
 from uqflow.errors import ModelRegistryError, UnknownModel, clip, short
 from uqflow.registry import Registry
+from uqflow.yamlfile import read_yaml
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,6 @@ def load_registry_file(path: str | os.PathLike) -> list[ModelSpec]:
             quantization: 8bit       # none (default) | 8bit | 4bit
             trust_remote_code: false # only where the model needs it
     """
-    from uqflow.config import read_yaml
-
     p = Path(path).expanduser()
     if not p.is_file():
         raise ModelRegistryError(f"model registry file {p} does not exist")

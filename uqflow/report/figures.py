@@ -27,7 +27,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from uqflow.report.data import Study
-from uqflow.report.plots import LABELS, rejection_figure, roc_figure  # noqa: F401  (re-exported for the notebook)
+from uqflow.plots import LABELS, rejection_figure, roc_figure  # noqa: F401  (re-exported for the notebook)
 from uqflow.scoring.evaluation import incorrect_and_scores as ranked, rejection_curve
 
 MEASURES = tuple(LABELS)

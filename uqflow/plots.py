@@ -1,4 +1,5 @@
-"""Plot functions: each takes data and returns a matplotlib ``Figure``; callers save or log it.
+"""One run's plots (ROC and accuracy-rejection curves of its scores), logged with the run and
+overlaid by the report. Each takes data and returns a matplotlib ``Figure``; callers save or log it.
 
 Figures are built with ``matplotlib.figure.Figure`` directly, so no GUI backend or global pyplot
 state is involved.
