@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/uqflow grid grids/cpu_demo.yaml
 	$(BIN)/uqflow aggregate
 	$(BIN)/uqflow report --out reports
-	@echo "Browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo "Browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db, then open the page printed after the grid's table (Open: ...)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

@@ -193,9 +193,11 @@ def test_rescore_rejects_unknown_run_and_fields(tracking):
 
 @pytest.mark.slow
 def test_llm_judge_with_a_bundled_model_and_cache(smollm, tmp_path):
+    from uqflow.experiment import llm_judge_generate
     from uqflow.scoring.judges import LLMJudge, parse_yes_no
 
-    judge = LLMJudge("SmolLM2-135M-Instruct", lm=smollm, cache_path=tmp_path / "j.sqlite")
+    judge = LLMJudge("llm:SmolLM2-135M-Instruct", llm_judge_generate("SmolLM2-135M-Instruct", lm=smollm),
+                     tmp_path / "j.sqlite")
     items = [("What is the capital of France?", "Paris", ["Paris"]),
              ("How many legs does a spider have?", "six", ["8", "eight"])]
     first = judge.judge_many(items)
@@ -207,7 +209,7 @@ def test_llm_judge_with_a_bundled_model_and_cache(smollm, tmp_path):
     assert first[0].raw.startswith('The answer "Paris"')
     rows = judge.cache.db.execute("SELECT COUNT(*) FROM judgments").fetchone()[0]
     assert rows == 2
-    judge._lm = None  # a second call must come from the cache, without a model
+    judge.generate = lambda prompts: pytest.fail("a cached judgment asked the model again")
     assert [v.raw for v in judge.judge_many(items)] == [v.raw for v in first]
 
 

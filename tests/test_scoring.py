@@ -275,3 +275,22 @@ def test_undecided_judgments_are_counted_and_left_out():
     m = evaluate(frame, n_bootstrap=0)
     assert m["n"] == 5 and m["n_undecided"] == 1 and m["accuracy"] == 0.5
     assert m["auroc_g_nll"] == 1.0  # the undecided row (score 5.0) is not counted as wrong
+
+
+def test_llm_judge_asks_only_for_what_its_cache_lacks(tmp_path):
+    """The LLM judge is pure scoring: it formats its prompt, asks the ``generate`` it was given,
+    parses the replies and caches them; a second judge over the same cache asks nothing."""
+    from uqflow.scoring.judges import JUDGE_PROMPT, LLMJudge
+
+    asked = []
+
+    def generate(prompts):
+        asked.extend(prompts)
+        return ["Yes." if "Paris" in p.split("proposed answer is:")[1] else "No, they differ" for p in prompts]
+
+    items = [("Capital of France?", "Paris", ["Paris"]), ("Capital of France?", "Lyon", ["Paris"])]
+    judge = LLMJudge("llm:fake", generate, tmp_path / "cache.sqlite")
+    assert [v.correct for v in judge.judge_many(items)] == [True, False]
+    assert asked == [JUDGE_PROMPT.format(question=q, answer=a, references="; ".join(r)) for q, a, r in items]
+    again = LLMJudge("llm:fake", lambda prompts: pytest.fail("asked again"), tmp_path / "cache.sqlite")
+    assert [v.raw for v in again.judge_many(items)] == ["Yes.", "No, they differ"]

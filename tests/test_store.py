@@ -338,3 +338,70 @@ def test_nan_metrics_are_null(tracking, tmp_path):
     aggregate(url=url)
     rows = run_query("SELECT measure, auroc, aurac FROM scores ORDER BY measure", url).rows
     assert rows and all(r[1] is None for r in rows) and all(r[2] is not None and not math.isnan(r[2]) for r in rows)
+
+
+def test_migrations_have_exactly_one_head():
+    from alembic.script import ScriptDirectory
+
+    from uqflow.store.db import DEFAULT_URL, alembic_config
+
+    heads = ScriptDirectory.from_config(alembic_config(DEFAULT_URL)).get_heads()
+    assert len(heads) == 1, heads
+
+
+@pytest.mark.slow
+def test_an_installed_uqflow_migrates_a_store_from_any_folder(tmp_path):
+    """`pip install .` into a fresh virtualenv, then `uqflow db upgrade` from another folder: the
+    migrations travel inside the wheel (before, they existed only beside a source checkout)."""
+    import subprocess
+    import sys
+    import sysconfig
+    import zipfile
+
+    from conftest import ROOT
+
+    import shutil
+
+    dist, venv, elsewhere, src = tmp_path / "dist", tmp_path / "venv", tmp_path / "elsewhere", tmp_path / "src"
+    elsewhere.mkdir()
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):  # built from a copy, since a build writes build/ beside its source
+        shutil.copy(ROOT / name, src / name)
+    for name in ("uqflow", "migrations"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(dist), str(src)], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-2000:]
+    [wheel] = dist.glob("uqflow-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    source = {str(p.relative_to(ROOT)) for p in (ROOT / "uqflow").rglob("*.py")}
+    assert source <= names, sorted(source - names)  # every module of the package ships
+    assert {"uqflow/migrations/env.py", "uqflow/migrations/script.py.mako"} <= names
+    assert {f"uqflow/migrations/versions/{p.name}" for p in (ROOT / "migrations" / "versions").glob("*.py")} <= names
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    with zipfile.ZipFile(wheel) as z:  # what `pip install --no-deps` does with a pure-Python wheel
+        z.extractall(site)
+    # the dependencies come from this environment's site-packages, added as a plain path (its .pth
+    # files, among them the editable install of the checkout, are not read)
+    (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    url = f"sqlite:///{tmp_path / 'stores' / 'r.db'}"
+    (tmp_path / "stores").mkdir()
+    out = subprocess.run([str(python), "-m", "uqflow", "db", "upgrade", "--db", url], cwd=elsewhere,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"is at schema revision {head_revision()}" in out.stdout
+    where = subprocess.run([str(python), "-c", "import uqflow.store.db as d; print(d.MIGRATIONS)"], cwd=elsewhere,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert where == str(Path(site) / "uqflow" / "migrations")  # the installed copy, not the checkout's
+
+
+def test_scores_columns_are_the_metrics_a_run_logs():
+    """The results store's per-measure columns and the metrics evaluation logs come from one
+    declaration (scoring.pipeline.MEASURE_METRICS)."""
+    from uqflow.scoring.pipeline import MEASURE_METRICS
+    from uqflow.store.schema import MEASURE_COLUMNS
+
+    assert MEASURE_COLUMNS == tuple(MEASURE_METRICS)

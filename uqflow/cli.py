@@ -8,6 +8,10 @@ import sys
 import click
 
 from uqflow.errors import Terminated, UqflowError
+# the names in option help come from where they are registered
+from uqflow.generation import ENGINES
+from uqflow.scoring.judges import JUDGES
+from uqflow.scoring.uncertainty import SCORES
 
 
 class UqflowGroup(click.Group):
@@ -106,8 +110,8 @@ def _where_to_look(run_id: str | None = None, experiment: str | None = None) -> 
 @click.option("--dataset", default=None, help="Dataset registry name or local file (see `uqflow datasets`).")
 @click.option("--num-samples", default=None, help="Questions to evaluate.")
 @click.option("--batch-size", default=None, help="Generation batch size (0 = automatic).")
-@click.option("--backend", default=None, help="Generation engine: hf or vllm.")
-@click.option("--correctness", default=None, help="Correctness judge: f1 (default), em, alias, rouge_l, llm:<model>.")
+@click.option("--backend", default=None, help=f"Generation engine: {', '.join(ENGINES)}.")
+@click.option("--correctness", default=None, help=f"Correctness judge: {', '.join(JUDGES)} (default f1).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other config field; repeatable.")
 @click.option("--parent-run-id", default=None, hidden=True, help="Nest the run under this MLflow run (grid --isolate).")
 def run(model, dataset, num_samples, batch_size, backend, correctness, sets, parent_run_id) -> None:
@@ -193,7 +197,7 @@ def grid(grid_file, sets, isolate, dry_run) -> None:
 
 @cli.command()
 @click.argument("run_id")
-@click.option("--correctness", default=None, help="Correctness judge: f1, em, alias, rouge_l or llm:<model>.")
+@click.option("--correctness", default=None, help=f"Correctness judge: {', '.join(JUDGES)}.")
 @click.option("--similarity", default=None, help="Similarity model for RW-G-NLL's token relevance.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="correctness_threshold, n_bootstrap or answerable_only; repeatable.")
@@ -340,7 +344,7 @@ def query(sql, fmt, timeout, max_memory, db) -> None:
 @click.option("--out", default="reports", show_default=True, type=click.Path(file_okay=False),
               help="Folder for report.html, summary.json and figures/.")
 @click.option("--measure", default="g_nll", show_default=True,
-              help="Primary measure of the answers: g_nll, ln_g_nll, max_nll, mean_entropy or rw_g_nll.")
+              help=f"Primary measure of the answers: {', '.join(SCORES)}.")
 @click.option("--no-mlflow", is_flag=True, help="Do not log the report as an MLflow analysis run.")
 def report(db, out, measure, no_mlflow) -> None:
     """Figures, statistics and one self-contained report.html from the results store.

@@ -23,8 +23,8 @@ from uqflow.errors import ConfigError, ModelLoadError, UqflowError, short
 from uqflow.generation import ENGINES, make_engine
 from uqflow.generation.base import decoder, token_pieces
 from uqflow.models import LoadedModel, ModelSpec, get_model, load_model, unload
-from uqflow.models.loading import known_context_length, unavailable
-from uqflow.prompts import build_prompts, draw_few_shot
+from uqflow.models.loading import cache_root, known_context_length, unavailable
+from uqflow.prompts import PromptOptions, build_prompts, draw_few_shot, render_text
 from uqflow.scoring import pipeline
 from uqflow.scoring.judges import ABSTENTION_RULES, JUDGES, is_judge_name, make_judge
 from uqflow.scoring.relevance import load_similarity
@@ -309,14 +309,39 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
     return frame, metrics, notes
 
 
+def llm_judge_generate(model: str, registry: str | None = None, device: str = "auto",
+                       lm: LoadedModel | None = None) -> Callable[[list[str]], list[str]]:
+    """Greedy replies of the registry model ``model`` to judge prompts (through its chat template
+    when it is an instruct model), at most 8 tokens up to a newline. The model is loaded at the first
+    call, unless ``lm`` is that model already (a run judged by the model it evaluates)."""
+    loaded = lm if lm is not None and lm.spec.name == model and lm.backend == "hf" else None
+
+    def generate(prompts: list[str]) -> list[str]:
+        nonlocal loaded
+        if loaded is None:
+            loaded = load_model(get_model(model, registry), device)
+        engine = make_engine("hf", loaded, max_new_tokens=8, stop_sequences=("\n",))
+        ids = []
+        for text in prompts:
+            rendered, special = render_text(text, loaded.tokenizer, loaded.spec.instruct, PromptOptions())
+            ids.append(list(loaded.tokenizer(rendered, add_special_tokens=special)["input_ids"]))
+        return [g.text for g in engine.generate(ids)]
+
+    return generate
+
+
 def _score(cfg: RunConfig, frame, decode, lm: LoadedModel | None):
     """Relevance, correctness and scores for a table of generations. Returns (frame, relevance seconds)."""
     device = "cuda" if lm is not None and lm.device.startswith("cuda") else "cpu"
     t = time.perf_counter()
     frame = pipeline.add_relevance(frame, decode, _similarity(cfg.similarity, device))
     relevance_seconds = time.perf_counter() - t
-    frame = pipeline.add_correctness(frame, make_judge(cfg.correctness, cfg.correctness_threshold, lm=lm),
-                                     cfg.abstention)
+    generate = None
+    if cfg.correctness.startswith("llm:"):
+        generate = llm_judge_generate(cfg.correctness[4:], cfg.model_registry or None, cfg.device, lm)
+    judge = make_judge(cfg.correctness, cfg.correctness_threshold, generate=generate,
+                       cache_path=cache_root() / "judgments.sqlite")
+    frame = pipeline.add_correctness(frame, judge, cfg.abstention)
     return pipeline.add_scores(frame), relevance_seconds
 
 

@@ -1,4 +1,7 @@
-"""A tiny name -> object registry shared by models, datasets, scores and judges."""
+"""A tiny name -> object registry: the models (``models.registry``) and datasets (``data``) are
+registered in one. Engines (``generation.ENGINES``), judges (``scoring.judges.JUDGES``) and scores
+(``scoring.uncertainty.SCORES``) are declared beside their code; the CLI's help and the checks
+before a run read the names from there."""
 
 from __future__ import annotations
 

@@ -88,69 +88,6 @@ def summarise(study: Study, measure: str = "g_nll") -> dict:
     })
 
 
-
-_TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>uqflow report</title>
-<style>
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
-h1 { margin-bottom: 0.2em; } .meta { color: #666; overflow-wrap: anywhere; }
-.answer { border-left: 4px solid #3a7; padding: 0.3em 1em; margin: 1em 0; background: #f6fbf8; overflow-wrap: anywhere; }
-.answer.cannot { border-color: #c93; background: #fdf8ee; }
-.test { color: #555; font-size: 0.9em; }
-.scroll { max-width: 100%; overflow-x: auto; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
-td, th { border: 1px solid #ddd; padding: 3px 7px; text-align: right; } th { background: #f3f3f3; }
-td:first-child, th:first-child { text-align: left; }
-img.figure { display: block; width: auto; height: auto; max-width: min(100%, {{ figure_max_px }}px); margin: 0.5em 0;
-  box-shadow: 0 0 0 1px #eee; }
-.tokens { overflow-wrap: anywhere; } .example { margin: 0.8em 0; } .example p { margin: 0.15em 0; }
-.tok { font-family: ui-monospace, monospace; padding: 1px 0; } .verdict.right { color: #2a7; } .verdict.wrong { color: #c33; }
-.refs { color: #444; font-size: 0.9em; }
-.legend, .note { color: #666; font-size: 0.85em; }
-</style></head><body>
-<h1>uqflow report</h1>
-<p class="meta">{{ s.n_runs }} runs · families: {{ s.families|join(", ") }} · datasets: {{ s.datasets|join(", ") }}
-· store {{ s.store }} · {{ s.generated_at }} · primary measure {{ label(s.measure) }} (AUROC: positive class = wrong answer, 0.5 = chance)</p>
-
-<h2>The study's questions</h2>
-{% for key, a in s.answers.items() %}
-<div class="answer{% if not a.answerable %} cannot{% endif %}" id="q-{{ key }}">
-<h3>{{ a.question }}</h3>
-<p>{{ a.answer }}</p>
-{% if a.test %}<p class="test"><b>Test:</b> {{ a.test }}. <b>Why:</b> {{ a.why }}</p>{% endif %}
-{% if a.intervals %}<p class="test"><b>Intervals and p-values:</b> {{ a.intervals }}</p>{% endif %}
-{% if s.answers_rw_g_nll.get(key) and s.answers_rw_g_nll[key].answerable %}
-<p class="test"><b>With RW-G-NLL:</b> {{ s.answers_rw_g_nll[key].answer }}</p>{% endif %}
-</div>
-{% endfor %}
-
-<h2>Summary and best performers</h2>
-<p class="note">AUROC [95% CI]: each run's AUROC with its 95% stratified bootstrap interval, per run, not adjusted for
-multiple comparisons (nor, for the best run, for having been picked as the best).</p>
-<div class="scroll"><table><tr><th>run</th><th>n</th><th>accuracy</th>{% for m in measures %}<th>{{ label(m) }}</th>{% endfor %}</tr>
-{% for r in s.runs %}<tr><td>{{ r.model }} × {{ r.dataset }}</td><td>{{ r.n }}</td><td>{{ f(r.accuracy) }}</td>
-{% for m in measures %}{% set x = r.scores.get(m) %}<td>{% if x %}{{ f(x.auroc) }} [{{ f(x.ci_low) }}, {{ f(x.ci_high) }}]{% endif %}</td>{% endfor %}</tr>
-{% endfor %}</table></div>
-<div class="scroll"><table><tr><th>measure</th><th>best run</th><th>AUROC [95% CI, unadjusted]</th><th>best family (mean AUROC)</th></tr>
-{% for b in s.best.run_per_measure %}{% set fam = family_best(b.measure) %}<tr><td>{{ label(b.measure) }}</td><td>{{ b.label }}</td>
-<td>{{ f(b.auroc) }} [{{ f(b.ci_low) }}, {{ f(b.ci_high) }}]</td><td>{{ fam.family }} ({{ f(fam.auroc) }})</td></tr>{% endfor %}</table></div>
-
-<h2>G-NLL against RW-G-NLL (DeLong's paired test per run)</h2>
-<p class="note">p: DeLong's test per run, not adjusted for testing {{ s.delong_g_nll_vs_rw_g_nll|length }} runs.</p>
-<div class="scroll"><table><tr><th>run</th><th>G-NLL</th><th>RW-G-NLL</th><th>z</th><th>p (unadjusted)</th></tr>
-{% for d in s.delong_g_nll_vs_rw_g_nll %}<tr><td>{{ d.label }}</td><td>{{ f(d.auroc_g_nll) }}</td><td>{{ f(d.auroc_rw_g_nll) }}</td>
-<td>{{ f(d.delong_z, 2) }}</td><td>{{ pval(d.delong_p) }}</td></tr>{% endfor %}</table></div>
-
-<h2>Figures</h2>
-<p class="note">{{ s.figure_axes }}</p>
-{% for name, title, uri in images %}<h3>{{ title }}</h3><img class="figure" src="{{ uri }}" alt="{{ title }}" id="fig-{{ name }}">
-{% endfor %}
-
-<h2>Answers token by token</h2>
-{{ tokens }}
-</body></html>
-"""
-
 TITLES = {
     "auroc_heatmap": "AUROC heatmap (run = model × dataset, per measure)", "family_bars": "Family comparison",
     "size_effect": "Size effect", "dataset_effect": "Dataset effect", "accuracy_vs_auroc": "Accuracy against AUROC",
@@ -160,7 +97,7 @@ TITLES = {
 
 
 def render_html(study: Study, summary: dict, pngs: dict[str, bytes]) -> str:
-    from jinja2 import Environment
+    from jinja2 import Environment, PackageLoader
     from markupsafe import Markup
 
     def f(x, digits=3):
@@ -170,9 +107,9 @@ def render_html(study: Study, summary: dict, pngs: dict[str, bytes]) -> str:
         return "–" if p is None or not math.isfinite(p) else ("< 0.0001" if p < 1e-4 else f"{p:.4f}")
 
     fam_best = {b["measure"]: b for b in summary["best"]["family_per_measure"]}
-    env = Environment(autoescape=True)
+    env = Environment(loader=PackageLoader("uqflow.report", "templates"), autoescape=True)
     images = [(k, TITLES[k], "data:image/png;base64," + base64.b64encode(v).decode()) for k, v in pngs.items()]
-    return env.from_string(_TEMPLATE).render(
+    return env.get_template("report.html").render(
         s=summary, measures=F.MEASURES, label=lambda m: F.LABELS.get(m, m), f=f, pval=pval, images=images,
         family_best=lambda m: fam_best.get(m, {"family": "–", "auroc": None}), figure_max_px=FIGURE_DISPLAY_MAX_PX,
         tokens=Markup(F.token_view_html(study, measure=summary.get("measure", "g_nll"))))

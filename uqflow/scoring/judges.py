@@ -185,50 +185,34 @@ class JudgmentCache:
 
 
 class LLMJudge(Judge):
-    """A registry model asked JUDGE_PROMPT, greedily; replies parsed by :func:`parse_yes_no`."""
+    """A model asked JUDGE_PROMPT; replies parsed by :func:`parse_yes_no` and cached.
 
-    def __init__(self, model_name: str, lm=None, device: str = "auto", cache_path: Path | None = None):
-        from uqflow.models import get_model
-        from uqflow.models.loading import cache_root
+    ``generate`` turns prompts into the model's greedy replies (the experiment builds it from a
+    registry model; a test can pass any function), and is called only for judgments the cache does
+    not hold, so a fully cached run loads no model."""
 
-        self.name = f"llm:{model_name}"
-        self.spec = get_model(model_name)
-        self._lm = lm
-        self._device = device
-        self.cache = JudgmentCache(cache_path or cache_root() / "judgments.sqlite")
-
-    def _engine(self):
-        from uqflow.generation.hf import HFEngine
-
-        if self._lm is None:
-            from uqflow.models import load_model
-
-            self._lm = load_model(self.spec, self._device)
-        return HFEngine(self._lm, max_new_tokens=8, stop_sequences=("\n",))
-
-    def prompt_ids(self, question, answer, references) -> list[int]:
-        from uqflow.prompts import PromptOptions, render_text
-
-        text = JUDGE_PROMPT.format(question=question, answer=answer, references="; ".join(references))
-        rendered, special = render_text(text, self._lm.tokenizer, self.spec.instruct, PromptOptions())
-        return list(self._lm.tokenizer(rendered, add_special_tokens=special)["input_ids"])
+    def __init__(self, name: str, generate: Callable[[list[str]], list[str]], cache_path: Path):
+        self.name = name
+        self.generate = generate
+        self.cache = JudgmentCache(cache_path)
 
     def judge_many(self, items):
         keys = [JudgmentCache.key(self.name, q, a, refs) for q, a, refs in items]
         replies = [self.cache.get(k) for k in keys]
         todo = [i for i, r in enumerate(replies) if r is None]
         if todo:
-            engine = self._engine()
-            gens = engine.generate([self.prompt_ids(*items[i]) for i in todo])
-            for i, g in zip(todo, gens):
-                replies[i] = g.text
-                self.cache.put(keys[i], self.name, g.text)
+            prompts = [JUDGE_PROMPT.format(question=items[i][0], answer=items[i][1], references="; ".join(items[i][2]))
+                       for i in todo]
+            for i, reply in zip(todo, self.generate(prompts)):
+                replies[i] = reply
+                self.cache.put(keys[i], self.name, reply)
         return [Verdict(parse_yes_no(r), float("nan"), r) for r in replies]
 
 
-def make_judge(name: str, threshold: float = 0.0, lm=None) -> Judge:
-    """The judge called ``name``; ``threshold`` 0 means the judge's default. ``lm`` lets an LLM
-    judge reuse an already loaded model of the same name."""
+def make_judge(name: str, threshold: float = 0.0, generate: Callable[[list[str]], list[str]] | None = None,
+               cache_path: Path | None = None) -> Judge:
+    """The judge called ``name``; ``threshold`` 0 means the judge's default. An ``llm:<model>``
+    judge asks ``generate`` (prompts -> replies) and caches its replies at ``cache_path``."""
     thr = threshold or DEFAULT_THRESHOLDS.get(name)
     if name == "f1":
         return RuleJudge("f1", max_f1, thr)
@@ -239,9 +223,9 @@ def make_judge(name: str, threshold: float = 0.0, lm=None) -> Judge:
     if name == "rouge_l":
         return RuleJudge("rouge_l", rouge_l, thr)
     if name.startswith("llm:") and len(name) > 4:
-        model = name[4:]
-        reuse = lm if lm is not None and lm.spec.name == model and lm.backend == "hf" else None
-        return LLMJudge(model, lm=reuse)
+        if generate is None or cache_path is None:
+            raise ConfigError(f"judge {name!r} needs a model to ask: pass generate= and cache_path=")
+        return LLMJudge(name, generate, cache_path)
     raise ConfigError(f"unknown correctness judge {name!r}. Known: {', '.join(JUDGES)}")
 
 

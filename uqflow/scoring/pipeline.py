@@ -24,6 +24,16 @@ REPORTED_SCORES = tuple(SCORES)
 COVERAGES = (0.8, 0.9, 0.95)
 #: the paired comparison the study asks about
 DELONG_PAIR = ("g_nll", "rw_g_nll")
+#: the metrics a run logs for each measure, by name (the results store's ``scores`` columns), as
+#: patterns of the measure's name; evaluation and aggregation both read them from here
+MEASURE_METRICS = {"auroc": "auroc_{m}", "ci_low": "auroc_{m}_ci_low", "ci_high": "auroc_{m}_ci_high",
+                   "aurac": "aurac_{m}", "prr": "prr_{m}",
+                   **{f"acc_cov{round(c * 100)}": f"acc_cov{round(c * 100)}_{{m}}" for c in COVERAGES}}
+
+
+def metric(kind: str, measure: str) -> str:
+    """The name of a measure's metric: ``metric("auroc", "g_nll")`` is ``auroc_g_nll``."""
+    return MEASURE_METRICS[kind].format(m=measure)
 
 
 def add_relevance(frame: pd.DataFrame, decode: Callable[[Sequence[int]], str], similarity) -> pd.DataFrame:
@@ -72,11 +82,11 @@ def evaluate(frame: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0) -> 
         for name in REPORTED_SCORES:
             s = decided[name].to_numpy(dtype=np.float64)
             r = auroc_with_ci(correct, s, n_resamples=n_bootstrap, seed=seed)
-            m[f"auroc_{name}"], m[f"auroc_{name}_ci_low"], m[f"auroc_{name}_ci_high"] = r.auroc, r.ci_low, r.ci_high
-            m[f"aurac_{name}"] = aurac(correct, s)
-            m[f"prr_{name}"] = prr(correct, s)
+            m[metric("auroc", name)], m[metric("ci_low", name)], m[metric("ci_high", name)] = r.auroc, r.ci_low, r.ci_high
+            m[metric("aurac", name)] = aurac(correct, s)
+            m[metric("prr", name)] = prr(correct, s)
             for c in COVERAGES:
-                m[f"acc_cov{round(c * 100)}_{name}"] = accuracy_at_coverage(correct, s, c)
+                m[metric(f"acc_cov{round(c * 100)}", name)] = accuracy_at_coverage(correct, s, c)
     if correct.size and (correct.all() or not correct.any()):
         warnings.warn(f"every decided answer is {'right' if correct.all() else 'wrong'}: AUROC is undefined",
                       OneClassWarning, stacklevel=2)

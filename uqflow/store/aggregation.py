@@ -40,6 +40,7 @@ from uqflow import tracking
 from uqflow.artifact import GENERATIONS_FILE, check_generations
 from uqflow.errors import StoreError, UqflowError
 from uqflow.store.db import _first_line, connect, db_url, preflight, redact, store_failure, upgrade
+from uqflow.scoring.pipeline import DELONG_PAIR, MEASURE_METRICS, metric
 from uqflow.scoring.uncertainty import SCORES
 from uqflow.store.schema import Generation, Run, Score
 
@@ -251,7 +252,7 @@ def _run_row(experiment_name: str, run, dig: str) -> dict[str, Any]:
         size_b = float(t["size_b"])
     except ValueError:
         raise UqflowError(f"tag size_b={t['size_b']!r} is not a number") from None
-    pair = "g_nll_vs_rw_g_nll"
+    pair = "{}_vs_{}".format(*DELONG_PAIR)
     return {
         "run_id": info.run_id, "experiment_id": info.experiment_id, "experiment_name": experiment_name,
         "run_name": info.run_name, "parent_run_id": t.get(tracking.GRID_RUN_TAG) or t.get("mlflow.parentRunId"),
@@ -280,9 +281,7 @@ def _score_rows(run_id: str, metrics: dict[str, float]) -> list[dict[str, Any]]:
     measures = list(SCORE_COLUMNS) + sorted({mt.group(1) for k in metrics if (mt := _AUROC.match(k))} - set(SCORE_COLUMNS))
     rows = []
     for s in measures:
-        keys = {"auroc": f"auroc_{s}", "ci_low": f"auroc_{s}_ci_low", "ci_high": f"auroc_{s}_ci_high",
-                "aurac": f"aurac_{s}", "prr": f"prr_{s}", "acc_cov80": f"acc_cov80_{s}",
-                "acc_cov90": f"acc_cov90_{s}", "acc_cov95": f"acc_cov95_{s}"}
+        keys = {col: metric(col, s) for col in MEASURE_METRICS}
         if not any(k in metrics for k in keys.values()):
             continue
         rows.append({"run_id": run_id, "measure": s, **{col: _num(metrics.get(k)) for col, k in keys.items()}})

@@ -20,7 +20,12 @@ from uqflow.errors import StoreError
 
 DEFAULT_URL = "sqlite:///results.db"
 ENV_VAR = "UQFLOW_RESULTS_DB"
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+_PACKAGE = Path(__file__).resolve().parents[1]
+#: the Alembic migrations: the checkout's top-level migrations/, which a built wheel carries inside
+#: the package as uqflow/migrations (pyproject.toml maps it), so an installed uqflow can create and
+#: upgrade its results store from any folder
+MIGRATIONS = next((p for p in (_PACKAGE / "migrations", _PACKAGE.parent / "migrations") if (p / "env.py").is_file()),
+                  _PACKAGE.parent / "migrations")
 SQLITE_BUSY_SECONDS = 60
 _MIGRATION_LOCK = 0x7571666C6F77  # an arbitrary advisory-lock key for this schema's migrations ("uqflow")
 
@@ -184,7 +189,7 @@ def alembic_config(url: str):
     from alembic.config import Config
 
     if not (MIGRATIONS / "env.py").is_file():
-        raise StoreError(f"the migrations folder {MIGRATIONS} is missing; run uqflow from its source checkout")
+        raise StoreError(f"the migrations folder {MIGRATIONS} is missing; reinstall uqflow")
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["url"] = url

@@ -130,4 +130,4 @@ class Generation(Base):
     run: Mapped[Run] = relationship(back_populates="generations")
 
 
-MEASURE_COLUMNS = ("auroc", "ci_low", "ci_high", "aurac", "prr", "acc_cov80", "acc_cov90", "acc_cov95")
+MEASURE_COLUMNS = tuple(c.name for c in Score.__table__.columns if c.name not in ("run_id", "measure"))
