@@ -174,10 +174,11 @@ def main() -> None:
         unload(lm)
         del lm
     if has_vllm:
-        from uqflow.models import MODELS, load_model
+        from uqflow.generation import load_for
+        from uqflow.models import MODELS
 
         for name in BUNDLED:
-            lm = load_model(MODELS.get(name), backend="vllm")
+            lm = load_for(MODELS.get(name), backend="vllm")
             ds = load_dataset("trivia_mini")
             shots = draw_few_shot(ds.few_shot_pool, 5, 10)
             prompts, _ = build_prompts(ds.examples[: args.n], shots, lm.tokenizer, instruct=lm.spec.instruct,

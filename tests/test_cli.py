@@ -33,7 +33,7 @@ def test_datasets_lists_registry():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["run", "--model", "Smollm2"], "Error: unknown model 'Smollm2'. Did you mean 'SmolLM2-135M-Instruct'?"),
+    (["run", "--model", "Smollm2"], "Error: unknown model 'Smollm2'. Did you mean 'SmolLM2-135M-Instruct'"),
     (["run", "--dataset", "squad_min"], "Error: unknown dataset 'squad_min'. Did you mean 'squad_mini'"),
     (["run", "--num-samples", "0"], "Error: num_samples must be at least 1, got 0"),
     (["run", "--num-samples", "ten"], "Error: num_samples must be a whole number, got 'ten'"),

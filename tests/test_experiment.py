@@ -161,7 +161,7 @@ def test_headline_command_offline_fails_fast_and_says_why(tracking, venv_env, tm
     [run] = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.info.status == "FAILED"
     reason = run.data.tags[ERROR_TAG]
-    for fact in ("not in the local Hugging Face cache", "dataset 'trivia_qa'", "needs a CUDA GPU", "needs bitsandbytes"):
+    for fact in ("not in the local Hugging Face cache", "dataset 'trivia_qa'"):  # 8bit needs no GPU, bitsandbytes is a dependency
         assert fact in reason, reason
         assert proc.stderr.count(fact) == 1, proc.stderr  # each fact once
     assert "Traceback" not in proc.stderr

@@ -112,3 +112,86 @@ def test_engine_agrees_with_transformers_generate(smollm):
         if g.token_ids:
             lp = torch.stack([torch.log_softmax(step[0].float(), -1)[t] for step, t in zip(out.logits, g.token_ids)])
             assert lp.tolist() == pytest.approx(g.token_logprobs, abs=1e-4)
+
+
+# ----------------------------------------------------------------- bitsandbytes on a CPU
+
+@pytest.fixture(scope="module", params=["SmolLM2-135M-Instruct-8bit", "SmolLM2-135M-Instruct-4bit"])
+def smollm_quantized(request):
+    """The bundled SmolLM2 quantized by bitsandbytes as it loads, on the CPU (LLM.int8, NF4)."""
+    from uqflow.models import MODELS, load_model, unload
+
+    lm = load_model(MODELS.get(request.param), "cpu")
+    yield lm
+    unload(lm)
+
+
+@pytest.mark.slow
+def test_quantized_model_loads_on_a_cpu_and_its_records_agree(smollm_quantized):
+    """LLM.int8 and NF4 layers on the CPU; stored text, token ids and log-probabilities agree as for
+    the unquantized models; and, the answers depending on the batch, the same configuration gives
+    the same batches and so the same records, whatever the device."""
+    import bitsandbytes as bnb
+
+    from uqflow.generation.hf import HFEngine
+
+    lm = smollm_quantized
+    layer = lm.model.model.layers[0].mlp.up_proj
+    assert isinstance(layer, bnb.nn.Linear8bitLt if lm.spec.quantization == "8bit" else bnb.nn.Linear4bit)
+    assert lm.device == "cpu" and lm.model.device.type == "cpu" and not lm.batch_invariant
+    ids = _prompts(lm, "trivia_mini", 24)
+    engine = HFEngine(lm, max_new_tokens=12)
+    assert engine.batch_size == 64 and not engine.batch_invariant  # as on a GPU
+    gens = engine.generate(ids)
+    _check_aligned(lm, gens)
+    assert sum(bool(g.text) for g in gens) > len(ids) // 2  # the model answers
+    for size in (0, 8):
+        first = HFEngine(lm, batch_size=size, max_new_tokens=12).generate(ids)
+        again = HFEngine(lm, batch_size=size, max_new_tokens=12).generate(ids)
+        assert [(g.token_ids, g.token_logprobs, g.token_entropies) for g in first] == \
+               [(g.token_ids, g.token_logprobs, g.token_entropies) for g in again]
+
+
+@pytest.mark.slow
+def test_quantized_engine_agrees_with_transformers_generate(smollm_quantized):
+    """One prompt at a time and without the shared prefix, the engine's forward passes are those of
+    model.generate, so even LLM.int8's batch-dependent arithmetic gives the same greedy tokens and
+    log-probabilities: the records are the model's, not an artefact of the engine."""
+    import torch
+
+    from uqflow.generation.hf import HFEngine
+
+    lm = smollm_quantized
+    ids = _prompts(lm, "trivia_mini", 4)
+    gens = HFEngine(lm, batch_size=1, max_new_tokens=10, share_prefix=False).generate(ids)
+    for prompt, g in zip(ids, gens):
+        x = torch.tensor([prompt])
+        with torch.inference_mode():
+            out = lm.model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
+                                    max_new_tokens=len(g.token_ids) or 1, return_dict_in_generate=True,
+                                    output_logits=True, pad_token_id=lm.tokenizer.pad_token_id)
+        assert out.sequences[0, len(prompt):].tolist()[: len(g.token_ids)] == g.token_ids
+        if g.token_ids:
+            lp = torch.stack([torch.log_softmax(step[0].float(), -1)[t] for step, t in zip(out.logits, g.token_ids)])
+            assert lp.tolist() == pytest.approx(g.token_logprobs, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_quantized_engine_does_not_shrink_its_batch_on_out_of_memory(smollm_quantized, monkeypatch):
+    """Halving the batch on out-of-memory would make the records depend on the machine's memory:
+    a quantized model's run stops and says which batch_size to set."""
+    from uqflow.errors import ConfigError
+    from uqflow.generation.hf import HFEngine
+
+    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError, by name as the engine sees it
+        pass
+
+    engine = HFEngine(smollm_quantized, max_new_tokens=4)
+
+    def oom(*args, **kwargs):
+        raise OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(engine, "_generate_batch", oom)
+    with pytest.raises(ConfigError, match="set batch_size=32"):
+        engine.generate(_prompts(smollm_quantized, "trivia_mini", 2))
+    assert engine.batch_size == 64

@@ -34,10 +34,61 @@ def test_study_models_registered():
     assert MODELS.get("Llama-3-8B-8bit").source == "meta-llama/Meta-Llama-3-8B"
 
 
-def test_quantized_models_need_a_gpu():
-    with pytest.raises(ModelLoadError, match="needs a CUDA GPU"):
-        _quantization_config(MODELS.get("Qwen2.5-7B-8bit"), "cpu")
+def test_quantized_models_load_on_a_cpu_and_need_bitsandbytes(monkeypatch):
+    """bitsandbytes (a dependency) quantizes on a CPU as on a GPU: no GPU is asked for; without it,
+    or with a release whose kernels are CUDA-only, the way out is said."""
+    import importlib.metadata
+
+    from uqflow.models import loading
+
+    q8 = _quantization_config(MODELS.get("Qwen2.5-7B-8bit"), "cpu")
+    q4 = _quantization_config(MODELS.get("SmolLM2-135M-Instruct-4bit"), "cpu")
+    assert q8.load_in_8bit and q4.load_in_4bit and q4.bnb_4bit_quant_type == "nf4"
     assert _quantization_config(MODELS.get("Qwen2.5-1.5B"), "cpu") is None
+    for name in ("Qwen2.5-7B-8bit", "SmolLM2-135M-Instruct-8bit", "Gemma-3-270M-8bit"):
+        assert not [p for p in loading.unavailable(MODELS.get(name), "cpu") if "bitsandbytes" in p or "GPU" in p]
+
+    real = importlib.metadata.version
+    installed = {"bitsandbytes": None}
+
+    def version(dist):
+        if dist == "bitsandbytes":
+            if installed["bitsandbytes"] is None:
+                raise importlib.metadata.PackageNotFoundError(dist)
+            return installed["bitsandbytes"]
+        return real(dist)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    spec = MODELS.get("SmolLM2-135M-Instruct-8bit")
+    [problem] = [p for p in loading.unavailable(spec, "cpu") if "bitsandbytes" in p]
+    assert "needs bitsandbytes" in problem and "pip install 'bitsandbytes>=" in problem
+    with pytest.raises(ModelLoadError, match="needs bitsandbytes"):
+        _quantization_config(spec, "cpu")
+    installed["bitsandbytes"] = "0.45.5"  # CUDA-only kernels: fine on a GPU, not on a CPU
+    [problem] = [p for p in loading.unavailable(spec, "cpu") if "bitsandbytes" in p]
+    assert "needs bitsandbytes>=0.49 (installed: 0.45.5" in problem and "pip install -U" in problem
+    assert loading._bitsandbytes_problem(spec, "cuda") is None
+
+
+def test_bundled_quantized_variants_share_their_base_models_weights():
+    """The -8bit/-4bit variants of a bundled model read its GGUF file, and bitsandbytes quantizes the
+    same de-quantized copy (one conversion cached for all of them)."""
+    from uqflow.models.loading import batch_dependence, converted_dir
+
+    for name, base in [("SmolLM2-135M-Instruct-8bit", "SmolLM2-135M-Instruct"),
+                       ("SmolLM2-135M-Instruct-4bit", "SmolLM2-135M-Instruct"), ("Gemma-3-270M-8bit", "Gemma-3-270M")]:
+        spec, b = MODELS.get(name), MODELS.get(base)
+        assert (spec.source, spec.gguf_file, spec.family, spec.size_b, spec.instruct, spec.context_length) == \
+               (b.source, b.gguf_file, b.family, b.size_b, b.instruct, b.context_length)
+        assert spec.quantization == name[-4:] and spec.bundled
+        assert converted_dir(spec) == converted_dir(b)
+    # bitsandbytes' models are not batch-invariant, and their runs say so
+    assert batch_dependence(MODELS.get("SmolLM2-135M-Instruct-8bit")).startswith("LLM.int8 (8bit): outlier columns")
+    assert batch_dependence(MODELS.get("Qwen2.5-72B-4bit")).startswith("NF4 (4bit): bf16")
+    assert "batch_size=32" in batch_dependence(MODELS.get("Llama-3-8B-8bit"), 32)
+    assert "batch_size=0, i.e. 64 on every device" in batch_dependence(MODELS.get("Gemma-3-270M-8bit"))
+    for name in ("SmolLM2-135M-Instruct", "Gemma-3-270M", "Llama-3.2-1B"):
+        assert batch_dependence(MODELS.get(name)) is None
 
 
 def test_registry_file_adds_models(tmp_path, monkeypatch):

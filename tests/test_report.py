@@ -119,6 +119,26 @@ def test_one_family_cannot_answer_the_family_question(tracking, tmp_path):
     assert not answers["dataset"].answerable and answers["size"].answerable
 
 
+def test_a_bundled_model_and_its_8bit_variant_answer_the_quantization_question(tracking, tmp_path):
+    """SmolLM2-135M-Instruct (GGUF weights de-quantized on load: quantization gguf-q4_1) and
+    SmolLM2-135M-Instruct-8bit (the same weights, LLM.int8) are the same model quantized and not;
+    Gemma-3-270M beside them is a different model and pairs with neither."""
+    base = log_run("SmolLM2-135M-Instruct", "trivia_mini", 40, 1)
+    quantized = log_run("SmolLM2-135M-Instruct-8bit", "trivia_mini", 40, 2)
+    log_run("Gemma-3-270M", "trivia_mini", 40, 3)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    aggregate(url=url)
+    answers = {a.key: a for a in answer_all(load_study(url))}
+    q = answers["quantization"]
+    assert q.answerable and "cannot answer" not in q.answer, q.answer
+    assert q.numbers["comparisons"] == 1
+    [c] = q.comparisons
+    assert (c["run_a"], c["run_b"]) == (base, quantized)
+    assert (c["a"], c["b"]) == ("SmolLM2-135M-Instruct x trivia_mini", "SmolLM2-135M-Instruct-8bit x trivia_mini")
+    assert c["paired"] and "gguf-q4_1" in q.answer  # the baseline's own quantization is said
+    assert not answers["instruct"].answerable and not answers["size"].answerable
+
+
 def test_report_is_logged_as_an_analysis_run(tracking, tmp_path):
     log_run("SmolLM2-135M-Instruct", "trivia_mini", 30, 1)
     log_run("Gemma-3-270M", "trivia_mini", 30, 2)

@@ -27,7 +27,8 @@ class RunConfig:
     num_few_shot: int = 5  # few-shot blocks, drawn from a pool disjoint from the evaluated questions
     seed: int = 10  # fixes the question sample, the few-shot draw and the bootstrap
     max_new_tokens: int = 50  # brief answers; the study's grid used 150
-    batch_size: int = 0  # 0 = automatic; never changes results, only speed
+    batch_size: int = 0  # 0 = automatic; changes only speed, except for bitsandbytes' 8bit/4bit models
+    #   (uqflow.models.loading.batch_dependence), whose answers depend on the batches
     backend: str = "hf"  # generation engine: hf | vllm
     device: str = "auto"  # auto | cpu | cuda[:N] | mps
     instruction: str = BRIEF_INSTRUCTION  # the study's grid used prompts.SHORT_PHRASE_INSTRUCTION
@@ -68,15 +69,18 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def hash(self, dataset_content: str | None = None) -> str:
+    def hash(self, dataset_content: str | None = None, extra: dict[str, Any] | None = None) -> str:
         """Stable hash of every field that can change results (batch size, device and backend do not
-        change the answers, so two runs differing only there share a hash). ``dataset_content``, a
-        fingerprint of a local dataset file's questions, makes an edited file a different run."""
+        change an unquantized model's answers, so two runs differing only there share a hash).
+        ``dataset_content``, a fingerprint of a local dataset file's questions, makes an edited file
+        a different run; ``extra`` adds fields that change results for one model only (the batch
+        size of a bitsandbytes model)."""
         d = {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
         if self.answerable_only:  # abstention judges unanswerable questions only, which are left out
             d.pop("abstention")
         if dataset_content:
             d["dataset_content"] = dataset_content
+        d.update(extra or {})  # fields that change results for this model only (batch_size, quantized)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod

@@ -20,10 +20,10 @@ from uqflow.config import RunConfig
 from uqflow.data import DATASETS, LoadedDataset, load_dataset
 from uqflow.data.examples import Example
 from uqflow.errors import ConfigError, ModelLoadError, UqflowError, short
-from uqflow.generation import ENGINES, make_engine
+from uqflow.generation import ENGINES, load_for, make_engine
 from uqflow.generation.base import decoder, token_pieces
 from uqflow.models import LoadedModel, ModelSpec, get_model, load_model, unload
-from uqflow.models.loading import cache_root, known_context_length, unavailable
+from uqflow.models.loading import batch_dependence, cache_root, known_context_length, unavailable
 from uqflow.prompts import PromptOptions, build_prompts, draw_few_shot, render_text
 from uqflow.scoring import pipeline
 from uqflow.scoring.judges import ABSTENTION_RULES, JUDGES, is_judge_name, make_judge
@@ -84,13 +84,15 @@ def run_name(cfg: RunConfig) -> str:
     return f"{dataset} · {cfg.model}"
 
 
-def run_identity(cfg: RunConfig, ds: LoadedDataset | None) -> str:
+def run_identity(cfg: RunConfig, ds: LoadedDataset | None, spec: ModelSpec | None = None) -> str:
     """The configuration hash that identifies a run's results (the ``config_hash`` tag, by which a
     grid knows a cell is done): every field that changes results and, for a local dataset file, a
     fingerprint of its content, since an edited file at the same path asks other questions.
-    Registered datasets are identified by name, so a grid's dry run needs no hub access."""
+    Registered datasets are identified by name, so a grid's dry run needs no hub access. For a model
+    whose answers depend on the batch (bitsandbytes), the batch size changes results too."""
     local = ds is not None and cfg.dataset not in DATASETS
-    return cfg.hash(ds.fingerprint if local else None)
+    extra = {"batch_size": cfg.batch_size} if spec is not None and batch_dependence(spec) else None
+    return cfg.hash(ds.fingerprint if local else None, extra)
 
 
 def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset | None = None) -> dict[str, Any]:
@@ -99,10 +101,12 @@ def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset | None = None) -
 
     from uqflow import __version__
 
+    dependence = batch_dependence(spec, cfg.batch_size)
     tags = {
         "family": spec.family, "size_b": spec.size_b, "quantization": spec.quantization,
         "instruct": str(spec.instruct).lower(), "model": spec.name, "dataset": cfg.dataset,
-        "config_hash": run_identity(cfg, ds), "prompt_template_hash": cfg.prompt_options.template_hash(),
+        "batch_invariant": str(dependence is None).lower(), **({"batch_dependence": dependence} if dependence else {}),
+        "config_hash": run_identity(cfg, ds, spec), "prompt_template_hash": cfg.prompt_options.template_hash(),
         tracking.VERSION_TAG: __version__, "torch_version": torch.__version__,
         "transformers_version": transformers.__version__, "python_version": platform.python_version(),
     }
@@ -233,6 +237,9 @@ def run_experiment(cfg: RunConfig, lm: LoadedModel | Callable[[], LoadedModel] |
     try:
         spec, ds = resolve(cfg)
         examples, notes = select_examples(ds, cfg)
+        dependence = batch_dependence(spec, cfg.batch_size)
+        if dependence and cfg.backend == "hf":
+            notes.append(dependence)
     except UqflowError as e:
         if os.environ.get("MLFLOW_RUN_ID") and parent_run_id is None:  # `mlflow run` made the run: it says why
             tracking.tag_error(os.environ["MLFLOW_RUN_ID"], str(e))
@@ -252,7 +259,7 @@ def run_experiment(cfg: RunConfig, lm: LoadedModel | Callable[[], LoadedModel] |
             _log_dataset(cfg, ds, examples)
             log.info("run %s: %s x %s, %d questions", run.info.run_id, cfg.model, cfg.dataset, len(examples))
             if own:
-                lm = load_model(spec, cfg.device, cfg.backend)
+                lm = load_for(spec, cfg.device, cfg.backend)
             elif callable(lm):
                 lm = lm()
             try:

@@ -112,14 +112,14 @@ def checked_cells(grid: Grid, overrides: dict[str, Any] | None = None, *, dry_ru
 
     cells, blocked = [], []
     for cfg in grid.cells(overrides):
-        _, ds, problems = check(cfg)
+        spec, ds, problems = check(cfg)
         hub_data = cfg.dataset in DATASETS  # a registered dataset that could not be read: unavailable here
         needs = [p for p in problems if isinstance(p, ModelLoadError) or (isinstance(p, DatasetError) and hub_data)]
         mistakes = [p for p in problems if p not in needs]
         if mistakes:
             raise mistakes[0] if len(mistakes) == 1 else ConfigError(
                 f"{cfg.model} x {cfg.dataset}:\n" + "\n".join(f"  - {p}" for p in mistakes))
-        cells.append(Cell(cfg, run_identity(cfg, ds), tuple(str(p) for p in needs)))
+        cells.append(Cell(cfg, run_identity(cfg, ds, spec), tuple(str(p) for p in needs)))
         if needs:
             blocked.append(cells[-1])
     if blocked and not dry_run:
@@ -192,7 +192,8 @@ def run_grid(grid: Grid, overrides: dict[str, Any] | None = None, *, isolate: bo
     import mlflow
 
     from uqflow.experiment import run_experiment
-    from uqflow.models import get_model, load_model, unload
+    from uqflow.generation import load_for
+    from uqflow.models import get_model, unload
 
     cells = checked_cells(grid, overrides)
     with tracking.reaching_store():
@@ -229,7 +230,7 @@ def run_grid(grid: Grid, overrides: dict[str, Any] | None = None, *, isolate: bo
                                 nonlocal lm, lm_key
                                 if lm is None:
                                     spec = get_model(cfg.model, cfg.model_registry or None)
-                                    lm, lm_key = load_model(spec, cfg.device, cfg.backend), key
+                                    lm, lm_key = load_for(spec, cfg.device, cfg.backend), key
                                 return lm
 
                             result = run_experiment(cfg, lm=loader, progress=progress, artifact_log=cell_log.path,

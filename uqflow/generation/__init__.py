@@ -5,6 +5,20 @@ from uqflow.generation.base import Generation, align_answer
 ENGINES = ("hf", "vllm")
 
 
+def load_for(spec, device: str = "auto", backend: str = "hf"):
+    """The model ``spec`` loaded for ``backend``: its transformers weights for ``hf``, a vLLM
+    engine (GPU only) for ``vllm``."""
+    from uqflow.models.loading import LoadedModel, ensure_converted, load_model
+
+    if backend != "vllm":
+        return load_model(spec, device)
+    from uqflow.generation.vllm_engine import VLLMEngine, require_vllm
+
+    require_vllm()
+    engine = VLLMEngine(spec, source=str(ensure_converted(spec)) if spec.bundled else spec.source)
+    return LoadedModel(spec, engine, engine.tokenizer, "cuda", backend="vllm")
+
+
 def make_engine(backend: str, lm, **kwargs):
     """The engine called ``backend`` over the loaded model ``lm``."""
     from uqflow.errors import ConfigError
@@ -22,4 +36,4 @@ def make_engine(backend: str, lm, **kwargs):
     return HFEngine(lm, **kwargs)
 
 
-__all__ = ["ENGINES", "Generation", "align_answer", "make_engine"]
+__all__ = ["ENGINES", "Generation", "align_answer", "load_for", "make_engine"]

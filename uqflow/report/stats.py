@@ -205,20 +205,50 @@ def answer_instruct(study: Study, measure: str = "g_nll") -> Answer:
                          cannot)
 
 
-def answer_quantization(study: Study, measure: str = "g_nll") -> Answer:
+#: quantizations applied by bitsandbytes as a model loads; every other value (``none``, or a
+#: ``gguf-*`` file de-quantized on load) is the model's unquantized baseline
+BNB_QUANTIZATIONS = ("8bit", "4bit")
+
+
+def quantization_pairs(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """(baseline run, quantized run) pairs: the same family, size, tuning and dataset, the one run by
+    bitsandbytes (``8bit``/``4bit``) and the other not. A quantized model is paired with the model of
+    its own name less the suffix (``SmolLM2-135M-Instruct-8bit`` with ``SmolLM2-135M-Instruct``, whose
+    quantization is ``gguf-q4_1``), else with an unquantized (``none``) model of its group; the later run
+    of each model is taken."""
     pairs = []
-    for _, g in study.runs.groupby(["family", "size_b", "instruct", "dataset"]):
-        q = g["quantization"].unique()
-        if len(q) >= 2 and "none" in q:
-            for other in sorted(set(q) - {"none"}):
-                pairs.append((g[g.quantization == "none"].iloc[-1].run_id, g[g.quantization == other].iloc[-1].run_id))
+    for _, g in runs.groupby(["family", "size_b", "instruct", "dataset"]):
+        quantized = g[g.quantization.isin(BNB_QUANTIZATIONS)]
+        base = g[~g.quantization.isin(BNB_QUANTIZATIONS)]
+        if quantized.empty or base.empty:
+            continue
+        for model in sorted(quantized.model.unique()):
+            q = quantized[quantized.model == model].iloc[-1]
+            same = base[base.model == model.removesuffix(f"-{q.quantization}")]
+            if same.empty:
+                same = base[base.quantization == "none"]
+            if not same.empty:
+                pairs.append((same.iloc[-1].run_id, q.run_id))
+    return pairs
+
+
+def answer_quantization(study: Study, measure: str = "g_nll") -> Answer:
+    pairs = quantization_pairs(study.runs)
     quants = ", ".join(f"{m}: {q}" for m, q in study.runs[["model", "quantization"]].drop_duplicates().itertuples(index=False))
     cannot = ("The runs present cannot answer this: no model was run both quantized and unquantized on the same "
               f"dataset ({quants}). In the reference study only the large models are quantized, so there size and "
-              "quantization are confounded; run one large model in bf16 beside its 8-bit run to measure the cost.")
-    return _pairs_answer(study, "quantization", measure, pairs, "full precision", "the quantized model",
-                         "The quantized and full-precision versions of one model answer the same questions: "
-                         "paired comparison.", cannot)
+              "quantization are confounded; run one large model in bf16 beside its 8-bit run to measure the cost, "
+              "or a bundled model beside its -8bit variant (SmolLM2-135M-Instruct and SmolLM2-135M-Instruct-8bit).")
+    a = _pairs_answer(study, "quantization", measure, pairs, "full precision", "the quantized model",
+                      "The quantized and full-precision versions of one model answer the same questions: "
+                      "paired comparison.", cannot)
+    by_id = study.runs.set_index("run_id")
+    gguf = sorted({f"{by_id.loc[b, 'model']} ({by_id.loc[b, 'quantization']})" for b, _ in pairs
+                   if str(by_id.loc[b, "quantization"]).startswith("gguf-")})
+    if a.answerable and gguf:
+        a.answer += (f" Here full precision means weights read from a GGUF file and de-quantized to float "
+                     f"({', '.join(gguf)}); the quantized runs quantize those same weights with bitsandbytes.")
+    return a
 
 
 def family_differences(study: Study, measure: str = "g_nll", *, n_resamples: int = 2000, seed: int = 0,
