@@ -1041,7 +1041,7 @@ def test_artifacts_aggregate_exit_code_says_a_run_was_not_stored(tracking, tmp_p
 
 RESCORE_ARTIFACTS = [
     ("not_parquet", "garbage", "cannot read its generations.parquet (ArrowInvalid", 0),
-    ("column_missing", "drop_entropies", "its generations.parquet lacks the column(s) token_entropies, so it cannot "
+    ("column_missing", "drop_entropies", "its generations.parquet lacks the column(s) token_entropies; it cannot "
      "be rescored", 0),
     ("null_references", "null_references", "column 'references' is empty (null) in row 5; it cannot be rescored", 0),
     ("answerable_as_strings", "answerable_text", "column 'answerable' holds text, expected true/false", 0),

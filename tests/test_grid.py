@@ -112,7 +112,7 @@ def test_registered_datasets_keep_their_identity():
     from uqflow.experiment import run_identity
 
     cfg = RunConfig(dataset="trivia_mini")
-    assert run_identity(cfg, load_dataset("trivia_mini")) == cfg.hash()
+    assert run_identity(cfg, load_dataset("trivia_mini").fingerprint) == cfg.hash()
 
 
 @pytest.mark.slow

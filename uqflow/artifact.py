@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from uqflow.errors import UqflowError
+from uqflow.errors import UqflowError, short
 
 GENERATIONS_FILE = "generations.parquet"
 
@@ -101,11 +101,6 @@ def _first(column, mask=None) -> tuple[int, Any]:
     return 0, None
 
 
-def _show(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def check_generations(table, expected_rows: int | None = None, required: tuple[str, ...] = REQUIRED_COLUMNS) -> None:
     """Refuse a generations table that aggregation cannot store truthfully: a required column
     missing, a column of the wrong type, a null where a value is required, a repeated example id,
@@ -125,29 +120,20 @@ def check_generations(table, expected_rows: int | None = None, required: tuple[s
         if not _fits(col.kind, data.type):
             row, value = _first(data)
             raise ArtifactError(f"its {GENERATIONS_FILE} column {col.name!r} holds {_type_name(data.type)}, expected "
-                                f"{_EXPECTED[col.kind]} (row {row}: {_show(value)})")
+                                f"{_EXPECTED[col.kind]} (row {row}: {short(value, 60)})")
         if not col.nullable and data.null_count and col.name in required:
             row, _ = _first(data, data.is_null().to_pylist())
             raise ArtifactError(f"its {GENERATIONS_FILE} column {col.name!r} is empty (null) in row {row}")
         # a NaN inside a list of floats is written by pandas as null, so only token ids must be whole
-        if col.kind == "list[int]" and data.num_chunks:
-            flat = pc.list_flatten(data)
-            if flat.null_count:
-                lengths = pc.list_value_length(data).to_pylist()
-                nulls = pc.list_flatten(data).is_null().to_pylist()
-                row, pos = 0, 0
-                for i, n in enumerate(lengths):
-                    if n and any(nulls[pos:pos + n]):
-                        row = i
-                        break
-                    pos += n or 0
-                raise ArtifactError(f"its {GENERATIONS_FILE} column {col.name!r} holds an empty (null) value in row {row}")
+        if col.kind == "list[int]" and pc.list_flatten(data).null_count:
+            row = next(i for i, ids in enumerate(data.to_pylist()) if ids and None in ids)
+            raise ArtifactError(f"its {GENERATIONS_FILE} column {col.name!r} holds an empty (null) value in row {row}")
     ids = table.column("example_id")
     if pc.count_distinct(ids).as_py() != len(ids):
         counts = {}
         for i, v in enumerate(ids.to_pylist()):
             if v in counts:
-                raise ArtifactError(f"its {GENERATIONS_FILE} repeats example_id {_show(v)} (rows {counts[v]} and {i})")
+                raise ArtifactError(f"its {GENERATIONS_FILE} repeats example_id {short(v, 60)} (rows {counts[v]} and {i})")
             counts[v] = i
     n_tokens = pc.list_value_length(table.column("token_ids")).to_pylist()
     for name in PER_TOKEN:

@@ -90,7 +90,7 @@ def _print_results(results) -> None:
     Console(width=200).print(table)
 
 
-def _where_to_look(run_id: str | None = None, experiment: str | None = None) -> None:
+def _where_to_look(run_id: str | None = None) -> None:
     """The run's (or the experiment's) place in MLflow and the UI page that shows it."""
     import mlflow
 
@@ -99,7 +99,7 @@ def _where_to_look(run_id: str | None = None, experiment: str | None = None) -> 
     exp_id = None
     if run_id is None:
         with tracking.reaching_store():
-            exp = mlflow.get_experiment_by_name(experiment or tracking.experiment_name())
+            exp = mlflow.get_experiment_by_name(tracking.experiment_name())
         exp_id = exp.experiment_id if exp else None
     for line in tracking.ui_hint(run_id, exp_id):
         click.echo(line)
@@ -113,7 +113,7 @@ def _where_to_look(run_id: str | None = None, experiment: str | None = None) -> 
 @click.option("--backend", default=None, help=f"Generation engine: {', '.join(ENGINES)}.")
 @click.option("--correctness", default=None, help=f"Correctness judge: {', '.join(JUDGES)} (default f1).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other config field; repeatable.")
-@click.option("--parent-run-id", default=None, hidden=True, help="Nest the run under this MLflow run (grid --isolate).")
+@click.option("--parent-run-id", default=None, hidden=True, help="Link the run to this grid's MLflow run (grid --isolate).")
 def run(model, dataset, num_samples, batch_size, backend, correctness, sets, parent_run_id) -> None:
     """Run one model x dataset experiment and log it to MLflow.
 

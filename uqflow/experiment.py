@@ -46,7 +46,7 @@ class RunResult:
 def select_examples(ds: LoadedDataset, cfg: RunConfig) -> tuple[list[Example], list[str]]:
     """The evaluated questions: answerable ones only if asked, then ``num_samples`` drawn with the seed."""
     notes = []
-    if cfg.dataset not in DATASETS and ds.few_shot_pool:
+    if _local_file(cfg) and ds.few_shot_pool:
         notes.append(f"{len(ds.few_shot_pool)} of the file's {len(ds.examples) + len(ds.few_shot_pool)} questions are "
                      "held out as the few-shot pool and not evaluated")
     pool = ds.examples
@@ -77,22 +77,30 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _local_file(cfg: RunConfig) -> bool:
+    """Whether the run's dataset is a file of the user's rather than a registered name."""
+    return cfg.dataset not in DATASETS
+
+
+def _dataset_label(cfg: RunConfig) -> str:
+    """The dataset as a short name: its registry name, or a local file's name without its folder."""
+    return Path(cfg.dataset).name if _local_file(cfg) else cfg.dataset
+
+
 def run_name(cfg: RunConfig) -> str:
     """The run's name in MLflow: dataset first, so that a grid's cells differ within the width of
     the runs table's name column ("trivia_mini · SmolLM2-135M-Instruct")."""
-    dataset = cfg.dataset if cfg.dataset in DATASETS else Path(cfg.dataset).name
-    return f"{dataset} · {cfg.model}"
+    return f"{_dataset_label(cfg)} · {cfg.model}"
 
 
-def run_identity(cfg: RunConfig, ds: LoadedDataset | None, spec: ModelSpec | None = None) -> str:
+def run_identity(cfg: RunConfig, fingerprint: str | None, spec: ModelSpec | None = None) -> str:
     """The configuration hash that identifies a run's results (the ``config_hash`` tag, by which a
-    grid knows a cell is done): every field that changes results and, for a local dataset file, a
-    fingerprint of its content, since an edited file at the same path asks other questions.
+    grid knows a cell is done): every field that changes results and, for a local dataset file, the
+    ``fingerprint`` of its content, since an edited file at the same path asks other questions.
     Registered datasets are identified by name, so a grid's dry run needs no hub access. For a model
     whose answers depend on the batch (bitsandbytes), the batch size changes results too."""
-    local = ds is not None and cfg.dataset not in DATASETS
     extra = {"batch_size": cfg.batch_size} if spec is not None and batch_dependence(spec) else None
-    return cfg.hash(ds.fingerprint if local else None, extra)
+    return cfg.hash(fingerprint if _local_file(cfg) else None, extra)
 
 
 def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset | None = None) -> dict[str, Any]:
@@ -106,7 +114,8 @@ def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset | None = None) -
         "family": spec.family, "size_b": spec.size_b, "quantization": spec.quantization,
         "instruct": str(spec.instruct).lower(), "model": spec.name, "dataset": cfg.dataset,
         "batch_invariant": str(dependence is None).lower(), **({"batch_dependence": dependence} if dependence else {}),
-        "config_hash": run_identity(cfg, ds, spec), "prompt_template_hash": cfg.prompt_options.template_hash(),
+        "config_hash": run_identity(cfg, ds.fingerprint if ds else None, spec),
+        "prompt_template_hash": cfg.prompt_options.template_hash(),
         tracking.VERSION_TAG: __version__, "torch_version": torch.__version__,
         "transformers_version": transformers.__version__, "python_version": platform.python_version(),
     }
@@ -145,7 +154,7 @@ def check(cfg: RunConfig) -> tuple[ModelSpec | None, LoadedDataset | None, list[
         except UqflowError as e:
             problems.append(e)
     try:
-        if cfg.dataset in DATASETS and DATASETS.get(cfg.dataset).source.startswith("hub"):
+        if not _local_file(cfg) and DATASETS.get(cfg.dataset).hub_id:
             hub.reachable()  # offline: `datasets` reads its cache at once instead of retrying the hub
         ds = load_dataset(cfg.dataset)
     except UqflowError as e:
@@ -191,18 +200,18 @@ def _log_dataset(cfg: RunConfig, ds: LoadedDataset, examples: Sequence[Example])
 
     frame = pd.DataFrame([{"example_id": ex.id, "question": ex.question, "context": ex.context or "",
                            "references": list(ex.references), "answerable": ex.answerable} for ex in examples])
-    name = cfg.dataset if cfg.dataset in DATASETS else Path(cfg.dataset).name
-    tracking.log_dataset(frame, name, ds.origin)
+    tracking.log_dataset(frame, _dataset_label(cfg), ds.origin)
 
 
 def describe(cfg: RunConfig, metrics: dict[str, float]) -> str:
     """The run's description (Markdown, shown on its MLflow page): what ran and how well each score
     flags wrong answers."""
     def auroc(name: str) -> str:
-        v = metrics.get(f"auroc_{name}", float("nan"))
+        v = metrics.get(pipeline.metric("auroc", name), float("nan"))
         if v != v:
             return "undefined (one class)"
-        return f"{v:.3f} [{metrics[f'auroc_{name}_ci_low']:.3f}, {metrics[f'auroc_{name}_ci_high']:.3f}]"
+        lo, hi = (metrics[pipeline.metric(k, name)] for k in ("ci_low", "ci_high"))
+        return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
 
     acc = metrics.get("accuracy", float("nan"))
     rows = "\n".join(f"| {name} | {auroc(name)} |" for name in pipeline.REPORTED_SCORES)
@@ -376,12 +385,8 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
     if problems:
         raise problems[0]
     table = tracking.load_table(run_id)
-    missing = [c for c in RESCORE_COLUMNS if c not in table.column_names]
-    if missing:
-        raise UqflowError(f"run {run_id}: its generations.parquet lacks the column(s) {', '.join(missing)}, "
-                          "so it cannot be rescored")
     try:
-        check_generations(table, required=RESCORE_COLUMNS)  # every value read back is checked by type
+        check_generations(table, required=RESCORE_COLUMNS)  # present, and every value checked by type
     except ArtifactError as e:
         raise ArtifactError(f"run {run_id}: {e}; it cannot be rescored") from None
     frame = table.to_pandas()
@@ -393,9 +398,8 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
     from uqflow.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(spec)
-    local = cfg.dataset not in DATASETS
     tags = {**source.data.tags, tracking.SOURCE_RUN_TAG: run_id,
-            "config_hash": cfg.hash(source.data.tags.get("dataset_fingerprint") if local else None)}
+            "config_hash": run_identity(cfg, source.data.tags.get("dataset_fingerprint"), spec)}
     tags = {k: v for k, v in tags.items() if not k.startswith("mlflow.") and k != tracking.ERROR_TAG}
     t0 = time.perf_counter()
     with tracking.tracked_run(f"{run_name(cfg)} (rescored)", tags) as run:

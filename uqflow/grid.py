@@ -119,7 +119,8 @@ def checked_cells(grid: Grid, overrides: dict[str, Any] | None = None, *, dry_ru
         if mistakes:
             raise mistakes[0] if len(mistakes) == 1 else ConfigError(
                 f"{cfg.model} x {cfg.dataset}:\n" + "\n".join(f"  - {p}" for p in mistakes))
-        cells.append(Cell(cfg, run_identity(cfg, ds, spec), tuple(str(p) for p in needs)))
+        identity = run_identity(cfg, ds.fingerprint if ds else None, spec)
+        cells.append(Cell(cfg, identity, tuple(str(p) for p in needs)))
         if needs:
             blocked.append(cells[-1])
     if blocked and not dry_run:

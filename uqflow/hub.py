@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -78,8 +79,11 @@ def model_cached(repo_id: str) -> bool:
     return isinstance(found, str)
 
 
-def is_hub_id(source: str) -> bool:
-    """``org/name`` as the hub spells repository ids (not a local path)."""
-    import re
+def looks_like_hub_id(source: str) -> bool:
+    """``org/name``, as the hub spells repository ids."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source))
 
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source)) and not Path(source).expanduser().exists()
+
+def is_hub_id(source: str) -> bool:
+    """A hub repository id that is not also a local path."""
+    return looks_like_hub_id(source) and not Path(source).expanduser().exists()

@@ -241,20 +241,20 @@ def log_dataset(frame, name: str, origin: Mapping[str, Any]) -> None:
 
     import mlflow
 
-    source: Any = origin.get("path") or name
     if origin.get("hub_id"):
         from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
 
-        source = HuggingFaceDatasetSource(path=origin["hub_id"], config_name=origin.get("config"),
-                                          split=origin.get("split"))
+        source: Any = HuggingFaceDatasetSource(path=origin["hub_id"], config_name=origin.get("config"),
+                                               split=origin.get("split"))
+    elif origin.get("path"):
+        source = origin["path"]  # MLflow resolves a file path to a local dataset source
+    else:
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+
+        source = CodeDatasetSource({"uqflow.dataset": name})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "can be interpreted in multiple ways": a local file
-        try:
-            dataset = mlflow.data.from_pandas(frame, source=source, name=name)
-        except Exception:  # a source MLflow cannot resolve: the data and name still go in
-            from mlflow.data.code_dataset_source import CodeDatasetSource
-
-            dataset = mlflow.data.from_pandas(frame, source=CodeDatasetSource({"uqflow.dataset": name}), name=name)
+        dataset = mlflow.data.from_pandas(frame, source=source, name=name)
     mlflow.log_input(dataset, context="evaluation")
 
 
@@ -305,6 +305,12 @@ def get_run(run_id: str):
         raise TrackingError(_store_message(e)) from None
 
 
+def _said(e: BaseException) -> str:
+    """An exception as "Type: its first line" (cut to 300 characters), for one-line messages."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
 def download_artifact(run_id: str, name: str) -> Path:
     """A local copy of one of a run's artifacts (a temporary folder for remote artifact stores)."""
     import mlflow
@@ -318,8 +324,7 @@ def download_artifact(run_id: str, name: str) -> Path:
     except requests.exceptions.RequestException as e:
         raise TrackingError(_store_message(e)) from None
     except Exception as e:  # a missing artifact: MlflowException or OSError, by artifact store
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ArtifactError(f"run {run_id}: cannot read its {name} ({type(e).__name__}: {first[:300]})") from None
+        raise ArtifactError(f"run {run_id}: cannot read its {name} ({_said(e)})") from None
 
 
 def load_table(run_id: str, name: str = "generations.parquet"):
@@ -332,8 +337,7 @@ def load_table(run_id: str, name: str = "generations.parquet"):
     try:
         return pq.read_table(path)
     except Exception as e:  # a damaged Parquet file: pyarrow raises ArrowInvalid, OSError, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ArtifactError(f"run {run_id}: cannot read its {name} ({type(e).__name__}: {first[:300]})") from None
+        raise ArtifactError(f"run {run_id}: cannot read its {name} ({_said(e)})") from None
 
 
 def load_frame(run_id: str, name: str = "generations.parquet"):
@@ -341,16 +345,28 @@ def load_frame(run_id: str, name: str = "generations.parquet"):
     return load_table(run_id, name).to_pandas()
 
 
-def search_runs(experiment_ids: str | list[str], filter_string: str = "") -> list:
-    """Every run of the experiment(s) matching ``filter_string``, all pages."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids)
+def _all_pages(search, **kwargs) -> list:
+    """Every item of a paged MLflow search (``search_runs``, ``search_experiments``)."""
     out, token = [], None
     while True:
-        page = client.search_runs(ids, filter_string, max_results=1000, page_token=token)
+        page = search(max_results=1000, page_token=token, **kwargs)
         out.extend(page)
         token = page.token
         if not token:
             return out
+
+
+def search_runs(experiment_ids: str | list[str], filter_string: str = "") -> list:
+    """Every run of the experiment(s) matching ``filter_string``, all pages."""
+    import mlflow
+
+    ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids)
+    return _all_pages(mlflow.MlflowClient().search_runs, experiment_ids=ids, filter_string=filter_string)
+
+
+def all_experiments() -> list:
+    """Every experiment of the tracking store, deleted ones included."""
+    import mlflow
+    from mlflow.entities import ViewType
+
+    return _all_pages(mlflow.MlflowClient().search_experiments, view_type=ViewType.ALL)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from uqflow.data.examples import SCHEMAS, Example, detect_schema
-from uqflow.errors import DatasetError, UnknownDataset, short
+from uqflow.errors import DatasetError, UnknownDataset, clip, short
 from uqflow.registry import Registry
 
 
@@ -73,7 +73,7 @@ class DatasetSpec:
         if self.hub_id:
             return {"hub_id": self.hub_id, "config": self.hub_config, "split": self.eval_split}
         if self.bundled:
-            return {"path": str(resources.files("uqflow.data") / "files" / f"{self.name}.{self.eval_split}.jsonl")}
+            return {"path": str(_bundled_file(self.name, self.eval_split))}
         path = os.environ.get("UQFLOW_BIOASQ_FILE") if self.name == "bioasq" else None
         return {"path": path} if path else {}
 
@@ -223,12 +223,6 @@ def _checked_records(path: Path, numbered: list[tuple[int, Any]]) -> list[tuple[
     return numbered
 
 
-def _field_names(rec: dict[str, Any], limit: int = 200) -> str:
-    """The record's field names for a message, cut to ``limit`` characters."""
-    text = ", ".join(sorted(map(str, rec))) or "none"
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(rec)} fields)"
-
-
 def adapt_records(path: Path, numbered: list[tuple[int, dict[str, Any]]], schema: str | None = None) -> list[Example]:
     """Adapt numbered records, detecting the schema from the first record when not given."""
     if not numbered:
@@ -236,9 +230,10 @@ def adapt_records(path: Path, numbered: list[tuple[int, dict[str, Any]]], schema
     if schema is None:
         schema = detect_schema(numbered[0][1])
         if schema is None:
+            fields = clip(", ".join(sorted(map(str, numbered[0][1]))) or "none", 200)
             raise DatasetError(
-                f"{path}:{numbered[0][0]}: cannot tell the schema from the fields ({_field_names(numbered[0][1])}); "
-                "expected one of: " + "; ".join(f"{n} ({', '.join(k)})" for n, (_, k) in SCHEMAS.items())
+                f"{path}:{numbered[0][0]}: cannot tell the schema from the fields ({fields}); expected one of: "
+                + "; ".join(f"{n} ({', '.join(k)})" for n, (_, k) in SCHEMAS.items())
             )
     adapt = SCHEMAS[schema][0]
     examples, seen = [], set()
@@ -291,10 +286,14 @@ def load_dataset(name: str) -> LoadedDataset:
 
 # ---------------------------------------------------------------- bundled
 
+def _bundled_file(stem: str, split: str):
+    """The packaged JSON Lines file of a bundled dataset's split."""
+    return resources.files("uqflow.data") / "files" / f"{stem}.{split}.jsonl"
+
+
 def _bundled_loader(stem: str) -> Callable[[str], list[dict[str, Any]]]:
     def load(split: str) -> list[dict[str, Any]]:
-        res = resources.files("uqflow.data") / "files" / f"{stem}.{split}.jsonl"
-        with resources.as_file(res) as path:
+        with resources.as_file(_bundled_file(stem, split)) as path:
             return [r for _, r in read_records(Path(path))]
 
     return load
@@ -340,18 +339,17 @@ def _bioasq_loader(split: str) -> list[dict[str, Any]]:
     return [r for _, r in read_records(Path(path))]
 
 
-DATASETS.add("trivia_qa", DatasetSpec(
-    "trivia_qa", "hub mandarjoshi/trivia_qa (rc.nocontext)", "trivia_qa", "validation", "train",
-    _hub_loader("trivia_qa", "mandarjoshi/trivia_qa", "rc.nocontext"), hub_id="mandarjoshi/trivia_qa",
-    hub_config="rc.nocontext"))
-DATASETS.add("squad", DatasetSpec(
-    "squad", "hub rajpurkar/squad_v2", "squad", "validation", "train",
-    _hub_loader("squad", "rajpurkar/squad_v2"), has_context=True, hub_id="rajpurkar/squad_v2"))
-DATASETS.add("nq", DatasetSpec(
-    "nq", "hub google-research-datasets/nq_open", "nq_open", "validation", "train",
-    _hub_loader("nq", "google-research-datasets/nq_open"), hub_id="google-research-datasets/nq_open"))
-DATASETS.add("svamp", DatasetSpec(
-    "svamp", "hub ChilleD/SVAMP", "svamp", "test", "train",
-    _hub_loader("svamp", "ChilleD/SVAMP"), has_context=True, hub_id="ChilleD/SVAMP"))
+def _hub_dataset(name: str, hub_id: str, schema: str, eval_split: str, config: str | None = None,
+                 **kwargs: Any) -> DatasetSpec:
+    """A dataset read from the Hugging Face hub (or its local cache), its id written once."""
+    source = f"hub {hub_id}" + (f" ({config})" if config else "")
+    return DatasetSpec(name, source, schema, eval_split, "train", _hub_loader(name, hub_id, config), hub_id=hub_id,
+                       hub_config=config, **kwargs)
+
+
+DATASETS.add("trivia_qa", _hub_dataset("trivia_qa", "mandarjoshi/trivia_qa", "trivia_qa", "validation", "rc.nocontext"))
+DATASETS.add("squad", _hub_dataset("squad", "rajpurkar/squad_v2", "squad", "validation", has_context=True))
+DATASETS.add("nq", _hub_dataset("nq", "google-research-datasets/nq_open", "nq_open", "validation"))
+DATASETS.add("svamp", _hub_dataset("svamp", "ChilleD/SVAMP", "svamp", "test", has_context=True))
 DATASETS.add("bioasq", DatasetSpec(
     "bioasq", "local file $UQFLOW_BIOASQ_FILE (BioASQ Task B JSON)", "bioasq", "all", None, _bioasq_loader))

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from uqflow import hub
 from uqflow.errors import ModelRegistryError, UnknownModel, clip, short
 from uqflow.registry import Registry
 from uqflow.yamlfile import read_yaml
@@ -136,9 +137,7 @@ def load_registry_file(path: str | os.PathLike) -> list[ModelSpec]:
 
 def _is_source(source: str) -> bool:
     """A hub id (``org/name``) or an existing local directory."""
-    import re
-
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source)) or Path(source).expanduser().is_dir()
+    return hub.looks_like_hub_id(source) or Path(source).expanduser().is_dir()
 
 
 def all_models(registry_file: str | None = None) -> Registry[ModelSpec]:

@@ -111,22 +111,14 @@ def _experiments(name: str | None) -> list:
     """The experiments aggregation looks at: ``name`` alone, else all of them (deleted ones too, so
     that the runs of a deleted experiment are removed from the store)."""
     import mlflow
-    from mlflow.entities import ViewType
 
-    client = mlflow.MlflowClient()
-    if name:
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise UqflowError(f"no experiment {name!r} in the tracking store {redact(tracking.tracking_uri())}; "
-                              "run `uqflow run` or `uqflow grid` first, or leave out --experiment to look in all")
-        return [exp]
-    out, token = [], None
-    while True:
-        page = client.search_experiments(view_type=ViewType.ALL, max_results=1000, page_token=token)
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
+    if not name:
+        return tracking.all_experiments()
+    exp = mlflow.MlflowClient().get_experiment_by_name(name)
+    if exp is None:
+        raise UqflowError(f"no experiment {name!r} in the tracking store {redact(tracking.tracking_uri())}; "
+                          "run `uqflow run` or `uqflow grid` first, or leave out --experiment to look in all")
+    return [exp]
 
 
 def _label(run) -> str:
@@ -145,10 +137,6 @@ def digest(run) -> str:
 def _aggregate_run(engine, exp, tracking_uri: str, run) -> Outcome:
     run_id, label = run.info.run_id, _label(run)
     tags, metrics = run.data.tags, run.data.metrics
-    if tracking.GRID_TAG in tags:
-        return Outcome(run_id, "skipped", "a grid's parent run (its cells are runs of their own)", f"grid {tags[tracking.GRID_TAG]}")
-    if tracking.ANALYSIS_TAG in tags:
-        return Outcome(run_id, "skipped", "an analysis run (a report's artifacts)", "analysis")
     missing = [k for k in ("model", "dataset", "family") if k not in tags] + [k for k in ("n",) if k not in metrics]
     if missing:
         return Outcome(run_id, "skipped", f"not a uqflow model x dataset run (no {', '.join(missing)})", label)
