@@ -12,8 +12,9 @@ prompts (those of a ``uqflow run`` of the dataset, seed 10), prints side by side
   agree), and whether a second batched pass repeats the first exactly.
 
 LLM.int8 computes the input columns that hold an outlier (|x| >= 6) in any row of the batch in
-16-bit, so its answers can depend on which questions share a batch; NF4 and the unquantized model
-compute each row on its own. Nothing here asserts a time: it prints figures.
+16-bit, and NF4 computes in bf16, whose rounding changes with the batch's shape, so both can
+answer differently with other questions in the batch; the unquantized model computes each row on
+its own (up to float32 rounding). Nothing here asserts a time: it prints figures.
 
     python bench/quantization.py                    # SmolLM2-135M-Instruct, 64 trivia_mini questions, CPU
     python bench/quantization.py --model Gemma-3-270M --variants 8bit --n 32

@@ -236,15 +236,17 @@ def _log_outputs(cfg: RunConfig, frame, metrics: dict[str, float], notes: Sequen
 
 def run_experiment(cfg: RunConfig, lm: LoadedModel | Callable[[], LoadedModel] | None = None,
                    progress: Callable[[int, int], None] | None = None, *, parent_run_id: str | None = None,
-                   artifact_log: str | os.PathLike | None = None) -> RunResult:
+                   artifact_log: str | os.PathLike | None = None,
+                   resolved: tuple[ModelSpec, LoadedDataset] | None = None) -> RunResult:
     """Run ``cfg`` and log it to MLflow.
 
     ``lm`` reuses a loaded model, or is a function that returns one, called inside the run so that
     a failure to load is recorded on it. ``artifact_log`` names a log file that is stored with the
-    run as ``cell.log``, whether the run succeeds or fails.
+    run as ``cell.log``, whether the run succeeds or fails. ``resolved`` is the model and dataset
+    that :func:`check` already found for ``cfg`` (a grid checks every cell before it starts).
     """
     try:
-        spec, ds = resolve(cfg)
+        spec, ds = resolved or resolve(cfg)
         examples, notes = select_examples(ds, cfg)
         dependence = batch_dependence(spec, cfg.batch_size)
         if dependence and cfg.backend == "hf":

@@ -88,17 +88,27 @@ class Cell:
     config: RunConfig
     identity: str
     needs: tuple[str, ...] = ()
+    resolved: tuple[Any, Any] | None = field(default=None, compare=False)  # (ModelSpec, LoadedDataset) when runnable
 
 
 @dataclass
 class CellState:
-    config: RunConfig
-    state: str  # done | failed | pending | finished | error (the last two: this invocation)
-    identity: str = ""
+    """A cell and where it stands: done | failed | pending in the tracking store, or finished |
+    error after this invocation ran it."""
+
+    cell: Cell
+    state: str
     run_id: str = ""
     error: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
-    needs: tuple[str, ...] = ()
+
+    @property
+    def config(self) -> RunConfig:
+        return self.cell.config
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return self.cell.needs
 
 
 def checked_cells(grid: Grid, overrides: dict[str, Any] | None = None, *, dry_run: bool = False) -> list[Cell]:
@@ -120,7 +130,7 @@ def checked_cells(grid: Grid, overrides: dict[str, Any] | None = None, *, dry_ru
             raise mistakes[0] if len(mistakes) == 1 else ConfigError(
                 f"{cfg.model} x {cfg.dataset}:\n" + "\n".join(f"  - {p}" for p in mistakes))
         identity = run_identity(cfg, ds.fingerprint if ds else None, spec)
-        cells.append(Cell(cfg, identity, tuple(str(p) for p in needs)))
+        cells.append(Cell(cfg, identity, tuple(str(p) for p in needs), None if needs else (spec, ds)))
         if needs:
             blocked.append(cells[-1])
     if blocked and not dry_run:
@@ -146,14 +156,11 @@ def cell_states(cells: list[Cell]) -> list[CellState]:
         mine = sorted(runs.get(c.identity, []), key=lambda r: r.info.start_time or 0)
         done = [r for r in mine if r.info.status == "FINISHED" and tracking.SOURCE_RUN_TAG not in r.data.tags]
         if done:
-            state = CellState(c.config, "done", c.identity, done[-1].info.run_id, metrics=dict(done[-1].data.metrics))
+            out.append(CellState(c, "done", done[-1].info.run_id, metrics=dict(done[-1].data.metrics)))
         elif mine and mine[-1].info.status in ("FAILED", "KILLED"):
-            state = CellState(c.config, "failed", c.identity, mine[-1].info.run_id,
-                              mine[-1].data.tags.get(tracking.ERROR_TAG, ""))
+            out.append(CellState(c, "failed", mine[-1].info.run_id, mine[-1].data.tags.get(tracking.ERROR_TAG, "")))
         else:
-            state = CellState(c.config, "pending", c.identity, mine[-1].info.run_id if mine else "")
-        state.needs = c.needs
-        out.append(state)
+            out.append(CellState(c, "pending", mine[-1].info.run_id if mine else ""))
     return out
 
 
@@ -235,7 +242,7 @@ def run_grid(grid: Grid, overrides: dict[str, Any] | None = None, *, isolate: bo
                                 return lm
 
                             result = run_experiment(cfg, lm=loader, progress=progress, artifact_log=cell_log.path,
-                                                    parent_run_id=parent.info.run_id)
+                                                    parent_run_id=parent.info.run_id, resolved=s.cell.resolved)
                         s.state, s.run_id, s.metrics = "finished", result.run_id, result.metrics
                     except (UqflowError, RuntimeError, ValueError, OSError, MemoryError) as e:
                         # recorded on the cell's run (FAILED, with the error); the grid goes on
