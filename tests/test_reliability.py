@@ -82,6 +82,57 @@ def test_two_aggregations_at_once(many_runs, tmp_path, venv_env, request, backen
     assert row_counts(url) == {"runs": N_RUNS, "scores": 5 * N_RUNS, "generations": N_QUESTIONS * N_RUNS}
 
 
+def test_a_writer_that_found_no_row_never_replaces_one_committed_meanwhile(tracking, postgres_server, monkeypatch):
+    """PostgreSQL reads each statement at a fresh snapshot: the interleaving that once let two
+    aggregations both report a run as added, forced here. Writer A is inside its transaction; writer B
+    starts then; B may delete only after A has committed. B must wait for A's run lock and then find
+    A's row unchanged, rather than find nothing, delete A's committed row and insert its own copy."""
+    import threading
+
+    import uqflow.store.aggregation as agg
+    from uqflow.store.db import connect, upgrade
+
+    url = postgres_server()
+    upgrade(url)
+    log_run(n=20, seed=1)
+    import mlflow
+
+    run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
+    exp = mlflow.MlflowClient().get_experiment(run.info.experiment_id)
+    engine = connect(url)
+    a_in_txn, b_started, a_done = threading.Event(), threading.Event(), threading.Event()
+    real_delete = agg._delete_run
+
+    def delete(conn, run_id):
+        if threading.current_thread().name == "A":
+            a_in_txn.set()
+            assert b_started.wait(10)
+            time.sleep(0.5)  # B reaches its lock (fixed) or its read of the row (the race) meanwhile
+        else:
+            assert a_done.wait(10)
+        real_delete(conn, run_id)
+
+    monkeypatch.setattr(agg, "_delete_run", delete)
+    outcomes = {}
+
+    def writer(name):
+        if name == "B":
+            assert a_in_txn.wait(10)
+            b_started.set()
+        outcomes[name] = agg._aggregate_run(engine, exp, "test", run).action
+        if name == "A":
+            a_done.set()
+
+    threads = [threading.Thread(target=writer, args=(n,), name=n) for n in ("A", "B")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    engine.dispose()
+    assert outcomes == {"A": "added", "B": "unchanged"}
+    assert _consistent(url) == 1
+
+
 def test_a_failed_write_leaves_no_partial_rows(tracking, tmp_path, monkeypatch):
     """A run whose generations cannot be inserted (here: made to fail mid-insert) leaves nothing."""
     import uqflow.store.aggregation as agg

@@ -18,7 +18,9 @@ never removed because another store lacks them. MLflow run ids are random UUIDs,
 run whichever store it is read from; ``tracking_uri`` records where it was last read.
 
 Two aggregations may run at once: each run's write re-checks the digest inside its own write
-transaction, so nothing is stored twice.
+transaction, which holds the run's lock (SQLite: the database's write lock, ``BEGIN IMMEDIATE``;
+PostgreSQL: an advisory lock keyed by the run id), so a run is stored by exactly one of them and the
+other finds it unchanged.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, delete, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from uqflow import tracking
@@ -159,6 +161,7 @@ def _aggregate_run(engine, exp, tracking_uri: str, run) -> Outcome:
     for attempt in (1, 2):
         try:
             with engine.begin() as conn:
+                _lock_run(conn, run_id)
                 # checked again inside the write transaction: another aggregation may have just stored it
                 stored = conn.execute(select(Run.mlflow_digest).where(Run.run_id == run_id)).scalar_one_or_none()
                 if stored == dig:
@@ -170,10 +173,23 @@ def _aggregate_run(engine, exp, tracking_uri: str, run) -> Outcome:
                 if gen_rows:
                     conn.execute(insert(Generation), gen_rows)
             return Outcome(run_id, "added" if stored is None else "updated", "", label)
-        except IntegrityError:  # PostgreSQL: a concurrent aggregation inserted it first; look again
+        except IntegrityError:  # a writer that takes no run lock (an older uqflow) inserted it first; look again
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+_RUN_LOCKS = 0x7571  # the advisory-lock namespace of run writes (the migration lock is a single bigint key)
+
+
+def _lock_run(conn, run_id: str) -> None:
+    """Hold ``run_id``'s write lock until the transaction ends. PostgreSQL's READ COMMITTED takes a
+    fresh snapshot per statement, so without it a writer that found no row could then delete the row
+    another writer had just committed and insert its own copy; the lock makes the second writer wait
+    and then find the first one's row. SQLite needs nothing: ``BEGIN IMMEDIATE`` already serializes
+    writers."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:ns, hashtext(:run))"), {"ns": _RUN_LOCKS, "run": run_id})
 
 
 def _delete_run(conn, run_id: str) -> None:
