@@ -81,6 +81,8 @@ def _install(root: Path, repo: str, files: Path) -> None:
     digest = hashlib.sha1()
     for f in sorted(files.iterdir()):
         digest.update(f.name.encode() + b"\0" + f.read_bytes())
+        f.chmod(0o644)  # safetensors writes its file private; a cache is read by whoever uses it
+    files.chmod(0o755)
     commit = digest.hexdigest()
     target = repo_dir(root, repo) / "snapshots" / commit
     target.parent.mkdir(parents=True, exist_ok=True)

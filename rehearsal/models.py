@@ -26,7 +26,10 @@ from typing import Any
 STUDY_PROMPT = {"instruction": "Answer the following question in a few words or a short phrase, not a full sentence.\n",
                 "use_context": True, "instruction_per_block": True}
 NUM_FEW_SHOT = 5
-HEAD_DIM = 32  # the real models have 64 (Llama 3.2) or 128; 32 keeps them small and still answering
+#: hidden size of every stand-in, about: wide enough to learn to answer in a minute, small enough to
+#: train in one (the real models: 1536-4096)
+WIDTH = 128
+HEAD_DIM = 32  # Llama and Mistral (the real models: 64 for Llama 3.2, 128 for the others)
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,10 @@ def _llama(heads: int, kv: int, **real: Any) -> dict[str, Any]:
 
 
 def _qwen2(heads: int, kv: int, **real: Any) -> dict[str, Any]:
+    head_dim = 8 * (WIDTH // heads // 8)  # a multiple of 8 (fast attention kernels); Qwen2 derives it from hidden_size / heads
     return {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu",
             "rms_norm_eps": 1e-6, "initializer_range": 0.02, "num_attention_heads": heads,
-            "num_key_value_heads": kv, "hidden_size": HEAD_DIM * heads, "intermediate_size": 64 * heads,
+            "num_key_value_heads": kv, "hidden_size": head_dim * heads, "intermediate_size": 4 * head_dim * heads,
             "num_hidden_layers": 2, "vocab_size": 151936, "bos_token_id": 151643, "eos_token_id": 151643,
             "rope_theta": 1000000.0, "max_position_embeddings": 131072, "use_sliding_window": False,
             "sliding_window": 131072, "max_window_layers": 2, "torch_dtype": "bfloat16", **real}
@@ -81,7 +85,7 @@ STAND_INS: dict[str, StandIn] = {s.repo: s for s in [
     StandIn("meta-llama/Meta-Llama-3-8B", "llama-3", False, _llama(
         4, 1, max_position_embeddings=8192, tie_word_embeddings=False), {**_LLAMA3_GEN, "max_length": 4096}),
     StandIn("Qwen/Qwen2.5-1.5B", "qwen2.5", False, _qwen2(6, 1, tie_word_embeddings=True), _QWEN_GEN),
-    StandIn("Qwen/Qwen2.5-7B", "qwen2.5", False, _qwen2(7, 1, tie_word_embeddings=False), _QWEN_GEN),
+    StandIn("Qwen/Qwen2.5-7B", "qwen2.5", False, _qwen2(7, 1, tie_word_embeddings=False, vocab_size=152064), _QWEN_GEN),
     StandIn("mistralai/Mistral-7B-v0.3", "mistral-v0.3", False, _mistral(), _MISTRAL_GEN),
     StandIn("mistralai/Mistral-7B-Instruct-v0.3", "mistral-v0.3-instruct", True, _mistral(), _MISTRAL_GEN),
 ]}

