@@ -6,6 +6,8 @@ architectures, the real tokenizers and chat templates), TriviaQA and SQuAD v2 th
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -17,7 +19,9 @@ from rehearsal.build import build, environment, snapshot
 from rehearsal.checks import GRID_MODELS
 from rehearsal.models import STAND_INS
 
-pytestmark = pytest.mark.slow
+#: the slowest tests (the cache alone takes minutes to build): `make test-study` and CI run them,
+#: `make test` leaves them out
+pytestmark = [pytest.mark.slow, pytest.mark.study]
 
 #: enough training for the stand-ins to answer briefly and stop; what they answer is no concern here
 STEPS = 100
@@ -32,8 +36,9 @@ def study_cache(tmp_path_factory):
 
 @pytest.fixture
 def rehearsal_env(tracking, study_cache, venv_env):  # tracking first: venv_env copies its MLFLOW_TRACKING_URI
-    """The environment `make study-cache` prints, and nothing else changed."""
-    return {**venv_env, **environment(study_cache)}
+    """The environment `make study-cache` prints, and nothing else changed (but for the path to the
+    rehearsal package, which commands run from the repository find without it)."""
+    return {**venv_env, **environment(study_cache), "PYTHONPATH": str(ROOT)}
 
 
 def _sh(args, env, cwd, timeout=900):
@@ -45,7 +50,8 @@ def test_the_cache_is_where_the_libraries_look_and_is_built_once(study_cache, tm
         files = {f.name for f in snapshot(study_cache, repo).iterdir()}
         assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                 "tokenizer_config.json"} <= files, repo
-    again = _sh([sys.executable, "-m", "rehearsal", "--out", str(study_cache)], None, tmp_path)
+    again = _sh([sys.executable, "-m", "rehearsal", "--out", str(study_cache)], {**os.environ, "PYTHONPATH": str(ROOT)},
+                tmp_path)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already there") == len(STAND_INS) + 2  # the models and both datasets
     assert f"export HF_HOME={study_cache} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1" in again.stdout
@@ -87,14 +93,17 @@ def test_the_study_grid_runs_whole_then_aggregates_and_reports(rehearsal_env, tm
     html = (tmp_path / "reports" / "report.html").read_text()
     for family in ("Llama", "Qwen", "Mistral"):
         assert family in html
+    # runs with only right or only wrong answers (a dozen questions each) are said to be undefined
+    text = re.sub(r"data:[^\"']+", "", html)  # the figures are inlined as base64
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE), "a NaN reached the report's text"
 
 
-def test_rehearsal_models_keep_the_records_contract(study_cache, venv_env, tmp_path):
+def test_rehearsal_models_keep_the_records_contract(rehearsal_env, tmp_path):
     """For each grid model as registered (8-bit where the study quantizes) and each repository
     unquantized: records agree with the tokens; G-NLL equals a teacher-forced recomputation; batch 1
     against 16 gives the same records unquantized; a second pass repeats them exactly; base models
     stop at a newline, the instruct model at EOS after its chat turn."""
-    out = _sh([sys.executable, "-m", "rehearsal.checks", "16"], {**venv_env, **environment(study_cache)}, tmp_path)
+    out = _sh([sys.executable, "-m", "rehearsal.checks", "16"], rehearsal_env, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     results = {r["model"]: r for r in map(json.loads, out.stdout.splitlines())}
     assert set(GRID_MODELS) <= set(results) and len(results) == 10

@@ -103,6 +103,14 @@ def compare_runs(study: Study, run_a: str, run_b: str, measure: str, *, seed: in
             "paired": d.paired, "n": d.n_a if d.paired else d.n_a + d.n_b}
 
 
+def _mean(v: float) -> str:
+    return f"{v:.3f}" if math.isfinite(v) else "undefined (every run with only right or only wrong answers)"
+
+
+#: a comparison with a run whose AUROC is undefined
+UNDEFINED = "undefined (a run with only right or only wrong answers)"
+
+
 def _summarise(comps: list[dict[str, Any]], a_name: str, b_name: str) -> str:
     diffs = [c["difference"] for c in comps if math.isfinite(c["difference"])]
     if not diffs:
@@ -137,8 +145,9 @@ def _pairs_answer(study, key, measure, pairs, a_name, b_name, why, cannot) -> An
         test = "bootstrap of the AUROC difference (paired over shared questions where the runs share them)"
     for c in comps:
         c.update({"ci_level": CI_LEVEL, "ci_adjusted": False, "p_adjustment": "none"})
-    lines = "; ".join(f"{c['b']} vs {c['a']}: {c['difference']:+.3f}, unadjusted 95% CI "
-                      f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}], unadjusted {_p(c['p_value'])}" for c in comps)
+    lines = "; ".join(f"{c['b']} vs {c['a']}: " + (
+        f"{c['difference']:+.3f}, unadjusted 95% CI [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}], unadjusted "
+        f"{_p(c['p_value'])}" if math.isfinite(c["difference"]) else UNDEFINED) for c in comps)
     return Answer(key, QUESTIONS[key], True, f"{_summarise(comps, a_name, b_name)} Per comparison: {lines}.", test,
                   why, comps, {"mean_difference": float(np.nanmean([c["difference"] for c in comps])),
                                "comparisons": len(comps)}, _pairs_intervals(len(comps)))
@@ -186,7 +195,7 @@ def answer_dataset(study: Study, measure: str = "g_nll") -> Answer:
         a.test = "unpaired bootstrap of the AUROC difference, per model (2,000 resamples)"
         by_ds = _slice_means(study, "dataset", measure)
         a.numbers["mean_auroc_by_dataset"] = by_ds.to_dict()
-        a.answer = ("Mean AUROC by dataset: " + ", ".join(f"{d} {v:.3f}" for d, v in by_ds.items()) + ". " + a.answer)
+        a.answer = ("Mean AUROC by dataset: " + ", ".join(f"{d} {_mean(v)}" for d, v in by_ds.items()) + ". " + a.answer)
     return a
 
 
@@ -311,7 +320,7 @@ def answer_family(study: Study, measure: str = "g_nll") -> Answer:
     s = study.measure(measure)
     fams = study.families
     means = _slice_means(study, "family", measure)
-    ranking = ", ".join(f"{f} {v:.3f}" for f, v in means.sort_values(ascending=False).items())
+    ranking = ", ".join(f"{f} {_mean(v)}" for f, v in means.sort_values(ascending=False).items())
     numbers: dict[str, Any] = {"mean_auroc_by_family": means.to_dict()}
     if len(fams) < 2:
         return Answer("family", QUESTIONS["family"], False,
@@ -366,6 +375,8 @@ def answer_family(study: Study, measure: str = "g_nll") -> Answer:
 def _family_pair_text(c: dict[str, Any]) -> str:
     """One family comparison in words: the difference, its unadjusted interval, its adjusted p, and a
     note where the two disagree."""
+    if not math.isfinite(c["difference"]):
+        return f"{c['b']} − {c['a']} on {c['dataset']}: {UNDEFINED}"
     text = (f"{c['b']} − {c['a']} on {c['dataset']}: {c['difference']:+.3f}, unadjusted 95% CI "
             f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}], Benjamini-Hochberg adjusted {_p(c['p_adjusted'])}")
     excludes = (math.isfinite(c["ci_low"]) and c["ci_low"] > 0) or (math.isfinite(c["ci_high"]) and c["ci_high"] < 0)
