@@ -23,14 +23,10 @@ from rehearsal.models import STAND_INS
 #: `make test` leaves them out
 pytestmark = [pytest.mark.slow, pytest.mark.study]
 
-#: enough training for the stand-ins to answer briefly and stop; what they answer is no concern here
-STEPS = 100
-
-
 @pytest.fixture(scope="session")
 def study_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("study-cache")
-    build(root, steps=STEPS, log=lambda line: None)
+    build(root, log=lambda line: None)  # what `make study-cache` builds (fewer steps leave Mistral rambling)
     return root
 
 
