@@ -79,7 +79,7 @@ def test_the_study_grid_runs_whole_then_aggregates_and_reports(rehearsal_env, tm
     agg = _sh(["uqflow", "aggregate"], rehearsal_env, tmp_path)
     assert agg.returncode == 0 and "12 added" in agg.stdout, agg.stdout + agg.stderr
     query = _sh(["uqflow", "query", "--format", "csv", "SELECT family, size_b, quantization, dataset, n, accuracy "
-                 "FROM runs ORDER BY family, size_b, dataset"], rehearsal_env, tmp_path)
+                 "FROM runs ORDER BY family, size_b, model, dataset"], rehearsal_env, tmp_path)
     rows = [line.split(",") for line in query.stdout.splitlines()[1:]]
     assert [(r[0], r[3]) for r in rows] == [(f, d) for f in ("Llama", "Mistral", "Qwen") for _ in range(2)
                                             for d in ("squad", "trivia_qa")]
