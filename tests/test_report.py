@@ -109,6 +109,21 @@ def test_report_html_is_self_contained(study_store, tmp_path):
     assert all(p.stat().st_size > 5000 for p in r.figures.values())
 
 
+def test_runs_whose_intervals_are_all_undefined_still_report(study_store, tmp_path):
+    """A store whose AUROC intervals are NULL in every row (runs with one right answer, say) reads
+    back as NaN, not None: the report draws them without intervals instead of failing."""
+    import shutil
+    import sqlite3
+
+    db = tmp_path / "r.db"
+    shutil.copy(study_store["url"].removeprefix("sqlite:///"), db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE scores SET ci_low = NULL, ci_high = NULL")
+    r = build_report(f"sqlite:///{db}", tmp_path / "rep", log_to_mlflow=False)
+    assert len(r.figures) == 9
+    assert load_study(f"sqlite:///{db}").scores["ci_low"].isna().all()
+
+
 def test_one_family_cannot_answer_the_family_question(tracking, tmp_path):
     log_run("Llama-3.2-1B", "trivia_mini", 40, 1)
     log_run("Llama-3-8B-8bit", "trivia_mini", 40, 2)

@@ -76,6 +76,9 @@ def load_study(url: str | None = None) -> Study:
     # JSON columns come back as text from SQLite
     for col in ("tokens", "token_logprobs", "relevance", "reference_answers"):
         gens[col] = gens[col].map(lambda v: json.loads(v) if isinstance(v, str) else v)
+    # a numeric column that is NULL in every row comes back as objects (None): as floats, NaN is undefined
+    for col in ("auroc", "ci_low", "ci_high"):
+        scores[col] = pd.to_numeric(scores[col], errors="coerce").astype(float)
     for frame in (runs, scores):
         frame["instruct"] = frame["instruct"].astype(bool)
     gens["correct"] = gens["correct"].astype("boolean")
