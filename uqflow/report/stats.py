@@ -333,7 +333,8 @@ def answer_family(study: Study, measure: str = "g_nll") -> Answer:
     if len(blocks) < 2:  # e.g. a family with one size: its runs cannot be matched by size, so by dataset only
         blocks = s.pivot_table(index="dataset", columns="family", values="auroc", aggfunc="mean").dropna()
         block_kind = "dataset, each family's mean over its runs"
-    if len(fams) >= 3 and len(blocks) >= 2:
+    # a family whose every AUROC is undefined (only right or only wrong answers) has no column here
+    if len(blocks.columns) >= 3 and len(blocks) >= 2:
         stat, p = friedmanchisquare(*[blocks[f].to_numpy() for f in blocks.columns])
         k, n = len(blocks.columns), len(blocks)
         p_min = float(chi2.sf(n * (k - 1), k - 1))  # all blocks ranking the families alike
