@@ -32,7 +32,7 @@ demo: $(STAMP)
 study-cache: $(STAMP)
 	$(BIN)/python -m rehearsal --out .study-cache
 
-# every test but the study rehearsal's (which first trains its six stand-in models: ~15 min more)
+# every test but the study rehearsal's (which first trains its six stand-in models: ~10 min more)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not study"
 

@@ -26,7 +26,7 @@ from rehearsal.datasets_cache import build_dataset_cache
 from rehearsal.models import STAND_INS, build_model
 from rehearsal.tokenizers import build_tokenizer
 
-DEFAULT_STEPS = 300  # about 1.5 minutes per model on a 2-core CPU
+DEFAULT_STEPS = 300  # 1.5 minutes (Llama-3.2-1B) or more per model on an idle 2-core CPU
 MANIFEST = "rehearsal.json"
 
 

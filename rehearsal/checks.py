@@ -18,19 +18,17 @@ import json
 import math
 import sys
 
-from rehearsal.models import NUM_FEW_SHOT, STUDY_PROMPT
-
-GRID_MODELS = ("Llama-3.2-1B", "Llama-3-8B-8bit", "Qwen2.5-1.5B", "Qwen2.5-7B-8bit", "Mistral-7B-v0.3-8bit",
-               "Mistral-7B-Instruct-v0.3-8bit")
+from rehearsal.models import STUDY_GRID, study_cell
 MAX_NEW_TOKENS = 24
 
 
 def specs():
     """The grid's registry entries, and an unquantized entry for each 8-bit one's repository."""
+    from uqflow.grid import load_grid
     from uqflow.models.registry import MODELS
 
     out = []
-    for name in GRID_MODELS:
+    for name in load_grid(STUDY_GRID).models:
         spec = MODELS.get(name)
         out.append(spec)
         if spec.quantization != "none":
@@ -40,14 +38,15 @@ def specs():
 
 def _prompts(lm, n: int):
     from uqflow.data import load_dataset
-    from uqflow.prompts import PromptOptions, build_prompts, draw_few_shot
+    from uqflow.prompts import build_prompts, draw_few_shot
 
+    cell = study_cell()
     ids = []
     for dataset in ("trivia_qa", "squad"):
         ds = load_dataset(dataset)
-        shots = draw_few_shot(ds.few_shot_pool, NUM_FEW_SHOT, 10)
+        shots = draw_few_shot(ds.few_shot_pool, cell.num_few_shot, cell.seed)
         prompts, _ = build_prompts(ds.examples[: n // 2], shots, lm.tokenizer, instruct=lm.spec.instruct,
-                                   opts=PromptOptions(**STUDY_PROMPT), max_prompt_tokens=4000)
+                                   opts=cell.prompt_options, max_prompt_tokens=4000)
         ids += [p.token_ids for p in prompts]
     return ids
 

@@ -3,31 +3,28 @@
 Each stand-in keeps what distinguishes its model's ``config.json``: the architecture class, grouped-
 query attention (the ratio of query to key/value heads), RoPE base and scaling, the context length,
 tied or separate embeddings, the sliding-window settings, the vocabulary size and special token ids.
-Only the widths and depths shrink (2 layers, hidden size 64-112), so a model loads and answers in
+Only the widths and depths shrink (2 layers, hidden size 96-128), so a model loads and answers in
 seconds on a CPU.
 
 Random weights never stop: they would leave the stop-sequence and EOS paths untested. So each model
-is trained briefly (about half a minute on a CPU) on the bundled questions rendered exactly as the
-study prompts them (5-shot, the short-phrase instruction per block, the SQuAD passage, the
-instruct model's chat template), with the loss on the answer and what ends it (a newline for base
+is trained briefly (1.5-4 minutes on a 2-core CPU) on the bundled questions rendered exactly as the
+study grid prompts them (its few-shot count, instruction and passage settings, read from
+grids/multi_family.yaml; the instruct model's chat template), with the loss on the answer and what ends it (a newline for base
 models, EOS after an instruct model's turn). The weights mean nothing as a language model: the
 rehearsal's AUROCs are no finding about the real models.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: what the study's grid (grids/multi_family.yaml) prompts with
-STUDY_PROMPT = {"instruction": "Answer the following question in a few words or a short phrase, not a full sentence.\n",
-                "use_context": True, "instruction_per_block": True}
-NUM_FEW_SHOT = 5
-#: hidden size of every stand-in, about: wide enough to learn to answer in a minute, small enough to
-#: train in one (the real models: 1536-4096)
+#: the reference study's grid: its models are the ones stood in for, its settings the prompts trained on
+STUDY_GRID = Path(__file__).resolve().parents[1] / "grids" / "multi_family.yaml"
+#: hidden size of every stand-in, about: wide enough to learn to answer in a few hundred steps, small enough
+#: to train them in minutes on a CPU (the real models: 1536-4096)
 WIDTH = 128
 HEAD_DIM = 32  # Llama and Mistral (the real models: 64 for Llama 3.2, 128 for the others)
 
@@ -48,7 +45,7 @@ def _llama(heads: int, kv: int, **real: Any) -> dict[str, Any]:
             "attention_bias": False, "mlp_bias": False, "rms_norm_eps": 1e-5, "initializer_range": 0.02,
             "num_attention_heads": heads, "num_key_value_heads": kv, "hidden_size": HEAD_DIM * heads,
             "head_dim": HEAD_DIM, "intermediate_size": 4 * HEAD_DIM * heads, "num_hidden_layers": 2, "vocab_size": 128256,
-            "bos_token_id": 128000, "eos_token_id": 128001, "rope_theta": 500000.0, "torch_dtype": "bfloat16",
+            "bos_token_id": 128000, "eos_token_id": 128001, "rope_theta": 500000.0,
             **real}
 
 
@@ -59,7 +56,7 @@ def _qwen2(heads: int, kv: int, **real: Any) -> dict[str, Any]:
             "num_key_value_heads": kv, "hidden_size": head_dim * heads, "intermediate_size": 4 * head_dim * heads,
             "num_hidden_layers": 2, "vocab_size": 151936, "bos_token_id": 151643, "eos_token_id": 151643,
             "rope_theta": 1000000.0, "max_position_embeddings": 131072, "use_sliding_window": False,
-            "sliding_window": 131072, "max_window_layers": 2, "torch_dtype": "bfloat16", **real}
+            "sliding_window": 131072, "max_window_layers": 2, **real}
 
 
 def _mistral(**real: Any) -> dict[str, Any]:
@@ -68,7 +65,7 @@ def _mistral(**real: Any) -> dict[str, Any]:
             "hidden_size": 4 * HEAD_DIM, "head_dim": HEAD_DIM, "intermediate_size": 14 * HEAD_DIM, "num_hidden_layers": 2,
             "vocab_size": 32768, "bos_token_id": 1, "eos_token_id": 2, "rope_theta": 1000000.0,
             "max_position_embeddings": 32768, "sliding_window": None, "tie_word_embeddings": False,
-            "torch_dtype": "bfloat16", **real}
+            **real}
 
 
 _LLAMA3_GEN = {"bos_token_id": 128000, "eos_token_id": 128001, "do_sample": True, "temperature": 0.6, "top_p": 0.9}
@@ -91,6 +88,14 @@ STAND_INS: dict[str, StandIn] = {s.repo: s for s in [
 ]}
 
 
+def study_cell():
+    """The configuration of the study grid's first cell: its prompt protocol and few-shot settings,
+    which every cell shares."""
+    from uqflow.grid import load_grid
+
+    return load_grid(STUDY_GRID).cells()[0]
+
+
 Pair = tuple[list[int], int]  # token ids, and how many of them are the prompt
 
 
@@ -101,9 +106,10 @@ def training_pairs(tokenizer, instruct: bool, seed: int = 0) -> dict[str, list[P
     short and cheap, most steps learn the answers from these) and all of them with 1 to 5 shots drawn
     from the train split (``shots``, the form the study prompts in)."""
     from uqflow.data import load_dataset
-    from uqflow.prompts import PromptOptions, draw_few_shot, render
+    from uqflow.prompts import draw_few_shot, render
 
-    opts = PromptOptions(**STUDY_PROMPT)
+    cell = study_cell()
+    opts, shots_max = cell.prompt_options, cell.num_few_shot
     rng = random.Random(seed)
     pools: dict[str, list[Pair]] = {"trivia_mini": [], "squad_mini": [], "shots": []}
     for name in ("trivia_mini", "squad_mini"):
@@ -112,9 +118,9 @@ def training_pairs(tokenizer, instruct: bool, seed: int = 0) -> dict[str, list[P
             if not (ex.answerable and ex.references):
                 continue  # greedy decoding takes the mode: trained on abstentions, a tiny model abstains always
             answer = ex.references[0]
-            shots = [s for s in draw_few_shot(ds.few_shot_pool, NUM_FEW_SHOT + 1, rng.randrange(10**6)) if s.id != ex.id]
+            shots = [s for s in draw_few_shot(ds.few_shot_pool, shots_max + 1, rng.randrange(10**6)) if s.id != ex.id]
             pools[name].append(_pair(tokenizer, render(ex, [], tokenizer, instruct, opts), answer, instruct))
-            k = rng.randint(1, NUM_FEW_SHOT)
+            k = rng.randint(1, shots_max)
             pools["shots"].append(_pair(tokenizer, render(ex, shots[:k], tokenizer, instruct, opts), answer, instruct))
     return pools
 
@@ -186,11 +192,7 @@ def build_model(stand_in: StandIn, tokenizer_dir: Path, out: Path, steps: int = 
     losses = train(model, pools, steps, seed=seed)
     model.generation_config = GenerationConfig(**stand_in.generation_config)
     out.mkdir(parents=True, exist_ok=True)
-    model.to(torch.bfloat16).save_pretrained(out)
-    config_file = out / "config.json"  # the hub's files name the dtype the weights are stored in
-    saved = json.loads(config_file.read_text())
-    saved["torch_dtype"] = "bfloat16"
-    config_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    model.to(torch.bfloat16).save_pretrained(out)  # config.json then names bfloat16, as the hub's do
     return {"repo": stand_in.repo, "parameters": sum(p.numel() for p in model.parameters()),
             "examples": len(pools["shots"]), "loss_first": round(sum(losses[:10]) / 10, 3),
             "loss_last": round(sum(losses[-10:]) / 10, 3)}

@@ -16,8 +16,8 @@ import pytest
 
 from conftest import ROOT
 from rehearsal.build import build, environment, snapshot
-from rehearsal.checks import GRID_MODELS
-from rehearsal.models import STAND_INS
+from rehearsal.models import STAND_INS, STUDY_GRID
+from uqflow.grid import load_grid
 
 #: the slowest tests (the cache alone takes minutes to build): `make test-study` and CI run them,
 #: `make test` leaves them out
@@ -102,7 +102,7 @@ def test_rehearsal_models_keep_the_records_contract(rehearsal_env, tmp_path):
     out = _sh([sys.executable, "-m", "rehearsal.checks", "16"], rehearsal_env, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     results = {r["model"]: r for r in map(json.loads, out.stdout.splitlines())}
-    assert set(GRID_MODELS) <= set(results) and len(results) == 10
+    assert set(load_grid(STUDY_GRID).models) <= set(results) and len(results) == 10
     for name, r in results.items():
         assert r["records_agree"] and r["reproducible"], r
         assert r["mean_answer_tokens"] < 12, r  # trained to answer briefly
