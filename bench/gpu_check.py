@@ -346,7 +346,9 @@ def pick_workdir(requested: Path | None, need_bytes: int) -> Path:
 # ---------------------------------------------------------------- measuring
 
 def select_examples(ds, n: int, seed: int):
-    """``n`` answerable questions drawn with the grid's seed, the pool repeated when it is smaller."""
+    """``n`` answerable questions drawn with the grid's seed, the pool repeated when it is smaller.
+    The draw is ``uqflow.experiment.select_examples``'s; that module is not imported because it needs
+    mlflow, which the GPU machine lacks, and it would not repeat a pool smaller than the study's 400."""
     import random
 
     pool = [ex for ex in ds.examples if ex.answerable]
