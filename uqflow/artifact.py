@@ -25,7 +25,7 @@ class Column:
     """One column of the generations table: its value kind and whether a stored run must have it."""
 
     name: str
-    kind: str  # text | id | bool | float | list[int] | list[float] | list[text]
+    kind: str  # text | id | bool | float | list[int] | list[float] | list[text] | list[list[int]] | list[list[float]]
     required: bool = False  # aggregation refuses a run whose artifact lacks it
     nullable: bool = True  # null allowed in a row (an undecided verdict, an undefined score)
 
@@ -50,13 +50,26 @@ GENERATION_COLUMNS = (
     Column("tokens", "list[text]"),
     Column("relevance", "list[float]"),
     Column("token_entropies", "list[float]"),  # NaN where the engine has none (vLLM)
+    # a run that sampled (num_generations > 0): the sampled answers, their clusters and p(True)
+    Column("samples", "list[text]"),
+    Column("sample_token_ids", "list[list[int]]"),
+    Column("sample_token_logprobs", "list[list[float]]"),
+    Column("semantic_ids", "list[int]"),
+    Column("log_p_true", "float"),
+    Column("predictive_entropy", "float"),
+    Column("ln_predictive_entropy", "float"),
+    Column("semantic_entropy", "float"),
+    Column("discrete_semantic_entropy", "float"),
+    Column("num_semantic_sets", "float"),
+    Column("p_true", "float"),
 )
 REQUIRED_COLUMNS = tuple(c.name for c in GENERATION_COLUMNS if c.required)
 #: per-token columns that must have one value per answer token
 PER_TOKEN = ("token_logprobs", "tokens", "relevance", "token_entropies")
 
 _EXPECTED = {"text": "text", "id": "text or whole numbers", "bool": "true/false", "float": "numbers",
-             "list[int]": "lists of whole numbers", "list[float]": "lists of numbers", "list[text]": "lists of text"}
+             "list[int]": "lists of whole numbers", "list[float]": "lists of numbers", "list[text]": "lists of text",
+             "list[list[int]]": "lists of lists of whole numbers", "list[list[float]]": "lists of lists of numbers"}
 
 
 def _fits(kind: str, t) -> bool:
@@ -75,6 +88,8 @@ def _fits(kind: str, t) -> bool:
             return False
         v = t.value_type
         inner = kind[5:-1]
+        if inner.startswith("list["):  # a list per sample
+            return pa.types.is_null(v) or _fits(inner, v)
         return pa.types.is_null(v) or {"int": pa.types.is_integer, "float": number, "text": text}[inner](v)
     return {"text": text, "id": lambda x: text(x) or pa.types.is_integer(x), "bool": pa.types.is_boolean,
             "float": number}[kind](t)

@@ -344,7 +344,7 @@ def query(sql, fmt, timeout, max_memory, db) -> None:
 @click.option("--out", default="reports", show_default=True, type=click.Path(file_okay=False),
               help="Folder for report.html, summary.json and figures/.")
 @click.option("--measure", default="g_nll", show_default=True,
-              help=f"Primary measure of the answers: {', '.join(SCORES)}.")
+              help=f"Primary measure of the answers: {', '.join(SCORES)} (or a sampled measure of runs that sampled).")
 @click.option("--no-mlflow", is_flag=True, help="Do not log the report as an MLflow analysis run.")
 def report(db, out, measure, no_mlflow) -> None:
     """Figures, statistics and one self-contained report.html from the results store.

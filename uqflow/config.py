@@ -42,6 +42,13 @@ class RunConfig:
     #   count as abstaining: official (the empty answer, as SQuAD v2's own evaluation) | lenient
     similarity: str = "all-MiniLM-L6-v2"  # similarity model for RW-G-NLL's token relevance
     n_bootstrap: int = 1000  # resamples for AUROC intervals
+    num_generations: int = 0  # sampled answers per question beside the greedy one, for the sampling-based
+    #   measures (semantic entropy, predictive entropy, p(True)); 0 = off. The study protocol's choice: 10
+    temperature: float = 1.0  # sampling temperature of those answers
+    entailment: str = "deberta-large-mnli"  # the judge that clusters sampled answers by meaning:
+    #   deberta-large-mnli (the semantic-entropy paper's, from the hub) | llm:<registry model> (offline)
+    strict_entailment: bool = False  # same meaning = entailment both ways (else: no contradiction and
+    #   not both neutral, as the semantic-entropy code's default)
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -59,6 +66,10 @@ class RunConfig:
             raise ConfigError(f"n_bootstrap must be 0 or more, got {self.n_bootstrap}")
         if not _DEVICE.fullmatch(self.device):
             raise ConfigError(f"unknown device {short(self.device)}. Known: auto, cpu, cuda, cuda:N, mps")
+        if self.num_generations < 0:
+            raise ConfigError(f"num_generations must be 0 (no sampling) or more, got {self.num_generations}")
+        if not 0.0 < self.temperature <= 10.0:
+            raise ConfigError(f"temperature must lie in (0, 10], got {self.temperature}")
         if not self.similarity.strip():
             raise ConfigError("similarity must name a similarity model, e.g. all-MiniLM-L6-v2 (the default)")
 
@@ -78,6 +89,9 @@ class RunConfig:
         d = {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
         if self.answerable_only:  # abstention judges unanswerable questions only, which are left out
             d.pop("abstention")
+        if not self.num_generations:  # sampling's settings change nothing when nothing is sampled,
+            for k in SAMPLING_FIELDS:  # and runs from before sampling existed keep their hash
+                d.pop(k)
         if dataset_content:
             d["dataset_content"] = dataset_content
         d.update(extra or {})  # fields that change results for this model only (batch_size, quantized)
@@ -96,6 +110,7 @@ class RunConfig:
 
 
 NON_RESULT_FIELDS = {"batch_size", "device", "backend"}
+SAMPLING_FIELDS = ("num_generations", "temperature", "entailment", "strict_entailment")
 #: longer than any context in the registry (128k); a model's own context is checked before a run
 MAX_NEW_TOKENS = 131072
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")

@@ -24,8 +24,10 @@ from uqflow.generation import ENGINES, load_for, make_engine
 from uqflow.generation.base import decoder, token_pieces
 from uqflow.models import LoadedModel, ModelSpec, get_model, load_model, unload
 from uqflow.models.loading import batch_dependence, cache_root, known_context_length, unavailable
-from uqflow.prompts import PromptOptions, build_prompts, draw_few_shot, render_text
+from uqflow.prompts import PromptOptions, build_prompts, draw_few_shot, p_true_prompt, render_text
 from uqflow.scoring import pipeline
+from uqflow.scoring.cost import Cost, parts_from_metrics
+from uqflow.scoring.semantic import ENTAILMENT_MODELS, is_entailment_name, make_entailment
 from uqflow.scoring.judges import ABSTENTION_RULES, JUDGES, is_judge_name, make_judge
 from uqflow.scoring.relevance import load_similarity
 
@@ -134,7 +136,29 @@ def name_problems(cfg: RunConfig) -> list[ConfigError]:
     if cfg.abstention not in ABSTENTION_RULES:
         problems.append(ConfigError(f"unknown abstention rule {short(cfg.abstention)}. "
                                     f"Known: {', '.join(ABSTENTION_RULES)}"))
+    if cfg.num_generations and not is_entailment_name(cfg.entailment):
+        problems.append(ConfigError(f"unknown entailment model {short(cfg.entailment)}. "
+                                    f"Known: {', '.join(ENTAILMENT_MODELS)}, llm:<registry model>"))
     return problems
+
+
+def entailment_problems(cfg: RunConfig) -> list[UqflowError]:
+    """What the entailment judge of a sampling run needs and lacks: a registry model for
+    ``llm:<model>``; for a hub NLI model, the hub or its weights in the local cache."""
+    if not cfg.num_generations or not is_entailment_name(cfg.entailment):
+        return []
+    if cfg.entailment.startswith("llm:"):
+        try:
+            get_model(cfg.entailment[4:], cfg.model_registry or None)
+        except UqflowError as e:
+            return [e]
+        return []
+    repo = ENTAILMENT_MODELS[cfg.entailment]
+    if not hub.model_cached(repo) and (hub.offline_by_setting() or not hub.reachable()):
+        return [ModelLoadError(f"entailment model {cfg.entailment} ({repo}) is not in the local Hugging Face cache "
+                               "and the hub is unreachable; offline, set entailment=llm:<registry model> "
+                               "(e.g. llm:SmolLM2-135M-Instruct)")]
+    return []
 
 
 def check(cfg: RunConfig) -> tuple[ModelSpec | None, LoadedDataset | None, list[UqflowError]]:
@@ -148,6 +172,7 @@ def check(cfg: RunConfig) -> tuple[ModelSpec | None, LoadedDataset | None, list[
         spec = get_model(cfg.model, cfg.model_registry or None)
     except UqflowError as e:
         problems.append(e)
+    problems += entailment_problems(cfg)
     if cfg.correctness.startswith("llm:") and len(cfg.correctness) > 4:
         try:
             get_model(cfg.correctness[4:], cfg.model_registry or None)  # the judge model must exist too
@@ -180,7 +205,8 @@ def resolve(cfg: RunConfig) -> tuple[ModelSpec, LoadedDataset]:
 
 
 #: the columns of the generations preview, the table MLflow's UI shows on the run's page
-PREVIEW_COLUMNS = ("example_id", "question", "answer", "references", "correct", "g_nll", "rw_g_nll", "ln_g_nll")
+PREVIEW_COLUMNS = ("example_id", "question", "answer", "references", "correct", "g_nll", "rw_g_nll", "ln_g_nll",
+                   "semantic_entropy", "num_semantic_sets", "p_true")
 
 
 def preview(frame):
@@ -188,7 +214,7 @@ def preview(frame):
     table = frame[[c for c in PREVIEW_COLUMNS if c in frame.columns]].copy()
     table["references"] = [" | ".join(map(str, refs)) for refs in table["references"]]
     table["correct"] = table["correct"].astype(object).where(table["correct"].notna(), None)
-    for c in ("g_nll", "rw_g_nll", "ln_g_nll"):
+    for c in ("g_nll", "rw_g_nll", "ln_g_nll", "semantic_entropy", "p_true"):
         if c in table:
             table[c] = table[c].round(4)
     return table
@@ -214,7 +240,8 @@ def describe(cfg: RunConfig, metrics: dict[str, float]) -> str:
         return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
 
     acc = metrics.get("accuracy", float("nan"))
-    rows = "\n".join(f"| {name} | {auroc(name)} |" for name in pipeline.REPORTED_SCORES)
+    measures = pipeline.REPORTED_SCORES + tuple(m for m in pipeline.SAMPLED_SCORES if pipeline.metric("auroc", m) in metrics)
+    rows = "\n".join(f"| {name} | {auroc(name)} |" for name in measures)
     return (f"**{cfg.model}** on **{cfg.dataset}**: {int(metrics['n'])} questions, accuracy "
             f"{'n/a' if acc != acc else f'{acc:.3f}'} (judge `{cfg.correctness}`).\n\n"
             f"| score | AUROC [95% CI] (wrong answer = positive) |\n|---|---|\n{rows}\n")
@@ -228,8 +255,9 @@ def _log_outputs(cfg: RunConfig, frame, metrics: dict[str, float], notes: Sequen
     tracking.set_description(describe(cfg, metrics))
     tracking.log_frame(frame)
     tracking.log_table(preview(frame), "generations_preview.json")
-    tracking.log_figure(roc_figure(frame, pipeline.REPORTED_SCORES, title), "plots/roc.png")
-    tracking.log_figure(rejection_figure(frame, pipeline.REPORTED_SCORES, title), "plots/accuracy_rejection.png")
+    measures = pipeline.measures_of(frame)
+    tracking.log_figure(roc_figure(frame, measures, title), "plots/roc.png")
+    tracking.log_figure(rejection_figure(frame, measures, title), "plots/accuracy_rejection.png")
     if notes:
         tracking.log_text("\n".join(notes) + "\n", "notes.txt")
 
@@ -307,6 +335,8 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
             progress(done, len(prompts))
 
     gens = engine.generate([p.token_ids for p in prompts], progress=step)
+    greedy_passes = engine.passes["greedy"]
+    sampled, parts = ({}, {}) if not cfg.num_generations else _sample(cfg, engine, lm, prompts, gens, progress)
     frame = pd.DataFrame([{
         "example_id": p.example.id, "question": p.example.question, "context": p.example.context,
         "prompt": p.text, "prompt_token_ids": p.token_ids, "num_shots": p.num_shots, "answer": g.text,
@@ -315,11 +345,16 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
         "stop_reason": g.stop_reason, "dropped_text": g.dropped_text,
         "references": list(p.example.references), "answerable": p.example.answerable,
     } for p, g in zip(prompts, gens)])
+    for col, values in sampled.items():
+        frame[col] = values
     t = time.perf_counter()
-    frame, score_seconds = _score(cfg, frame, engine.decode, lm)
+    frame, score_seconds, scored_parts = _score(cfg, frame, engine.decode, lm)
+    parts.update(scored_parts)
     metrics = pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+    metrics.update(pipeline.cost_metrics(frame, parts))
     metrics.update({
         "n_skipped": float(len(skipped)), "generation_seconds": engine.generation_seconds,
+        "greedy_passes_per_question": greedy_passes / max(len(frame), 1),
         "scoring_seconds": time.perf_counter() - t, "relevance_seconds": score_seconds,
         "questions_per_second": len(frame) / max(engine.generation_seconds, 1e-9),
         "peak_memory_mb": _peak_memory_mb(lm.device),
@@ -328,10 +363,11 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
 
 
 def llm_judge_generate(model: str, registry: str | None = None, device: str = "auto",
-                       lm: LoadedModel | None = None) -> Callable[[list[str]], list[str]]:
+                       lm: LoadedModel | None = None, cost: Cost | None = None) -> Callable[[list[str]], list[str]]:
     """Greedy replies of the registry model ``model`` to judge prompts (through its chat template
     when it is an instruct model), at most 8 tokens up to a newline. The model is loaded at the first
-    call, unless ``lm`` is that model already (a run judged by the model it evaluates)."""
+    call, unless ``lm`` is that model already (a run judged by the model it evaluates). ``cost``, if
+    given, adds up the replies' forward passes and generated tokens."""
     loaded = lm if lm is not None and lm.spec.name == model and lm.backend == "hf" else None
 
     def generate(prompts: list[str]) -> list[str]:
@@ -343,29 +379,91 @@ def llm_judge_generate(model: str, registry: str | None = None, device: str = "a
         for text in prompts:
             rendered, special = render_text(text, loaded.tokenizer, loaded.spec.instruct, PromptOptions())
             ids.append(list(loaded.tokenizer(rendered, add_special_tokens=special)["input_ids"]))
-        return [g.text for g in engine.generate(ids)]
+        replies = [g.text for g in engine.generate(ids)]
+        if cost is not None:
+            cost.passes += engine.passes["greedy"]
+            cost.tokens += engine.passes["greedy"]  # one pass per generated token (scoring/cost.py)
+        return replies
 
     return generate
 
 
+def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress) -> tuple[dict[str, list], dict[str, Cost]]:
+    """``num_generations`` sampled answers per question and p(True) of each greedy answer, as
+    generations columns, with what each part cost (scoring/cost.py)."""
+    n = cfg.num_generations
+    before, t = engine.passes["sampled"], time.perf_counter()
+    step = None if progress is None else (lambda k, done=[0]: (done.__setitem__(0, done[0] + k),
+                                                              progress(done[0] // n, len(prompts))))
+    samples = engine.sample([p.token_ids for p in prompts], n, temperature=cfg.temperature, seed=cfg.seed,
+                            progress=step)
+    tokens = engine.passes["sampled"] - before
+    parts = {"sampling": Cost(tokens, tokens, time.perf_counter() - t)}
+    texts = [[s.text for s in ss] for ss in samples]
+    questions = [p_true_prompt(p.example.question, ts, g.text, p.example.context if cfg.use_context else None)
+                 for p, ts, g in zip(prompts, texts, gens)]
+    ids, conts = p_true_inputs(lm.tokenizer, lm.spec.instruct, questions)
+    t = time.perf_counter()
+    log_p_true = engine.continuation_logprobs(ids, conts)
+    parts["p_true"] = Cost(len(ids), 0, time.perf_counter() - t)
+    return {"samples": texts, "sample_token_ids": [[s.token_ids for s in ss] for ss in samples],
+            "sample_token_logprobs": [[s.token_logprobs for s in ss] for ss in samples],
+            "sample_stop_reasons": [[s.stop_reason for s in ss] for ss in samples],
+            "log_p_true": log_p_true}, parts
+
+
+def p_true_inputs(tokenizer, instruct: bool, questions: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of each p(True) prompt (one chat turn for an instruct model) and of the answer
+    " A" that follows it: the answer's tokens are those the prompt and answer tokenize to beyond
+    the prompt's own, so that a tokenizer merging across the boundary is caught rather than
+    scored on a token it would never produce."""
+    prompts, conts = [], []
+    for q in questions:
+        rendered, special = render_text(q, tokenizer, instruct, PromptOptions())
+        answer = "A" if rendered != q else " A"  # after a chat template's assistant header: no space
+        base = list(tokenizer(rendered, add_special_tokens=special)["input_ids"])
+        full = list(tokenizer(rendered + answer, add_special_tokens=special)["input_ids"])
+        if full[:len(base)] != base or len(full) == len(base):
+            full = base + list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+        prompts.append(base)
+        conts.append(full[len(base):])
+    return prompts, conts
+
+
 def _score(cfg: RunConfig, frame, decode, lm: LoadedModel | None):
-    """Relevance, correctness and scores for a table of generations. Returns (frame, relevance seconds)."""
+    """Relevance, correctness, semantic clusters (a run that sampled) and scores for a table of
+    generations. Returns (frame, relevance seconds, the cost of the relevance and clustering parts)."""
     device = "cuda" if lm is not None and lm.device.startswith("cuda") else "cpu"
     t = time.perf_counter()
     frame = pipeline.add_relevance(frame, decode, _similarity(cfg.similarity, device))
     relevance_seconds = time.perf_counter() - t
+    # one similarity pass per text embedded: each answer whole and without each of its tokens
+    parts = {"relevance": Cost(float(sum(len(t) + 1 for t in frame["token_ids"])), 0, relevance_seconds)}
     generate = None
     if cfg.correctness.startswith("llm:"):
         generate = llm_judge_generate(cfg.correctness[4:], cfg.model_registry or None, cfg.device, lm)
     judge = make_judge(cfg.correctness, cfg.correctness_threshold, generate=generate,
                        cache_path=cache_root() / "judgments.sqlite")
     frame = pipeline.add_correctness(frame, judge, cfg.abstention)
-    return pipeline.add_scores(frame), relevance_seconds
+    if cfg.num_generations and pipeline.sampled(frame):
+        judge_cost = Cost()
+        entail_generate = None
+        if cfg.entailment.startswith("llm:"):
+            entail_generate = llm_judge_generate(cfg.entailment[4:], cfg.model_registry or None, cfg.device, lm,
+                                                 cost=judge_cost)
+        entailment = make_entailment(cfg.entailment, generate=entail_generate,
+                                     cache_path=cache_root() / "judgments.sqlite", device=device)
+        frame, clustering = pipeline.add_semantic_ids(frame, entailment, cfg.strict_entailment)
+        if entail_generate is not None:  # an LLM judge: its passes and tokens, not its number of pairs
+            clustering = Cost(judge_cost.passes, judge_cost.tokens, clustering.seconds)
+        parts["entailment"] = clustering
+    return pipeline.add_scores(frame), relevance_seconds, parts
 
 
 # ---------------------------------------------------------------- rescoring
 
-RESCORE_FIELDS = ("correctness", "correctness_threshold", "similarity", "n_bootstrap", "answerable_only", "abstention")
+RESCORE_FIELDS = ("correctness", "correctness_threshold", "similarity", "n_bootstrap", "answerable_only", "abstention",
+                  "entailment", "strict_entailment")
 #: the generations columns that rescoring reads
 RESCORE_COLUMNS = ("example_id", "question", "answer", "token_ids", "token_logprobs", "token_entropies",
                    "references", "answerable")
@@ -383,7 +481,7 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
     params = {k: v for k, v in source.data.params.items() if k in RunConfig.__dataclass_fields__}
     base = RunConfig.from_strings(params)
     cfg = RunConfig.from_strings({**params, **overrides})
-    problems = name_problems(cfg)
+    problems = name_problems(cfg) + entailment_problems(cfg)
     if problems:
         raise problems[0]
     table = tracking.load_table(run_id)
@@ -407,11 +505,14 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
     with tracking.tracked_run(f"{run_name(cfg)} (rescored)", tags) as run:
         tracking.log_params(cfg.to_dict())
         try:
-            frame, rel_s = _score(cfg, pd.DataFrame(frame), decoder(tokenizer), None)
+            frame, rel_s, parts = _score(cfg, pd.DataFrame(frame), decoder(tokenizer), None)
         except (TypeError, ValueError, KeyError) as e:
             raise UqflowError(f"run {run_id}: its generations.parquet has a malformed row "
                               f"({type(e).__name__}: {e})") from None
         metrics = pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+        # the samples and p(True) were not made again: their cost is the source run's
+        kept = parts_from_metrics(source.data.metrics, ("sampling", "p_true"))
+        metrics.update(pipeline.cost_metrics(frame, {**kept, **parts}))
         metrics.update({"relevance_seconds": rel_s, "run_seconds": time.perf_counter() - t0})
         _log_outputs(cfg, frame, metrics, [f"rescored from run {run_id}"])
         return RunResult(run.info.run_id, cfg, metrics, frame, [])

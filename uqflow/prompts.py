@@ -127,3 +127,15 @@ def build_prompts(
         else:
             skipped.append((ex, f"prompt of {len(ids)} tokens exceeds the {max_prompt_tokens} available even without few-shot examples"))
     return prompts, skipped
+
+
+#: the p(True) question (Kadavath et al., 2022, "Language models (mostly) know what they know"), as
+#: the semantic-entropy code asks it: the sampled answers shown as brainstorm, then the greedy answer
+P_TRUE_PROMPT = ("{context}Question: {question}\nBrainstormed Answers: {brainstorm}\nPossible answer: {answer}\n"
+                 "Is the possible answer:\nA) True\nB) False\nThe possible answer is:")
+
+
+def p_true_prompt(question: str, samples: Sequence[str], answer: str, context: str | None = None) -> str:
+    """The zero-shot p(True) prompt of one question; the model's probability of " A" next is p(True)."""
+    return P_TRUE_PROMPT.format(context=f"Context: {context}\n" if context else "", question=question,
+                                brainstorm="".join(f"{s}\n" for s in samples), answer=answer)

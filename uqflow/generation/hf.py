@@ -86,20 +86,96 @@ class HFEngine:
         # transformers 5 renamed the forward argument `past_key_values` to `cache`
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        self.generation_seconds = 0.0
+        self.generation_seconds = 0.0  # greedy decoding
+        self.sampling_seconds = 0.0  # sampled answers (``sample``)
+        self.scoring_seconds = 0.0  # teacher-forced passes (``continuation_logprobs``)
+        self.scoring_passes = 0
+        #: sequence forward passes and generated tokens (stop and EOS tokens included) of every
+        #: decoded row, greedy and sampled apart: a prefill is one pass, each further token one more
+        self.passes = {"greedy": 0, "sampled": 0}
 
     def generate(self, prompts: Sequence[Sequence[int]], progress=None) -> list[Generation]:
         """Greedy answers for tokenized prompts, in the order given."""
+        start = time.perf_counter()
+        try:
+            return self._decode(prompts, None, progress)
+        finally:
+            self.generation_seconds += time.perf_counter() - start
+
+    def sample(self, prompts: Sequence[Sequence[int]], n: int, *, temperature: float = 1.0, seed: int = 0,
+               progress=None) -> list[list[Generation]]:
+        """``n`` sampled answers per prompt, decoded like greedy answers (shared prefix, batches of
+        the same size, rows leaving as they stop, the same stop-sequence rules).
+
+        Each answer draws from its own random stream, seeded by ``seed``, its prompt's tokens and its
+        index ``k < n``, so an answer's random numbers do not depend on which other prompts or
+        samples share its batch. A token is
+        drawn by inverse-CDF sampling from softmax(logits / temperature) with one uniform number
+        per step (written here because ``torch.multinomial`` draws a whole batch from one generator,
+        which would tie a row's answer to its batch). The same configuration and batch size give
+        the same samples; another batch size can change a few of them, since float rounding of the
+        logits (which greedy answers shrug off) can move a draw across the boundary between two
+        tokens, and the answer then goes its own way. The stored log-probabilities are the raw
+        log-softmax of the sampled tokens (temperature 1: the model's own probability of the
+        answer), as for greedy answers; token entropies likewise."""
+        if n < 1:
+            return [[] for _ in prompts]
+        if temperature <= 0:
+            raise ConfigError(f"temperature must be positive to sample, got {temperature}")
+        rows = [p for p in prompts for _ in range(n)]
+        rngs = [sample_rng(seed, p, k) for p in prompts for k in range(n)]
+        start = time.perf_counter()
+        try:
+            flat = self._decode(rows, (rngs, temperature), progress)  # progress counts answers
+        finally:
+            self.sampling_seconds += time.perf_counter() - start
+        return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def continuation_logprobs(self, prompts: Sequence[Sequence[int]],
+                              continuations: Sequence[Sequence[int]]) -> list[float]:
+        """log p(continuation | prompt) for each pair (the sum over the continuation's tokens of the
+        raw log-softmax), by teacher forcing: one forward pass per sequence, batched and left-padded.
+        p(True) asks for the probability of the answer "A" after its question."""
+        import torch
+
+        tok, model = self.lm.tokenizer, self.lm.model
+        out: list[float] = [0.0] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(continuations[i]))
+        step = max(1, min(self.batch_size, 16))
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for b in range(0, len(order), step):
+                idx = order[b:b + step]
+                seqs = [list(prompts[i]) + list(continuations[i]) for i in idx]
+                enc = tok.pad({"input_ids": seqs}, padding=True, return_tensors="pt")
+                mask = enc["attention_mask"]
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                k = max(len(continuations[i]) for i in idx)
+                dev = model.device
+                logits = model(input_ids=enc["input_ids"].to(dev), attention_mask=mask.to(dev),
+                               position_ids=pos.to(dev)).logits[:, -(k + 1):-1, :].float()
+                logp = torch.log_softmax(logits, dim=-1)  # (b, k, V): position j predicts token j + 1
+                for r, i in enumerate(idx):
+                    cont = list(continuations[i])
+                    first = k - len(cont)  # left padding: the continuation ends every row
+                    out[i] = float(sum(logp[r, first + t, c].item() for t, c in enumerate(cont)))
+        self.scoring_seconds += time.perf_counter() - start
+        self.scoring_passes += len(prompts)
+        return out
+
+    def _decode(self, prompts: Sequence[Sequence[int]], sampling, progress) -> list[Generation]:
+        """Decode every prompt (sorted by length, in batches); greedy, or sampled with ``sampling``
+        = (one random stream per prompt, temperature)."""
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[Generation | None] = [None] * len(prompts)
-        start = time.perf_counter()
         prefix = self._shared_prefix(prompts) if self.share_prefix else []
         prefix_cache = self._prefix_cache(prefix) if prefix else None
         pos = 0
         while pos < len(order):
             idx = order[pos : pos + self.batch_size]
+            draw = None if sampling is None else ([sampling[0][i] for i in idx], sampling[1])
             try:
-                gens = self._generate_batch([prompts[i] for i in idx], prefix, prefix_cache)
+                gens = self._generate_batch([prompts[i] for i in idx], prefix, prefix_cache, draw)
             except Exception as e:  # torch.OutOfMemoryError, without importing torch at module level
                 if type(e).__name__ != "OutOfMemoryError" or self.batch_size == 1:
                     raise
@@ -112,13 +188,15 @@ class HFEngine:
                 self.batch_size = max(1, self.batch_size // 2)
                 log.warning("out of memory; retrying with batch size %d", self.batch_size)
                 self._empty_cache()
+                if sampling is not None:  # the streams were advanced by the failed batch: start them again
+                    for i in idx:
+                        sampling[0][i].reset()
                 continue
             for i, g in zip(idx, gens):
                 results[i] = g
             pos += len(idx)
             if progress is not None:
                 progress(len(idx))
-        self.generation_seconds += time.perf_counter() - start
         return results  # type: ignore[return-value]
 
     @staticmethod
@@ -215,7 +293,7 @@ class HFEngine:
         return (torch.cat([lg for lg, _, _, _ in parts]), merged, mask, torch.cat([p for _, _, _, p in parts]))
 
     def _generate_batch(self, batch: Sequence[Sequence[int]], prefix: Sequence[int] = (),
-                        prefix_cache=None) -> list[Generation]:
+                        prefix_cache=None, sampling=None) -> list[Generation]:
         import torch
 
         model = self.lm.model
@@ -229,7 +307,11 @@ class HFEngine:
             logits, cache, mask, last_pos = self._prefill(batch, prefix, prefix_cache)
             while True:
                 logp = torch.log_softmax(logits, dim=-1)  # (b, V) from the raw logits
-                top, nxt = logp.max(dim=-1)  # greedy token and its log-probability, (b,)
+                if sampling is None:
+                    top, nxt = logp.max(dim=-1)  # greedy token and its log-probability, (b,)
+                else:
+                    nxt = _draw(logits, [sampling[0][r] for r in live], sampling[1])
+                    top = logp.gather(-1, nxt[:, None])[:, 0]
                 ent = torch.special.entr(logp.exp()).sum(-1)  # entr(0) = 0: masked logits are safe
                 keep = []
                 for j, (t, lp, h) in enumerate(zip(nxt.tolist(), top.tolist(), ent.tolist())):
@@ -251,6 +333,7 @@ class HFEngine:
                 out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, use_cache=True,
                             **{self._cache_kwarg: cache}, **self._last_logits)
                 logits = out.logits[:, -1, :].float()
+        self.passes["greedy" if sampling is None else "sampled"] += sum(len(x) for x in ids)
         gens = []
         for b, prompt in enumerate(batch):
             n, reason, dropped = align_answer(ids[b], self.decode, self.eos_ids, self.stop_sequences)
@@ -260,3 +343,43 @@ class HFEngine:
                 dropped_text=dropped,
             ))
         return gens
+
+
+class SampleStream:
+    """The random stream of one sampled answer: uniform numbers in [0, 1) from numpy's PCG64,
+    seeded by the run's seed, the prompt's tokens and the sample's index, restartable."""
+
+    def __init__(self, key: int):
+        import numpy as np
+
+        self.key = key
+        self._rng = np.random.default_rng(key)
+
+    def reset(self) -> None:
+        import numpy as np
+
+        self._rng = np.random.default_rng(self.key)
+
+    def random(self) -> float:
+        return float(self._rng.random())
+
+
+def sample_rng(seed: int, prompt: Sequence[int], k: int) -> SampleStream:
+    """The stream of sample ``k`` of ``prompt`` under ``seed``: the same whatever else is sampled."""
+    import hashlib
+
+    blob = f"{seed}:{k}:" + ",".join(map(str, prompt))
+    return SampleStream(int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "little"))
+
+
+def _draw(logits, streams: Sequence[SampleStream], temperature: float):
+    """One token per row by inverse-CDF sampling from softmax(logits / temperature), (b,) ids."""
+    import torch
+
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    cdf = probs.cumsum(-1)
+    u = torch.tensor([s.random() for s in streams], dtype=cdf.dtype, device=cdf.device)[:, None]
+    # right=True: the first index whose cumulative mass exceeds u, never a token of probability 0;
+    # u is scaled by the total mass, which rounding can leave a little under 1
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0]
+    return idx.clamp(max=probs.shape[-1] - 1)

@@ -16,7 +16,7 @@ from pathlib import Path
 from uqflow import tracking
 from uqflow.report import figures as F
 from uqflow.report.data import Study, load_study
-from uqflow.report.stats import QUESTIONS, answer_all, best_performers, delong_table
+from uqflow.report.stats import QUESTIONS, answer_all, answer_cost, best_performers, delong_table
 
 log = logging.getLogger(__name__)
 ANALYSIS_TAG = tracking.ANALYSIS_TAG
@@ -75,7 +75,8 @@ def summarise(study: Study, measure: str = "g_nll") -> dict:
             "quantization": r.quantization, "instruct": bool(r.instruct), "dataset": r.dataset, "n": int(r.n),
             "accuracy": r.accuracy, "delong_z": r.delong_z, "delong_p": r.delong_p,
             "scores": {s.measure: {"auroc": s.auroc, "ci_low": s.ci_low, "ci_high": s.ci_high, "aurac": s.aurac,
-                                   "prr": s.prr} for s in sc.itertuples()},
+                                   "prr": s.prr, "cost_seconds": s.cost_seconds, "cost_passes": s.cost_passes,
+                                   "cost_tokens": s.cost_tokens} for s in sc.itertuples()},
         })
     slices = {key: view.to_dict("records") for key, view in study.slices.items()}
     return _clean({
@@ -84,6 +85,7 @@ def summarise(study: Study, measure: str = "g_nll") -> dict:
         "slices": slices, "answers": {a.key: a.to_dict() for a in answer_all(study, measure)},
         "answers_rw_g_nll": {a.key: a.to_dict() for a in answer_all(study, "rw_g_nll")} if measure != "rw_g_nll" else {},
         "best": best_performers(study), "delong_g_nll_vs_rw_g_nll": delong_table(study).to_dict("records"),
+        "cost": answer_cost(study), "measures": list(study.measures),
         "intervals": INTERVALS, "figure_axes": FIGURE_AXES, "token_examples": F.token_pick_rule(measure),
     })
 
@@ -93,6 +95,7 @@ TITLES = {
     "size_effect": "Size effect", "dataset_effect": "Dataset effect", "accuracy_vs_auroc": "Accuracy against AUROC",
     "family_radar": "Radar per family", "roc_overlay": "ROC curves", "rejection_overlay": "Accuracy-rejection curves",
     "gnll_vs_rwgnll": "G-NLL against RW-G-NLL, paired per run",
+    "auroc_vs_cost": "AUROC against cost: G-NLL and the sampling-based measures",
 }
 
 
@@ -110,7 +113,7 @@ def render_html(study: Study, summary: dict, pngs: dict[str, bytes]) -> str:
     env = Environment(loader=PackageLoader("uqflow.report", "templates"), autoescape=True)
     images = [(k, TITLES[k], "data:image/png;base64," + base64.b64encode(v).decode()) for k, v in pngs.items()]
     return env.get_template("report.html").render(
-        s=summary, measures=F.MEASURES, label=lambda m: F.LABELS.get(m, m), f=f, pval=pval, images=images,
+        s=summary, measures=study.measures, label=lambda m: F.LABELS.get(m, m), f=f, pval=pval, images=images,
         family_best=lambda m: fam_best.get(m, {"family": "–", "auroc": None}), figure_max_px=FIGURE_DISPLAY_MAX_PX,
         tokens=Markup(F.token_view_html(study, measure=summary.get("measure", "g_nll"))))
 
@@ -121,8 +124,8 @@ def build_report(url: str | None = None, out: str | Path = "reports", *, measure
     and (by default) log them as an ``analysis`` run in MLflow."""
     from uqflow.errors import UqflowError
 
-    if measure not in F.MEASURES:
-        raise UqflowError(f"unknown measure {measure!r}; choose one of {', '.join(F.MEASURES)}")
+    if measure not in F.ALL_MEASURES:
+        raise UqflowError(f"unknown measure {measure!r}; choose one of {', '.join(F.ALL_MEASURES)}")
     study = load_study(url)
     out = Path(out)
     try:

@@ -12,7 +12,11 @@ from uqflow.store.db import connect, db_url, redact, require_schema, store_failu
 #: generations columns the report uses (the prompt and token ids stay in the store)
 GENERATION_COLUMNS = ("run_id", "example_id", "position", "question", "answer", "reference_answers", "correct",
                       "answerable", "num_tokens", "g_nll", "ln_g_nll", "max_nll", "mean_entropy", "rw_g_nll", "tokens",
-                      "token_logprobs", "relevance")
+                      "token_logprobs", "relevance", "predictive_entropy", "ln_predictive_entropy", "semantic_entropy",
+                      "discrete_semantic_entropy", "num_semantic_sets", "p_true")
+#: measures in the order the report shows them: the single-pass scores, then the sampled ones
+MEASURE_ORDER = ("g_nll", "ln_g_nll", "max_nll", "mean_entropy", "rw_g_nll", "predictive_entropy",
+                 "ln_predictive_entropy", "semantic_entropy", "discrete_semantic_entropy", "num_semantic_sets", "p_true")
 
 
 @dataclass
@@ -40,6 +44,12 @@ class Study:
     def datasets(self) -> list[str]:
         return sorted(self.runs["dataset"].unique())
 
+    @property
+    def measures(self) -> tuple[str, ...]:
+        """The measures some run in the store has, in the report's order."""
+        have = set(self.scores["measure"])
+        return tuple(m for m in MEASURE_ORDER if m in have) + tuple(sorted(have - set(MEASURE_ORDER)))
+
     def measure(self, name: str) -> pd.DataFrame:
         """Per-run scores of one measure, with the run's dimensions, ordered by family, size, dataset."""
         s = self.scores[self.scores["measure"] == name]
@@ -64,6 +74,8 @@ def load_study(url: str | None = None) -> Study:
         with engine.connect() as conn:
             runs = pd.read_sql("SELECT * FROM runs ORDER BY family, size_b, model, dataset, end_time", conn)
             scores = pd.read_sql("SELECT * FROM v_run_scores", conn)
+            # what each measure cost beyond the greedy pass, per question (the view predates it)
+            costs = pd.read_sql("SELECT run_id, measure, cost_passes, cost_tokens, cost_seconds FROM scores", conn)
             gens = pd.read_sql(f"SELECT {', '.join(GENERATION_COLUMNS)} FROM generations", conn)
             slices = {view.removeprefix("v_auroc_by_"): pd.read_sql(f"SELECT * FROM {view}", conn)
                       for view in SLICE_VIEWS}
@@ -77,7 +89,8 @@ def load_study(url: str | None = None) -> Study:
     for col in ("tokens", "token_logprobs", "relevance", "reference_answers"):
         gens[col] = gens[col].map(lambda v: json.loads(v) if isinstance(v, str) else v)
     # a numeric column that is NULL in every row comes back as objects (None): as floats, NaN is undefined
-    for col in ("auroc", "ci_low", "ci_high"):
+    scores = scores.merge(costs, on=["run_id", "measure"], how="left")
+    for col in ("auroc", "ci_low", "ci_high", "cost_passes", "cost_tokens", "cost_seconds"):
         scores[col] = pd.to_numeric(scores[col], errors="coerce").astype(float)
     for frame in (runs, scores):
         frame["instruct"] = frame["instruct"].astype(bool)

@@ -29,8 +29,12 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from uqflow.report.data import Study
 from uqflow.plots import LABELS, rejection_figure, roc_figure  # noqa: F401  (re-exported for the notebook)
 from uqflow.scoring.evaluation import incorrect_and_scores as ranked, rejection_curve
+from uqflow.scoring.semantic import SAMPLED_MEASURES as SAMPLED
+from uqflow.scoring.uncertainty import SCORES
 
-MEASURES = tuple(LABELS)
+#: the single-pass scores every run has; the sampled measures come in where runs sampled
+MEASURES = tuple(m for m in LABELS if m in SCORES)
+ALL_MEASURES = tuple(LABELS)
 
 #: pixels per inch of the report's PNGs (``build._png`` saves at this resolution)
 DPI = 110
@@ -311,9 +315,11 @@ def _crosses(seg, b) -> bool:
 
 
 @_styled
-def auroc_heatmap(study: Study, measures=MEASURES) -> Figure:
-    """AUROC of each run (rows: model · dataset) for each measure (columns), with its value
-    printed; the colour scale runs from 0 to 1 and is white at 0.5 (chance)."""
+def auroc_heatmap(study: Study, measures=None) -> Figure:
+    """AUROC of each run (rows: model · dataset) for each measure (columns; by default every measure
+    the store has), with its value printed; the colour scale runs from 0 to 1 and is white at 0.5
+    (chance)."""
+    measures = measures or study.measures
     runs = _latest(study)
     auroc = study.scores.set_index(["run_id", "measure"])["auroc"]
     grid = np.array([[auroc.get((rid, m), np.nan) for m in measures] for rid in runs["run_id"]], dtype=float)
@@ -324,7 +330,7 @@ def auroc_heatmap(study: Study, measures=MEASURES) -> Figure:
         dark = math.isfinite(v) and np.dot(cmap(v)[:3], (0.299, 0.587, 0.114)) < 0.5
         ax.text(j, i, "–" if not math.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=TEXT,
                 color="white" if dark else "black")
-    ax.set_xticks(range(len(measures)), [_wrap(LABELS[m]) for m in measures])
+    ax.set_xticks(range(len(measures)), [_wrap(LABELS[m]) for m in measures], fontsize=SMALL if len(measures) > 6 else None)
     ax.xaxis.tick_top()
     ax.set_yticks(range(len(runs)), [f"{r.model} · {r.dataset}" for r in runs.itertuples()])
     ax.tick_params(length=0)
@@ -599,9 +605,58 @@ FIGURES = {
 _EVERY_MEASURE = {"auroc_heatmap", "family_radar", "gnll_vs_rwgnll"}  # these show several measures at once
 
 
+@_styled
+def auroc_vs_cost(study: Study) -> Figure:
+    """AUROC against what each measure cost beyond the greedy pass (seconds per question, log
+    scale), one panel per model x dataset that sampled, one point per measure. Measures that cost
+    nothing more than the greedy pass (G-NLL and the other single-pass scores) sit on the panel's
+    left edge, marked "0"."""
+    runs = _latest(study)
+    runs = runs[runs["run_id"].isin(study.scores.loc[study.scores["measure"].isin(SAMPLED), "run_id"])]
+    n = len(runs)
+    cols = min(3, max(n, 1))
+    rows = max(1, math.ceil(n / cols))
+    fig = _figure(2.9 * rows + 1.2)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    colours = {m: colormaps["tab20"](i % 20) for i, m in enumerate(ALL_MEASURES)}
+    for ax, r in zip(axes.flat, runs.itertuples()):
+        sc = study.scores[(study.scores["run_id"] == r.run_id) & study.scores["auroc"].notna()]
+        costs = sc["cost_seconds"].astype(float)
+        positive = costs[costs > 0]
+        floor = (positive.min() if len(positive) else 1e-3) / 10  # where zero cost is drawn
+        for s in sc.itertuples():
+            c = float(s.cost_seconds) if s.cost_seconds == s.cost_seconds and s.cost_seconds is not None else math.nan
+            if not math.isfinite(c):
+                continue
+            x = c if c > 0 else floor
+            lo, hi = s.auroc - s.ci_low, s.ci_high - s.auroc
+            err = None if not (math.isfinite(lo) and math.isfinite(hi)) else [[max(lo, 0)], [max(hi, 0)]]
+            ax.errorbar([x], [s.auroc], yerr=err, fmt="o" if s.measure in MEASURES else "s", ms=5, capsize=2,
+                        color=colours.get(s.measure, "grey"), label=LABELS.get(s.measure, s.measure))
+        ax.set_xscale("log")
+        ax.axhline(0.5, ls=":", c="grey", lw=0.8)
+        ax.axvline(floor * 3, ls="-", c="lightgrey", lw=0.6)
+        ax.text(floor, ax.get_ylim()[0], "0", fontsize=SMALL, ha="center", va="bottom", color="dimgrey")
+        ax.set_title(f"{r.model} · {r.dataset}", fontsize=SMALL)
+        ax.set_xlabel("extra seconds per question", fontsize=SMALL)
+        ax.set_ylabel("AUROC", fontsize=SMALL)
+        ax.tick_params(labelsize=SMALL)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], marker="o" if m in MEASURES else "s", ls="", color=colours[m], label=LABELS[m])
+               for m in ALL_MEASURES if m in set(study.scores["measure"])]
+    _legend_below(fig, handles, ncols=3)
+    fig.suptitle("AUROC against cost beyond the greedy pass (circles: single pass; squares: sampled; "
+                 "whiskers: 95% bootstrap interval)", fontsize=SMALL)
+    return fig
+
+
 def draw_all(study: Study, measure: str = "g_nll") -> dict[str, Figure]:
-    """Every figure of the report, by name."""
-    return {name: fn(study) if name in _EVERY_MEASURE else fn(study, measure) for name, fn in FIGURES.items()}
+    """Every figure of the report, by name; AUROC against cost where runs sampled."""
+    figs = {name: fn(study) if name in _EVERY_MEASURE else fn(study, measure) for name, fn in FIGURES.items()}
+    if any(m in SAMPLED for m in study.measures):
+        figs["auroc_vs_cost"] = auroc_vs_cost(study)
+    return figs
 
 
 def token_pick_rule(measure: str = "g_nll", per_run: int = 2) -> str:

@@ -409,3 +409,65 @@ def delong_table(study: Study) -> pd.DataFrame:
     out = pd.DataFrame({"label": r["label"], "auroc_g_nll": g["auroc"], "auroc_rw_g_nll": rw["auroc"],
                         "delong_z": r["delong_z"], "delong_p": r["delong_p"]})
     return out.reset_index().sort_values("label").reset_index(drop=True)
+
+
+def cheapest_adequate(study: Study, alpha: float = 0.05) -> list[dict[str, Any]]:
+    """Per run that sampled: the best measure by AUROC, and the cheapest measure (extra seconds per
+    question beyond the greedy pass, then forward passes) that is not significantly worse than it:
+    DeLong's paired test over the run's own decided answers (every measure scores the same
+    questions), two-sided at ``alpha``, unadjusted. G-NLL's standing against the best is given too.
+    Runs whose AUROCs are undefined (one class) are left out."""
+    from uqflow.scoring.evaluation import delong_test
+    from uqflow.scoring.semantic import SAMPLED_MEASURES
+
+    rows = []
+    latest = study.runs.drop_duplicates("label", keep="last")
+    for r in latest.itertuples():
+        sc = study.scores[(study.scores["run_id"] == r.run_id) & study.scores["auroc"].notna()]
+        if sc.empty or not set(sc["measure"]) & set(SAMPLED_MEASURES):
+            continue
+        g = study.answers(r.run_id)
+        g = g[g["correct"].notna()]
+        correct = g["correct"].astype(bool).to_numpy()
+        best = sc.loc[sc["auroc"].idxmax()]
+        tests = {}
+        for s in sc.itertuples():
+            if s.measure == best.measure:
+                tests[s.measure] = (math.nan, 1.0)
+                continue
+            d = delong_test(correct, g[best.measure].to_numpy(dtype=float), g[s.measure].to_numpy(dtype=float))
+            tests[s.measure] = (d.z, d.p_value)
+
+        def adequate(s) -> bool:
+            p = tests[s.measure][1]
+            return s.auroc >= best.auroc or not (p < alpha)  # an undefined test (NaN) is no evidence of worse
+
+        ok = [s for s in sc.itertuples() if adequate(s)]
+        cheapest = min(ok, key=lambda s: (s.cost_seconds if math.isfinite(s.cost_seconds) else math.inf,
+                                          s.cost_passes if math.isfinite(s.cost_passes) else math.inf, -s.auroc))
+        gn = sc[sc["measure"] == "g_nll"]
+        rows.append(_clean({
+            "label": r.label, "run_id": r.run_id, "n": len(g), "best": best.measure, "best_auroc": best.auroc,
+            "best_cost_seconds": best.cost_seconds, "cheapest": cheapest.measure, "cheapest_auroc": cheapest.auroc,
+            "cheapest_cost_seconds": cheapest.cost_seconds, "cheapest_cost_passes": cheapest.cost_passes,
+            "cheapest_p": tests[cheapest.measure][1],
+            "g_nll_auroc": float(gn["auroc"].iloc[0]) if len(gn) else math.nan,
+            "g_nll_p": tests.get("g_nll", (math.nan, math.nan))[1],
+            "g_nll_adequate": bool(len(gn) and adequate(next(gn.itertuples()))),
+        }))
+    return rows
+
+
+def answer_cost(study: Study, alpha: float = 0.05) -> dict[str, Any]:
+    """What a sampling-based measure buys over G-NLL, and at what cost: the table of
+    :func:`cheapest_adequate` and one sentence."""
+    rows = cheapest_adequate(study, alpha)
+    if not rows:
+        return {"rows": [], "answer": "No run sampled answers (num_generations = 0), so no sampling-based measure "
+                                      "can be compared; run a grid such as grids/cpu_baselines.yaml."}
+    k = sum(r["g_nll_adequate"] for r in rows)
+    zero = sum(r["cheapest_cost_seconds"] == 0 for r in rows)
+    return {"rows": rows, "answer": (
+        f"In {k} of {len(rows)} runs that sampled, G-NLL (no cost beyond the greedy pass) is not significantly "
+        f"worse than the best measure (DeLong's paired test, two-sided, alpha = {alpha}, unadjusted); in {zero} of "
+        f"{len(rows)} the cheapest adequate measure costs nothing beyond the greedy pass.")}

@@ -16,11 +16,17 @@ import pandas as pd
 from uqflow.scoring.evaluation import (OneClassWarning, accuracy_at_coverage, aurac, auroc_with_ci, delong_test,
                                        prr)
 from uqflow.scoring.judges import Judge, judge_examples
+from uqflow.scoring.cost import Cost, measure_costs, part_metrics
 from uqflow.scoring.relevance import token_relevance
+from uqflow.scoring.semantic import SAMPLED_MEASURES, score_sampled_row, semantic_clusters
 from uqflow.scoring.uncertainty import SCORES, score_row
 
-#: scores whose evaluation is reported, in table order
+#: single-pass scores, evaluated for every run, in table order
 REPORTED_SCORES = tuple(SCORES)
+#: measures of sampled answers, evaluated for runs that sampled (num_generations > 0)
+SAMPLED_SCORES = tuple(SAMPLED_MEASURES)
+#: the columns of a generations table that hold a run's sampled answers
+SAMPLE_COLUMNS = ("samples", "sample_token_ids", "sample_token_logprobs", "log_p_true")
 COVERAGES = (0.8, 0.9, 0.95)
 #: the paired comparison the study asks about
 DELONG_PAIR = ("g_nll", "rw_g_nll")
@@ -28,7 +34,10 @@ DELONG_PAIR = ("g_nll", "rw_g_nll")
 #: patterns of the measure's name; evaluation and aggregation both read them from here
 MEASURE_METRICS = {"auroc": "auroc_{m}", "ci_low": "auroc_{m}_ci_low", "ci_high": "auroc_{m}_ci_high",
                    "aurac": "aurac_{m}", "prr": "prr_{m}",
-                   **{f"acc_cov{round(c * 100)}": f"acc_cov{round(c * 100)}_{{m}}" for c in COVERAGES}}
+                   **{f"acc_cov{round(c * 100)}": f"acc_cov{round(c * 100)}_{{m}}" for c in COVERAGES},
+                   # what the measure cost beyond the greedy pass, per question (scoring/cost.py)
+                   "cost_passes": "cost_passes_{m}", "cost_tokens": "cost_tokens_{m}",
+                   "cost_seconds": "cost_seconds_{m}"}
 
 
 def metric(kind: str, measure: str) -> str:
@@ -56,17 +65,54 @@ def add_correctness(frame: pd.DataFrame, judge: Judge, abstention: str = "offici
     return frame
 
 
+def sampled(frame: pd.DataFrame) -> bool:
+    """Whether a generations table holds sampled answers (a run with num_generations > 0)."""
+    return "sample_token_logprobs" in frame.columns
+
+
+def measures_of(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The measures a generations table has: the single-pass scores, and the sampled ones if it sampled."""
+    return REPORTED_SCORES + (SAMPLED_SCORES if sampled(frame) else ())
+
+
+def add_semantic_ids(frame: pd.DataFrame, entailment, strict: bool = False) -> tuple[pd.DataFrame, Cost]:
+    """``semantic_ids``: each question's sampled answers clustered by bidirectional entailment
+    (scoring/semantic.py); returns the table and what the clustering cost."""
+    frame = frame.copy()
+    ids, stats = semantic_clusters(list(frame["question"]), [list(s) for s in frame["samples"]], entailment, strict)
+    frame["semantic_ids"] = ids
+    judge_tokens = getattr(entailment, "tokens", 0)  # an LLM judge's generated tokens
+    passes = getattr(entailment, "passes", None)
+    return frame, Cost(stats.model_calls if passes is None else passes, judge_tokens, stats.seconds)
+
+
 def add_scores(frame: pd.DataFrame) -> pd.DataFrame:
-    """One column per uncertainty score (higher = more uncertain), recomputed from each row."""
+    """One column per uncertainty score (higher = more uncertain), recomputed from each row; the
+    sampled measures too when the table has samples."""
     frame = frame.copy()
     scores = [score_row(row) for _, row in frame.iterrows()]
     for name in SCORES:
         frame[name] = [s[name] for s in scores]
+    if sampled(frame):
+        scores = [score_sampled_row(row) for _, row in frame.iterrows()]
+        for name in SAMPLED_SCORES:
+            frame[name] = [s[name] for s in scores]
     return frame
 
 
+def cost_metrics(frame: pd.DataFrame, parts: dict[str, Cost]) -> dict[str, float]:
+    """Per question: each part's cost (``cost_<part>_<unit>``) and each measure's
+    (``cost_<unit>_<measure>``), for the measures the table has (scoring/cost.py)."""
+    n = max(len(frame), 1)
+    out = part_metrics(parts, len(frame))
+    for m, c in measure_costs(parts, measures_of(frame)).items():
+        out.update({metric("cost_passes", m): c.passes / n, metric("cost_tokens", m): c.tokens / n,
+                    metric("cost_seconds", m): c.seconds / n})
+    return out
+
+
 def evaluate(frame: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Accuracy and, for every score, AUROC with its interval, AURAC, PRR and accuracy at fixed
+    """Accuracy and, for every score (the sampled measures too, if the run sampled), AUROC with its interval, AURAC, PRR and accuracy at fixed
     coverages, plus DeLong's paired test of G-NLL against RW-G-NLL. Undecided judgments are left
     out (and counted); undefined values are NaN (not logged), never a made-up 0.5."""
     decided = frame[frame["correct"].notna()]
@@ -79,7 +125,7 @@ def evaluate(frame: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0) -> 
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OneClassWarning)  # reported once below, not once per score
-        for name in REPORTED_SCORES:
+        for name in measures_of(frame):
             s = decided[name].to_numpy(dtype=np.float64)
             r = auroc_with_ci(correct, s, n_resamples=n_bootstrap, seed=seed)
             m[metric("auroc", name)], m[metric("ci_low", name)], m[metric("ci_high", name)] = r.auroc, r.ci_low, r.ci_high

@@ -43,12 +43,14 @@ from uqflow.artifact import GENERATIONS_FILE, check_generations
 from uqflow.errors import StoreError, UqflowError
 from uqflow.store.db import _first_line, connect, db_url, preflight, redact, store_failure, upgrade
 from uqflow.scoring.pipeline import DELONG_PAIR, MEASURE_METRICS, metric
+from uqflow.scoring.semantic import SAMPLED_MEASURES
 from uqflow.scoring.uncertainty import SCORES
 from uqflow.store.schema import Generation, Run, Score
 
 log = logging.getLogger(__name__)
 
 SCORE_COLUMNS = tuple(SCORES)  # one column each in `generations`, one row each in `scores`
+SAMPLED_COLUMNS = tuple(SAMPLED_MEASURES)  # likewise, for runs that sampled
 ACTIONS = ("added", "updated", "unchanged", "skipped", "removed")
 
 
@@ -265,6 +267,8 @@ def _run_row(experiment_name: str, run, dig: str) -> dict[str, Any]:
         "quantization": t.get("quantization", "none"), "instruct": t.get("instruct", "").lower() == "true",
         "dataset": t["dataset"], "correctness": p.get("correctness"), "similarity": p.get("similarity"),
         "num_few_shot": _int(p.get("num_few_shot")), "backend": p.get("backend"),
+        "num_generations": _int(p.get("num_generations", "0")),
+        "entailment": p.get("entailment") if _int(p.get("num_generations", "0")) else None,
         "config_hash": t.get("config_hash"), "dataset_fingerprint": t.get("dataset_fingerprint"),
         "prompt_template_hash": t.get("prompt_template_hash"), "uqflow_version": t.get("uqflow_version"),
         "torch_version": t.get("torch_version"), "transformers_version": t.get("transformers_version"),
@@ -311,5 +315,8 @@ def _generation_rows(run_id: str, n: int) -> list[dict[str, Any]]:
             **{s: _num(r.get(s)) for s in SCORE_COLUMNS},
             "tokens": r.get("tokens"), "token_ids": token_ids, "token_logprobs": _floats(r["token_logprobs"]),
             "relevance": _floats(r["relevance"]) if r.get("relevance") is not None else None,
+            **{s: _num(r.get(s)) for s in SAMPLED_COLUMNS},
+            "samples": r.get("samples"),
+            "semantic_ids": r.get("semantic_ids"),
         })
     return rows

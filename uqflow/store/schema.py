@@ -51,6 +51,8 @@ class Run(Base):
     similarity: Mapped[str | None] = mapped_column(String(256))
     num_few_shot: Mapped[int | None] = mapped_column(Integer)
     backend: Mapped[str | None] = mapped_column(String(32))
+    num_generations: Mapped[int | None] = mapped_column(Integer)  # sampled answers per question (0: none)
+    entailment: Mapped[str | None] = mapped_column(String(256))  # the judge that clustered them
     config_hash: Mapped[str | None] = mapped_column(String(64))
     dataset_fingerprint: Mapped[str | None] = mapped_column(String(128))
     prompt_template_hash: Mapped[str | None] = mapped_column(String(128))
@@ -96,6 +98,11 @@ class Score(Base):
     acc_cov80: Mapped[float | None] = mapped_column(Float)
     acc_cov90: Mapped[float | None] = mapped_column(Float)
     acc_cov95: Mapped[float | None] = mapped_column(Float)
+    # what the measure cost beyond the greedy pass, per question (uqflow/scoring/cost.py): forward
+    # passes, generated tokens, seconds; 0 for G-NLL and the other single-pass scores
+    cost_passes: Mapped[float | None] = mapped_column(Float)
+    cost_tokens: Mapped[float | None] = mapped_column(Float)
+    cost_seconds: Mapped[float | None] = mapped_column(Float)
 
     run: Mapped[Run] = relationship(back_populates="scores")
 
@@ -126,6 +133,15 @@ class Generation(Base):
     token_ids: Mapped[list[int]] = mapped_column(JSON)
     token_logprobs: Mapped[list[float]] = mapped_column(JSON)
     relevance: Mapped[list[float] | None] = mapped_column(JSON)
+    # a run that sampled: the measures of its sampled answers, the answers and their semantic clusters
+    predictive_entropy: Mapped[float | None] = mapped_column(Float)
+    ln_predictive_entropy: Mapped[float | None] = mapped_column(Float)
+    semantic_entropy: Mapped[float | None] = mapped_column(Float)
+    discrete_semantic_entropy: Mapped[float | None] = mapped_column(Float)
+    num_semantic_sets: Mapped[float | None] = mapped_column(Float)
+    p_true: Mapped[float | None] = mapped_column(Float)  # -log p(True)
+    samples: Mapped[list[str] | None] = mapped_column(JSON)
+    semantic_ids: Mapped[list[int] | None] = mapped_column(JSON)
 
     run: Mapped[Run] = relationship(back_populates="generations")
 

@@ -1,0 +1,81 @@
+"""What each uncertainty measure costs beyond the greedy pass, per question.
+
+G-NLL's promise is that one greedy pass flags wrong answers about as well as measures that sample
+many answers, at a fraction of their cost; a measure's AUROC means little without its price. Every
+run records, for every measure, three costs beyond the greedy answer (which every measure shares):
+
+- ``passes``: sequence forward passes of any model, counted the same way everywhere: a prompt's
+  prefill is one pass and each further generated token one more (so decoding an answer of L tokens,
+  its stop tokens included, is L passes); a teacher-forced or classifier pass over one sequence is
+  one; the similarity model's embedding of one text is one;
+- ``tokens``: tokens generated (sampled answers, an LLM entailment judge's replies), stop and EOS
+  tokens included;
+- ``seconds``: wall time.
+
+They add up from the parts a measure needs (:data:`NEEDS`): G-NLL, LN-G-NLL, max-token NLL and
+mean token entropy come from the greedy pass itself and cost nothing more; RW-G-NLL needs its
+relevance passes; predictive entropy needs the sampled answers; semantic entropy, its discrete
+form and the number of semantic sets need the samples and the entailment judge's clustering;
+p(True) needs the samples (shown as brainstorm) and one more pass over its prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+#: the parts a measure's cost is made of
+PARTS = ("relevance", "sampling", "entailment", "p_true")
+#: measure -> the parts it needs beyond the greedy pass
+NEEDS: dict[str, tuple[str, ...]] = {
+    "g_nll": (), "ln_g_nll": (), "max_nll": (), "mean_entropy": (),
+    "rw_g_nll": ("relevance",),
+    "predictive_entropy": ("sampling",), "ln_predictive_entropy": ("sampling",),
+    "semantic_entropy": ("sampling", "entailment"), "discrete_semantic_entropy": ("sampling", "entailment"),
+    "num_semantic_sets": ("sampling", "entailment"),
+    "p_true": ("sampling", "p_true"),
+}
+UNITS = ("passes", "tokens", "seconds")
+
+
+@dataclass
+class Cost:
+    """Totals over a run: forward passes, generated tokens, seconds."""
+
+    passes: float = 0.0
+    tokens: float = 0.0
+    seconds: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.passes + other.passes, self.tokens + other.tokens, self.seconds + other.seconds)
+
+
+def part_metrics(parts: Mapping[str, Cost], n: int) -> dict[str, float]:
+    """Each part's cost per question, as metrics ``cost_<part>_<unit>`` (kept so that a rescored run
+    can reuse the parts it does not redo, such as the sampling)."""
+    n = max(n, 1)
+    return {f"cost_{p}_{u}": getattr(c, u) / n for p, c in parts.items() for u in UNITS}
+
+
+def parts_from_metrics(metrics: Mapping[str, float], names: Iterable[str] = PARTS) -> dict[str, Cost]:
+    """The per-question part costs a run logged (:func:`part_metrics`), for the parts it has."""
+    out = {}
+    for p in names:
+        if all(f"cost_{p}_{u}" in metrics for u in UNITS):
+            out[p] = Cost(*(float(metrics[f"cost_{p}_{u}"]) for u in UNITS))
+    return out
+
+
+def measure_costs(parts: Mapping[str, Cost], measures: Iterable[str]) -> dict[str, Cost]:
+    """Each measure's cost: the sum of the parts it needs. A measure whose parts were not all
+    measured is left out rather than under-counted."""
+    out = {}
+    for m in measures:
+        need = NEEDS.get(m)
+        if need is None or any(p not in parts for p in need):
+            continue
+        total = Cost()
+        for p in need:
+            total = total + parts[p]
+        out[m] = total
+    return out

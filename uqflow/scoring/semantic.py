@@ -1,0 +1,461 @@
+"""Sampling-based uncertainty: measures over N answers sampled for a question, beside the greedy one.
+
+Every measure here is a pure function over stored values (the samples' token log-probabilities,
+their semantic cluster ids, log p(True)), so any of them can be recomputed from a stored row. They
+follow the convention of :mod:`uqflow.scoring.uncertainty`: **higher means more uncertain**, and NaN
+where a measure is undefined (no samples), which evaluation leaves out. A sample's token
+log-probabilities cover its answer tokens only, as the greedy answer's do.
+
+Semantic clusters come from bidirectional entailment (Farquhar et al. 2024): two answers mean the
+same when each entails the other, as an entailment model judges them (an NLI classifier such as
+DeBERTa-MNLI, or a registry LLM asked a fixed prompt, its replies cached in SQLite).
+:func:`semantic_clusters` clusters every question's samples with one batched ``classify`` call.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import sqlite3
+import string
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from uqflow import hub
+from uqflow.errors import ConfigError, ModelLoadError, short
+
+MeasureFn = Callable[..., float]
+NAN = float("nan")
+
+# ---------------------------------------------------------------- measures (pure)
+
+
+def _sample_arrays(sample_logprobs: Sequence[Sequence[float]]) -> list[np.ndarray]:
+    """Each sample's token log-probs as a float64 array (lists, or parquet's arrays of arrays)."""
+    return [np.asarray(lp, dtype=np.float64).reshape(-1) for lp in sample_logprobs]
+
+
+def predictive_entropy(sample_logprobs: Sequence[Sequence[float]]) -> float:
+    """Predictive entropy, Monte-Carlo estimate over the N samples: PE = -1/N sum_k log p(s_k | x),
+    with log p(s_k | x) = sum_t log p(s_k,t | x, s_k,<t) over sample k's answer tokens (an empty
+    sample has log p = 0, the empty sum, as the greedy answer's G-NLL). NaN if N = 0."""
+    samples = _sample_arrays(sample_logprobs)
+    if not samples:
+        return NAN
+    return float(-np.mean([lp.sum() for lp in samples]))
+
+
+def ln_predictive_entropy(sample_logprobs: Sequence[Sequence[float]]) -> float:
+    """Length-normalised predictive entropy: LN-PE = -1/N sum_k (1/L_k) sum_t log p(s_k,t | ...),
+    with L_k the number of answer tokens of sample k. An empty sample (L_k = 0) has no mean
+    token log-prob and is left out of the mean (N counts the others); NaN if none is left."""
+    means = [lp.mean() for lp in _sample_arrays(sample_logprobs) if lp.size]
+    return float(-np.mean(means)) if means else NAN
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    m = x.max()
+    if not np.isfinite(m):  # all -inf (or +inf): nothing to shift by
+        return float(m)
+    return float(m + np.log(np.exp(x - m).sum()))
+
+
+def semantic_entropy(semantic_ids: Sequence[int], sample_logprobs: Sequence[Sequence[float]],
+                     length_normalised: bool = True) -> float:
+    """Semantic entropy (Farquhar, Kossen, Kuhn & Gal, "Detecting hallucinations in large language
+    models using semantic entropy", Nature 630, 2024):
+
+        SE(x) = -sum_C p(C | x) log p(C | x),    p(C | x) = sum_{s_k in C} p~(s_k | x),
+        p~(s_k | x) = exp(l_k) / sum_j exp(l_j)   (normalised over the N samples drawn),
+
+    with C the semantic clusters (``semantic_ids[k]`` is sample k's) and l_k sample k's
+    log-likelihood: by default its mean token log-prob (``length_normalised``, as the authors'
+    released code aggregates), else the sum. The normalisation is computed with log-sum-exp.
+
+    Length-normalised, an empty sample (no answer tokens, no mean) is left out, as in
+    :func:`ln_predictive_entropy`; summed, its l_k is 0. NaN if no sample is left, if any l_k is
+    NaN, or if every l_k is -inf (no probability to normalise). A single cluster gives 0.
+    """
+    ids = np.asarray(semantic_ids).reshape(-1)
+    samples = _sample_arrays(sample_logprobs)
+    if ids.size != len(samples):
+        raise ValueError(f"{ids.size} semantic ids for {len(samples)} samples")
+    if length_normalised:
+        keep = [k for k, lp in enumerate(samples) if lp.size]
+        ids = ids[keep]
+        ll = np.array([samples[k].mean() for k in keep], dtype=np.float64)
+    else:
+        ll = np.array([lp.sum() for lp in samples], dtype=np.float64)
+    if ll.size == 0 or np.isnan(ll).any() or np.all(ll == -np.inf):
+        return NAN
+    log_z = _logsumexp(ll)
+    _, cluster_of = np.unique(ids, return_inverse=True)
+    log_pc = np.array([_logsumexp(ll[cluster_of == c]) for c in range(cluster_of.max() + 1)]) - log_z
+    held = np.isfinite(log_pc)  # a cluster of probability 0 adds 0 (0 log 0 = 0)
+    return float(-np.sum(np.exp(log_pc[held]) * log_pc[held]))
+
+
+def discrete_semantic_entropy(semantic_ids: Sequence[int]) -> float:
+    """Discrete semantic entropy (Farquhar et al. 2024): the entropy -sum_C f_C log f_C of the
+    empirical cluster frequencies f_C = |C| / N; needs no probabilities. 0 when every sample is in
+    one cluster, ln N when all N are distinct; NaN if N = 0."""
+    ids = np.asarray(semantic_ids).reshape(-1)
+    if ids.size == 0:
+        return NAN
+    f = np.unique(ids, return_counts=True)[1] / ids.size
+    return float(-np.sum(f * np.log(f)))
+
+
+def num_semantic_sets(semantic_ids: Sequence[int]) -> float:
+    """The number of distinct semantic clusters among the samples (as a float; NaN if N = 0)."""
+    ids = np.asarray(semantic_ids).reshape(-1)
+    return float(np.unique(ids).size) if ids.size else NAN
+
+
+def p_true_score(log_p_true: float) -> float:
+    """Uncertainty from p(True) (Kadavath et al., "Language Models (Mostly) Know What They Know",
+    2022): -log p(True), the NLL of the model calling its own answer true; NaN passes through."""
+    return -float(log_p_true)
+
+
+#: measure name -> (function, the row fields it takes, in order), as ``uncertainty.SCORES``
+SAMPLED_MEASURES: dict[str, tuple[MeasureFn, tuple[str, ...]]] = {
+    "predictive_entropy": (predictive_entropy, ("sample_token_logprobs",)),
+    "ln_predictive_entropy": (ln_predictive_entropy, ("sample_token_logprobs",)),
+    "semantic_entropy": (semantic_entropy, ("semantic_ids", "sample_token_logprobs")),
+    "discrete_semantic_entropy": (discrete_semantic_entropy, ("semantic_ids",)),
+    "num_semantic_sets": (num_semantic_sets, ("semantic_ids",)),
+    "p_true": (p_true_score, ("log_p_true",)),
+}
+
+
+def _field(row, name: str):
+    """A row's field, or None where the row lacks it or holds a missing value (None, NaN)."""
+    try:
+        value = row[name]
+    except (KeyError, IndexError):
+        return None
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value
+
+
+def score_sampled_row(row) -> dict[str, float]:
+    """Every sampled measure for one generations row (a mapping with the fields SAMPLED_MEASURES
+    names; parquet's numpy arrays are accepted). A row without samples (no or empty
+    ``sample_token_logprobs`` and ``semantic_ids``) gives NaN for every measure, p_true included
+    (p(True) is asked with the samples); a measure whose field is missing is NaN."""
+    samples, ids = _field(row, "sample_token_logprobs"), _field(row, "semantic_ids")
+    if len(samples if samples is not None else ()) == 0 and len(ids if ids is not None else ()) == 0:
+        return {name: NAN for name in SAMPLED_MEASURES}
+    out = {}
+    for name, (fn, fields) in SAMPLED_MEASURES.items():
+        values = [_field(row, f) for f in fields]
+        out[name] = NAN if any(v is None for v in values) else fn(*values)
+    return out
+
+
+# ---------------------------------------------------------------- clustering
+
+CONTRADICTION, NEUTRAL, ENTAILMENT = 0, 1, 2
+LABELS = {"contradiction": CONTRADICTION, "neutral": NEUTRAL, "entailment": ENTAILMENT}
+
+
+def equivalent_labels(l_ab: int, l_ba: int, strict: bool = False) -> bool:
+    """Bidirectional entailment from the labels of a => b and b => a. ``strict``: both ENTAILMENT.
+    Otherwise (the released code's default): neither is CONTRADICTION and not both are NEUTRAL."""
+    if strict:
+        return l_ab == ENTAILMENT and l_ba == ENTAILMENT
+    return CONTRADICTION not in (l_ab, l_ba) and (l_ab, l_ba) != (NEUTRAL, NEUTRAL)
+
+
+def cluster(texts: Sequence[str], equivalent: Callable[[int, int], bool]) -> list[int]:
+    """Greedy clustering (Farquhar et al. 2024): in order, a text i with no id yet gets the next id
+    (0, 1, 2... in order of first appearance), and every later text j with no id yet and
+    ``equivalent(i, j)`` joins it. ``equivalent`` takes indices into ``texts``.
+
+    The relation need not be transitive, so order matters: with a~b, b~c and not a~c the ids are
+    [0, 0, 1]. The authors' released code also re-assigns a later text that already has an id
+    (the last seed equivalent to it wins); that can split answers that are the same text (a~c,
+    b~c: it gives [0, 1, 1] where this gives [0, 1, 0]), so texts already placed stay here. The
+    two agree whenever the relation is transitive.
+    """
+    ids = [-1] * len(texts)
+    next_id = 0
+    for i in range(len(texts)):
+        if ids[i] != -1:
+            continue
+        ids[i] = next_id
+        for j in range(i + 1, len(texts)):
+            if ids[j] == -1 and equivalent(i, j):
+                ids[j] = next_id
+        next_id += 1
+    return ids
+
+
+def normalise_answer(text: str) -> str:
+    """The form in which two answers count as the same text: surrounding whitespace stripped,
+    lower-cased, trailing punctuation and whitespace stripped (" Paris. " -> "paris")."""
+    return text.strip().lower().rstrip(string.punctuation + string.whitespace)
+
+
+class EntailmentModel:
+    """Base: ``classify`` labels (question, premise, hypothesis) triples, many in one call, as
+    CONTRADICTION, NEUTRAL or ENTAILMENT (does the premise entail the hypothesis?). ``calls``
+    counts the items the model itself evaluated, ``cache_hits`` those answered without it."""
+
+    name = "entailment"
+    calls = 0
+    cache_hits = 0
+
+    def classify(self, items: Sequence[tuple[str, str, str]]) -> list[int]:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- LLM entailment
+
+ENTAILMENT_PROMPT_VERSION = "1"
+#: the prompt of the semantic-uncertainty code for open (Hugging Face) models, EntailmentLlama
+ENTAILMENT_PROMPT = (
+    'We are evaluating answers to the question "{question}"\n'
+    "Here are two possible answers:\n"
+    "Possible Answer 1: {premise}\n"
+    "Possible Answer 2: {hypothesis}\n"
+    "Does Possible Answer 1 semantically entail Possible Answer 2? Respond only with entailment, "
+    "contradiction, or neutral.\n"
+    "Response:"
+)
+_LABEL_WORD = re.compile(r"entailment|contradiction|neutral")
+
+
+def parse_entailment(reply: str) -> int:
+    """The label named first in the lower-cased reply (by position: "entailment", "contradiction"
+    or "neutral"); NEUTRAL when it names none (the released code's fallback)."""
+    found = _LABEL_WORD.search(reply.lower())
+    return LABELS[found.group()] if found else NEUTRAL
+
+
+class EntailmentCache:
+    """SQLite cache of an LLM's entailment replies, in table ``entailments``; the file may be the
+    judges' ``judgments.sqlite`` (JudgmentCache keeps its own table there)."""
+
+    def __init__(self, path: Path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), timeout=30)
+        self.db.execute("CREATE TABLE IF NOT EXISTS entailments (key TEXT PRIMARY KEY, judge TEXT, reply TEXT)")
+
+    @staticmethod
+    def key(judge: str, question: str, premise: str, hypothesis: str) -> str:
+        blob = json.dumps([judge, ENTAILMENT_PROMPT_VERSION, question, premise, hypothesis])
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def get(self, key: str) -> str | None:
+        row = self.db.execute("SELECT reply FROM entailments WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def put_many(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        """Store (key, judge, reply) rows in one transaction."""
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO entailments VALUES (?, ?, ?)", rows)
+
+
+class LLMEntailment(EntailmentModel):
+    """A language model asked ENTAILMENT_PROMPT; replies parsed by :func:`parse_entailment`.
+
+    ``generate`` turns prompts into the model's greedy replies (the caller builds it from a registry
+    model; a test can pass any function). Replies are cached at ``cache_path`` keyed by
+    (name, prompt version, question, premise, hypothesis); only items the cache does not hold are
+    sent, each distinct one once, in one ``generate`` call, so a fully cached run loads no model."""
+
+    def __init__(self, name: str, generate: Callable[[list[str]], list[str]], cache_path: Path):
+        self.name = name
+        self.generate = generate
+        self.cache = EntailmentCache(cache_path)
+        self.calls = 0
+        self.cache_hits = 0
+
+    def classify(self, items):
+        keys = [EntailmentCache.key(self.name, *it) for it in items]
+        replies = {k: r for k in dict.fromkeys(keys) if (r := self.cache.get(k)) is not None}
+        todo = {k: it for k, it in zip(keys, items) if k not in replies}  # each distinct item once
+        if todo:
+            prompts = [ENTAILMENT_PROMPT.format(question=q, premise=p, hypothesis=h) for q, p, h in todo.values()]
+            answers = list(self.generate(prompts))
+            if len(answers) != len(prompts):
+                raise RuntimeError(
+                    f"entailment model {self.name!r} gave {len(answers)} replies to {len(prompts)} prompts")
+            replies.update(zip(todo, answers))
+            self.cache.put_many([(k, self.name, r) for k, r in zip(todo, answers)])
+        self.calls += len(todo)
+        self.cache_hits += len(items) - len(todo)
+        return [parse_entailment(replies[k]) for k in keys]
+
+
+# ---------------------------------------------------------------- NLI classifier
+
+
+class NLIEntailment(EntailmentModel):
+    """A sequence-classification NLI model (default microsoft/deberta-large-mnli) through
+    transformers, loaded on the first ``classify``. Each item is classified as the pair
+    (premise, hypothesis), or with ``with_question`` as ("question premise", "question hypothesis")
+    (the released code's condition-on-question option); labels are read from ``config.id2label``
+    by name, in batches of ``batch_size`` padded pairs."""
+
+    def __init__(self, model_id: str = "microsoft/deberta-large-mnli", device: str = "cpu",
+                 with_question: bool = False, batch_size: int = 32, name: str | None = None):
+        self.model_id, self.device, self.with_question, self.batch_size = model_id, device, with_question, batch_size
+        self.name = name or model_id
+        self.calls = 0
+        self._model = self._tokenizer = None
+        self._labels: list[int] = []  # class index -> CONTRADICTION/NEUTRAL/ENTAILMENT
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        if (hub.is_hub_id(self.model_id) and not hub.model_cached(self.model_id)
+                and (hub.offline_by_setting() or not hub.reachable())):
+            raise ModelLoadError(
+                f"the hub is unreachable and {self.model_id} is not in the local Hugging Face cache; use "
+                "entailment=llm:<registry model> offline (or download the model once where the hub is reachable)")
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from uqflow.models.loading import resolve_device
+
+        device = resolve_device(self.device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.model_id)
+            model = AutoModelForSequenceClassification.from_pretrained(self.model_id)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(f"entailment model {self.model_id!r} could not be loaded: {first}. Use "
+                                 "entailment=llm:<registry model> offline") from None
+        names = {int(i): str(label).lower() for i, label in model.config.id2label.items()}
+        if sorted(names.values()) != sorted(LABELS):
+            raise ModelLoadError(f"entailment model {self.model_id!r} is not a 3-way NLI classifier: its labels are "
+                                 f"{', '.join(names.values())}; expected contradiction, neutral, entailment")
+        self._labels = [LABELS[names[i]] for i in range(len(names))]
+        self._tokenizer, self._model, self.device = tokenizer, model.to(device).eval(), device
+
+    def classify(self, items):
+        if not items:
+            return []
+        self._load()
+        import torch
+
+        out: list[int] = []
+        for start in range(0, len(items), self.batch_size):
+            batch = items[start : start + self.batch_size]
+            if self.with_question:
+                premises = [f"{q} {p}" for q, p, _ in batch]
+                hypotheses = [f"{q} {h}" for q, _, h in batch]
+            else:
+                premises, hypotheses = [p for _, p, _ in batch], [h for _, _, h in batch]
+            enc = self._tokenizer(premises, hypotheses, padding=True, truncation=True, return_tensors="pt")
+            enc = enc.to(self.device)
+            with torch.inference_mode():
+                best = self._model(**enc).logits.argmax(-1).tolist()  # (batch,) class indices
+            out.extend(self._labels[i] for i in best)
+        self.calls += len(items)
+        return out
+
+
+#: entailment model name -> hub id of its NLI classifier (``llm:<model>`` names a registry LLM)
+ENTAILMENT_MODELS = {"deberta-large-mnli": "microsoft/deberta-large-mnli"}
+
+
+def is_entailment_name(name: str) -> bool:
+    """Whether ``name`` names an entailment model (without loading anything)."""
+    return name in ENTAILMENT_MODELS or (name.startswith("llm:") and len(name) > 4)
+
+
+def make_entailment(name: str, *, generate: Callable[[list[str]], list[str]] | None = None,
+                    cache_path: Path | None = None, device: str = "cpu",
+                    with_question: bool = False) -> EntailmentModel:
+    """The entailment model called ``name``: an NLI classifier of ENTAILMENT_MODELS (loaded on first
+    use, on ``device``), or ``llm:<model>``, which asks ``generate`` (prompts -> replies) and caches
+    its replies at ``cache_path``."""
+    if name in ENTAILMENT_MODELS:
+        return NLIEntailment(ENTAILMENT_MODELS[name], device=device, with_question=with_question, name=name)
+    if name.startswith("llm:") and len(name) > 4:
+        if generate is None or cache_path is None:
+            raise ConfigError(f"entailment model {name!r} needs a model to ask: pass generate= and cache_path=")
+        return LLMEntailment(name, generate, cache_path)
+    known = [*ENTAILMENT_MODELS, "llm:<model>"]
+    close = difflib.get_close_matches(name[:200], list(ENTAILMENT_MODELS), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ConfigError(f"unknown entailment model {short(name)}.{hint} Known: {', '.join(known)}")
+
+
+def _pair_equivalence(forms: list[str], distinct: list[str], labels: list[int], offset: int,
+                      strict: bool) -> Callable[[int, int], bool]:
+    """equivalent(i, j) over one question's samples, from the labels of its distinct texts' pairs
+    (``labels[offset:]``, both directions of every pair a != b, in row-major order)."""
+    pos = {form: i for i, form in enumerate(distinct)}
+    u = len(distinct)
+
+    def label(a: int, b: int) -> int:  # the label of distinct text a => b
+        return labels[offset + a * (u - 1) + (b if b < a else b - 1)]
+
+    def equivalent(i: int, j: int) -> bool:
+        a, b = pos[forms[i]], pos[forms[j]]
+        return a == b or equivalent_labels(label(a, b), label(b, a), strict)
+
+    return equivalent
+
+
+@dataclass
+class ClusterStats:
+    """The cost of clustering: ``pairs_classified`` items sent to ``classify``, ``model_calls`` the
+    items the model itself evaluated (less the LLM judge's cache hits; an NLI model evaluates them
+    all), ``exact_matches`` samples placed without the model because an earlier sample of the same
+    question had the same normalised text, ``seconds`` of wall time."""
+
+    pairs_classified: int = 0
+    model_calls: int = 0
+    exact_matches: int = 0
+    seconds: float = 0.0
+
+
+def semantic_clusters(questions: Sequence[str], samples: Sequence[Sequence[str]], model: EntailmentModel,
+                      strict: bool = False) -> tuple[list[list[int]], ClusterStats]:
+    """Semantic cluster ids of every question's samples (:func:`cluster` with bidirectional
+    entailment, :func:`equivalent_labels`), and what they cost.
+
+    Samples with the same normalised text (:func:`normalise_answer`) are equivalent without asking
+    the model: a text entails itself, and it saves model calls. For the remaining pairs the model is
+    asked once, in one ``classify`` call over all questions: both directions of every pair of
+    distinct normalised texts of a question (at most N(N-1) items for N samples; each text is sent
+    as its first sample's, stripped). The reference algorithm asks sequentially and may skip pairs
+    whose texts already have an id; asking all pairs trades those few extra items for one batched
+    call, and gives the same ids, since :func:`cluster` then runs locally on the labels.
+    """
+    if len(questions) != len(samples):
+        raise ValueError(f"{len(questions)} questions for {len(samples)} lists of samples")
+    start, calls_before = time.perf_counter(), model.calls
+    stats = ClusterStats()
+    items: list[tuple[str, str, str]] = []
+    plans = []  # per question: (each sample's normalised form, index of its first pair in items, its distinct forms)
+    for question, texts in zip(questions, samples):
+        forms = [normalise_answer(t) for t in texts]
+        first = {}  # normalised form -> its first sample's text, in order of first appearance
+        for text, form in zip(texts, forms):
+            first.setdefault(form, text.strip())
+        stats.exact_matches += len(forms) - len(first)
+        plans.append((forms, len(items), list(first)))
+        items.extend((question, first[a], first[b]) for a in first for b in first if a != b)
+    labels = model.classify(items) if items else []
+    if len(labels) != len(items):
+        raise RuntimeError(f"entailment model {model.name!r} gave {len(labels)} labels for {len(items)} pairs")
+    out = [cluster(forms, _pair_equivalence(forms, distinct, labels, offset, strict))
+           for forms, offset, distinct in plans]
+    stats.pairs_classified = len(items)
+    stats.model_calls = model.calls - calls_before
+    stats.seconds = time.perf_counter() - start
+    return out, stats
