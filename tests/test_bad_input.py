@@ -201,7 +201,7 @@ MLPROJECT = [
     ("backend_unknown", "main", {"backend": "tgi"}, "unknown backend 'tgi'. Known: hf, vllm", 1),
     ("correctness_unknown", "main", {"correctness": "bleu"}, "unknown correctness judge 'bleu'", 1),
     ("similarity_empty", "main", {"similarity": ""}, "similarity must name a similarity model", 1),
-    ("parameter_undeclared", "main", {"temperature": "0.7"}, "No such option '--temperature'", 2),
+    ("parameter_undeclared", "main", {"top_p": "0.9"}, "No such option '--top_p'", 2),
     ("grid_file_malformed", "grid", {"grid_file": "{bad_grid}"}, "unknown key(s) colour", 1),
     ("aggregate_db_a_path", "aggregate", {"db": "results.db"}, "'results.db' is not a database URL", 1),
     ("aggregate_experiment_unknown", "aggregate", {"experiment": "nope", "db": "{db}"}, "no experiment 'nope'", 1),

@@ -1,4 +1,4 @@
-"""Greedy decoding with vLLM (optional extra ``uqflow[vllm]``, CUDA GPUs only).
+"""Greedy decoding (and sampling, for the sampled measures) with vLLM (optional extra ``uqflow[vllm]``, CUDA GPUs only).
 
 Produces the same :class:`Generation` records as the Hugging Face engine: vLLM stops on the stop
 strings (for speed) and returns every generated token id, then the same :func:`align_answer`
@@ -58,29 +58,77 @@ class VLLMEngine:
         self.eos_ids = {eos} if isinstance(eos, int) else set(eos or ())
         self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
         self.generation_seconds = 0.0
+        self.sampling_seconds = 0.0
+        self.scoring_seconds = 0.0
+        self.scoring_passes = 0
+        #: generated tokens (one decoding pass each, scoring/cost.py), greedy and sampled apart
+        self.passes = {"greedy": 0, "sampled": 0}
         self.batch_size = 0  # vLLM schedules its own batches
 
     def generate(self, prompts: Sequence[Sequence[int]], progress=None) -> list[Generation]:
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
         params = SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens, stop=list(self.stop_sequences),
                                 logprobs=1, include_stop_str_in_output=True)
         start = time.perf_counter()
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
-                                    use_tqdm=False)
+        outputs = self._run(prompts, params)
         self.generation_seconds += time.perf_counter() - start
-        gens = []
-        for prompt, out in zip(prompts, outputs):
-            comp = out.outputs[0]
-            ids = list(comp.token_ids)
-            n, reason, dropped = align_answer(ids, self.decode, self.eos_ids, self.stop_sequences)
-            logprobs = [float(comp.logprobs[t][tok].logprob) for t, tok in enumerate(ids[:n])]
-            gens.append(Generation(
-                prompt_token_ids=list(prompt), token_ids=ids[:n], token_logprobs=logprobs,
-                token_entropies=[math.nan] * n, text=self.decode(ids[:n]).strip(), stop_reason=reason,
-                dropped_text=dropped,
-            ))
+        gens = [self._record(prompt, out.outputs[0], "greedy") for prompt, out in zip(prompts, outputs)]
         if progress is not None:
             progress(len(prompts))
         return gens
+
+    def sample(self, prompts: Sequence[Sequence[int]], n: int, *, temperature: float = 1.0, seed: int = 0,
+               progress=None) -> list[list[Generation]]:
+        """``n`` sampled answers per prompt with vLLM's own ``n`` (one prefill shared by the
+        samples), seeded per request; stored like the HF engine's (raw log-probabilities, the
+        same stop rules). vLLM's random streams differ from the HF engine's, so the two engines
+        draw different samples from the same seed."""
+        from vllm import SamplingParams
+
+        if n < 1:
+            return [[] for _ in prompts]
+        start = time.perf_counter()
+        outs = []
+        for i, prompt in enumerate(prompts):  # a seed per request: reproducible whatever else is scheduled
+            outs.append(SamplingParams(n=n, temperature=temperature, top_p=1.0, top_k=-1, seed=seed * 1_000_003 + i,
+                                       max_tokens=self.max_new_tokens, stop=list(self.stop_sequences), logprobs=1,
+                                       include_stop_str_in_output=True))
+        outputs = self._run(prompts, outs)
+        self.sampling_seconds += time.perf_counter() - start
+        result = [[self._record(prompt, c, "sampled") for c in out.outputs] for prompt, out in zip(prompts, outputs)]
+        if progress is not None:
+            progress(len(prompts) * n)
+        return result
+
+    def continuation_logprobs(self, prompts: Sequence[Sequence[int]],
+                              continuations: Sequence[Sequence[int]]) -> list[float]:
+        """log p(continuation | prompt), from vLLM's prompt log-probabilities of the joined sequence."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        start = time.perf_counter()
+        outputs = self._run([list(p) + list(c) for p, c in zip(prompts, continuations)], params)
+        self.scoring_seconds += time.perf_counter() - start
+        self.scoring_passes += len(prompts)
+        out = []
+        for p, c, o in zip(prompts, continuations, outputs):
+            lps = o.prompt_logprobs  # one dict per prompt token (None for the first)
+            out.append(float(sum(lps[len(p) + t][tok].logprob for t, tok in enumerate(c))))
+        return out
+
+    def _run(self, prompts, params):
+        from vllm.inputs import TokensPrompt
+
+        return self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+
+    def _record(self, prompt, comp, kind: str) -> Generation:
+        ids = list(comp.token_ids)
+        self.passes[kind] += len(ids)
+        n, reason, dropped = align_answer(ids, self.decode, self.eos_ids, self.stop_sequences)
+        logprobs = [float(comp.logprobs[t][tok].logprob) for t, tok in enumerate(ids[:n])]
+        return Generation(
+            prompt_token_ids=list(prompt), token_ids=ids[:n], token_logprobs=logprobs,
+            token_entropies=[math.nan] * n, text=self.decode(ids[:n]).strip(), stop_reason=reason,
+            dropped_text=dropped,
+        )

@@ -1,0 +1,92 @@
+"""What the sampling-based measures cost against the greedy pass, on this machine, in one run.
+
+On the same questions, prompts and loaded model it times: the greedy pass (what G-NLL needs, and
+all it needs), N sampled answers per question (predictive entropy), p(True)'s extra pass, and the
+entailment judge's clustering of the samples (semantic entropy), and prints each as seconds per
+question and as a ratio to the greedy pass, with forward passes counted as uqflow records them
+(scoring/cost.py). Nothing is asserted: the ratios are the figure.
+
+    python bench/sampling.py --n 32 --num-generations 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="SmolLM2-135M-Instruct")
+    ap.add_argument("--dataset", default="trivia_mini")
+    ap.add_argument("--n", type=int, default=32, help="questions")
+    ap.add_argument("--num-generations", type=int, default=5)
+    ap.add_argument("--max-new-tokens", type=int, default=50)
+    ap.add_argument("--entailment", default="llm:SmolLM2-135M-Instruct")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+
+    from uqflow.config import RunConfig
+    from uqflow.experiment import llm_judge_generate, p_true_inputs, resolve, select_examples
+    from uqflow.generation import make_engine
+    from uqflow.models import load_model
+    from uqflow.prompts import build_prompts, draw_few_shot, p_true_prompt
+    from uqflow.scoring.cost import Cost
+    from uqflow.scoring.semantic import make_entailment, semantic_clusters
+
+    cfg = RunConfig(model=args.model, dataset=args.dataset, num_samples=args.n, max_new_tokens=args.max_new_tokens,
+                    num_generations=args.num_generations, entailment=args.entailment, device=args.device)
+    spec, ds = resolve(cfg)
+    examples, _ = select_examples(ds, cfg)
+    lm = load_model(spec, args.device)
+    shots = draw_few_shot(ds.few_shot_pool, cfg.num_few_shot, cfg.seed)
+    prompts, _ = build_prompts(examples, shots, lm.tokenizer, instruct=spec.instruct, opts=cfg.prompt_options,
+                               max_prompt_tokens=lm.context_length - cfg.max_new_tokens)
+    ids = [p.token_ids for p in prompts]
+    n = len(ids)
+    engine = make_engine("hf", lm, max_new_tokens=cfg.max_new_tokens)
+    engine.generate(ids[: min(4, n)])  # warm-up, not timed
+    engine.passes = {"greedy": 0, "sampled": 0}
+
+    t = time.perf_counter()
+    gens = engine.generate(ids)
+    greedy = Cost(engine.passes["greedy"], engine.passes["greedy"], time.perf_counter() - t)
+    t = time.perf_counter()
+    samples = engine.sample(ids, cfg.num_generations, temperature=cfg.temperature, seed=cfg.seed)
+    sampling = Cost(engine.passes["sampled"], engine.passes["sampled"], time.perf_counter() - t)
+    texts = [[s.text for s in row] for row in samples]
+    questions = [p_true_prompt(p.example.question, ts, g.text, p.example.context) for p, ts, g in zip(prompts, texts, gens)]
+    pt_ids, conts = p_true_inputs(lm.tokenizer, spec.instruct, questions)
+    t = time.perf_counter()
+    engine.continuation_logprobs(pt_ids, conts)
+    p_true = Cost(n, 0, time.perf_counter() - t)
+    judge_cost = Cost()
+    with tempfile.TemporaryDirectory() as tmp:  # an empty judgment cache: every pair is judged
+        generate = llm_judge_generate(args.entailment[4:], None, args.device, lm, cost=judge_cost) \
+            if args.entailment.startswith("llm:") else None
+        model = make_entailment(args.entailment, generate=generate, cache_path=Path(tmp) / "judgments.sqlite",
+                                device=args.device)
+        t = time.perf_counter()
+        _, stats = semantic_clusters([p.example.question for p in prompts], texts, model)
+        entail = Cost(judge_cost.passes or stats.model_calls, judge_cost.tokens, time.perf_counter() - t)
+
+    rows = [("G-NLL (greedy pass)", greedy), ("+ N samples (predictive entropy)", sampling),
+            ("+ p(True) pass", p_true), ("+ entailment clustering", entail),
+            ("semantic entropy (samples + clustering)", sampling + entail)]
+    print(f"{spec.name} x {cfg.dataset}: {n} questions, N={cfg.num_generations} samples at temperature "
+          f"{cfg.temperature}, max_new_tokens {cfg.max_new_tokens}, entailment {args.entailment}, device {lm.device}")
+    print(f"{'':42s} {'s/question':>11s} {'passes/q':>9s} {'x greedy time':>14s} {'x greedy passes':>16s}")
+    for name, c in rows:
+        print(f"{name:42s} {c.seconds / n:11.4f} {c.passes / n:9.1f} {c.seconds / greedy.seconds:14.2f} "
+              f"{c.passes / max(greedy.passes, 1):16.2f}")
+    print(f"clustering: {stats.pairs_classified} pairs judged ({stats.exact_matches} samples matched another "
+          f"exactly and needed no judgment)")
+
+
+if __name__ == "__main__":
+    main()
