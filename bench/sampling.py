@@ -32,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from uqflow.config import RunConfig
-    from uqflow.experiment import llm_judge_generate, p_true_inputs, resolve, select_examples
+    from uqflow.experiment import ENTAILMENT_WORDS, llm_choose, p_true_inputs, resolve, select_examples
     from uqflow.generation import make_engine
     from uqflow.models import load_model
     from uqflow.prompts import build_prompts, draw_few_shot, p_true_prompt
@@ -67,7 +67,7 @@ def main() -> None:
     p_true = Cost(n, 0, time.perf_counter() - t)
     judge_cost = Cost()
     with tempfile.TemporaryDirectory() as tmp:  # an empty judgment cache: every pair is judged
-        generate = llm_judge_generate(args.entailment[4:], None, args.device, lm, cost=judge_cost) \
+        generate = llm_choose(args.entailment[4:], ENTAILMENT_WORDS, None, args.device, lm, cost=judge_cost) \
             if args.entailment.startswith("llm:") else None
         model = make_entailment(args.entailment, generate=generate, cache_path=Path(tmp) / "judgments.sqlite",
                                 device=args.device)

@@ -260,7 +260,7 @@ GRID_FILES = [
     ("override_out_of_range", "models: [SmolLM2-135M-Instruct]\ndatasets: [trivia_mini]\n",
      ["--set", "num_samples=0"], "num_samples must be at least 1, got 0", 1),
     ("override_unknown", "models: [SmolLM2-135M-Instruct]\ndatasets: [trivia_mini]\n",
-     ["--set", "temperature=1"], "unknown setting 'temperature'", 1),
+     ["--set", "top_p=1"], "unknown setting 'top_p'", 1),
     ("a_directory", None, [], "is a directory", 2),
 ]
 

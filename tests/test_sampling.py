@@ -141,7 +141,8 @@ def test_a_run_that_samples_logs_every_measure_with_its_cost_and_rescores(tracki
     assert parts["sampling"]["tokens"] * len(frame) >= sampled_tokens >= 1  # stop tokens are decoded too
     assert parts["sampling"]["passes"] == parts["sampling"]["tokens"] and parts["sampling"]["seconds"] > 0
     assert parts["p_true"] == {"passes": 1, "tokens": 0, "seconds": pytest.approx(parts["p_true"]["seconds"])}
-    assert parts["entailment"]["passes"] > 0 and parts["entailment"]["tokens"] > 0  # the judge replied
+    # the LLM judge picks a label word by likelihood: one pass per pair it judged, no generated tokens
+    assert parts["entailment"]["passes"] > 0 and parts["entailment"]["tokens"] == 0
     assert parts["relevance"]["passes"] == pytest.approx(frame["token_ids"].map(len).mean() + 1)
     ratio = m["cost_passes_semantic_entropy"] / m["greedy_passes_per_question"]
     assert ratio > 3, "three samples and their clustering cost more than three greedy passes"
@@ -165,7 +166,8 @@ def test_sampled_measures_and_costs_reach_the_store_and_the_report(tracking, smo
     from uqflow.store.aggregation import aggregate
 
     monkeypatch.setattr("uqflow.experiment.cache_root", lambda: tmp_path / "cache")
-    cfg = RunConfig(num_samples=10, max_new_tokens=24, n_bootstrap=100, num_generations=2, entailment=JUDGE)
+    cfg = RunConfig(num_samples=10, max_new_tokens=24, n_bootstrap=100, num_generations=2,
+                    entailment="embedding:all-MiniLM-L6-v2")
     result = run_experiment(cfg, lm=smollm)
     run_experiment(RunConfig(num_samples=10, max_new_tokens=24, n_bootstrap=100, dataset="squad_mini"), lm=smollm)
     db = f"sqlite:///{tmp_path / 'results.db'}"
@@ -182,7 +184,7 @@ def test_sampled_measures_and_costs_reach_the_store_and_the_report(tracking, smo
                             {"r": result.run_id}).all()
         plain = conn.execute(text("SELECT num_generations, entailment FROM runs WHERE run_id != :r"),
                              {"r": result.run_id}).one()
-    assert tuple(run) == (2, JUDGE) and tuple(plain) == (0, None)
+    assert tuple(run) == (2, "embedding:all-MiniLM-L6-v2") and tuple(plain) == (0, None)
     assert set(SAMPLED_MEASURES) <= set(rows) or mlflow.get_run(result.run_id).data.metrics["accuracy"] in (0, 1)
     assert rows["g_nll"].cost_seconds == 0 and rows["rw_g_nll"].cost_passes > 0
     if "semantic_entropy" in rows:

@@ -27,7 +27,8 @@ from uqflow.models.loading import batch_dependence, cache_root, known_context_le
 from uqflow.prompts import PromptOptions, build_prompts, draw_few_shot, p_true_prompt, render_text
 from uqflow.scoring import pipeline
 from uqflow.scoring.cost import Cost, parts_from_metrics
-from uqflow.scoring.semantic import ENTAILMENT_MODELS, is_entailment_name, make_entailment
+from uqflow.scoring.semantic import (ENTAILMENT_MODELS, LABELS as ENTAILMENT_LABELS, is_entailment_name, make_entailment,
+                                     parse_embedding_name)
 from uqflow.scoring.judges import ABSTENTION_RULES, JUDGES, is_judge_name, make_judge
 from uqflow.scoring.relevance import load_similarity
 
@@ -138,7 +139,8 @@ def name_problems(cfg: RunConfig) -> list[ConfigError]:
                                     f"Known: {', '.join(ABSTENTION_RULES)}"))
     if cfg.num_generations and not is_entailment_name(cfg.entailment):
         problems.append(ConfigError(f"unknown entailment model {short(cfg.entailment)}. "
-                                    f"Known: {', '.join(ENTAILMENT_MODELS)}, llm:<registry model>"))
+                                    f"Known: {', '.join(ENTAILMENT_MODELS)}, llm:<registry model>, "
+                                    "embedding:<similarity model>[@threshold]"))
     return problems
 
 
@@ -153,11 +155,13 @@ def entailment_problems(cfg: RunConfig) -> list[UqflowError]:
         except UqflowError as e:
             return [e]
         return []
+    if parse_embedding_name(cfg.entailment):
+        return []  # a similarity model, loaded as RW-G-NLL's is
     repo = ENTAILMENT_MODELS[cfg.entailment]
     if not hub.model_cached(repo) and (hub.offline_by_setting() or not hub.reachable()):
         return [ModelLoadError(f"entailment model {cfg.entailment} ({repo}) is not in the local Hugging Face cache "
-                               "and the hub is unreachable; offline, set entailment=llm:<registry model> "
-                               "(e.g. llm:SmolLM2-135M-Instruct)")]
+                               "and the hub is unreachable; offline, set entailment=embedding:all-MiniLM-L6-v2 "
+                               "(the bundled sentence embeddings) or entailment=llm:<registry model>")]
     return []
 
 
@@ -388,15 +392,67 @@ def llm_judge_generate(model: str, registry: str | None = None, device: str = "a
     return generate
 
 
+#: the words an LLM entailment judge chooses among
+ENTAILMENT_WORDS = tuple(ENTAILMENT_LABELS)
+
+
+def llm_choose(model: str, options: Sequence[str], registry: str | None = None, device: str = "auto",
+               lm: LoadedModel | None = None, cost: Cost | None = None) -> Callable[[list[str]], list[str]]:
+    """Replies of the registry model ``model`` to prompts that ask for one of a few words
+    (``options``): for each prompt, the option whose first token the model finds most likely next
+    (through its chat template when it is an instruct model), from one forward pass and no
+    decoding. Asked to reply in a word, a small model often echoes the prompt instead (the bundled
+    SmolLM2 does, for the entailment prompt); ranking the allowed words by likelihood always
+    answers, and costs one pass per prompt. Options whose first tokens coincide are told apart by
+    the log-probability of their whole text (one pass per option). ``cost`` adds up the passes."""
+    loaded = lm if lm is not None and lm.spec.name == model and lm.backend == "hf" else None
+
+    def choose(prompts: list[str]) -> list[str]:
+        nonlocal loaded
+        if loaded is None:
+            loaded = load_model(get_model(model, registry), device)
+        engine = make_engine("hf", loaded)
+        ids, conts = [], []
+        for text in prompts:
+            base, per_option = answer_inputs(loaded.tokenizer, loaded.spec.instruct, [text], options)
+            ids.append(base[0])
+            conts.append(per_option[0])
+        firsts = [tuple(c[0] for c in per) for per in conts]
+        scores: list[list[float]] = [[] for _ in prompts]
+        passes = 0
+        for group in dict.fromkeys(firsts):  # prompts whose options begin with the same tokens, batched
+            rows = [i for i, f in enumerate(firsts) if f == group]
+            if len(set(group)) == len(options):
+                for i, lp in zip(rows, engine.next_token_logprobs([ids[i] for i in rows], group)):
+                    scores[i] = lp
+                passes += len(rows)
+            else:
+                per = [engine.continuation_logprobs([ids[i] for i in rows], [conts[i][k] for i in rows])
+                       for k in range(len(options))]
+                for j, i in enumerate(rows):
+                    scores[i] = [per[k][j] for k in range(len(options))]
+                passes += len(rows) * len(options)
+        if cost is not None:
+            cost.passes += passes
+        return [options[max(range(len(options)), key=lambda k: s[k])] for s in scores]
+
+    return choose
+
+
 def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress) -> tuple[dict[str, list], dict[str, Cost]]:
     """``num_generations`` sampled answers per question and p(True) of each greedy answer, as
     generations columns, with what each part cost (scoring/cost.py)."""
     n = cfg.num_generations
     before, t = engine.passes["sampled"], time.perf_counter()
-    step = None if progress is None else (lambda k, done=[0]: (done.__setitem__(0, done[0] + k),
-                                                              progress(done[0] // n, len(prompts))))
+    answers = 0
+
+    def step(k: int) -> None:  # the bar counts questions again, N sampled answers each
+        nonlocal answers
+        answers += k
+        progress(answers // n, len(prompts))
+
     samples = engine.sample([p.token_ids for p in prompts], n, temperature=cfg.temperature, seed=cfg.seed,
-                            progress=step)
+                            progress=step if progress is not None else None)
     tokens = engine.passes["sampled"] - before
     parts = {"sampling": Cost(tokens, tokens, time.perf_counter() - t)}
     texts = [[s.text for s in ss] for ss in samples]
@@ -414,19 +470,31 @@ def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress) ->
 
 def p_true_inputs(tokenizer, instruct: bool, questions: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids of each p(True) prompt (one chat turn for an instruct model) and of the answer
-    " A" that follows it: the answer's tokens are those the prompt and answer tokenize to beyond
-    the prompt's own, so that a tokenizer merging across the boundary is caught rather than
-    scored on a token it would never produce."""
+    "A" that follows it (see :func:`answer_inputs`)."""
+    prompts, conts = answer_inputs(tokenizer, instruct, questions, ["A"])
+    return prompts, [c[0] for c in conts]
+
+
+def answer_inputs(tokenizer, instruct: bool, questions: Sequence[str],
+                  answers: Sequence[str]) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """Token ids of each prompt (one chat turn for an instruct model) and of each answer word
+    after it, preceded by a space unless it follows a chat template's assistant header. An
+    answer's tokens are those the prompt and answer tokenize to beyond the prompt's own, so that a
+    tokenizer merging across the boundary is caught rather than scored on a token it would never
+    produce."""
     prompts, conts = [], []
     for q in questions:
         rendered, special = render_text(q, tokenizer, instruct, PromptOptions())
-        answer = "A" if rendered != q else " A"  # after a chat template's assistant header: no space
         base = list(tokenizer(rendered, add_special_tokens=special)["input_ids"])
-        full = list(tokenizer(rendered + answer, add_special_tokens=special)["input_ids"])
-        if full[:len(base)] != base or len(full) == len(base):
-            full = base + list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+        per = []
+        for word in answers:
+            answer = word if rendered != q else f" {word}"  # after a chat template's assistant header: no space
+            full = list(tokenizer(rendered + answer, add_special_tokens=special)["input_ids"])
+            if full[:len(base)] != base or len(full) == len(base):
+                full = base + list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+            per.append(full[len(base):])
         prompts.append(base)
-        conts.append(full[len(base):])
+        conts.append(per)
     return prompts, conts
 
 
@@ -449,10 +517,12 @@ def _score(cfg: RunConfig, frame, decode, lm: LoadedModel | None):
         judge_cost = Cost()
         entail_generate = None
         if cfg.entailment.startswith("llm:"):
-            entail_generate = llm_judge_generate(cfg.entailment[4:], cfg.model_registry or None, cfg.device, lm,
-                                                 cost=judge_cost)
+            entail_generate = llm_choose(cfg.entailment[4:], ENTAILMENT_WORDS, cfg.model_registry or None, cfg.device,
+                                         lm, cost=judge_cost)
+        embedding = parse_embedding_name(cfg.entailment)
         entailment = make_entailment(cfg.entailment, generate=entail_generate,
-                                     cache_path=cache_root() / "judgments.sqlite", device=device)
+                                     cache_path=cache_root() / "judgments.sqlite", device=device,
+                                     similarity=_similarity(embedding[0], device) if embedding else None)
         frame, clustering = pipeline.add_semantic_ids(frame, entailment, cfg.strict_entailment)
         if entail_generate is not None:  # an LLM judge: its passes and tokens, not its number of pairs
             clustering = Cost(judge_cost.passes, judge_cost.tokens, clustering.seconds)

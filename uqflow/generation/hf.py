@@ -163,6 +163,29 @@ class HFEngine:
         self.scoring_passes += len(prompts)
         return out
 
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        """log p(token | prompt) of each of ``token_ids`` after each prompt: one prefill per prompt
+        (batched, the shared prefix computed once), no decoding. A judge that picks one of a few
+        words by likelihood needs only this."""
+        import torch
+
+        out: list[list[float]] = [[] for _ in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        prefix = self._shared_prefix(prompts) if self.share_prefix else []
+        prefix_cache = self._prefix_cache(prefix) if prefix else None
+        cand = list(token_ids)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for b in range(0, len(order), self.batch_size):
+                idx = order[b:b + self.batch_size]
+                logits = self._prefill([prompts[i] for i in idx], prefix, prefix_cache)[0]
+                logp = torch.log_softmax(logits, dim=-1)[:, cand]
+                for r, i in enumerate(idx):
+                    out[i] = logp[r].tolist()
+        self.scoring_seconds += time.perf_counter() - start
+        self.scoring_passes += len(prompts)
+        return out
+
     def _decode(self, prompts: Sequence[Sequence[int]], sampling, progress) -> list[Generation]:
         """Decode every prompt (sorted by length, in batches); greedy, or sampled with ``sampling``
         = (one random stream per prompt, temperature)."""

@@ -220,7 +220,8 @@ class EntailmentModel:
 
 # ---------------------------------------------------------------- LLM entailment
 
-ENTAILMENT_PROMPT_VERSION = "1"
+#: 2: the reply is the label word the model finds most likely after the prompt (experiment.llm_choose)
+ENTAILMENT_PROMPT_VERSION = "2"
 #: the prompt of the semantic-uncertainty code for open (Hugging Face) models, EntailmentLlama
 ENTAILMENT_PROMPT = (
     'We are evaluating answers to the question "{question}"\n'
@@ -368,26 +369,72 @@ class NLIEntailment(EntailmentModel):
 
 #: entailment model name -> hub id of its NLI classifier (``llm:<model>`` names a registry LLM)
 ENTAILMENT_MODELS = {"deberta-large-mnli": "microsoft/deberta-large-mnli"}
+#: cosine similarity at which ``embedding:<model>`` takes two answers to mean the same
+EMBEDDING_THRESHOLD = 0.8
+
+
+class EmbeddingEquivalence(EntailmentModel):
+    """Not entailment: two answers count as meaning the same when the cosine similarity of their
+    sentence embeddings reaches ``threshold`` (ENTAILMENT both ways, else NEUTRAL, so strict and
+    lenient equivalence agree). An offline stand-in where no NLI model is at hand and the
+    registry's small LLMs cannot judge entailment (the bundled ones give one label to every pair);
+    one embedding pass per distinct text. With the bundled all-MiniLM-L6-v2 and 0.8: "Paris" ~
+    "Paris, France" (0.93), "Charles Darwin" ~ "Darwin" (0.92), but "1945" !~ "1944" (0.77) and
+    "Paris" !~ "The capital of France is Paris" (0.70): it splits paraphrases an NLI model joins."""
+
+    def __init__(self, name: str, similarity: Callable[[Sequence[tuple[str, str]]], np.ndarray],
+                 threshold: float = EMBEDDING_THRESHOLD):
+        self.name = name
+        self.similarity = similarity
+        self.threshold = threshold
+        self.calls = 0
+        self.cache_hits = 0
+
+    def classify(self, items):
+        if not items:
+            return []
+        sims = np.asarray(self.similarity([(p, h) for _, p, h in items]), dtype=np.float64)
+        self.calls += len({t for _, p, h in items for t in (p, h)})  # texts embedded
+        return [ENTAILMENT if s >= self.threshold else NEUTRAL for s in sims]
+
+
+def parse_embedding_name(name: str) -> tuple[str, float] | None:
+    """``embedding:<similarity model>[@threshold]`` as (model, threshold), or None if ``name`` is not one."""
+    if not name.startswith("embedding:"):
+        return None
+    model, _, threshold = name[len("embedding:"):].partition("@")
+    try:
+        t = float(threshold) if threshold else EMBEDDING_THRESHOLD
+    except ValueError:
+        return None
+    return (model, t) if model and 0.0 < t <= 1.0 else None
 
 
 def is_entailment_name(name: str) -> bool:
     """Whether ``name`` names an entailment model (without loading anything)."""
-    return name in ENTAILMENT_MODELS or (name.startswith("llm:") and len(name) > 4)
+    return (name in ENTAILMENT_MODELS or (name.startswith("llm:") and len(name) > 4)
+            or parse_embedding_name(name) is not None)
 
 
 def make_entailment(name: str, *, generate: Callable[[list[str]], list[str]] | None = None,
-                    cache_path: Path | None = None, device: str = "cpu",
-                    with_question: bool = False) -> EntailmentModel:
+                    cache_path: Path | None = None, device: str = "cpu", with_question: bool = False,
+                    similarity: Callable[[Sequence[tuple[str, str]]], np.ndarray] | None = None) -> EntailmentModel:
     """The entailment model called ``name``: an NLI classifier of ENTAILMENT_MODELS (loaded on first
-    use, on ``device``), or ``llm:<model>``, which asks ``generate`` (prompts -> replies) and caches
-    its replies at ``cache_path``."""
+    use, on ``device``); ``llm:<model>``, which asks ``generate`` (prompts -> replies) and caches
+    its replies at ``cache_path``; or ``embedding:<model>[@threshold]``, embedding similarity
+    through ``similarity`` (pairs -> cosine similarities; see :class:`EmbeddingEquivalence`)."""
     if name in ENTAILMENT_MODELS:
         return NLIEntailment(ENTAILMENT_MODELS[name], device=device, with_question=with_question, name=name)
     if name.startswith("llm:") and len(name) > 4:
         if generate is None or cache_path is None:
             raise ConfigError(f"entailment model {name!r} needs a model to ask: pass generate= and cache_path=")
         return LLMEntailment(name, generate, cache_path)
-    known = [*ENTAILMENT_MODELS, "llm:<model>"]
+    parsed = parse_embedding_name(name)
+    if parsed is not None:
+        if similarity is None:
+            raise ConfigError(f"entailment model {name!r} needs a similarity model: pass similarity=")
+        return EmbeddingEquivalence(name, similarity, parsed[1])
+    known = [*ENTAILMENT_MODELS, "llm:<model>", "embedding:<similarity model>[@threshold]"]
     close = difflib.get_close_matches(name[:200], list(ENTAILMENT_MODELS), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     raise ConfigError(f"unknown entailment model {short(name)}.{hint} Known: {', '.join(known)}")
