@@ -36,7 +36,7 @@ def test_shipped_grids_load(name):
     ("models: [a]\ndatasets: [b]\nsettings: {num_samples: many}\n", "num_samples must be a whole number"),
     ("models: [a]\ndatasets: [b]\nsettings: {num_samples: [1]}\n", "num_samples must be of type int"),
     ("models: [a]\ndatasets: [b]\nsettings: {num_samples: -3}\n", "num_samples must be at least 1"),
-    ("models: [a]\ndatasets: [b]\nsettings: {temperature: 1}\n", "unknown setting 'temperature'"),
+    ("models: [a]\ndatasets: [b]\nsettings: {top_p: 1}\n", "unknown setting 'top_p'"),
     ("models: [a]\ndatasets: [b]\nsettings: {model: x}\n", "settings.model is set by the grid"),
     ("- just a list\n", "expected a mapping"),
     ("models: [a\n", "not valid YAML"),
