@@ -349,7 +349,7 @@ def test_nli_offline_and_uncached_says_what_to_do(tmp_path, monkeypatch):
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith("the hub is unreachable and microsoft/deberta-large-mnli is not in the local Hugging "
-                              "Face cache; use entailment=llm:<registry model> offline")
+                              "Face cache; use entailment=embedding:all-MiniLM-L6-v2 or entailment=llm:<registry model> offline")
     assert model.classify([]) == []  # nothing to classify loads nothing
 
 
@@ -399,3 +399,25 @@ def test_nli_entailment_refuses_a_model_without_nli_labels(tmp_path):
     source = _tiny_nli(tmp_path / "nli", {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"})
     with pytest.raises(ModelLoadError, match="not a 3-way NLI classifier: its labels are label_0"):
         NLIEntailment(source).classify([("q", "paris", "lyon")])
+
+
+def test_embedding_names_parse_with_their_threshold():
+    from uqflow.scoring.semantic import EMBEDDING_THRESHOLD, is_entailment_name, parse_embedding_name
+
+    assert parse_embedding_name("embedding:all-MiniLM-L6-v2") == ("all-MiniLM-L6-v2", EMBEDDING_THRESHOLD)
+    assert parse_embedding_name("embedding:all-MiniLM-L6-v2@0.9") == ("all-MiniLM-L6-v2", 0.9)
+    for bad in ("embedding:", "embedding:m@x", "embedding:m@0", "embedding:m@1.5", "llm:m"):
+        assert parse_embedding_name(bad) is None, bad
+    assert is_entailment_name("embedding:m@0.7") and not is_entailment_name("embedding:m@2")
+
+
+def test_the_bundled_embeddings_join_an_answer_and_its_paraphrase_only():
+    from uqflow.scoring.relevance import load_similarity
+    from uqflow.scoring.semantic import make_entailment, semantic_clusters
+
+    judge = make_entailment("embedding:all-MiniLM-L6-v2", similarity=load_similarity("all-MiniLM-L6-v2", "cpu"))
+    ids, stats = semantic_clusters(["Who wrote On the Origin of Species?", "Capital of France?"],
+                                   [["Charles Darwin", "Darwin", "Alfred Wallace"], ["Paris", "Paris, France", "Lyon"]],
+                                   judge)
+    assert ids == [[0, 0, 1], [0, 0, 1]]
+    assert stats.pairs_classified == 12 and stats.model_calls == 6  # six distinct texts embedded

@@ -324,7 +324,8 @@ class NLIEntailment(EntailmentModel):
                 and (hub.offline_by_setting() or not hub.reachable())):
             raise ModelLoadError(
                 f"the hub is unreachable and {self.model_id} is not in the local Hugging Face cache; use "
-                "entailment=llm:<registry model> offline (or download the model once where the hub is reachable)")
+                "entailment=embedding:all-MiniLM-L6-v2 or entailment=llm:<registry model> offline (or download "
+                "the model once where the hub is reachable)")
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from uqflow.models.loading import resolve_device
@@ -336,7 +337,8 @@ class NLIEntailment(EntailmentModel):
         except (OSError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelLoadError(f"entailment model {self.model_id!r} could not be loaded: {first}. Use "
-                                 "entailment=llm:<registry model> offline") from None
+                                 "entailment=embedding:all-MiniLM-L6-v2 or entailment=llm:<registry model> "
+                                 "offline") from None
         names = {int(i): str(label).lower() for i, label in model.config.id2label.items()}
         if sorted(names.values()) != sorted(LABELS):
             raise ModelLoadError(f"entailment model {self.model_id!r} is not a 3-way NLI classifier: its labels are "
