@@ -2,7 +2,7 @@
 cycle and each step of the data flow can be read (and tested) without the steps after it:
 
 errors and helpers -> data, model specs, prompts -> config -> model loading -> generation -> scoring
--> tracking and per-run plots -> experiment -> grid -> store -> report -> cli
+-> tracking and per-run plots -> experiment -> grid -> cluster -> store -> report -> cli
 
 Deferred (in-function) imports count as much as those at the top of a module.
 """
@@ -27,6 +27,7 @@ LAYERS = [
     ("uqflow.tracking", "uqflow.plots"),
     ("uqflow.experiment",),
     ("uqflow.grid",),
+    ("uqflow.cluster",),
     ("uqflow.store",),
     ("uqflow.report",),
     ("uqflow.cli", "uqflow.__main__", "uqflow"),

@@ -144,13 +144,16 @@ def run(model, dataset, num_samples, batch_size, backend, correctness, sets, par
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting for every cell; repeatable.")
 @click.option("--isolate", is_flag=True, help="Run each cell in its own process.")
 @click.option("--dry-run", is_flag=True, help="List the cells and their state; run nothing.")
-def grid(grid_file, sets, isolate, dry_run) -> None:
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run the cells as Ray tasks: on the cluster at ADDRESS (auto, host:port), or on one started "
+                   "here when no address is given.")
+def grid(grid_file, sets, isolate, dry_run, ray_address) -> None:
     """Run every model x dataset cell of a grid file, skipping cells already done.
 
     Interrupted grids resume where they stopped when run again. The exit code is non-zero if any
     cell failed.
 
-    Example: uqflow grid grids/cpu_demo.yaml --set num_samples=20
+    Example: uqflow grid grids/cpu_demo.yaml --set num_samples=20 --ray auto
     """
     from rich.console import Console
     from rich.table import Table
@@ -158,6 +161,8 @@ def grid(grid_file, sets, isolate, dry_run) -> None:
 
     from uqflow.grid import cell_states, checked_cells, load_grid, run_grid
 
+    if isolate and ray_address:
+        raise click.UsageError("--isolate and --ray do not go together: on Ray each model's cells run in a process of their own")
     g = load_grid(grid_file)
     overrides = _parse_sets(sets)
     if dry_run:
@@ -174,7 +179,12 @@ def grid(grid_file, sets, isolate, dry_run) -> None:
                        + (f" ({s.error})" if s.error else ""), file=sys.stderr)
 
         try:
-            states = run_grid(g, overrides, isolate=isolate, on_cell=on_cell, progress=q_update)
+            runner = None
+            if ray_address:  # "" (the MLproject's default) runs here, as no --ray does
+                from uqflow.cluster import RayCells
+
+                runner = RayCells(ray_address)
+            states = run_grid(g, overrides, isolate=isolate, runner=runner, on_cell=on_cell, progress=q_update)
         finally:
             cells_bar.close()
             q_bar.close()

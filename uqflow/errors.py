@@ -66,3 +66,11 @@ class StoreError(UqflowError):
 
 class QueryError(UqflowError):
     """A query that the read-only query command refuses or the database rejects."""
+
+
+class ClusterError(UqflowError):
+    """A Ray cluster that is not installed, cannot be reached, or has no node that can hold a cell."""
+
+
+class GridBusy(UqflowError):
+    """Another driver holds the claim on cells of this grid in the tracking store."""

@@ -4,7 +4,8 @@ One parent MLflow run per invocation, one child run per cell. A cell whose confi
 already has a FINISHED run in the experiment is skipped, so after any interruption (even
 ``kill -9``) the same command completes what is left without duplicating anything. A failing cell
 ends FAILED with its error and the grid goes on. Cells run in one process, each model loaded once
-for all its datasets and freed before the next; ``isolate`` runs each cell in its own process.
+for all its datasets and freed before the next; ``isolate`` runs each cell in its own process, and
+a ``runner`` (``uqflow.cluster.RayCells``) runs them on a Ray cluster.
 """
 
 from __future__ import annotations
@@ -164,18 +165,19 @@ def cell_states(cells: list[Cell]) -> list[CellState]:
     return out
 
 
-def _close_abandoned(states: list[CellState]) -> None:
-    """Runs left RUNNING by a killed grid process are marked KILLED before their cells run again."""
+def close_abandoned(states: list[CellState], reason: str = "abandoned: the process running it stopped") -> None:
+    """Runs left RUNNING by a killed grid process are marked KILLED, with ``reason``, before their
+    cells run again."""
     import mlflow
 
     client = mlflow.MlflowClient()
     for s in states:
         if s.state == "pending" and s.run_id and client.get_run(s.run_id).info.status == "RUNNING":
-            client.set_tag(s.run_id, tracking.ERROR_TAG, "abandoned: the process running it stopped")
+            client.set_tag(s.run_id, tracking.ERROR_TAG, reason)
             client.set_terminated(s.run_id, "KILLED")
 
 
-class _CellLog:
+class CellLog:
     """Collects the uqflow log of one cell into a file, logged as the cell's artifact."""
 
     def __init__(self):
@@ -193,77 +195,124 @@ class _CellLog:
         self.path.unlink(missing_ok=True)
 
 
+class ModelSlot:
+    """The one model loaded in this process: kept for the next cell of the same model, freed before
+    another model loads, so a model's cells share one load and two models never share memory."""
+
+    def __init__(self):
+        self.lm, self.key = None, None
+
+    def loader(self, cfg: RunConfig) -> Callable[[], Any]:
+        """A function that returns ``cfg``'s model, loading it on its first call (inside the cell's
+        run, so that a failure to load is recorded on the run)."""
+        from uqflow.generation import load_for
+        from uqflow.models import get_model
+
+        key = (cfg.model, cfg.model_registry, cfg.device, cfg.backend)
+        if key != self.key:  # the previous model is freed before the next loads
+            self.free()
+
+        def load():
+            if self.lm is None:
+                spec = get_model(cfg.model, cfg.model_registry or None)
+                self.lm, self.key = load_for(spec, cfg.device, cfg.backend), key
+            return self.lm
+
+        return load
+
+    def free(self) -> None:
+        from uqflow.models import unload
+
+        unload(self.lm)
+        self.lm, self.key = None, None
+
+
+def run_cell(s: CellState, parent_run_id: str, slot: ModelSlot,
+             progress: Callable[[int, int], None] | None = None) -> None:
+    """Run one cell in this process as a run linked to the grid's run; ``s`` says how it ended
+    (finished, or error with the error, which the cell's FAILED run records too)."""
+    from uqflow.experiment import run_experiment
+
+    cfg = s.config
+    t0 = time.perf_counter()
+    try:
+        with CellLog() as cell_log:
+            result = run_experiment(cfg, lm=slot.loader(cfg), progress=progress, artifact_log=cell_log.path,
+                                    parent_run_id=parent_run_id, resolved=s.cell.resolved)
+        s.state, s.run_id, s.metrics = "finished", result.run_id, result.metrics
+    except (UqflowError, RuntimeError, ValueError, OSError, MemoryError) as e:
+        # recorded on the cell's run (FAILED, with the error); the grid goes on
+        s.state, s.error = "error", f"{type(e).__name__}: {e}"
+        s.run_id = _last_child_run_id(parent_run_id, s.cell.identity) or s.run_id
+        log.error("cell %s x %s failed: %s", cfg.model, cfg.dataset, s.error)
+    s.metrics.setdefault("cell_seconds", time.perf_counter() - t0)
+
+
+#: runs a grid's cells elsewhere (uqflow.cluster.RayCells): given the checked cells, the grid's run id
+#: and on_cell, it claims, runs and reports them, and returns each cell's final state
+CellRunner = Callable[[list[Cell], str, Callable[[int, int, CellState], None] | None], list[CellState]]
+
+
 def run_grid(grid: Grid, overrides: dict[str, Any] | None = None, *, isolate: bool = False,
-             on_cell: Callable[[int, int, CellState], None] | None = None,
+             runner: CellRunner | None = None, on_cell: Callable[[int, int, CellState], None] | None = None,
              progress: Callable[[int, int], None] | None = None) -> list[CellState]:
-    """Run every cell that is not done yet; returns the final state of each cell."""
+    """Run every cell that is not done yet; returns the final state of each cell.
+
+    With a ``runner`` (cells on a Ray cluster) the cells run where it sends them: this machine need
+    not be able to run them (each worker checks its own), and the runner itself finds which cells
+    are done once it holds their claim, so two drivers never both run a cell."""
     import mlflow
 
-    from uqflow.experiment import run_experiment
-    from uqflow.generation import load_for
-    from uqflow.models import get_model, unload
-
-    cells = checked_cells(grid, overrides)
+    cells = checked_cells(grid, overrides, dry_run=runner is not None)
     with tracking.reaching_store():
         if mlflow.active_run() is None and not os.environ.get("MLFLOW_RUN_ID"):
             mlflow.set_experiment(tracking.experiment_name())
-        states = cell_states(cells)
-        _close_abandoned(states)
-    todo = [s for s in states if s.state != "done"]
+        if runner is None:
+            states = cell_states(cells)
+            close_abandoned(states)
     # the grid's run is not MLflow's active run, so its cells are top-level runs (rows of the runs
     # table) linked to it by a tag, not folded under it
     with tracking.tracked_run(f"grid:{grid.name}", {tracking.GRID_TAG: grid.name, tracking.GRID_CELLS_TAG: len(cells)},
                               active=False) as parent:
         tracking.log_params({"grid": grid.name, "models": ",".join(grid.models), "datasets": ",".join(grid.datasets),
                              **{f"set.{k}": v for k, v in (overrides or {}).items()}}, parent.info.run_id)
-        lm, lm_key = None, None
-        try:
-            for i, s in enumerate(states, 1):
-                if s.state == "done":
-                    if on_cell:
-                        on_cell(i, len(states), s)
-                    continue
-                cfg = s.config
-                t0 = time.perf_counter()
-                if isolate:
-                    _run_isolated(cfg, parent.info.run_id, s)
-                else:
-                    key = (cfg.model, cfg.device, cfg.backend)
-                    if key != lm_key:  # the previous model is freed before the next loads
-                        unload(lm)
-                        lm, lm_key = None, None
-                    try:
-                        with _CellLog() as cell_log:
-                            def loader(cfg=cfg):
-                                nonlocal lm, lm_key
-                                if lm is None:
-                                    spec = get_model(cfg.model, cfg.model_registry or None)
-                                    lm, lm_key = load_for(spec, cfg.device, cfg.backend), key
-                                return lm
-
-                            result = run_experiment(cfg, lm=loader, progress=progress, artifact_log=cell_log.path,
-                                                    parent_run_id=parent.info.run_id, resolved=s.cell.resolved)
-                        s.state, s.run_id, s.metrics = "finished", result.run_id, result.metrics
-                    except (UqflowError, RuntimeError, ValueError, OSError, MemoryError) as e:
-                        # recorded on the cell's run (FAILED, with the error); the grid goes on
-                        s.state, s.error = "error", f"{type(e).__name__}: {e}"
-                        s.run_id = _last_child_run_id(parent.info.run_id) or s.run_id
-                        log.error("cell %s x %s failed: %s", cfg.model, cfg.dataset, s.error)
-                s.metrics.setdefault("cell_seconds", time.perf_counter() - t0)
-                if on_cell:
-                    on_cell(i, len(states), s)
-        finally:
-            unload(lm)
+        if runner is not None:
+            states = runner(cells, parent.info.run_id, on_cell)
+        else:
+            _run_here(states, parent.info.run_id, isolate, on_cell, progress)
         ok = sum(s.state in ("done", "finished") for s in states)
         tracking.log_metrics({"cells": len(states), "cells_ok": ok, "cells_failed": len(states) - ok,
-                              "cells_run": len(todo)}, parent.info.run_id)
+                              "cells_run": sum(s.state != "done" for s in states)}, parent.info.run_id)
     return states
 
 
-def _last_child_run_id(parent_id: str) -> str:
+def _run_here(states: list[CellState], parent_id: str, isolate: bool,
+              on_cell: Callable[[int, int, CellState], None] | None,
+              progress: Callable[[int, int], None] | None) -> None:
+    """The cells in turn on this machine: in this process, each model loaded once for its cells,
+    or each cell in a process of its own (``isolate``)."""
+    slot = ModelSlot()
+    try:
+        for i, s in enumerate(states, 1):
+            if s.state != "done":
+                if isolate:
+                    t0 = time.perf_counter()
+                    _run_isolated(s.config, parent_id, s)
+                    s.metrics.setdefault("cell_seconds", time.perf_counter() - t0)
+                else:
+                    run_cell(s, parent_id, slot, progress)
+            if on_cell:
+                on_cell(i, len(states), s)
+    finally:
+        slot.free()
+
+
+def _last_child_run_id(parent_id: str, identity: str | None = None) -> str:
+    """The latest run linked to the grid's run ``parent_id`` (of the cell ``identity``, if given)."""
     import mlflow
 
-    runs = mlflow.search_runs(filter_string=f"tags.`{tracking.GRID_RUN_TAG}` = '{parent_id}'",
+    cell = f" AND tags.config_hash = '{identity}'" if identity else ""
+    runs = mlflow.search_runs(filter_string=f"tags.`{tracking.GRID_RUN_TAG}` = '{parent_id}'{cell}",
                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list",
                               search_all_experiments=True)
     return runs[0].info.run_id if runs else ""

@@ -26,6 +26,10 @@ GRID_CELLS_TAG = "uqflow.grid_cells"  # on a grid's parent run: its number of ce
 ANALYSIS_TAG = "uqflow.analysis"  # on a report's run
 GRID_RUN_TAG = "uqflow.grid_run"  # on a grid's cell: the id of the grid's run that ran it
 VERSION_TAG = "uqflow_version"  # on every model x dataset run (and only those): how aggregation finds them
+WORKER_TAG = "uqflow.worker"  # on a cell run on Ray: the host, process and Ray node that ran it
+CLAIMS_TAG = "uqflow.claims"  # on a grid's run on Ray: the configuration hashes of the cells it claims
+HEARTBEAT_TAG = "uqflow.heartbeat"  # on a grid's run on Ray: unix time of its driver's last sign of life
+DRIVER_TAG = "uqflow.driver"  # on a grid's run on Ray: the host and process id of its driver
 
 
 #: MLflow's HTTP client retries a failed request 7 times with growing waits (about 4 minutes) before
@@ -168,12 +172,38 @@ def _store_message(e: BaseException) -> str:
     text = str(e).strip()
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
     uri = tracking_uri()
+    refused = _access_message(getattr(e, "error_code", ""), uri, text)
+    if refused:
+        return refused
     reason = next((why for key, why in _UNREACHABLE if key in text.lower()), None)
     if reason is not None:
         return (f"cannot reach the MLflow tracking store {uri} ({reason}); check MLFLOW_TRACKING_URI "
                 "and that the tracking server is running")
     return (f"the MLflow tracking store {uri} refused the request: {first[:500]} (check MLFLOW_TRACKING_URI and "
             "MLFLOW_EXPERIMENT_NAME)")
+
+
+def _access_message(error_code: str, uri: str, text: str) -> str | None:
+    """What a tracking server with authentication (MLflow's basic-auth app) refused, and what to do,
+    in one line; None for any other error. ``text`` is MLflow's message, which names the endpoint:
+    a refused read (``.../get``, ``.../search``) lacks read permission, anything else write permission."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if error_code == "UNAUTHENTICATED":
+        if not user:
+            return (f"the MLflow tracking server {uri} needs a login: set MLFLOW_TRACKING_USERNAME and "
+                    "MLFLOW_TRACKING_PASSWORD to a user of that server")
+        return (f"the MLflow tracking server {uri} refused the login of user {user!r} (wrong name or password); "
+                "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    if error_code == "PERMISSION_DENIED":
+        who = f"user {user!r}" if user else "this user"
+        endpoint = text.split("endpoint ", 1)[-1].split(" ", 1)[0] if "endpoint " in text else ""
+        if any(word in endpoint for word in ("/get", "/search", "/list")):
+            return (f"{who} lacks read permission on experiment {experiment_name()!r} of the MLflow tracking server "
+                    f"{uri}; ask an admin of the server for READ permission on it")
+        return (f"{who} lacks write permission on experiment {experiment_name()!r} of the MLflow tracking server "
+                f"{uri}, so no run can be logged there; ask an admin of the server for EDIT permission on it, or "
+                "set MLFLOW_EXPERIMENT_NAME to a new experiment of your own")
+    return None
 
 
 @contextlib.contextmanager
