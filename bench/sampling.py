@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=32, help="questions")
     ap.add_argument("--num-generations", type=int, default=5)
     ap.add_argument("--max-new-tokens", type=int, default=50)
-    ap.add_argument("--entailment", default="llm:SmolLM2-135M-Instruct")
+    ap.add_argument("--entailment", default="embedding:all-MiniLM-L6-v2")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
@@ -37,7 +37,8 @@ def main() -> None:
     from uqflow.models import load_model
     from uqflow.prompts import build_prompts, draw_few_shot, p_true_prompt
     from uqflow.scoring.cost import Cost
-    from uqflow.scoring.semantic import make_entailment, semantic_clusters
+    from uqflow.scoring.relevance import load_similarity
+    from uqflow.scoring.semantic import make_entailment, parse_embedding_name, semantic_clusters
 
     cfg = RunConfig(model=args.model, dataset=args.dataset, num_samples=args.n, max_new_tokens=args.max_new_tokens,
                     num_generations=args.num_generations, entailment=args.entailment, device=args.device)
@@ -69,8 +70,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:  # an empty judgment cache: every pair is judged
         generate = llm_choose(args.entailment[4:], ENTAILMENT_WORDS, None, args.device, lm, cost=judge_cost) \
             if args.entailment.startswith("llm:") else None
+        embedding = parse_embedding_name(args.entailment)
         model = make_entailment(args.entailment, generate=generate, cache_path=Path(tmp) / "judgments.sqlite",
-                                device=args.device)
+                                device=args.device,
+                                similarity=load_similarity(embedding[0], "cpu") if embedding else None)
         t = time.perf_counter()
         _, stats = semantic_clusters([p.example.question for p in prompts], texts, model)
         entail = Cost(judge_cost.passes or stats.model_calls, judge_cost.tokens, time.perf_counter() - t)
