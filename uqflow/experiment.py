@@ -581,7 +581,9 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
                               f"({type(e).__name__}: {e})") from None
         metrics = pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
         # the samples and p(True) were not made again: their cost is the source run's
-        kept = parts_from_metrics(source.data.metrics, ("sampling", "p_true"))
+        n_source = source.data.metrics.get("n", len(frame))
+        kept = {p: Cost(c.passes * n_source, c.tokens * n_source, c.seconds * n_source)  # per question -> totals
+                for p, c in parts_from_metrics(source.data.metrics, ("sampling", "p_true")).items()}
         metrics.update(pipeline.cost_metrics(frame, {**kept, **parts}))
         metrics.update({"relevance_seconds": rel_s, "run_seconds": time.perf_counter() - t0})
         _log_outputs(cfg, frame, metrics, [f"rescored from run {run_id}"])
