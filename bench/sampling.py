@@ -53,13 +53,14 @@ def main() -> None:
     engine = make_engine("hf", lm, max_new_tokens=cfg.max_new_tokens)
     engine.generate(ids[: min(4, n)])  # warm-up, not timed
     engine.passes = {"greedy": 0, "sampled": 0}
+    engine.tokens = {"greedy": 0, "sampled": 0}
 
     t = time.perf_counter()
     gens = engine.generate(ids)
-    greedy = Cost(engine.passes["greedy"], engine.passes["greedy"], time.perf_counter() - t)
+    greedy = Cost(engine.passes["greedy"], engine.tokens["greedy"], time.perf_counter() - t)
     t = time.perf_counter()
     samples = engine.sample(ids, cfg.num_generations, temperature=cfg.temperature, seed=cfg.seed)
-    sampling = Cost(engine.passes["sampled"], engine.passes["sampled"], time.perf_counter() - t)
+    sampling = Cost(engine.passes["sampled"], engine.tokens["sampled"], time.perf_counter() - t)
     texts = [[s.text for s in row] for row in samples]
     questions = [p_true_prompt(p.example.question, ts, g.text, p.example.context) for p, ts, g in zip(prompts, texts, gens)]
     pt_ids, conts = p_true_inputs(lm.tokenizer, spec.instruct, questions)

@@ -386,7 +386,7 @@ def llm_judge_generate(model: str, registry: str | None = None, device: str = "a
         replies = [g.text for g in engine.generate(ids)]
         if cost is not None:
             cost.passes += engine.passes["greedy"]
-            cost.tokens += engine.passes["greedy"]  # one pass per generated token (scoring/cost.py)
+            cost.tokens += engine.tokens["greedy"]
         return replies
 
     return generate
@@ -443,7 +443,7 @@ def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress) ->
     """``num_generations`` sampled answers per question and p(True) of each greedy answer, as
     generations columns, with what each part cost (scoring/cost.py)."""
     n = cfg.num_generations
-    before, t = engine.passes["sampled"], time.perf_counter()
+    before, before_tokens, t = engine.passes["sampled"], engine.tokens["sampled"], time.perf_counter()
     answers = 0
 
     def step(k: int) -> None:  # the bar counts questions again, N sampled answers each
@@ -453,8 +453,8 @@ def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress) ->
 
     samples = engine.sample([p.token_ids for p in prompts], n, temperature=cfg.temperature, seed=cfg.seed,
                             progress=step if progress is not None else None)
-    tokens = engine.passes["sampled"] - before
-    parts = {"sampling": Cost(tokens, tokens, time.perf_counter() - t)}
+    parts = {"sampling": Cost(engine.passes["sampled"] - before, engine.tokens["sampled"] - before_tokens,
+                              time.perf_counter() - t)}
     texts = [[s.text for s in ss] for ss in samples]
     questions = [p_true_prompt(p.example.question, ts, g.text, p.example.context if cfg.use_context else None)
                  for p, ts, g in zip(prompts, texts, gens)]

@@ -90,22 +90,25 @@ class HFEngine:
         self.sampling_seconds = 0.0  # sampled answers (``sample``)
         self.scoring_seconds = 0.0  # teacher-forced passes (``continuation_logprobs``)
         self.scoring_passes = 0
-        #: sequence forward passes and generated tokens (stop and EOS tokens included) of every
-        #: decoded row, greedy and sampled apart: a prefill is one pass, each further token one more
+        #: sequence forward passes and generated tokens (stop and EOS tokens included), greedy and
+        #: sampled apart: a prompt's prefill is one pass (shared by its sampled answers), each
+        #: further token of an answer one more
         self.passes = {"greedy": 0, "sampled": 0}
+        self.tokens = {"greedy": 0, "sampled": 0}
 
     def generate(self, prompts: Sequence[Sequence[int]], progress=None) -> list[Generation]:
         """Greedy answers for tokenized prompts, in the order given."""
         start = time.perf_counter()
         try:
-            return self._decode(prompts, None, progress)
+            return [g for (g,) in self._decode(prompts, None, progress)]
         finally:
             self.generation_seconds += time.perf_counter() - start
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int, *, temperature: float = 1.0, seed: int = 0,
                progress=None) -> list[list[Generation]]:
-        """``n`` sampled answers per prompt, decoded like greedy answers (shared prefix, batches of
-        the same size, rows leaving as they stop, the same stop-sequence rules).
+        """``n`` sampled answers per prompt, decoded like greedy answers (the shared prefix computed
+        once, rows leaving as they stop, the same stop-sequence rules); a prompt is prefilled once
+        and its cache copied for its ``n`` answers.
 
         Each answer draws from its own random stream, seeded by ``seed``, its prompt's tokens and its
         index ``k < n``, so an answer's random numbers do not depend on which other prompts or
@@ -122,14 +125,12 @@ class HFEngine:
             return [[] for _ in prompts]
         if temperature <= 0:
             raise ConfigError(f"temperature must be positive to sample, got {temperature}")
-        rows = [p for p in prompts for _ in range(n)]
-        rngs = [sample_rng(seed, p, k) for p in prompts for k in range(n)]
+        rngs = [sample_rng(seed, p, k) for p in prompts for k in range(n)]  # answer k of prompt i: i * n + k
         start = time.perf_counter()
         try:
-            flat = self._decode(rows, (rngs, temperature), progress)  # progress counts answers
+            return self._decode(prompts, (rngs, temperature), progress, group=n)  # progress counts answers
         finally:
             self.sampling_seconds += time.perf_counter() - start
-        return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def continuation_logprobs(self, prompts: Sequence[Sequence[int]],
                               continuations: Sequence[Sequence[int]]) -> list[float]:
@@ -186,19 +187,22 @@ class HFEngine:
         self.scoring_passes += len(prompts)
         return out
 
-    def _decode(self, prompts: Sequence[Sequence[int]], sampling, progress) -> list[Generation]:
-        """Decode every prompt (sorted by length, in batches); greedy, or sampled with ``sampling``
-        = (one random stream per prompt, temperature)."""
+    def _decode(self, prompts: Sequence[Sequence[int]], sampling, progress, group: int = 1) -> list[list[Generation]]:
+        """Decode every prompt (sorted by length, in batches) ``group`` times: greedy (group 1), or
+        sampled with ``sampling`` = (one random stream per answer, prompt-major; temperature). A
+        prompt's answers share one prefill: its cache is copied ``group`` times, so a prompt is
+        prefilled once however many answers are drawn from it."""
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        results: list[Generation | None] = [None] * len(prompts)
+        results: list[list[Generation] | None] = [None] * len(prompts)
         prefix = self._shared_prefix(prompts) if self.share_prefix else []
         prefix_cache = self._prefix_cache(prefix) if prefix else None
         pos = 0
         while pos < len(order):
-            idx = order[pos : pos + self.batch_size]
-            draw = None if sampling is None else ([sampling[0][i] for i in idx], sampling[1])
+            idx = order[pos : pos + max(1, self.batch_size // group)]
+            draw = None if sampling is None else (
+                [sampling[0][i * group + k] for i in idx for k in range(group)], sampling[1])
             try:
-                gens = self._generate_batch([prompts[i] for i in idx], prefix, prefix_cache, draw)
+                gens = self._generate_batch([prompts[i] for i in idx], prefix, prefix_cache, draw, group)
             except Exception as e:  # torch.OutOfMemoryError, without importing torch at module level
                 if type(e).__name__ != "OutOfMemoryError" or self.batch_size == 1:
                     raise
@@ -211,15 +215,15 @@ class HFEngine:
                 self.batch_size = max(1, self.batch_size // 2)
                 log.warning("out of memory; retrying with batch size %d", self.batch_size)
                 self._empty_cache()
-                if sampling is not None:  # the streams were advanced by the failed batch: start them again
-                    for i in idx:
-                        sampling[0][i].reset()
+                if draw is not None:  # the streams were advanced by the failed batch: start them again
+                    for stream in draw[0]:
+                        stream.reset()
                 continue
-            for i, g in zip(idx, gens):
-                results[i] = g
+            for j, i in enumerate(idx):
+                results[i] = gens[j * group:(j + 1) * group]
             pos += len(idx)
             if progress is not None:
-                progress(len(idx))
+                progress(len(idx) * group)
         return results  # type: ignore[return-value]
 
     @staticmethod
@@ -316,18 +320,23 @@ class HFEngine:
         return (torch.cat([lg for lg, _, _, _ in parts]), merged, mask, torch.cat([p for _, _, _, p in parts]))
 
     def _generate_batch(self, batch: Sequence[Sequence[int]], prefix: Sequence[int] = (),
-                        prefix_cache=None, sampling=None) -> list[Generation]:
+                        prefix_cache=None, sampling=None, group: int = 1) -> list[Generation]:
+        """Decode ``batch`` (sorted by length), each prompt ``group`` times (its answers adjacent)."""
         import torch
 
         model = self.lm.model
-        B = len(batch)
         dev = model.device
-        live = list(range(B))  # batch row -> original index, for the rows still decoding
-        ids: list[list[int]] = [[] for _ in range(B)]
-        logps: list[list[float]] = [[] for _ in range(B)]
-        ents: list[list[float]] = [[] for _ in range(B)]
         with torch.inference_mode():
             logits, cache, mask, last_pos = self._prefill(batch, prefix, prefix_cache)
+            if group > 1:  # each prompt's answers start from one copy of its prefill
+                logits, mask, last_pos = (t.repeat_interleave(group, 0) for t in (logits, mask, last_pos))
+                cache.batch_repeat_interleave(group)
+                batch = [p for p in batch for _ in range(group)]
+            B = len(batch)
+            live = list(range(B))  # batch row -> original index, for the rows still decoding
+            ids: list[list[int]] = [[] for _ in range(B)]
+            logps: list[list[float]] = [[] for _ in range(B)]
+            ents: list[list[float]] = [[] for _ in range(B)]
             while True:
                 logp = torch.log_softmax(logits, dim=-1)  # (b, V) from the raw logits
                 if sampling is None:
@@ -356,7 +365,10 @@ class HFEngine:
                 out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, use_cache=True,
                             **{self._cache_kwarg: cache}, **self._last_logits)
                 logits = out.logits[:, -1, :].float()
-        self.passes["greedy" if sampling is None else "sampled"] += sum(len(x) for x in ids)
+        kind = "greedy" if sampling is None else "sampled"
+        self.tokens[kind] += sum(len(x) for x in ids)
+        # one prefill per prompt (its answers share it), then one pass per further token of each answer
+        self.passes[kind] += len(batch) // group + sum(len(x) - 1 for x in ids)
         gens = []
         for b, prompt in enumerate(batch):
             n, reason, dropped = align_answer(ids[b], self.decode, self.eos_ids, self.stop_sequences)

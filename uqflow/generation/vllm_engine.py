@@ -61,8 +61,10 @@ class VLLMEngine:
         self.sampling_seconds = 0.0
         self.scoring_seconds = 0.0
         self.scoring_passes = 0
-        #: generated tokens (one decoding pass each, scoring/cost.py), greedy and sampled apart
+        #: forward passes (a prompt's prefill, shared by its n samples, then one per further token)
+        #: and generated tokens, greedy and sampled apart (scoring/cost.py)
         self.passes = {"greedy": 0, "sampled": 0}
+        self.tokens = {"greedy": 0, "sampled": 0}
         self.batch_size = 0  # vLLM schedules its own batches
 
     def generate(self, prompts: Sequence[Sequence[int]], progress=None) -> list[Generation]:
@@ -74,6 +76,7 @@ class VLLMEngine:
         outputs = self._run(prompts, params)
         self.generation_seconds += time.perf_counter() - start
         gens = [self._record(prompt, out.outputs[0], "greedy") for prompt, out in zip(prompts, outputs)]
+        self.passes["greedy"] += len(prompts)
         if progress is not None:
             progress(len(prompts))
         return gens
@@ -97,6 +100,7 @@ class VLLMEngine:
         outputs = self._run(prompts, outs)
         self.sampling_seconds += time.perf_counter() - start
         result = [[self._record(prompt, c, "sampled") for c in out.outputs] for prompt, out in zip(prompts, outputs)]
+        self.passes["sampled"] += len(prompts)  # one prefill per prompt, shared by its n samples
         if progress is not None:
             progress(len(prompts) * n)
         return result
@@ -124,7 +128,8 @@ class VLLMEngine:
 
     def _record(self, prompt, comp, kind: str) -> Generation:
         ids = list(comp.token_ids)
-        self.passes[kind] += len(ids)
+        self.tokens[kind] += len(ids)
+        self.passes[kind] += max(len(ids) - 1, 0)
         n, reason, dropped = align_answer(ids, self.decode, self.eos_ids, self.stop_sequences)
         logprobs = [float(comp.logprobs[t][tok].logprob) for t, tok in enumerate(ids[:n])]
         return Generation(

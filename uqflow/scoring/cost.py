@@ -6,8 +6,9 @@ run records, for every measure, three costs beyond the greedy answer (which ever
 
 - ``passes``: sequence forward passes of any model, counted the same way everywhere: a prompt's
   prefill is one pass and each further generated token one more (so decoding an answer of L tokens,
-  its stop tokens included, is L passes); a teacher-forced or classifier pass over one sequence is
-  one; the similarity model's embedding of one text is one;
+  its stop tokens included, is L passes, and N sampled answers of one prompt share its prefill); a
+  teacher-forced or classifier pass over one sequence is one; the similarity model's embedding of
+  one text is one;
 - ``tokens``: tokens generated (sampled answers, an LLM entailment judge's replies), stop and EOS
   tokens included;
 - ``seconds``: wall time.
