@@ -330,8 +330,12 @@ def auroc_heatmap(study: Study, measures=None) -> Figure:
         dark = math.isfinite(v) and np.dot(cmap(v)[:3], (0.299, 0.587, 0.114)) < 0.5
         ax.text(j, i, "–" if not math.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=TEXT,
                 color="white" if dark else "black")
-    ax.set_xticks(range(len(measures)), [_wrap(LABELS[m]) for m in measures], fontsize=SMALL if len(measures) > 6 else None)
     ax.xaxis.tick_top()
+    if len(measures) > 6:  # the sampled measures too: slanted, so that the labels do not run together
+        ax.set_xticks(range(len(measures)), [LABELS.get(m, m) for m in measures], rotation=35, ha="left",
+                      rotation_mode="anchor", fontsize=SMALL)
+    else:
+        ax.set_xticks(range(len(measures)), [_wrap(LABELS[m]) for m in measures])
     ax.set_yticks(range(len(runs)), [f"{r.model} · {r.dataset}" for r in runs.itertuples()])
     ax.tick_params(length=0)
     fig.colorbar(im, ax=ax, location="bottom", shrink=0.8, aspect=30, fraction=0.6 / (0.3 * len(runs) + 2.4),
@@ -608,46 +612,48 @@ _EVERY_MEASURE = {"auroc_heatmap", "family_radar", "gnll_vs_rwgnll"}  # these sh
 @_styled
 def auroc_vs_cost(study: Study) -> Figure:
     """AUROC against what each measure cost beyond the greedy pass (seconds per question, log
-    scale), one panel per model x dataset that sampled, one point per measure. Measures that cost
-    nothing more than the greedy pass (G-NLL and the other single-pass scores) sit on the panel's
-    left edge, marked "0"."""
+    scale, one scale for every panel), one panel per model x dataset that sampled, one point per
+    measure with its 95% interval. Measures that cost nothing more than the greedy pass (G-NLL and
+    the other single-pass scores) sit at the left edge, marked "0"."""
     runs = _latest(study)
     runs = runs[runs["run_id"].isin(study.scores.loc[study.scores["measure"].isin(SAMPLED), "run_id"])]
     n = len(runs)
-    cols = min(3, max(n, 1))
+    cols = min(2, max(n, 1))
     rows = max(1, math.ceil(n / cols))
-    fig = _figure(2.9 * rows + 1.2)
-    axes = fig.subplots(rows, cols, squeeze=False)
+    sc_all = study.scores[study.scores["run_id"].isin(runs["run_id"]) & study.scores["auroc"].notna()]
+    positive = sc_all["cost_seconds"][sc_all["cost_seconds"] > 0]
+    floor = (positive.min() if len(positive) else 1e-3) / 10  # where zero cost is drawn
+    top = (positive.max() if len(positive) else 1.0) * 3
+    fig = _figure(3.0 * rows + 1.3)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
     colours = {m: colormaps["tab20"](i % 20) for i, m in enumerate(ALL_MEASURES)}
     for ax, r in zip(axes.flat, runs.itertuples()):
-        sc = study.scores[(study.scores["run_id"] == r.run_id) & study.scores["auroc"].notna()]
-        costs = sc["cost_seconds"].astype(float)
-        positive = costs[costs > 0]
-        floor = (positive.min() if len(positive) else 1e-3) / 10  # where zero cost is drawn
-        for s in sc.itertuples():
-            c = float(s.cost_seconds) if s.cost_seconds == s.cost_seconds and s.cost_seconds is not None else math.nan
+        for s in sc_all[sc_all["run_id"] == r.run_id].itertuples():
+            c = float(s.cost_seconds)
             if not math.isfinite(c):
                 continue
-            x = c if c > 0 else floor
             lo, hi = s.auroc - s.ci_low, s.ci_high - s.auroc
-            err = None if not (math.isfinite(lo) and math.isfinite(hi)) else [[max(lo, 0)], [max(hi, 0)]]
-            ax.errorbar([x], [s.auroc], yerr=err, fmt="o" if s.measure in MEASURES else "s", ms=5, capsize=2,
-                        color=colours.get(s.measure, "grey"), label=LABELS.get(s.measure, s.measure))
+            err = [[max(lo, 0)], [max(hi, 0)]] if math.isfinite(lo) and math.isfinite(hi) else None
+            ax.errorbar([c if c > 0 else floor], [s.auroc], yerr=err, fmt="o" if s.measure in MEASURES else "s",
+                        ms=5, capsize=2, color=colours.get(s.measure, "grey"))
         ax.set_xscale("log")
+        ax.set(xlim=(floor / 2, top), ylim=(0, 1.02))
         ax.axhline(0.5, ls=":", c="grey", lw=0.8)
-        ax.axvline(floor * 3, ls="-", c="lightgrey", lw=0.6)
-        ax.text(floor, ax.get_ylim()[0], "0", fontsize=SMALL, ha="center", va="bottom", color="dimgrey")
-        ax.set_title(f"{r.model} · {r.dataset}", fontsize=SMALL)
-        ax.set_xlabel("extra seconds per question", fontsize=SMALL)
-        ax.set_ylabel("AUROC", fontsize=SMALL)
+        ax.axvline(floor * 2, ls="-", c="lightgrey", lw=0.6)
+        ax.text(floor, 0.02, "0", fontsize=SMALL, ha="center", va="bottom", color="dimgrey")
+        ax.set_title(f"{r.model}\n{r.dataset}", fontsize=SMALL)
         ax.tick_params(labelsize=SMALL)
+    for ax in axes[-1]:
+        ax.set_xlabel("extra seconds per question", fontsize=SMALL)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("AUROC (0.5 = chance)", fontsize=SMALL)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     handles = [Line2D([], [], marker="o" if m in MEASURES else "s", ls="", color=colours[m], label=LABELS[m])
-               for m in ALL_MEASURES if m in set(study.scores["measure"])]
+               for m in ALL_MEASURES if m in set(sc_all["measure"])]
     _legend_below(fig, handles, ncols=3)
-    fig.suptitle("AUROC against cost beyond the greedy pass (circles: single pass; squares: sampled; "
-                 "whiskers: 95% bootstrap interval)", fontsize=SMALL)
+    fig.suptitle("AUROC against cost beyond the greedy pass\n(circles: single pass; squares: sampled; "
+                 "whiskers: 95% bootstrap interval)", fontsize=TEXT)
     return fig
 
 
