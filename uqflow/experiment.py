@@ -245,10 +245,15 @@ def describe(cfg: RunConfig, metrics: dict[str, float]) -> str:
 
     acc = metrics.get("accuracy", float("nan"))
     measures = pipeline.REPORTED_SCORES + tuple(m for m in pipeline.SAMPLED_SCORES if pipeline.metric("auroc", m) in metrics)
-    rows = "\n".join(f"| {name} | {auroc(name)} |" for name in measures)
+    def cost(name: str) -> str:
+        v = metrics.get(pipeline.metric("cost_seconds", name))
+        return "–" if v is None else f"{v:.3f}"
+
+    rows = "\n".join(f"| {name} | {auroc(name)} | {cost(name)} |" for name in measures)
     return (f"**{cfg.model}** on **{cfg.dataset}**: {int(metrics['n'])} questions, accuracy "
             f"{'n/a' if acc != acc else f'{acc:.3f}'} (judge `{cfg.correctness}`).\n\n"
-            f"| score | AUROC [95% CI] (wrong answer = positive) |\n|---|---|\n{rows}\n")
+            f"| score | AUROC [95% CI] (wrong answer = positive) | extra seconds per question |\n|---|---|---|\n"
+            f"{rows}\n")
 
 
 def _log_outputs(cfg: RunConfig, frame, metrics: dict[str, float], notes: Sequence[str]) -> None:
