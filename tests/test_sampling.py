@@ -51,6 +51,9 @@ def test_samples_are_reproducible_and_their_records_agree(smollm):
         assert len(s.token_logprobs) == len(s.token_ids) and s.stop_reason in ("stop_sequence", "eos", "length")
     forced = engine.continuation_logprobs([p for p, _ in flat], [s.token_ids for _, s in flat])
     assert forced == pytest.approx([sum(s.token_logprobs) for _, s in flat], abs=2e-3)
+    # a one-token continuation (p(True)'s "A") takes the prefill's path, with the same result
+    first = engine.continuation_logprobs([p for p, _ in flat], [s.token_ids[:1] for _, s in flat])
+    assert first == pytest.approx([s.token_logprobs[0] for _, s in flat], abs=2e-3)
     # every decoded token is counted: the samples' tokens at least, the stop tokens beyond them; and
     # the passes: one prefill per prompt, shared by its 4 answers, then one per further token
     tokens = engine.tokens["sampled"]

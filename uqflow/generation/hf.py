@@ -139,6 +139,11 @@ class HFEngine:
         p(True) asks for the probability of the answer "A" after its question."""
         import torch
 
+        if continuations and all(len(c) == 1 for c in continuations):  # one token each (p(True)'s "A"):
+            # its log-probability after the prompt, from a prefill that shares the prompts' common prefix
+            tokens = sorted({c[0] for c in continuations})
+            lps = self.next_token_logprobs(prompts, tokens)
+            return [lp[tokens.index(c[0])] for lp, c in zip(lps, continuations)]
         tok, model = self.lm.tokenizer, self.lm.model
         out: list[float] = [0.0] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(continuations[i]))
@@ -153,8 +158,10 @@ class HFEngine:
                 pos = (mask.cumsum(-1) - 1).clamp(min=0)
                 k = max(len(continuations[i]) for i in idx)
                 dev = model.device
+                # only the last k + 1 positions' logits: the whole sequence's would be (b, T, vocab)
+                keep = {"logits_to_keep": k + 1} if self._last_logits else {}
                 logits = model(input_ids=enc["input_ids"].to(dev), attention_mask=mask.to(dev),
-                               position_ids=pos.to(dev)).logits[:, -(k + 1):-1, :].float()
+                               position_ids=pos.to(dev), **keep).logits[:, -(k + 1):-1, :].float()
                 logp = torch.log_softmax(logits, dim=-1)  # (b, k, V): position j predicts token j + 1
                 for r, i in enumerate(idx):
                     cont = list(continuations[i])
