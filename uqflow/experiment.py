@@ -372,11 +372,10 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
 
 
 def llm_judge_generate(model: str, registry: str | None = None, device: str = "auto",
-                       lm: LoadedModel | None = None, cost: Cost | None = None) -> Callable[[list[str]], list[str]]:
+                       lm: LoadedModel | None = None) -> Callable[[list[str]], list[str]]:
     """Greedy replies of the registry model ``model`` to judge prompts (through its chat template
     when it is an instruct model), at most 8 tokens up to a newline. The model is loaded at the first
-    call, unless ``lm`` is that model already (a run judged by the model it evaluates). ``cost``, if
-    given, adds up the replies' forward passes and generated tokens."""
+    call, unless ``lm`` is that model already (a run judged by the model it evaluates)."""
     loaded = lm if lm is not None and lm.spec.name == model and lm.backend == "hf" else None
 
     def generate(prompts: list[str]) -> list[str]:
@@ -388,11 +387,7 @@ def llm_judge_generate(model: str, registry: str | None = None, device: str = "a
         for text in prompts:
             rendered, special = render_text(text, loaded.tokenizer, loaded.spec.instruct, PromptOptions())
             ids.append(list(loaded.tokenizer(rendered, add_special_tokens=special)["input_ids"]))
-        replies = [g.text for g in engine.generate(ids)]
-        if cost is not None:
-            cost.passes += engine.passes["greedy"]
-            cost.tokens += engine.tokens["greedy"]
-        return replies
+        return [g.text for g in engine.generate(ids)]
 
     return generate
 
