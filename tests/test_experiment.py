@@ -11,7 +11,7 @@ import pytest
 from uqflow.config import RunConfig
 from uqflow.experiment import run_experiment
 from uqflow.scoring.correctness import f1_correct
-from uqflow.experiment import rescore
+from uqflow.rescore import rescore
 from uqflow.scoring.uncertainty import SCORES, rw_g_nll, score_row
 from uqflow.tracking import ERROR_TAG
 

@@ -25,7 +25,7 @@ LAYERS = [
     ("uqflow.generation",),
     ("uqflow.scoring",),
     ("uqflow.tracking", "uqflow.plots"),
-    ("uqflow.experiment",),
+    ("uqflow.experiment", "uqflow.rescore"),
     ("uqflow.grid",),
     ("uqflow.cluster",),
     ("uqflow.store",),

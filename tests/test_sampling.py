@@ -14,7 +14,8 @@ import pytest
 from uqflow.config import RunConfig
 from uqflow.data import load_dataset
 from uqflow.errors import ConfigError
-from uqflow.experiment import check, p_true_inputs, rescore, run_experiment
+from uqflow.experiment import check, p_true_inputs, run_experiment
+from uqflow.rescore import rescore
 from uqflow.generation import make_engine
 from uqflow.prompts import PromptOptions, build_prompts, draw_few_shot
 from uqflow.scoring.cost import NEEDS, PARTS, UNITS

