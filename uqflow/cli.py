@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from uqflow.errors import Terminated, UqflowError
+from uqflow.errors import Terminated, UqflowError, stop_signal
 # the names in option help come from where they are registered
 from uqflow.generation import ENGINES
 from uqflow.scoring.judges import JUDGES
@@ -22,12 +22,10 @@ class UqflowGroup(click.Group):
             return super().invoke(ctx)
         except UqflowError as e:
             raise click.ClickException(str(e)) from None
-        except Terminated as e:
-            click.echo(f"Terminated by {e.signame}.", err=True)
-            sys.exit(128 + e.signum)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP raised as Terminated
+            name, signum = stop_signal(e)
+            click.echo("Interrupted." if name == "KeyboardInterrupt" else f"Terminated by {name}.", err=True)
+            sys.exit(128 + signum)
 
 
 @click.group(cls=UqflowGroup)
@@ -188,8 +186,41 @@ def grid(grid_file, sets, isolate, dry_run, ray_address) -> None:
         finally:
             cells_bar.close()
             q_bar.close()
+    Console(width=200).print(_grid_table(g.name, states))
+    _where_to_look()
+    failed = [s for s in states if s.state in ("error", "failed")]
+    if failed and not dry_run:
+        raise click.ClickException(f"{len(failed)} of {len(states)} cells failed; rerun the same command to retry them")
+
+
+#: a grid of more cells is shown as one row per model (a table of 10,000 rows takes rich seconds
+#: to lay out and nobody reads it)
+GRID_TABLE_CELLS = 200
+
+
+def _grid_table(name: str, states):
+    """The grid's cells, one row each; for a large grid, one row per model with its cells counted
+    by state and what this machine lacks to run them."""
+    from collections import Counter
+
+    from rich.table import Table
+
     needs = any(s.needs for s in states)
-    table = Table(title=f"grid {g.name}")
+    table = Table(title=f"grid {name}")
+    if len(states) > GRID_TABLE_CELLS:
+        by_model: dict[str, list] = {}
+        for s in states:
+            by_model.setdefault(s.config.model, []).append(s)
+        for col in ("model", "cells", "done", "failed", "pending", *(["needs"] if needs else [])):
+            table.add_column(col, overflow="fold")
+        for model, mine in by_model.items():
+            count = Counter("failed" if s.state in ("error", "failed") else
+                            "done" if s.state in ("done", "finished") else "pending" for s in mine)
+            lacks = Counter(need for s in mine for need in s.needs)
+            table.add_row(model, str(len(mine)), str(count["done"]), str(count["failed"]), str(count["pending"]),
+                          *(["\n".join(f"{k} ({n} cells)" for k, n in lacks.items())] if needs else []))
+        table.caption = f"{len(states):,} cells, one row per model (grids of up to {GRID_TABLE_CELLS} cells are shown cell by cell)"
+        return table
     for col in ("model", "dataset", "state", "run id", "accuracy", "AUROC G-NLL", "AUROC RW-G-NLL",
                 *(["needs"] if needs else [])):
         table.add_column(col, overflow="fold")
@@ -198,11 +229,7 @@ def grid(grid_file, sets, isolate, dry_run, ray_address) -> None:
         f = lambda k: "" if k not in m or m[k] != m[k] else f"{m[k]:.3f}"  # noqa: E731
         table.add_row(s.config.model, s.config.dataset, s.state, s.run_id, f("accuracy"), f("auroc_g_nll"),
                       f("auroc_rw_g_nll"), *(["\n".join(s.needs)] if needs else []))
-    Console(width=200).print(table)
-    _where_to_look()
-    failed = [s for s in states if s.state in ("error", "failed")]
-    if failed and not dry_run:
-        raise click.ClickException(f"{len(failed)} of {len(states)} cells failed; rerun the same command to retry them")
+    return table
 
 
 @cli.command()
@@ -322,8 +349,10 @@ def aggregate(experiment, filter_string, db) -> None:
 @click.option("--timeout", default=120.0, show_default=True, type=float, help="Stop the query after this many seconds.")
 @click.option("--max-memory", default=1024.0, show_default=True, type=float, metavar="MB",
               help="Stop the query when the database's memory, or the rows it returns, pass this many MB.")
+@click.option("--max-rows", default=None, type=click.IntRange(min=0), metavar="N",
+              help="Rows the table format shows (default 1000; 0: all); csv and json print every row.")
 @click.option("--db", default=None, help=_DB_HELP)
-def query(sql, fmt, timeout, max_memory, db) -> None:
+def query(sql, fmt, timeout, max_memory, max_rows, db) -> None:
     """Run one read-only SQL statement over the results store.
 
     Tables: runs, scores, generations; views: v_run_scores and v_auroc_by_{family,size,family_size,
@@ -331,22 +360,28 @@ def query(sql, fmt, timeout, max_memory, db) -> None:
 
     Example: uqflow query "SELECT family, mean_auroc FROM v_auroc_by_family WHERE measure = 'g_nll'"
     """
-    from uqflow.store.query import render, run_query
+    from uqflow.store.query import TABLE_ROWS, run_query, write
 
     result = run_query(sql, db, timeout=timeout, max_memory_mb=max_memory)
     if fmt == "table":
         from rich.console import Console
         from rich.table import Table
 
+        limit = TABLE_ROWS if max_rows is None else max_rows or len(result.rows)
         table = Table(show_lines=False)
         for col in result.columns:
             table.add_column(col)
-        for row in result.rows:
+        for row in result.rows[:limit]:
             table.add_row(*("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
         Console(width=250).print(table)
-        click.echo(f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''})", err=True)
+        n = len(result.rows)
+        shown = f"{n:,} row{'s' if n != 1 else ''}"
+        if n > limit:
+            shown = (f"showing {limit:,} of {n:,} rows; --max-rows 0 shows all, --format csv prints them all "
+                     "as text, a LIMIT or WHERE asks for fewer")
+        click.echo(f"({shown})", err=True)
     else:
-        click.echo(render(result, fmt), nl=False)
+        write(result, fmt, click.get_text_stream("stdout"))
 
 
 @cli.command()

@@ -7,9 +7,14 @@ worker would need Ray's worker reuse to land on the right process, and Ray ends 
 after each task. Models run side by side, as far as the cluster's resources allow; each actor asks
 for what its model needs (:func:`cell_resources`, from the registry's size and quantization).
 
-Workers log their runs straight to the tracking store: they get its URI, the experiment and the
-credentials (``MLFLOW_*``) in the job's runtime environment, and each cell's run is linked to the
-grid's run as an in-process cell's is. Three kinds of stop end with nothing left RUNNING:
+Workers log their runs straight to the tracking store: they get its URI and the experiment in the
+job's runtime environment, and each cell's run is linked to the grid's run as an in-process cell's
+is. Credentials (a password, a token, a password inside the tracking URI) never enter the runtime
+environment, which Ray writes to its session logs (``runtime_env_agent.log``) and shows on its
+dashboard: each actor receives them as an argument of its constructor (:class:`Secrets`, whose
+``repr`` hides them) and puts them in its own process's environment. ``--ray`` without an address
+always starts a cluster of its own for the grid (Ray's ``local``), so credentials go only where an
+address (or ``auto``) sends them. Three kinds of stop end with nothing left RUNNING:
 
 - a worker (or its whole node) dies mid-cell: the run it left is marked KILLED with Ray's reason,
   and the cell runs again on a fresh actor, up to :data:`ATTEMPTS` times in all. uqflow starts the
@@ -38,7 +43,7 @@ from typing import Any
 
 from uqflow import tracking
 from uqflow.config import RunConfig
-from uqflow.errors import ClusterError, GridBusy, Terminated, clip
+from uqflow.errors import ClusterError, GridBusy, clip, stop_signal
 from uqflow.grid import Cell, CellState, ModelSlot, cell_states, close_abandoned, run_cell
 from uqflow.models import ModelSpec, get_model
 
@@ -72,6 +77,35 @@ HEARTBEAT_S, STALE_S, SETTLE_S = 10.0, 60.0, 3.0
 FORWARDED = ("MLFLOW_", "UQFLOW_", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
 #: the driver's own run and experiment id (under ``mlflow run``) are not the cells'
 NOT_FORWARDED = {"MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"}
+#: variables that hold a secret: handed to each actor (:class:`Secrets`), never put in the runtime
+#: environment; HF_TOKEN lets workers load gated hub models (Llama) as the driver could
+SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL")
+SECRET_EXTRA = ("HF_TOKEN",)
+
+
+class Secrets:
+    """Environment variables that hold credentials, carried to a Ray actor as a constructor
+    argument; shown as their names only, so that no log or error message prints a value."""
+
+    def __init__(self, values: dict[str, str]):
+        self._values = dict(values)
+
+    def __repr__(self) -> str:
+        return f"Secrets({', '.join(sorted(self._values)) or 'none'})"
+
+    def apply(self) -> None:
+        """Put the credentials in this process's environment (a worker's, before MLflow reads it)."""
+        import sys
+
+        os.environ.update(self._values)
+        if "MLFLOW_TRACKING_URI" in self._values and "mlflow" in sys.modules:
+            import mlflow
+
+            mlflow.set_tracking_uri(self._values["MLFLOW_TRACKING_URI"])
+
+
+def _is_secret(name: str) -> bool:
+    return name in SECRET_EXTRA or any(word in name for word in SECRET_WORDS)
 
 
 # --- resources ---------------------------------------------------------------------------------
@@ -125,15 +159,29 @@ def _describe(request: dict[str, float]) -> str:
 # --- connecting --------------------------------------------------------------------------------
 
 def worker_env() -> dict[str, str]:
-    """The environment every worker of the job gets: the tracking store (as an absolute URI, since
-    workers run elsewhere), the experiment, and the FORWARDED variables that are set here."""
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED) and k not in NOT_FORWARDED}
+    """The runtime environment every worker of the job gets: the tracking store (as an absolute
+    URI, since workers run elsewhere), the experiment, and the FORWARDED variables that are set
+    here, less every credential (:func:`worker_secrets`)."""
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith(FORWARDED) and k not in NOT_FORWARDED and not _is_secret(k)}
     env.update({k: v for k, v in tracking.NETWORK_DEFAULTS.items() if k not in env})
-    env["MLFLOW_TRACKING_URI"] = _absolute_uri(tracking.tracking_uri())
+    uri = _absolute_uri(tracking.tracking_uri())
+    env["MLFLOW_TRACKING_URI"] = tracking.shown_uri(uri)  # the real one, with its password, is a secret
     env["MLFLOW_EXPERIMENT_NAME"] = tracking.experiment_name()
     if "HF_HOME" in env:
         env["HF_HOME"] = str(Path(env["HF_HOME"]).resolve())
     return env
+
+
+def worker_secrets() -> Secrets:
+    """The credentials the workers need, kept out of the runtime environment: the FORWARDED
+    variables that hold a secret, HF_TOKEN, and the tracking URI when it carries a password."""
+    values = {k: v for k, v in os.environ.items()
+              if _is_secret(k) and (k.startswith(FORWARDED) or k in SECRET_EXTRA) and k not in NOT_FORWARDED}
+    uri = _absolute_uri(tracking.tracking_uri())
+    if tracking.shown_uri(uri) != uri:
+        values["MLFLOW_TRACKING_URI"] = uri
+    return Secrets(values)
 
 
 def _absolute_uri(uri: str) -> str:
@@ -181,7 +229,8 @@ def connected(address: str) -> Iterator[Any]:
         _check_reachable(address)
     stops = {name: signal.getsignal(getattr(signal, name)) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)}
     try:
-        ray.init(address=None if address == LOCAL else address, runtime_env={"env_vars": worker_env()},
+        # "local" is Ray's own word for a new cluster here, never the one RAY_ADDRESS or `ray start` left
+        ray.init(address=address, runtime_env={"env_vars": worker_env()},
                  log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False if address == LOCAL else None)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ClusterError(f"cannot connect to the Ray cluster at {address}: {clip(str(e).strip().splitlines()[0], 300)}"
@@ -314,7 +363,9 @@ class _WorkerSlot(ModelSlot):
 class CellWorker:
     """A Ray actor holding one model: runs that model's cells in turn, loading it once."""
 
-    def __init__(self):
+    def __init__(self, secrets: Secrets | None = None):
+        if secrets is not None:
+            secrets.apply()
         self.slot = _WorkerSlot()
 
     def run(self, cell: Cell, parent_run_id: str) -> CellState:
@@ -388,9 +439,10 @@ class RayCells:
         it in order; results taken as they come, a dead worker's cells started again."""
         inflight: dict[Any, tuple[_Model, CellState]] = {}
         worker = ray.remote(CellWorker)
+        secrets = worker_secrets()
 
         def start(m: _Model) -> None:
-            m.actor = worker.options(**m.resources, max_restarts=0, max_task_retries=0).remote()
+            m.actor = worker.options(**m.resources, max_restarts=0, max_task_retries=0).remote(secrets)
             for s in m.queue:
                 inflight[m.actor.run.remote(s.cell, parent_id)] = (m, s)
 
@@ -445,7 +497,7 @@ class RayCells:
         for actor in busy:
             ray.kill(actor)
         _wait_dead(ray, busy)
-        signame = interruption.signame if isinstance(interruption, Terminated) else "KeyboardInterrupt"
+        signame = stop_signal(interruption)[0]
         with contextlib.suppress(Exception):  # the store may be what failed; the grid's run still ends KILLED
             _kill_running(parent_id, f"interrupted ({signame}): the grid's driver was stopped")
 

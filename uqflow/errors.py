@@ -16,12 +16,29 @@ class Terminated(KeyboardInterrupt):
     """The process was asked to stop by a signal (SIGTERM, SIGHUP): handled as Ctrl-C is, so that
     every run in progress ends KILLED with the signal as its reason."""
 
+    #: the last stop signal raised in this process: some libraries catch a KeyboardInterrupt raised
+    #: inside their blocking calls and raise a plain one instead (Ray's ``ray.wait`` does), so the
+    #: signal is remembered here as well as carried by the exception
+    received: int | None = None
+
     def __init__(self, signum: int):
         import signal
 
         self.signum = signum
         self.signame = signal.Signals(signum).name
+        Terminated.received = signum
         super().__init__(self.signame)
+
+
+def stop_signal(interruption: BaseException) -> tuple[str, int]:
+    """The name and number of the signal behind an interruption: the one a :class:`Terminated`
+    carries, else one raised as Terminated that a library turned into a plain KeyboardInterrupt,
+    else Ctrl-C's SIGINT."""
+    import signal
+
+    signum = interruption.signum if isinstance(interruption, Terminated) else Terminated.received or signal.SIGINT
+    name = signal.Signals(signum).name
+    return ("KeyboardInterrupt" if signum == signal.SIGINT else name), int(signum)
 
 
 class UqflowError(Exception):

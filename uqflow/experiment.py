@@ -167,42 +167,68 @@ def entailment_problems(cfg: RunConfig) -> list[UqflowError]:
     return []
 
 
-def check(cfg: RunConfig) -> tuple[ModelSpec | None, LoadedDataset | None, list[UqflowError]]:
+def _once(memo: dict | None, key: tuple, fn: Callable, *args):
+    """``fn(*args)``, computed once per ``key`` in ``memo`` (a grid's cells share their models,
+    datasets and registry files); a raised error is remembered and raised again."""
+    if memo is None:
+        return fn(*args)
+    if key not in memo:
+        try:
+            memo[key] = (True, fn(*args))
+        except UqflowError as e:
+            memo[key] = (False, e)
+    ok, value = memo[key]
+    if not ok:
+        raise value
+    return value
+
+
+def check(cfg: RunConfig, memo: dict | None = None) -> tuple[ModelSpec | None, LoadedDataset | None, list[UqflowError]]:
     """Everything a run needs, checked before it starts: the names, the dataset's records (read
     now), what the model needs of this machine (weights on disk or a reachable hub, a GPU and
-    bitsandbytes for a quantized model) and the answer length against the model's context.
-    Returns the model, the dataset and every problem found, each once."""
+    bitsandbytes for a quantized model, memory for its sampled answers), the similarity and
+    entailment models, and the answer length against the model's context. Returns the model, the
+    dataset and every problem found, each once. ``memo`` (a dict kept across calls) checks each
+    model, dataset, registry file and judge once for many configurations (a grid's cells)."""
     problems: list[UqflowError] = list(name_problems(cfg))
     spec = ds = None
+    registry = cfg.model_registry or None
     try:
-        spec = get_model(cfg.model, cfg.model_registry or None)
+        spec = _once(memo, ("model", cfg.model, registry), get_model, cfg.model, registry)
     except UqflowError as e:
         problems.append(e)
-    problems += entailment_problems(cfg)
-    similarity = similarity_problem(cfg.similarity)
+    problems += _once(memo, ("entailment", cfg.entailment, bool(cfg.num_generations), registry),
+                      entailment_problems, cfg)
+    similarity = _once(memo, ("similarity", cfg.similarity), similarity_problem, cfg.similarity)
     if similarity:
         problems.append(ModelLoadError(similarity))
     if cfg.correctness.startswith("llm:") and len(cfg.correctness) > 4:
-        try:
-            get_model(cfg.correctness[4:], cfg.model_registry or None)  # the judge model must exist too
+        try:  # the judge model must exist too
+            _once(memo, ("model", cfg.correctness[4:], registry), get_model, cfg.correctness[4:], registry)
         except UqflowError as e:
             problems.append(e)
     try:
-        if not _local_file(cfg) and DATASETS.get(cfg.dataset).hub_id:
-            hub.reachable()  # offline: `datasets` reads its cache at once instead of retrying the hub
-        ds = load_dataset(cfg.dataset)
+        ds = _once(memo, ("dataset", cfg.dataset), _read_dataset, cfg)
     except UqflowError as e:
         problems.append(e)
     if spec is not None:
-        problems += [ModelLoadError(p) for p in unavailable(spec, cfg.device, cfg.backend)]
-        sampling = sampling_memory_problem(spec, cfg.num_generations, cfg.device)
+        problems += [ModelLoadError(p) for p in _once(memo, ("machine", spec, cfg.device, cfg.backend),
+                                                      unavailable, spec, cfg.device, cfg.backend)]
+        sampling = _once(memo, ("sampling", spec, cfg.num_generations, cfg.device),
+                         sampling_memory_problem, spec, cfg.num_generations, cfg.device)
         if sampling:
             problems.append(ModelLoadError(sampling))
-        context = known_context_length(spec)
+        context = _once(memo, ("context", spec), known_context_length, spec)
         if context and cfg.max_new_tokens >= context:
             problems.append(ConfigError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in "
                                         f"{spec.name}'s context of {context} tokens; lower max_new_tokens"))
     return spec, ds, problems
+
+
+def _read_dataset(cfg: RunConfig) -> LoadedDataset:
+    if not _local_file(cfg) and DATASETS.get(cfg.dataset).hub_id:
+        hub.reachable()  # offline: `datasets` reads its cache at once instead of retrying the hub
+    return load_dataset(cfg.dataset)
 
 
 def resolve(cfg: RunConfig) -> tuple[ModelSpec, LoadedDataset]:

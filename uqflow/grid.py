@@ -122,8 +122,9 @@ def checked_cells(grid: Grid, overrides: dict[str, Any] | None = None, *, dry_ru
     from uqflow.experiment import check, run_identity
 
     cells, blocked = [], []
+    memo: dict = {}  # each model, dataset, registry file and judge checked once for all cells
     for cfg in grid.cells(overrides):
-        spec, ds, problems = check(cfg)
+        spec, ds, problems = check(cfg, memo)
         hub_data = cfg.dataset in DATASETS  # a registered dataset that could not be read: unavailable here
         needs = [p for p in problems if isinstance(p, ModelLoadError) or (isinstance(p, DatasetError) and hub_data)]
         mistakes = [p for p in problems if p not in needs]
@@ -141,17 +142,28 @@ def checked_cells(grid: Grid, overrides: dict[str, Any] | None = None, *, dry_ru
     return cells
 
 
+#: up to this many cells a grid's runs are looked up cell by cell (a few runs of a large shared
+#: experiment); beyond it, the experiment's runs that carry a configuration hash in one paged search
+SEARCH_PER_CELL = 50
+
+
 def cell_states(cells: list[Cell]) -> list[CellState]:
     """Each cell's state in the tracking store: done (a FINISHED run with its identity), failed (its
     latest run FAILED or KILLED) or pending."""
     import mlflow
 
     runs: dict[str, list] = {}
+    identities = {c.identity for c in cells}
     with tracking.reaching_store():
         exp = mlflow.get_experiment_by_name(tracking.experiment_name())
-        if exp is not None:
-            for h in sorted({c.identity for c in cells}):  # tag filters take no IN (...)
+        if exp is not None and len(identities) <= SEARCH_PER_CELL:
+            for h in sorted(identities):  # tag filters take no IN (...)
                 runs[h] = tracking.search_runs(exp.experiment_id, f"tags.config_hash = '{h}'")
+        elif exp is not None:  # a large grid: one paged search instead of a round trip per cell
+            for r in tracking.search_runs(exp.experiment_id, "tags.config_hash != ''"):
+                h = r.data.tags.get("config_hash")
+                if h in identities:
+                    runs.setdefault(h, []).append(r)
     out = []
     for c in cells:
         mine = sorted(runs.get(c.identity, []), key=lambda r: r.info.start_time or 0)

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from uqflow.errors import Terminated, TrackingError, UqflowError
+from uqflow.errors import TrackingError, UqflowError, stop_signal
 
 DEFAULT_EXPERIMENT = "uqflow"
 
@@ -90,7 +90,7 @@ def tracked_run(run_name: str, tags: Mapping[str, Any], *, experiment_id: str | 
         _mark_experiment_kind(run.info.experiment_id)
         yield run
     except KeyboardInterrupt as e:
-        tag_error(run_id, f"interrupted ({e.signame if isinstance(e, Terminated) else 'KeyboardInterrupt'})")
+        tag_error(run_id, f"interrupted ({stop_signal(e)[0]})")
         end("KILLED")
         raise
     except BaseException as e:
@@ -135,10 +135,13 @@ def ui_hint(run_id: str | None = None, experiment_id: str | None = None) -> list
         if run_id:
             experiment_id = mlflow.get_run(run_id).info.experiment_id
         exp = mlflow.MlflowClient().get_experiment(experiment_id) if experiment_id else None
-    uri = tracking_uri()
+    uri = shown_uri()
     lines = [f"Tracking store: {uri}" + (f" (experiment '{exp.name}')" if exp else "")]
     if uri.startswith(("http://", "https://")):
-        base = uri.rstrip("/")
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(uri)  # a link for the browser, which asks for the login itself
+        base = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
     else:
         lines.append(f"Browse the runs: mlflow ui --backend-store-uri {uri}")
         base = "http://127.0.0.1:5000"
@@ -170,8 +173,9 @@ _UNREACHABLE = (("connection refused", "connection refused"), ("timed out", "no 
 
 def _store_message(e: BaseException) -> str:
     text = str(e).strip()
+    uri, secret = shown_uri(), tracking_uri()
+    text = text.replace(secret, uri)  # requests names the URL it failed on
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
-    uri = tracking_uri()
     refused = _access_message(getattr(e, "error_code", ""), uri, text)
     if refused:
         return refused
@@ -187,13 +191,15 @@ def _access_message(error_code: str, uri: str, text: str) -> str | None:
     """What a tracking server with authentication (MLflow's basic-auth app) refused, and what to do,
     in one line; None for any other error. ``text`` is MLflow's message, which names the endpoint:
     a refused read (``.../get``, ``.../search``) lacks read permission, anything else write permission."""
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    user = login_user()
     if error_code == "UNAUTHENTICATED":
         if not user:
             return (f"the MLflow tracking server {uri} needs a login: set MLFLOW_TRACKING_USERNAME and "
                     "MLFLOW_TRACKING_PASSWORD to a user of that server")
+        where = ("MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" if os.environ.get("MLFLOW_TRACKING_USERNAME")
+                 else "the user and password in MLFLOW_TRACKING_URI")
         return (f"the MLflow tracking server {uri} refused the login of user {user!r} (wrong name or password); "
-                "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+                f"check {where}")
     if error_code == "PERMISSION_DENIED":
         who = f"user {user!r}" if user else "this user"
         endpoint = text.split("endpoint ", 1)[-1].split(" ", 1)[0] if "endpoint " in text else ""
@@ -308,6 +314,37 @@ def log_text(text: str, name: str) -> None:
     mlflow.log_text(text, name)
 
 
+def shown_uri(uri: str | None = None) -> str:
+    """The tracking URI (``uri``, else the current one) as it may be printed, logged or stored: a
+    password in its user part (``http://user:secret@host``) replaced by ``***``, the user kept."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    uri = tracking_uri() if uri is None else uri
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def login_user() -> str | None:
+    """The user name the tracking server is sent: MLFLOW_TRACKING_USERNAME, else the user part of
+    the tracking URI (which requests sends as basic auth when no other credentials are set)."""
+    from urllib.parse import unquote, urlsplit
+
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if user:
+        return user
+    try:
+        name = urlsplit(tracking_uri()).username
+    except ValueError:
+        return None
+    return unquote(name) if name else None
+
+
 def tracking_uri() -> str:
     import mlflow
 
@@ -330,7 +367,7 @@ def get_run(run_id: str):
     except MlflowException as e:
         if e.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise TrackingError(_store_message(e)) from None
-        raise UqflowError(f"no run {run_id!r} in the tracking store {tracking_uri()}") from None
+        raise UqflowError(f"no run {run_id!r} in the tracking store {shown_uri()}") from None
     except _store_failures() as e:
         raise TrackingError(_store_message(e)) from None
 

@@ -35,9 +35,10 @@ class LoadedDataset:
     #: for a hub dataset, {"path"} for a file
     origin: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """sha256 over the ids, questions and references of every example, pool included."""
+        """sha256 over the ids, questions and references of every example, pool included (computed
+        once: the examples of a loaded dataset do not change)."""
         h = hashlib.sha256()
         for ex in [*self.examples, *self.few_shot_pool]:
             h.update(json.dumps([ex.id, ex.question, ex.context, list(ex.references)]).encode())

@@ -41,7 +41,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from uqflow import tracking
 from uqflow.artifact import GENERATIONS_FILE
 from uqflow.errors import StoreError, UqflowError
-from uqflow.store.db import _first_line, connect, db_url, preflight, redact, store_failure, upgrade
+from uqflow.store.db import _first_line, connect, db_url, preflight, store_failure, upgrade
 from uqflow.scoring.consistency import check_run_table
 from uqflow.scoring.pipeline import DELONG_PAIR, MEASURE_METRICS, metric
 from uqflow.scoring.semantic import SAMPLED_MEASURES
@@ -74,7 +74,7 @@ def aggregate(experiment: str | None = None, filter_string: str = "", url: str |
 
     url = db_url(url)
     preflight(url)  # a mistyped URL or a missing driver is reported before anything else is looked at
-    uri = redact(tracking.tracking_uri())
+    uri = tracking.shown_uri()
     with tracking.reaching_store():  # an unreachable tracking store is reported before the SQL store is touched
         scope = _experiments(experiment)
     search = (f"attributes.status = 'FINISHED' and tags.{tracking.VERSION_TAG} LIKE '%'"
@@ -121,7 +121,7 @@ def _experiments(name: str | None) -> list:
         return tracking.all_experiments()
     exp = mlflow.MlflowClient().get_experiment_by_name(name)
     if exp is None:
-        raise UqflowError(f"no experiment {name!r} in the tracking store {redact(tracking.tracking_uri())}; "
+        raise UqflowError(f"no experiment {name!r} in the tracking store {tracking.shown_uri()}; "
                           "run `uqflow run` or `uqflow grid` first, or leave out --experiment to look in all")
     return [exp]
 

@@ -350,11 +350,44 @@ def _collect(rows, limits: _Limits, batch: int = 1000) -> list[tuple[Any, ...]]:
     return out
 
 
+#: rows a terminal table shows by default: a table drawn for a person is laid out whole in memory
+#: before it prints (rich measures every cell), which for 800,000 rows took minutes and GBs
+TABLE_ROWS = 1000
+
+
 def render(result: QueryResult, fmt: str) -> str:
     """The result as csv or json text (the table format is drawn by the CLI)."""
-    frame = result.frame()
+    import io
+
+    out = io.StringIO()
+    write(result, fmt, out)
+    return out.getvalue()
+
+
+def write(result: QueryResult, fmt: str, out) -> None:
+    """Write the result to the text stream ``out`` as csv or json, a row at a time, so that the
+    printing costs no more memory than the result itself already holds."""
+    import csv
+    import json
+    import math
+
     if fmt == "csv":
-        return frame.to_csv(index=False)
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(result.columns)
+        writer.writerows(result.rows)
+        return
     if fmt == "json":
-        return frame.to_json(orient="records", indent=1) + "\n"
+        def value(v):
+            if isinstance(v, float) and not math.isfinite(v):
+                return None  # JSON has no NaN or infinity
+            if isinstance(v, (bytes, bytearray, memoryview)):
+                return bytes(v).hex()
+            return v if v is None or isinstance(v, (int, float, str, bool)) else str(v)
+
+        out.write("[")
+        for i, row in enumerate(result.rows):
+            out.write(("," if i else "") + "\n " + json.dumps({c: value(v) for c, v in zip(result.columns, row)},
+                                                            ensure_ascii=False))
+        out.write("\n]\n")
+        return
     raise QueryError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
