@@ -367,7 +367,13 @@ def test_two_drivers_at_once(ray_cluster, on_server, base_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_the_driver_ends_running_cells_killed(ray_cluster, on_server, base_env, tmp_path):
+@pytest.mark.parametrize("signum,code,reason", [(signal.SIGINT, 130, "KeyboardInterrupt"), (signal.SIGTERM, 143, "SIGTERM")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_on_the_driver_ends_running_cells_killed(ray_cluster, on_server, base_env, tmp_path,
+                                                               signum, code, reason):
+    """Ctrl-C, or SIGTERM from a scheduler, while cells run: every run ends KILLED with the signal
+    that stopped the driver (Ray's ray.wait turns any interruption into a plain KeyboardInterrupt,
+    which once made SIGTERM read as Ctrl-C), and the exit code is 128 + that signal."""
     import mlflow
 
     ray_cluster.start_second_node()
@@ -382,12 +388,13 @@ def test_ctrl_c_on_the_driver_ends_running_cells_killed(ray_cluster, on_server, 
             break
         time.sleep(0.3)
     assert running, "no cell started"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    assert proc.returncode == code, err[-2000:]
     runs = _cell_runs(on_server)
     assert runs and all(r.info.status == "KILLED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
-    assert all(r.data.tags[tr.ERROR_TAG].startswith("interrupted (KeyboardInterrupt)") for r in runs)
+    assert all(r.data.tags[tr.ERROR_TAG].startswith(f"interrupted ({reason})") for r in runs), \
+        [r.data.tags[tr.ERROR_TAG] for r in runs]
     grid_run = mlflow.search_runs(experiment_names=[on_server], filter_string="tags.`uqflow.grid` = 'stop'",
                                   output_format="list")[0]
     assert grid_run.info.status == "KILLED"
@@ -434,6 +441,49 @@ def _rounded(rows):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_no_credential_reaches_rays_logs_or_the_console_and_ray_without_address_starts_its_own(
+        ray_cluster, on_server, base_env, tmp_path):
+    """A grid on `--ray` with no address, run as a user of the authenticating server, while
+    RAY_ADDRESS names the running test cluster: the driver starts a cluster of its own (in its own
+    RAY_TMPDIR), the cell runs there, and the password appears nowhere in Ray's session folder (its
+    runtime-environment log included) nor in anything uqflow printed. Then the password inside
+    MLFLOW_TRACKING_URI: printed nowhere, and a wrong one told as a refused login."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="uqo"))  # short: Ray's socket paths must fit 107 characters
+    try:
+        f = _grid(tmp_path, ["SmolLM2-135M-Instruct"], ["trivia_mini"], name="secret")
+        env = _env(base_env, RAY_TMPDIR=str(ray_tmp), RAY_ADDRESS=ray_cluster.address)
+        cmd = [sys.executable, "-m", "uqflow", "grid", str(f), "--ray", *QUICK, "--set", "num_samples=2"]
+        out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert list(ray_tmp.rglob("session_*")), "no cluster of its own was started"
+        runs = _cell_runs(on_server)
+        _one_finished_run_per_cell(runs, 1)
+        leaks = [str(p) for p in ray_tmp.rglob("*") if p.is_file() and not p.is_socket()
+                 and ADMIN_PASSWORD.encode() in p.read_bytes()]
+        assert leaks == [] and ADMIN_PASSWORD not in out.stdout + out.stderr, leaks
+        assert any(p.name == "runtime_env_agent.log" for p in ray_tmp.rglob("*.log"))  # the log that once held it
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    host = on_server_url(env)
+    in_uri = {k: v for k, v in env.items() if k not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    dry = [sys.executable, "-m", "uqflow", "grid", str(f), "--dry-run"]
+    ok = subprocess.run(dry, env={**in_uri, "MLFLOW_TRACKING_URI": host.replace("://", f"://{ADMIN}:{ADMIN_PASSWORD}@")},
+                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert ADMIN_PASSWORD not in ok.stdout + ok.stderr and f"Tracking store: http://{ADMIN}:***@" in ok.stdout, ok.stdout
+    assert f"Open: {host}/#/experiments/" in ok.stdout
+    bad = subprocess.run(dry, env={**in_uri, "MLFLOW_TRACKING_URI": host.replace("://", f"://{READER}:wrong-pw-77@")},
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "wrong-pw-77" not in bad.stdout + bad.stderr, bad.stderr[-2000:]
+    assert (f"refused the login of user '{READER}' (wrong name or password); check the user and password in "
+            "MLFLOW_TRACKING_URI") in bad.stderr, bad.stderr[-2000:]
+
+
+def on_server_url(env: dict[str, str]) -> str:
+    return env["MLFLOW_TRACKING_URI"].rstrip("/")
+
+
 def test_a_write_without_credentials_or_permission_is_refused_in_one_line(on_server, base_env, tmp_path):
     """Without credentials, with a wrong password, and as a user who may only read the experiment:
     `uqflow run` exits non-zero with one line saying what is missing and what to do."""

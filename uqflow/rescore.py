@@ -51,9 +51,6 @@ def _source(run_id: str):
 
 
 def _check_overrides(run_id: str, overrides: dict[str, str], params: dict[str, str]) -> None:
-    bad = set(overrides) - set(RESCORE_FIELDS)
-    if bad:
-        raise ConfigError(f"rescore can change only {', '.join(RESCORE_FIELDS)}; not {', '.join(sorted(bad))}")
     sampling = sorted(set(overrides) & set(SAMPLING_FIELDS))
     if sampling and not num_generations(params):
         raise RescoreError(f"run {run_id} sampled no answers (num_generations=0), so {', '.join(sampling)} would "
@@ -67,6 +64,9 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
     Everything is checked before the new run starts, so a refusal leaves nothing behind."""
     import pandas as pd
 
+    bad = set(overrides) - set(RESCORE_FIELDS)
+    if bad:
+        raise ConfigError(f"rescore can change only {', '.join(RESCORE_FIELDS)}; not {', '.join(sorted(bad))}")
     source = _source(run_id)
     params = {k: v for k, v in source.data.params.items() if k in RunConfig.__dataclass_fields__}
     _check_overrides(run_id, overrides, source.data.params)

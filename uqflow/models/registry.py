@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -79,6 +80,24 @@ _REQUIRED = ("name", "source", "family", "size_b", "instruct")
 
 
 def load_registry_file(path: str | os.PathLike) -> list[ModelSpec]:
+    """The entries of a registry file (see :func:`_read_registry_file`), parsed once per version
+    of the file: a grid's cells and a run's checks ask for the same file many times, and a 10,000-cell
+    grid spent most of its dry run parsing it again. An edited file (its size or modification time
+    changed) is read again."""
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+    except OSError:
+        return _read_registry_file(path)  # a missing file: its own error
+    return list(_parsed_registry_file(str(p.resolve()), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_registry_file(path: str, mtime_ns: int, size: int) -> tuple[ModelSpec, ...]:
+    return tuple(_read_registry_file(path))
+
+
+def _read_registry_file(path: str | os.PathLike) -> list[ModelSpec]:
     """Model entries from a YAML file of the user's — data only, never code::
 
         models:
