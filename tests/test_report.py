@@ -12,6 +12,7 @@ import mlflow
 import pytest
 
 from store_fixtures import log_run
+from uqflow.scoring.uncertainty import SCORES
 from uqflow.report import build_report, load_study
 from uqflow.report.stats import answer_all
 from uqflow.store import aggregate, run_query
@@ -84,22 +85,25 @@ def test_summary_json_equals_the_sql_store(study_store, tmp_path):
         for m, v in run["scores"].items():
             assert (v["auroc"], v["ci_low"], v["ci_high"]) == stored[(run["run_id"], m)]
             seen += 1
-    assert seen == len(stored) == 60
+    assert seen == len(stored) == len(summary["runs"]) * len(SCORES)
     acc = dict(run_query("SELECT run_id, accuracy FROM runs", study_store["url"]).rows)
     assert {r["run_id"]: r["accuracy"] for r in summary["runs"]} == acc
-    fam = {f: v for f, v in run_query("SELECT family, mean_auroc FROM v_auroc_by_family WHERE measure = 'g_nll'",
-                                      study_store["url"]).rows}
+    fam = {(f, q): v for f, q, v in run_query("SELECT family, quantization, mean_auroc FROM v_auroc_by_family "
+                                              "WHERE measure = 'g_nll'", study_store["url"]).rows}
     for row in summary["slices"]["family"]:
         if row["measure"] == "g_nll":
-            assert row["mean_auroc"] == pytest.approx(fam[row["family"]], rel=1e-12)
-    assert summary["answers"]["family"]["numbers"]["mean_auroc_by_family"] == pytest.approx(fam, rel=1e-12)
+            assert row["mean_auroc"] == pytest.approx(fam[row["family"], row["quantization"]], rel=1e-12)
+    # families compared like with like: Mistral has 8-bit runs only, so the families are compared at 8-bit
+    assert {q for _, q in fam} == {"none", "8bit"} and ("Mistral", "none") not in fam
+    at_8bit = {f: v for (f, q), v in fam.items() if q == "8bit"}
+    assert summary["answers"]["family"]["numbers"]["mean_auroc_by_family"] == pytest.approx(at_8bit, rel=1e-12)
 
 
 def test_report_html_is_self_contained(study_store, tmp_path):
     r = build_report(study_store["url"], tmp_path / "rep", log_to_mlflow=False)
     html = r.html.read_text()
     srcs = re.findall(r'<img[^>]*src="([^"]*)"', html)
-    assert len(srcs) == len(r.figures) == 9
+    assert len(srcs) == len(r.figures) == 11
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert not re.search(r'(src|href)="(http|//|file:)', html)
     for q in ("Does size help?", "Which family flags its errors best?", "Does the dataset matter?",
@@ -120,7 +124,7 @@ def test_runs_whose_intervals_are_all_undefined_still_report(study_store, tmp_pa
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE scores SET ci_low = NULL, ci_high = NULL")
     r = build_report(f"sqlite:///{db}", tmp_path / "rep", log_to_mlflow=False)
-    assert len(r.figures) == 9
+    assert len(r.figures) == 11
     assert load_study(f"sqlite:///{db}").scores["ci_low"].isna().all()
 
 
@@ -215,7 +219,7 @@ def test_report_renders_in_a_real_browser(study_store, tmp_path, browser):
     print(f"\nbrowser: title {seen['title']!r}, {seen['images']} images, broken {seen['broken_images']}, "
           f"{len(seen['text'])} characters of text")
     assert seen["title"] == "uqflow report"
-    assert seen["images"] == 9 and seen["broken_images"] == []
+    assert seen["images"] == 11 and seen["broken_images"] == []
     for q in ("Does size help?", "Which family flags its errors best?", "Does the dataset matter?",
               "Does instruction tuning help?", "What does 8-bit quantization cost?"):
         assert q in seen["text"]

@@ -45,6 +45,8 @@ GENERATION_COLUMNS = (
     Column("ln_g_nll", "float"),
     Column("max_nll", "float"),
     Column("mean_entropy", "float"),
+    Column("answer_tokens", "float"),
+    Column("answer_chars", "float"),
     Column("correctness_score", "float"),
     Column("stop_reason", "text"),
     Column("tokens", "list[text]"),
@@ -64,6 +66,8 @@ GENERATION_COLUMNS = (
     Column("p_true", "float"),
 )
 REQUIRED_COLUMNS = tuple(c.name for c in GENERATION_COLUMNS if c.required)
+#: an extra judge's verdicts (the ``judges`` setting): one column ``judge.<name>`` each, like ``correct``
+VERDICT_PREFIX = "judge."
 #: per-token columns that must have one value per answer token
 PER_TOKEN = ("token_logprobs", "tokens", "relevance", "token_entropies")
 
@@ -128,7 +132,8 @@ def check_generations(table, expected_rows: int | None = None, required: tuple[s
         raise ArtifactError(f"its {GENERATIONS_FILE} lacks the column(s) {', '.join(missing)}")
     if expected_rows is not None and table.num_rows != expected_rows:
         raise ArtifactError(f"its {GENERATIONS_FILE} has {table.num_rows} rows but the run reports n={expected_rows}")
-    for col in GENERATION_COLUMNS:
+    verdicts = [Column(c, "bool") for c in sorted(names) if c.startswith(VERDICT_PREFIX)]
+    for col in (*GENERATION_COLUMNS, *verdicts):
         if col.name not in names:
             continue
         data = table.column(col.name)

@@ -68,24 +68,35 @@ def _progress_bar(label: str):
 
 
 def _print_results(results) -> None:
+    """Each run's every measure: AUROC with its interval and what it cost beyond the greedy pass,
+    then a warning where the run is too small for its AUROCs to rank anything."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="uqflow results")
-    for col in ("run id", "model", "dataset", "n", "accuracy", "AUROC G-NLL [95% CI]", "AUROC RW-G-NLL [95% CI]"):
-        table.add_column(col)
+    from uqflow.plots import LABELS
+    from uqflow.scoring.pipeline import measures_of, metric
+    from uqflow.scoring.selective import small_sample_warning
 
-    def fmt(m, key):
-        v = m.get(f"auroc_{key}", float("nan"))
-        lo, hi = m.get(f"auroc_{key}_ci_low", float("nan")), m.get(f"auroc_{key}_ci_high", float("nan"))
-        return "n/a (one class)" if v != v else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
-
+    console = Console(width=200)
     for r in results:
         m = r.metrics
         acc = m.get("accuracy", float("nan"))
-        table.add_row(r.run_id, r.config.model, r.config.dataset, str(int(m["n"])),
-                      "n/a" if acc != acc else f"{acc:.3f}", fmt(m, "g_nll"), fmt(m, "rw_g_nll"))
-    Console(width=200).print(table)
+        n = int(m["n"] - m.get("n_undecided", 0))
+        table = Table(title=f"{r.config.model} x {r.config.dataset}: n = {int(m['n'])}, accuracy "
+                            f"{'n/a' if acc != acc else f'{acc:.3f}'} (run {r.run_id})")
+        for col in ("measure", "AUROC [95% CI] (wrong answer = positive)", "extra seconds per question"):
+            table.add_column(col)
+        for name in measures_of(r.frame):
+            v = m.get(metric("auroc", name), float("nan"))
+            lo, hi = m.get(metric("ci_low", name), float("nan")), m.get(metric("ci_high", name), float("nan"))
+            cost = m.get(metric("cost_seconds", name))
+            table.add_row(LABELS.get(name, name), "n/a (one class)" if v != v else f"{v:.3f} [{lo:.3f}, {hi:.3f}]",
+                          "" if cost is None else f"{cost:.3f}")
+        console.print(table)
+        wrong = int(round(n * (1 - acc))) if acc == acc else 0
+        warning = small_sample_warning(n, wrong, n - wrong)
+        if warning:
+            click.echo(f"Warning: {warning}", err=True)
 
 
 def _where_to_look(run_id: str | None = None) -> None:

@@ -35,7 +35,10 @@ class RunConfig:
     use_context: bool = True  # include the passage for datasets that have one (SQuAD, SVAMP)
     instruction_per_block: bool = False  # repeat the instruction before every few-shot block
     chat_template: bool = True  # instruct models get the prompt as one chat turn
-    correctness: str = "f1"  # judge (scoring/judges.py): f1 (the study's), em, alias, rouge_l, llm:<model>
+    correctness: str = "f1"  # judge (scoring/judges.py): f1 (the study's), em, contains, alias, rouge_l, llm:<model>
+    judges: str = ""  # more judges whose verdicts are stored beside `correctness`'s, comma-separated
+    #   (e.g. em,contains,llm:SmolLM2-135M-Instruct), so the report can show how much the ranking of
+    #   the measures depends on the judge; `correctness` stays the one the metrics use
     correctness_threshold: float = 0.0  # 0 = the judge's default (f1 0.5, rouge_l 0.3)
     answerable_only: bool = True  # SQuAD v2: evaluate answerable questions only, as the study did
     abstention: str = "official"  # with answerable_only=false: which answers to an unanswerable question
@@ -72,8 +75,17 @@ class RunConfig:
                                                            "of sets are constant" if self.num_generations == 1 else ""))
         if not 0.0 < self.temperature <= 10.0:
             raise ConfigError(f"temperature must lie in (0, 10], got {self.temperature}")
+        names = self.judge_names
+        if self.judges.strip() and (len(names) != len(self.judges.split(",")) or len(set(names)) != len(names)):
+            raise ConfigError(f"judges must be judge names separated by commas, each once, got {short(self.judges)}")
         if not self.similarity.strip():
             raise ConfigError("similarity must name a similarity model, e.g. all-MiniLM-L6-v2 (the default)")
+
+    @property
+    def judge_names(self) -> tuple[str, ...]:
+        """The extra judges of ``judges``, in order (the run's own ``correctness`` judge left out)."""
+        names = [j.strip() for j in self.judges.split(",") if j.strip()]
+        return tuple(j for j in names if j != self.correctness)
 
     @property
     def prompt_options(self) -> PromptOptions:
@@ -94,6 +106,9 @@ class RunConfig:
         if not self.num_generations:  # sampling's settings change nothing when nothing is sampled,
             for k in SAMPLING_FIELDS:  # and runs from before sampling existed keep their hash
                 d.pop(k)
+        for k, default in OMITTED_AT_DEFAULT.items():  # settings added later: runs from before keep their hash
+            if d.get(k) == default:
+                d.pop(k)
         if dataset_content:
             d["dataset_content"] = dataset_content
         d.update(extra or {})  # fields that change results for this model only (batch_size, quantized)
@@ -112,6 +127,8 @@ class RunConfig:
 
 
 NON_RESULT_FIELDS = {"batch_size", "device", "backend"}
+#: settings added after runs were first recorded, left out of the hash while at their default
+OMITTED_AT_DEFAULT = {"judges": ""}
 SAMPLING_FIELDS = ("num_generations", "temperature", "entailment", "strict_entailment")
 #: sampled answers per question: the measures of sampled answers are studied with 5-20 (the
 #: semantic-entropy paper's 10); a question's answers share one batch, so memory bounds it too

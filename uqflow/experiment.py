@@ -132,8 +132,9 @@ def name_problems(cfg: RunConfig) -> list[ConfigError]:
     problems = []
     if cfg.backend not in ENGINES:
         problems.append(ConfigError(f"unknown backend {short(cfg.backend)}. Known: {', '.join(ENGINES)}"))
-    if not is_judge_name(cfg.correctness):
-        problems.append(ConfigError(f"unknown correctness judge {short(cfg.correctness)}. Known: {', '.join(JUDGES)}"))
+    for judge in (cfg.correctness, *cfg.judge_names):
+        if not is_judge_name(judge):
+            problems.append(ConfigError(f"unknown correctness judge {short(judge)}. Known: {', '.join(JUDGES)}"))
     if cfg.abstention not in ABSTENTION_RULES:
         problems.append(ConfigError(f"unknown abstention rule {short(cfg.abstention)}. "
                                     f"Known: {', '.join(ABSTENTION_RULES)}"))
@@ -202,11 +203,12 @@ def check(cfg: RunConfig, memo: dict | None = None) -> tuple[ModelSpec | None, L
     similarity = _once(memo, ("similarity", cfg.similarity), similarity_problem, cfg.similarity)
     if similarity:
         problems.append(ModelLoadError(similarity))
-    if cfg.correctness.startswith("llm:") and len(cfg.correctness) > 4:
-        try:  # the judge model must exist too
-            _once(memo, ("model", cfg.correctness[4:], registry), get_model, cfg.correctness[4:], registry)
-        except UqflowError as e:
-            problems.append(e)
+    for judge in (cfg.correctness, *cfg.judge_names):
+        if judge.startswith("llm:") and len(judge) > 4:
+            try:  # the judge model must exist too
+                _once(memo, ("model", judge[4:], registry), get_model, judge[4:], registry)
+            except UqflowError as e:
+                problems.append(e)
     try:
         ds = _once(memo, ("dataset", cfg.dataset), _read_dataset, cfg)
     except UqflowError as e:
@@ -532,6 +534,15 @@ def answer_inputs(tokenizer, instruct: bool, questions: Sequence[str],
     return prompts, conts
 
 
+def _judge(cfg: RunConfig, name: str, lm: LoadedModel | None):
+    """The judge called ``name``; ``correctness_threshold`` applies to the run's own judge only."""
+    generate = None
+    if name.startswith("llm:"):
+        generate = llm_judge_generate(name[4:], cfg.model_registry or None, cfg.device, lm)
+    threshold = cfg.correctness_threshold if name == cfg.correctness else 0.0
+    return make_judge(name, threshold, generate=generate, cache_path=cache_root() / "judgments.sqlite")
+
+
 def _score(cfg: RunConfig, frame, decode, lm: LoadedModel | None):
     """Relevance, correctness, semantic clusters (a run that sampled) and scores for a table of
     generations. Returns (frame, relevance seconds, the cost of the relevance and clustering parts)."""
@@ -541,12 +552,9 @@ def _score(cfg: RunConfig, frame, decode, lm: LoadedModel | None):
     relevance_seconds = time.perf_counter() - t
     # one similarity pass per text embedded: each answer whole and without each of its tokens
     parts = {"relevance": Cost(float(sum(len(t) + 1 for t in frame["token_ids"])), 0, relevance_seconds)}
-    generate = None
-    if cfg.correctness.startswith("llm:"):
-        generate = llm_judge_generate(cfg.correctness[4:], cfg.model_registry or None, cfg.device, lm)
-    judge = make_judge(cfg.correctness, cfg.correctness_threshold, generate=generate,
-                       cache_path=cache_root() / "judgments.sqlite")
-    frame = pipeline.add_correctness(frame, judge, cfg.abstention)
+    judges = {name: _judge(cfg, name, lm) for name in (cfg.correctness, *cfg.judge_names)}
+    frame = pipeline.add_correctness(frame, judges.pop(cfg.correctness), cfg.abstention)
+    frame = pipeline.add_verdicts(frame, judges, cfg.abstention)
     if cfg.num_generations and pipeline.sampled(frame):
         judge_cost = Cost()
         entail_generate = None

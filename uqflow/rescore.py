@@ -24,7 +24,7 @@ from uqflow.scoring.consistency import check_run_table, num_generations
 from uqflow.scoring.cost import Cost, parts_from_metrics
 
 #: the settings a rescore may change: those that act on stored rows only
-RESCORE_FIELDS = ("correctness", "correctness_threshold", "similarity", "n_bootstrap", "answerable_only", "abstention",
+RESCORE_FIELDS = ("correctness", "correctness_threshold", "judges", "similarity", "n_bootstrap", "answerable_only", "abstention",
                   "entailment", "strict_entailment")
 #: the generations columns that rescoring reads
 RESCORE_COLUMNS = ("example_id", "question", "answer", "token_ids", "token_logprobs", "token_entropies",

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from uqflow import tracking
 from uqflow.report import figures as F
+from uqflow.report import selective_figures as SF
+from uqflow.report.objections import objections
 from uqflow.report.data import Study, load_study
 from uqflow.report.stats import QUESTIONS, answer_all, answer_cost, best_performers, delong_table
 
@@ -75,7 +77,8 @@ def summarise(study: Study, measure: str = "g_nll") -> dict:
             "quantization": r.quantization, "instruct": bool(r.instruct), "dataset": r.dataset, "n": int(r.n),
             "accuracy": r.accuracy, "delong_z": r.delong_z, "delong_p": r.delong_p,
             "scores": {s.measure: {"auroc": s.auroc, "ci_low": s.ci_low, "ci_high": s.ci_high, "aurac": s.aurac,
-                                   "prr": s.prr, "cost_seconds": s.cost_seconds, "cost_passes": s.cost_passes,
+                                   "prr": s.prr, "aurc": s.aurc, "ece": s.ece, "brier": s.brier,
+                                   "cost_seconds": s.cost_seconds, "cost_passes": s.cost_passes,
                                    "cost_tokens": s.cost_tokens} for s in sc.itertuples()},
         })
     slices = {key: view.to_dict("records") for key, view in study.slices.items()}
@@ -87,6 +90,7 @@ def summarise(study: Study, measure: str = "g_nll") -> dict:
         "best": best_performers(study), "delong_g_nll_vs_rw_g_nll": delong_table(study).to_dict("records"),
         "cost": answer_cost(study), "measures": list(study.measures),
         "intervals": INTERVALS, "figure_axes": FIGURE_AXES, "token_examples": F.token_pick_rule(measure),
+        "objections": objections(study, measure),
     })
 
 
@@ -96,6 +100,7 @@ TITLES = {
     "family_radar": "Radar per family", "roc_overlay": "ROC curves", "rejection_overlay": "Accuracy-rejection curves",
     "gnll_vs_rwgnll": "G-NLL against RW-G-NLL, paired per run",
     "auroc_vs_cost": "AUROC against cost: G-NLL and the sampling-based measures",
+    **SF.TITLES,
 }
 
 
@@ -133,7 +138,8 @@ def build_report(url: str | None = None, out: str | Path = "reports", *, measure
     except OSError as e:
         raise UqflowError(f"cannot write the report to {out}: {e.strerror}") from None
     pngs, paths = {}, {}
-    for name, fig in F.draw_all(study, measure).items():
+    figures = {**F.draw_all(study, measure), **{name: fn(study, measure) for name, fn in SF.FIGURES.items()}}
+    for name, fig in figures.items():
         pngs[name] = _png(fig)
         paths[name] = out / "figures" / f"{name}.png"
         paths[name].write_bytes(pngs[name])

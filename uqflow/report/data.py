@@ -10,12 +10,14 @@ from uqflow.store import SLICE_VIEWS
 from uqflow.store.db import connect, db_url, redact, require_schema, store_failure
 
 #: generations columns the report uses (the prompt and token ids stay in the store)
-GENERATION_COLUMNS = ("run_id", "example_id", "position", "question", "answer", "reference_answers", "correct",
-                      "answerable", "num_tokens", "g_nll", "ln_g_nll", "max_nll", "mean_entropy", "rw_g_nll", "tokens",
+GENERATION_COLUMNS = ("run_id", "example_id", "position", "question", "answer", "reference_answers", "correct", "verdicts",
+                      "answerable", "num_tokens", "g_nll", "ln_g_nll", "max_nll", "mean_entropy", "rw_g_nll", "answer_tokens",
+                      "answer_chars", "tokens",
                       "token_logprobs", "relevance", "predictive_entropy", "ln_predictive_entropy", "semantic_entropy",
                       "discrete_semantic_entropy", "num_semantic_sets", "p_true")
 #: measures in the order the report shows them: the single-pass scores, then the sampled ones
-MEASURE_ORDER = ("g_nll", "ln_g_nll", "max_nll", "mean_entropy", "rw_g_nll", "predictive_entropy",
+MEASURE_ORDER = ("g_nll", "ln_g_nll", "max_nll", "mean_entropy", "rw_g_nll", "answer_tokens", "answer_chars",
+                 "predictive_entropy",
                  "ln_predictive_entropy", "semantic_entropy", "discrete_semantic_entropy", "num_semantic_sets", "p_true")
 
 
@@ -86,11 +88,11 @@ def load_study(url: str | None = None) -> Study:
     if runs.empty:
         raise StoreError(f"the results store {redact(url)} holds no runs; run `uqflow aggregate` first")
     # JSON columns come back as text from SQLite
-    for col in ("tokens", "token_logprobs", "relevance", "reference_answers"):
+    for col in ("tokens", "token_logprobs", "relevance", "reference_answers", "verdicts"):
         gens[col] = gens[col].map(lambda v: json.loads(v) if isinstance(v, str) else v)
     # a numeric column that is NULL in every row comes back as objects (None): as floats, NaN is undefined
     scores = scores.merge(costs, on=["run_id", "measure"], how="left")
-    for col in ("auroc", "ci_low", "ci_high", "cost_passes", "cost_tokens", "cost_seconds"):
+    for col in ("auroc", "ci_low", "ci_high", "aurc", "ece", "brier", "cost_passes", "cost_tokens", "cost_seconds"):
         scores[col] = pd.to_numeric(scores[col], errors="coerce").astype(float)
     for frame in (runs, scores):
         frame["instruct"] = frame["instruct"].astype(bool)

@@ -331,9 +331,12 @@ def auroc_heatmap(study: Study, measures=None) -> Figure:
         ax.text(j, i, "–" if not math.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=TEXT,
                 color="white" if dark else "black")
     ax.xaxis.tick_top()
-    if len(measures) > 6:  # the sampled measures too: slanted, so that the labels do not run together
+    if len(measures) > 8:  # the sampled measures too: slanted, so that the labels do not run together
         ax.set_xticks(range(len(measures)), [LABELS.get(m, m) for m in measures], rotation=35, ha="left",
                       rotation_mode="anchor", fontsize=SMALL)
+    elif len(measures) > 5:  # the length baselines beside the single-pass scores: upright labels, one line each
+        ax.set_xticks(range(len(measures)), [LABELS.get(m, m) for m in measures], rotation=90, ha="center",
+                      va="bottom", fontsize=SMALL)
     else:
         ax.set_xticks(range(len(measures)), [_wrap(LABELS[m]) for m in measures])
     ax.set_yticks(range(len(runs)), [f"{r.model} · {r.dataset}" for r in runs.itertuples()])

@@ -74,9 +74,21 @@ def _p(p: float) -> str:
 
 
 def _slice_means(study: Study, key: str, measure: str) -> pd.Series:
-    """Mean AUROC per family (or dataset, ...) from the store's slice view."""
+    """Mean AUROC per family (or dataset, ...) from the store's slice view, like with like: the
+    views are keyed by quantization too, and the slices are compared at one precision they all have
+    (unquantized where every slice has unquantized runs; the study's large models are all 8-bit);
+    only where they share none is each slice's mean pooled over its precisions, weighted by runs."""
     v = study.slices[key]
-    return v[v["measure"] == measure].set_index(key)["mean_auroc"].sort_index()
+    v = v[v["measure"] == measure]
+    if "quantization" in v.columns and key != "quantization":
+        shared = [q for q, g in v.groupby("quantization") if g[key].nunique() == v[key].nunique()]
+        if shared:  # a precision every slice has: unquantized where possible, else the one with most runs
+            q = "none" if "none" in shared else max(shared, key=lambda q: v.loc[v["quantization"] == q, "n_runs"].sum())
+            v = v[v["quantization"] == q]
+        else:
+            v = v.assign(w=v["mean_auroc"] * v["n_runs"]).groupby(key)[["w", "n_runs"]].sum()
+            return (v["w"] / v["n_runs"]).sort_index()
+    return v.set_index(key)["mean_auroc"].sort_index()
 
 
 def compare_runs(study: Study, run_a: str, run_b: str, measure: str, *, seed: int = 0,

@@ -53,6 +53,15 @@ def exact_match(prediction: str, references: Sequence[str]) -> float:
     return float(any(p == normalize_squad(r) for r in references))
 
 
+def contains_reference(prediction: str, references: Sequence[str]) -> float:
+    """1.0 if a normalised reference occurs in the normalised answer as a run of whole words
+    ("The Indian Rupee (INR) is the official currency" contains "Indian Rupee"): a judge that
+    forgives wordy right answers, which token F1 >= 0.5 counts wrong. An empty reference never
+    matches."""
+    p = f" {normalize_squad(prediction)} "
+    return float(any(r and f" {r} " in p for r in map(normalize_squad, references)))
+
+
 def f1_correct(prediction: str, references: Sequence[str], threshold: float = 0.5) -> bool:
     """The reference protocol's judge: SQuAD token F1 >= threshold against the best reference."""
     return max_f1(prediction, references) >= threshold

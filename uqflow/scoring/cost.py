@@ -29,7 +29,7 @@ from dataclasses import dataclass
 PARTS = ("relevance", "sampling", "entailment", "p_true")
 #: measure -> the parts it needs beyond the greedy pass
 NEEDS: dict[str, tuple[str, ...]] = {
-    "g_nll": (), "ln_g_nll": (), "max_nll": (), "mean_entropy": (),
+    "g_nll": (), "ln_g_nll": (), "max_nll": (), "mean_entropy": (), "answer_tokens": (), "answer_chars": (),
     "rw_g_nll": ("relevance",),
     "predictive_entropy": ("sampling",), "ln_predictive_entropy": ("sampling",),
     "semantic_entropy": ("sampling", "entailment"), "discrete_semantic_entropy": ("sampling", "entailment"),

@@ -5,6 +5,7 @@ name        rule                                                              de
 ==========  ================================================================  ==================
 f1          SQuAD token F1 against the best reference >= threshold (study)    0.5
 em          normalised exact match with any reference                         -
+contains    a normalised reference inside the normalised answer (whole words) -
 alias       TriviaQA alias match (TriviaQA normalisation, any alias)          -
 rouge_l     ROUGE-L F-measure (rouge-score) against the best reference        0.3
 llm:<name>  a registry model asked whether the answer means the same as a      -
@@ -28,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from uqflow.errors import ConfigError
-from uqflow.scoring.correctness import exact_match, max_f1, normalize_squad, normalize_triviaqa
+from uqflow.scoring.correctness import contains_reference, exact_match, max_f1, normalize_squad, normalize_triviaqa
 
 DEFAULT_THRESHOLDS = {"f1": 0.5, "rouge_l": 0.3}
-RULE_JUDGES = ("f1", "em", "alias", "rouge_l")
+RULE_JUDGES = ("f1", "em", "contains", "alias", "rouge_l")
 JUDGES = (*RULE_JUDGES, "llm:<model>")
 
 
@@ -218,6 +219,8 @@ def make_judge(name: str, threshold: float = 0.0, generate: Callable[[list[str]]
         return RuleJudge("f1", max_f1, thr)
     if name == "em":
         return RuleJudge("em", exact_match, None)
+    if name == "contains":
+        return RuleJudge("contains", contains_reference, None)
     if name == "alias":
         return RuleJudge("alias", alias_match, None)
     if name == "rouge_l":

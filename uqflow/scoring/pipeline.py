@@ -13,11 +13,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from uqflow.artifact import VERDICT_PREFIX
 from uqflow.scoring.evaluation import (OneClassWarning, accuracy_at_coverage, aurac, auroc_with_ci, delong_test,
                                        prr)
 from uqflow.scoring.judges import Judge, judge_examples
 from uqflow.scoring.cost import Cost, measure_costs, part_metrics
 from uqflow.scoring.relevance import token_relevance
+from uqflow.scoring.selective import aurc, brier_score, confidence_probabilities, expected_calibration_error
 from uqflow.scoring.semantic import SAMPLED_MEASURES, score_sampled_row, semantic_clusters
 from uqflow.scoring.uncertainty import SCORES, score_row
 
@@ -28,6 +30,9 @@ SAMPLED_SCORES = tuple(SAMPLED_MEASURES)
 #: the columns of a generations table that hold a run's sampled answers
 SAMPLE_COLUMNS = ("samples", "sample_token_ids", "sample_token_logprobs", "log_p_true")
 COVERAGES = (0.8, 0.9, 0.95)
+#: how a measure is mapped to P(correct) for its calibration (ECE, Brier): a non-increasing step
+#: function of the score fitted out of fold (5-fold cross-fitting inside the run, scoring/selective.py)
+CALIBRATION = "isotonic"
 #: the paired comparison the study asks about
 DELONG_PAIR = ("g_nll", "rw_g_nll")
 #: the metrics a run logs for each measure, by name (the results store's ``scores`` columns), as
@@ -35,6 +40,8 @@ DELONG_PAIR = ("g_nll", "rw_g_nll")
 MEASURE_METRICS = {"auroc": "auroc_{m}", "ci_low": "auroc_{m}_ci_low", "ci_high": "auroc_{m}_ci_high",
                    "aurac": "aurac_{m}", "prr": "prr_{m}",
                    **{f"acc_cov{round(c * 100)}": f"acc_cov{round(c * 100)}_{{m}}" for c in COVERAGES},
+                   # calibration (the measure mapped to P(correct), cross-validated) and risk-coverage
+                   "ece": "ece_{m}", "brier": "brier_{m}", "aurc": "aurc_{m}",
                    # what the measure cost beyond the greedy pass, per question (scoring/cost.py)
                    "cost_passes": "cost_passes_{m}", "cost_tokens": "cost_tokens_{m}",
                    "cost_seconds": "cost_seconds_{m}"}
@@ -63,6 +70,42 @@ def add_correctness(frame: pd.DataFrame, judge: Judge, abstention: str = "offici
     frame["correctness_score"] = [v.score for v in verdicts]
     frame["judge_reply"] = [v.raw for v in verdicts]
     return frame
+
+
+def verdict_columns(frame) -> dict[str, str]:
+    """judge name -> its verdict column, for the extra judges a table holds."""
+    names = frame.column_names if hasattr(frame, "column_names") else frame.columns  # a pyarrow Table, or pandas
+    return {c[len(VERDICT_PREFIX):]: c for c in names if c.startswith(VERDICT_PREFIX)}
+
+
+def add_verdicts(frame: pd.DataFrame, judges: dict[str, Judge], abstention: str = "official") -> pd.DataFrame:
+    """``judge.<name>``: each extra judge's verdict (nullable), judged as ``correct`` is, beside it."""
+    frame = frame.copy()
+    for name, judge in judges.items():
+        verdicts = judge_examples(judge, list(frame["question"]), list(frame["answer"]),
+                                  [list(r) for r in frame["references"]], list(frame["answerable"]), abstention)
+        frame[VERDICT_PREFIX + name] = pd.array([v.correct for v in verdicts], dtype="boolean")
+    return frame
+
+
+def judge_metrics(frame: pd.DataFrame) -> dict[str, float]:
+    """For each extra judge: its accuracy and its agreement with the run's judge (Cohen's kappa over
+    the answers both decided), as ``judge/<name>/accuracy`` and ``judge/<name>/kappa`` (a colon in
+    the name becomes a dash, as MLflow's metric names allow no colon on Windows)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    out = {}
+    for name, col in verdict_columns(frame).items():
+        key = "judge/" + name.replace(":", "-")
+        theirs = frame[col]
+        out[f"{key}/accuracy"] = float(theirs.dropna().astype(bool).mean()) if theirs.notna().any() else math.nan
+        both = frame["correct"].notna() & theirs.notna()
+        a, b = frame.loc[both, "correct"].astype(bool), theirs[both].astype(bool)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # one class in both: kappa undefined (NaN)
+            out[f"{key}/kappa"] = float(cohen_kappa_score(a, b)) if len(a) else math.nan
+        out[f"{key}/agreement"] = float((a == b).mean()) if len(a) else math.nan
+    return out
 
 
 def sampled(frame: pd.DataFrame) -> bool:
@@ -112,8 +155,10 @@ def cost_metrics(frame: pd.DataFrame, parts: dict[str, Cost]) -> dict[str, float
 
 
 def evaluate(frame: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Accuracy and, for every score (the sampled measures too, if the run sampled), AUROC with its interval, AURAC, PRR and accuracy at fixed
-    coverages, plus DeLong's paired test of G-NLL against RW-G-NLL. Undecided judgments are left
+    """Accuracy and, for every score (the sampled measures too, if the run sampled), AUROC with its
+    interval, AURAC, PRR, accuracy at fixed coverages, the area under the risk-coverage curve, and
+    the calibration (ECE, Brier) of the score mapped to P(correct) by CALIBRATION; the extra judges'
+    accuracy and agreement with the run's judge; DeLong's paired test of G-NLL against RW-G-NLL. Undecided judgments are left
     out (and counted); undefined values are NaN (not logged), never a made-up 0.5."""
     decided = frame[frame["correct"].notna()]
     correct = decided["correct"].astype(bool).to_numpy()
@@ -133,9 +178,14 @@ def evaluate(frame: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0) -> 
             m[metric("prr", name)] = prr(correct, s)
             for c in COVERAGES:
                 m[metric(f"acc_cov{round(c * 100)}", name)] = accuracy_at_coverage(correct, s, c)
+            prob = confidence_probabilities(correct, s, method=CALIBRATION, seed=seed)
+            m[metric("ece", name)] = expected_calibration_error(correct, prob)
+            m[metric("brier", name)] = brier_score(correct, prob)
+            m[metric("aurc", name)] = aurc(correct, s)
     if correct.size and (correct.all() or not correct.any()):
         warnings.warn(f"every decided answer is {'right' if correct.all() else 'wrong'}: AUROC is undefined",
                       OneClassWarning, stacklevel=2)
+    m.update(judge_metrics(frame))
     a, b = DELONG_PAIR
     d = delong_test(correct, decided[a].to_numpy(dtype=np.float64), decided[b].to_numpy(dtype=np.float64))
     m[f"delong_z_{a}_vs_{b}"] = d.z

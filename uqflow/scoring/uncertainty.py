@@ -66,6 +66,19 @@ def rw_g_nll(logprobs: Sequence[float], relevance: Sequence[float]) -> float:
     return float((r * np.where(r > 0, nll, 0.0)).sum() / total)
 
 
+def answer_tokens(token_ids: Sequence[int]) -> float:
+    """Answer length in tokens: a baseline that needs no model output at all. G-NLL sums over the
+    answer's tokens, so a long answer scores as uncertain whatever the model believes; a measure
+    is worth its cost only where it flags wrong answers beyond what length alone does (the report's
+    "beyond length" test). Higher (longer) = more uncertain, the direction wrong answers lean."""
+    return float(len(token_ids))
+
+
+def answer_chars(answer: str) -> float:
+    """Answer length in characters (surrounding whitespace left out), the tokenizer-free baseline."""
+    return float(len(answer.strip()))
+
+
 #: score name -> (function, the Generation/row fields it takes, in order)
 SCORES: dict[str, tuple[ScoreFn, tuple[str, ...]]] = {
     "g_nll": (g_nll, ("token_logprobs",)),
@@ -73,6 +86,9 @@ SCORES: dict[str, tuple[ScoreFn, tuple[str, ...]]] = {
     "max_nll": (max_token_nll, ("token_logprobs",)),
     "mean_entropy": (mean_token_entropy, ("token_entropies",)),
     "rw_g_nll": (rw_g_nll, ("token_logprobs", "relevance")),
+    # zero-cost baselines: what a measure must beat
+    "answer_tokens": (answer_tokens, ("token_ids",)),
+    "answer_chars": (answer_chars, ("answer",)),
 }
 
 

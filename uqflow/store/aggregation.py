@@ -43,7 +43,7 @@ from uqflow.artifact import GENERATIONS_FILE
 from uqflow.errors import StoreError, UqflowError
 from uqflow.store.db import _first_line, connect, db_url, preflight, store_failure, upgrade
 from uqflow.scoring.consistency import check_run_table
-from uqflow.scoring.pipeline import DELONG_PAIR, MEASURE_METRICS, metric
+from uqflow.scoring.pipeline import DELONG_PAIR, MEASURE_METRICS, metric, verdict_columns
 from uqflow.scoring.semantic import SAMPLED_MEASURES
 from uqflow.scoring.uncertainty import SCORES
 from uqflow.store.schema import Generation, Run, Score
@@ -307,6 +307,7 @@ def _generation_rows(run) -> list[dict[str, Any]]:
     run_id = run.info.run_id
     table = tracking.load_table(run_id, GENERATIONS_FILE)
     check_run_table(table, run.data.params, run.data.metrics)
+    judges = verdict_columns(table)
     rows = []
     for i, r in enumerate(table.to_pylist()):
         token_ids = r["token_ids"]
@@ -314,6 +315,7 @@ def _generation_rows(run) -> list[dict[str, Any]]:
             "run_id": run_id, "example_id": str(r["example_id"]), "position": i, "question": r["question"],
             "answer": r["answer"], "reference_answers": r["references"], "answerable": r["answerable"],
             "correct": r["correct"], "correctness_score": _num(r.get("correctness_score")),
+            "verdicts": {name: r[col] for name, col in judges.items()} or None,
             "num_tokens": len(token_ids), "stop_reason": r.get("stop_reason"),
             **{s: _num(r.get(s)) for s in SCORE_COLUMNS},
             "tokens": r.get("tokens"), "token_ids": token_ids, "token_logprobs": _floats(r["token_logprobs"]),

@@ -98,6 +98,12 @@ class Score(Base):
     acc_cov80: Mapped[float | None] = mapped_column(Float)
     acc_cov90: Mapped[float | None] = mapped_column(Float)
     acc_cov95: Mapped[float | None] = mapped_column(Float)
+    # calibration of the measure mapped to P(correct) by a cross-validated fit inside the run
+    # (scoring/selective.py): expected calibration error and Brier score; and the area under the
+    # risk-coverage curve (lower is better)
+    ece: Mapped[float | None] = mapped_column(Float)
+    brier: Mapped[float | None] = mapped_column(Float)
+    aurc: Mapped[float | None] = mapped_column(Float)
     # what the measure cost beyond the greedy pass, per question (uqflow/scoring/cost.py): forward
     # passes, generated tokens, seconds; 0 for G-NLL and the other single-pass scores
     cost_passes: Mapped[float | None] = mapped_column(Float)
@@ -122,6 +128,8 @@ class Generation(Base):
     answerable: Mapped[bool] = mapped_column(Boolean)
     correct: Mapped[bool | None] = mapped_column(Boolean)  # NULL = the judge could not decide
     correctness_score: Mapped[float | None] = mapped_column(Float)
+    # the extra judges' verdicts (the run's `judges` setting): {judge name: true | false | null}
+    verdicts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     num_tokens: Mapped[int] = mapped_column(Integer)
     stop_reason: Mapped[str | None] = mapped_column(String(32))
     g_nll: Mapped[float | None] = mapped_column(Float)
@@ -129,6 +137,9 @@ class Generation(Base):
     max_nll: Mapped[float | None] = mapped_column(Float)
     mean_entropy: Mapped[float | None] = mapped_column(Float)
     rw_g_nll: Mapped[float | None] = mapped_column(Float)
+    # zero-cost baselines: answer length in tokens and in characters, scored like the measures
+    answer_tokens: Mapped[float | None] = mapped_column(Float)
+    answer_chars: Mapped[float | None] = mapped_column(Float)
     tokens: Mapped[list[str] | None] = mapped_column(JSON)  # each answer token as text, for token-level views
     token_ids: Mapped[list[int]] = mapped_column(JSON)
     token_logprobs: Mapped[list[float]] = mapped_column(JSON)

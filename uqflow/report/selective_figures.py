@@ -1,0 +1,102 @@
+"""Figures of calibration and selective prediction, one panel per run: the reliability diagram of a
+measure mapped to P(correct), and its risk-coverage curve beside answer length's."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from uqflow.plots import LABELS
+from uqflow.report.data import Study
+from uqflow.report.figures import SMALL, TEXT, _figure, _latest, _legend_below, _styled
+from uqflow.scoring.pipeline import CALIBRATION
+from uqflow.scoring.selective import confidence_probabilities, reliability_bins, risk_coverage
+
+#: the baseline every measure's risk-coverage curve is drawn against
+BASELINE = "answer_tokens"
+
+
+def _panels(study: Study):
+    runs = _latest(study)
+    n = len(runs)
+    cols = min(3, max(n, 1))
+    rows = max(1, math.ceil(n / cols))
+    fig = _figure(2.4 * rows + 1.3)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    return fig, axes, runs
+
+
+def _decided(study: Study, run_id: str):
+    d = study.answers(run_id)
+    d = d[d["correct"].notna()]
+    return d, d["correct"].astype(bool).to_numpy()
+
+
+@_styled
+def reliability_diagram(study: Study, measure: str = "g_nll") -> Figure:
+    """Accuracy against predicted P(correct) in ten equal-width bins, per run, for ``measure``
+    mapped to P(correct) by a 5-fold cross-fitted isotonic fit inside the run; marker area follows
+    the bin's answers, the diagonal is perfect calibration."""
+    fig, axes, runs = _panels(study)
+    for ax, r in zip(axes.flat, runs.itertuples()):
+        d, correct = _decided(study, r.run_id)
+        if measure in d:
+            prob = confidence_probabilities(correct, d[measure].to_numpy(dtype=float), method=CALIBRATION)
+            b = reliability_bins(correct, prob)
+            ok = b.count > 0
+            ax.scatter(b.confidence[ok], b.accuracy[ok], s=12 + 60 * b.count[ok] / max(b.count.sum(), 1),
+                       color="C0", zorder=3)
+            ax.plot(b.confidence[ok], b.accuracy[ok], color="C0", lw=1)
+        ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1))
+        ax.set_title(f"{r.model}\n{r.dataset}", fontsize=SMALL)
+        ax.tick_params(labelsize=SMALL)
+    for ax in axes[-1]:
+        ax.set_xlabel("predicted P(correct)", fontsize=SMALL)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy", fontsize=SMALL)
+    fig.suptitle(f"Reliability of {LABELS.get(measure, measure)} mapped to P(correct)\n"
+                 f"({CALIBRATION} fit, 5-fold cross-fitted per run; dotted: perfect calibration)", fontsize=TEXT)
+    return fig
+
+
+@_styled
+def risk_coverage_curves(study: Study, measure: str = "g_nll") -> Figure:
+    """Error rate among the most confident answers against the share of answers kept, per run, for
+    ``measure`` and for answer length alone (the zero-cost baseline); lower is better."""
+    fig, axes, runs = _panels(study)
+    for ax, r in zip(axes.flat, runs.itertuples()):
+        d, correct = _decided(study, r.run_id)
+        for name, style in ((measure, "-"), (BASELINE, "--")):
+            column = "num_tokens" if name == BASELINE and BASELINE not in d else name
+            if column in d and len(d):
+                cov, risk = risk_coverage(correct, d[column].to_numpy(dtype=float))
+                if len(cov):
+                    ax.plot(cov, risk, ls=style, lw=1.2, color="C0" if name == measure else "C1")
+        if len(correct):
+            ax.axhline(1 - correct.mean(), ls=":", c="grey", lw=0.8)
+        ax.set(xlim=(0, 1), ylim=(0, 1))
+        ax.set_title(f"{r.model}\n{r.dataset}", fontsize=SMALL)
+        ax.tick_params(labelsize=SMALL)
+    for ax in axes[-1]:
+        ax.set_xlabel("coverage (share of answers kept)", fontsize=SMALL)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("risk (error rate)", fontsize=SMALL)
+    handles = [Line2D([], [], color="C0", label=LABELS.get(measure, measure)),
+               Line2D([], [], color="C1", ls="--", label=LABELS[BASELINE]),
+               Line2D([], [], color="grey", ls=":", label="error rate of all answers")]
+    _legend_below(fig, handles, ncols=3)
+    fig.suptitle(f"Risk against coverage: {LABELS.get(measure, measure)} and answer length", fontsize=TEXT)
+    return fig
+
+
+FIGURES = {"reliability_diagram": reliability_diagram, "risk_coverage": risk_coverage_curves}
+TITLES = {"reliability_diagram": "Calibration: reliability diagram per run",
+          "risk_coverage": "Selective prediction: risk against coverage, beside answer length"}
+
+__all__ = ["FIGURES", "TITLES", "reliability_diagram", "risk_coverage_curves"]
