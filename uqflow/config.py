@@ -50,6 +50,10 @@ class RunConfig:
     temperature: float = 1.0  # sampling temperature of those answers
     entailment: str = "deberta-large-mnli"  # the judge that clusters sampled answers by meaning:
     #   deberta-large-mnli (the semantic-entropy paper's, from the hub) | llm:<registry model> (offline)
+    most_likely: str = "greedy"  # the answer that is judged and scored: greedy (G-NLL's, the default) |
+    #   sampled (one sample at temperature 0.1, as the semantic-entropy reference code takes it)
+    p_true_few_shot: int = 0  # p(True) examples from the few-shot pool (answered, sampled and judged
+    #   first, as the reference code's few-shot p(True)); 0 = zero-shot p(True). Needs num_generations
     strict_entailment: bool = False  # same meaning = entailment both ways (else: no contradiction and
     #   not both neutral, as the semantic-entropy code's default)
 
@@ -75,6 +79,13 @@ class RunConfig:
                                                            "of sets are constant" if self.num_generations == 1 else ""))
         if not 0.0 < self.temperature <= 10.0:
             raise ConfigError(f"temperature must lie in (0, 10], got {self.temperature}")
+        if self.most_likely not in MOST_LIKELY:
+            raise ConfigError(f"most_likely must be one of {', '.join(MOST_LIKELY)}, got {short(self.most_likely)}")
+        if not 0 <= self.p_true_few_shot <= MAX_P_TRUE_FEW_SHOT:
+            raise ConfigError(f"p_true_few_shot must lie in [0, {MAX_P_TRUE_FEW_SHOT}], got {self.p_true_few_shot}")
+        if self.p_true_few_shot and not self.num_generations:
+            raise ConfigError("p_true_few_shot needs sampled answers to show as brainstorm: set num_generations "
+                              "(2 or more) too")
         names = self.judge_names
         if self.judges.strip() and (len(names) != len(self.judges.split(",")) or len(set(names)) != len(names)):
             raise ConfigError(f"judges must be judge names separated by commas, each once, got {short(self.judges)}")
@@ -128,7 +139,10 @@ class RunConfig:
 
 NON_RESULT_FIELDS = {"batch_size", "device", "backend"}
 #: settings added after runs were first recorded, left out of the hash while at their default
-OMITTED_AT_DEFAULT = {"judges": ""}
+OMITTED_AT_DEFAULT = {"judges": "", "most_likely": "greedy", "p_true_few_shot": 0}
+MOST_LIKELY = ("greedy", "sampled")
+#: the reference code's few-shot p(True) uses 20 examples; more rarely fit a context
+MAX_P_TRUE_FEW_SHOT = 64
 SAMPLING_FIELDS = ("num_generations", "temperature", "entailment", "strict_entailment")
 #: sampled answers per question: the measures of sampled answers are studied with 5-20 (the
 #: semantic-entropy paper's 10); a question's answers share one batch, so memory bounds it too

@@ -379,9 +379,9 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
         if progress:
             progress(done, len(prompts))
 
-    gens = engine.generate([p.token_ids for p in prompts], progress=step)
-    greedy_passes = engine.passes["greedy"]
-    sampled, parts = ({}, {}) if not cfg.num_generations else _sample(cfg, engine, lm, prompts, gens, progress)
+    gens, answer_passes, answer_seconds = _answers(cfg, engine, [p.token_ids for p in prompts], step)
+    sampled, parts = ({}, {}) if not cfg.num_generations else _sample(cfg, engine, lm, prompts, gens, progress,
+                                                                      ds, shots)
     frame = pd.DataFrame([{
         "example_id": p.example.id, "question": p.example.question, "context": p.example.context,
         "prompt": p.text, "prompt_token_ids": p.token_ids, "num_shots": p.num_shots, "answer": g.text,
@@ -398,13 +398,35 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
     metrics = pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
     metrics.update(pipeline.cost_metrics(frame, parts))
     metrics.update({
-        "n_skipped": float(len(skipped)), "generation_seconds": engine.generation_seconds,
-        "greedy_passes_per_question": greedy_passes / max(len(frame), 1),
+        "n_skipped": float(len(skipped)), "generation_seconds": answer_seconds,
+        "greedy_passes_per_question": answer_passes / max(len(frame), 1),
         "scoring_seconds": time.perf_counter() - t, "relevance_seconds": score_seconds,
-        "questions_per_second": len(frame) / max(engine.generation_seconds, 1e-9),
+        "questions_per_second": len(frame) / max(answer_seconds, 1e-9),
         "peak_memory_mb": _peak_memory_mb(lm.device),
     })
     return frame, metrics, notes
+
+
+#: the reference code's "most likely answer": one sample at this temperature (most_likely=sampled)
+MOST_LIKELY_TEMPERATURE = 0.1
+#: added to the run's seed for that sample's stream, so it never shares a stream with the N samples
+MOST_LIKELY_SEED_OFFSET = 1_000_003
+
+
+def _answers(cfg: RunConfig, engine, ids: list[list[int]], step) -> tuple[list, float, float]:
+    """The answer of each prompt that is judged and scored, with the passes and seconds it took:
+    the greedy answer, or (``most_likely=sampled``) one sample at temperature 0.1, as the
+    semantic-entropy reference code takes its "most likely" answer. Either way its stored
+    log-probabilities are the model's raw ones (temperature 1), so G-NLL means the same."""
+    if cfg.most_likely == "greedy":
+        gens = engine.generate(ids, progress=step)
+        return gens, engine.passes["greedy"], engine.generation_seconds
+    before, before_tokens, t = engine.passes["sampled"], engine.tokens["sampled"], time.perf_counter()
+    samples = engine.sample(ids, 1, temperature=MOST_LIKELY_TEMPERATURE, seed=cfg.seed + MOST_LIKELY_SEED_OFFSET,
+                            progress=step)
+    passes = engine.passes["sampled"] - before
+    engine.passes["sampled"], engine.tokens["sampled"] = before, before_tokens  # the N samples' cost is apart
+    return [ss[0] for ss in samples], passes, time.perf_counter() - t
 
 
 def llm_judge_generate(model: str, registry: str | None = None, device: str = "auto",
@@ -475,9 +497,11 @@ def llm_choose(model: str, options: Sequence[str], registry: str | None = None, 
     return choose
 
 
-def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress) -> tuple[dict[str, list], dict[str, Cost]]:
-    """``num_generations`` sampled answers per question and p(True) of each greedy answer, as
-    generations columns, with what each part cost (scoring/cost.py)."""
+def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress, ds: LoadedDataset | None = None,
+            shots: Sequence[Example] = ()) -> tuple[dict[str, list], dict[str, Cost]]:
+    """``num_generations`` sampled answers per question and p(True) of each answer, as
+    generations columns, with what each part cost (scoring/cost.py); p(True) few-shot where
+    ``p_true_few_shot`` asks (:func:`_p_true_shots`, its cost counted in p(True)'s)."""
     n = cfg.num_generations
     before, before_tokens, t = engine.passes["sampled"], engine.tokens["sampled"], time.perf_counter()
     answers = 0
@@ -492,16 +516,51 @@ def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress) ->
     parts = {"sampling": Cost(engine.passes["sampled"] - before, engine.tokens["sampled"] - before_tokens,
                               time.perf_counter() - t)}
     texts = [[s.text for s in ss] for ss in samples]
-    questions = [p_true_prompt(p.example.question, ts, g.text, p.example.context if cfg.use_context else None)
+    prefix, shots_cost = ("", Cost()) if not cfg.p_true_few_shot else _p_true_shots(cfg, engine, lm, ds, shots)
+    questions = [prefix + p_true_prompt(p.example.question, ts, g.text, p.example.context if cfg.use_context else None)
                  for p, ts, g in zip(prompts, texts, gens)]
     ids, conts = p_true_inputs(lm.tokenizer, lm.spec.instruct, questions)
     t = time.perf_counter()
     log_p_true = engine.continuation_logprobs(ids, conts)
-    parts["p_true"] = Cost(len(ids), 0, time.perf_counter() - t)
+    parts["p_true"] = Cost(len(ids), 0, time.perf_counter() - t) + shots_cost
     return {"samples": texts, "sample_token_ids": [[s.token_ids for s in ss] for ss in samples],
             "sample_token_logprobs": [[s.token_logprobs for s in ss] for ss in samples],
             "sample_stop_reasons": [[s.stop_reason for s in ss] for ss in samples],
             "log_p_true": log_p_true}, parts
+
+
+def _p_true_shots(cfg: RunConfig, engine, lm: LoadedModel, ds: LoadedDataset | None,
+                  shots: Sequence[Example]) -> tuple[str, Cost]:
+    """The few-shot part of every p(True) prompt, as the semantic-entropy reference code builds it:
+    ``p_true_few_shot`` questions of the few-shot pool (not those shown as the answer prompt's own
+    examples), each answered (as the run answers), sampled ``num_generations`` times and judged
+    with the run's judge, then written as a p(True) question followed by its verdict, " A" (true)
+    or " B" (false). Returns the text and what making it cost."""
+    from uqflow.scoring.judges import judge_examples
+
+    used = {ex.id for ex in shots}
+    pool = [ex for ex in (ds.few_shot_pool if ds else []) if ex.id not in used]
+    examples = draw_few_shot(pool, cfg.p_true_few_shot, cfg.seed + 1)
+    if not examples:
+        return "", Cost()
+    prompts, _ = build_prompts(examples, shots, lm.tokenizer, instruct=lm.spec.instruct, opts=cfg.prompt_options,
+                               max_prompt_tokens=lm.context_length - cfg.max_new_tokens)
+    before = {k: (engine.passes[k], engine.tokens[k]) for k in engine.passes}
+    t = time.perf_counter()
+    ids = [p.token_ids for p in prompts]
+    answers, _, _ = _answers(cfg, engine, ids, None)
+    samples = engine.sample(ids, cfg.num_generations, temperature=cfg.temperature, seed=cfg.seed + 1)
+    verdicts = judge_examples(_judge(cfg, cfg.correctness, lm), [p.example.question for p in prompts],
+                              [a.text for a in answers], [list(p.example.references) for p in prompts],
+                              [p.example.answerable for p in prompts], cfg.abstention)
+    blocks = [p_true_prompt(p.example.question, [s.text for s in ss], a.text,
+                            p.example.context if cfg.use_context else None) + (" A" if v.correct else " B") + "\n\n"
+              for p, ss, a, v in zip(prompts, samples, answers, verdicts)]
+    cost = Cost(sum(engine.passes[k] - before[k][0] for k in before), sum(engine.tokens[k] - before[k][1] for k in before),
+                time.perf_counter() - t)
+    for k, (passes, tokens) in before.items():  # counted as p(True)'s cost, not as the answers' or the samples'
+        engine.passes[k], engine.tokens[k] = passes, tokens
+    return "".join(blocks), cost
 
 
 def p_true_inputs(tokenizer, instruct: bool, questions: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:

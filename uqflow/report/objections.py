@@ -34,6 +34,8 @@ LENGTH_MEASURES = ("answer_tokens", "answer_chars")
 #: the reference study's questions per run, for the power line
 STUDY_N = 400
 ALPHA, POWER = 0.05, 0.8
+#: the AUROCs at which power is computed: the observed one, kept inside this range
+AUROC_RANGE = (0.6, 0.95)
 #: answers shown per run where its judges disagree
 DISAGREEMENTS_PER_RUN = 3
 
@@ -158,7 +160,9 @@ def power_rows(study: Study, a: str = "g_nll", b: str = "rw_g_nll") -> list[dict
             ok = np.isfinite(x) & np.isfinite(y)
             if ok.sum() > 2:
                 r = float(spearmanr(x[ok], y[ok]).statistic)
-        at = auroc if math.isfinite(auroc) else 0.75
+        # the variance vanishes at an AUROC of 1 (a small run's perfect ranking): the design point is
+        # the observed AUROC held inside [0.6, 0.95], 0.75 where undefined
+        at = min(max(auroc, AUROC_RANGE[0]), AUROC_RANGE[1]) if math.isfinite(auroc) else 0.75
         share = wrong / n if n else float("nan")
         mdd = delong_min_detectable_difference(wrong, n - wrong, at, r if math.isfinite(r) else 0.0,
                                                alpha=ALPHA, power=POWER)
