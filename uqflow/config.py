@@ -50,6 +50,10 @@ class RunConfig:
     temperature: float = 1.0  # sampling temperature of those answers
     entailment: str = "deberta-large-mnli"  # the judge that clusters sampled answers by meaning:
     #   deberta-large-mnli (the semantic-entropy paper's, from the hub) | llm:<registry model> (offline)
+    batch_compositions: int = 1  # for a model whose answers depend on the batch (bitsandbytes' 8bit/4bit):
+    #   answer the questions again in this many batch compositions in all (the default one, then
+    #   seeded shuffles of the question order) and log the spread of accuracy and AUROC over them;
+    #   1 = the default composition only. Batch-invariant models ignore it
     most_likely: str = "greedy"  # the answer that is judged and scored: greedy (G-NLL's, the default) |
     #   sampled (one sample at temperature 0.1, as the semantic-entropy reference code takes it)
     p_true_few_shot: int = 0  # p(True) examples from the few-shot pool (answered, sampled and judged
@@ -79,6 +83,8 @@ class RunConfig:
                                                            "of sets are constant" if self.num_generations == 1 else ""))
         if not 0.0 < self.temperature <= 10.0:
             raise ConfigError(f"temperature must lie in (0, 10], got {self.temperature}")
+        if not 1 <= self.batch_compositions <= MAX_BATCH_COMPOSITIONS:
+            raise ConfigError(f"batch_compositions must lie in [1, {MAX_BATCH_COMPOSITIONS}], got {self.batch_compositions}")
         if self.most_likely not in MOST_LIKELY:
             raise ConfigError(f"most_likely must be one of {', '.join(MOST_LIKELY)}, got {short(self.most_likely)}")
         if not 0 <= self.p_true_few_shot <= MAX_P_TRUE_FEW_SHOT:
@@ -139,7 +145,8 @@ class RunConfig:
 
 NON_RESULT_FIELDS = {"batch_size", "device", "backend"}
 #: settings added after runs were first recorded, left out of the hash while at their default
-OMITTED_AT_DEFAULT = {"judges": "", "most_likely": "greedy", "p_true_few_shot": 0}
+OMITTED_AT_DEFAULT = {"judges": "", "most_likely": "greedy", "p_true_few_shot": 0, "batch_compositions": 1}
+MAX_BATCH_COMPOSITIONS = 16
 MOST_LIKELY = ("greedy", "sampled")
 #: the reference code's few-shot p(True) uses 20 examples; more rarely fit a context
 MAX_P_TRUE_FEW_SHOT = 64

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import platform
 import random
@@ -13,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from uqflow import hub, tracking
 from uqflow.config import RunConfig
@@ -397,6 +400,8 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
     parts.update(scored_parts)
     metrics = pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
     metrics.update(pipeline.cost_metrics(frame, parts))
+    if cfg.batch_compositions > 1 and not engine.batch_invariant and cfg.backend == "hf":
+        metrics.update(_batch_spread(cfg, engine, lm, prompts, frame))
     metrics.update({
         "n_skipped": float(len(skipped)), "generation_seconds": answer_seconds,
         "greedy_passes_per_question": answer_passes / max(len(frame), 1),
@@ -427,6 +432,47 @@ def _answers(cfg: RunConfig, engine, ids: list[list[int]], step) -> tuple[list, 
     passes = engine.passes["sampled"] - before
     engine.passes["sampled"], engine.tokens["sampled"] = before, before_tokens  # the N samples' cost is apart
     return [ss[0] for ss in samples], passes, time.perf_counter() - t
+
+
+def _batch_spread(cfg: RunConfig, engine, lm: LoadedModel, prompts, frame) -> dict[str, float]:
+    """For a model whose answers depend on the batch: the questions answered greedily again in
+    ``batch_compositions - 1`` more batch compositions (the prompts shuffled with seeds 1, 2, ...
+    instead of sorted by length), each judged like the run's answers, and the spread of accuracy
+    and of G-NLL's AUROC over all compositions, the run's own included, with the share of answers
+    that differ from the run's (``batch_spread/*`` metrics). The run's own answers stay the
+    default composition's; this pass is analysis, not counted in any measure's cost."""
+    from uqflow.scoring.evaluation import auroc_with_ci
+    from uqflow.scoring.judges import judge_examples
+    from uqflow.scoring.uncertainty import g_nll
+
+    t = time.perf_counter()
+    counters = {k: (engine.passes[k], engine.tokens[k]) for k in engine.passes}
+    judge = _judge(cfg, cfg.correctness, lm)
+    ids = [p.token_ids for p in prompts]
+    outcomes = [(frame["correct"].tolist(), frame["g_nll"].tolist(), frame["answer"].tolist())]
+    for k in range(1, cfg.batch_compositions):
+        gens = engine.generate(ids, shuffle=k)
+        verdicts = judge_examples(judge, list(frame["question"]), [g.text for g in gens],
+                                  [list(r) for r in frame["references"]], list(frame["answerable"]), cfg.abstention)
+        outcomes.append(([v.correct for v in verdicts], [g_nll(g.token_logprobs) for g in gens], [g.text for g in gens]))
+    for k, (passes, tokens) in counters.items():
+        engine.passes[k], engine.tokens[k] = passes, tokens
+    accuracy, auroc, changed = [], [], []
+    for correct, scores, answers in outcomes:
+        keep = [i for i, c in enumerate(correct) if c is not None and c == c]
+        c = np.array([bool(correct[i]) for i in keep])
+        accuracy.append(float(c.mean()) if c.size else math.nan)
+        auroc.append(auroc_with_ci(c, np.array([scores[i] for i in keep], dtype=float), n_resamples=0).auroc)
+        changed.append(float(np.mean([a != b for a, b in zip(answers, outcomes[0][2])])))
+    au = np.array(auroc, dtype=float)
+    ok = au[np.isfinite(au)]
+    return {"batch_spread/compositions": float(len(outcomes)),
+            "batch_spread/accuracy_min": float(np.nanmin(accuracy)), "batch_spread/accuracy_max": float(np.nanmax(accuracy)),
+            "batch_spread/auroc_g_nll_min": float(ok.min()) if ok.size else math.nan,
+            "batch_spread/auroc_g_nll_max": float(ok.max()) if ok.size else math.nan,
+            "batch_spread/auroc_g_nll_sd": float(ok.std(ddof=1)) if ok.size > 1 else math.nan,
+            "batch_spread/changed_answers": float(np.mean(changed[1:])) if len(changed) > 1 else 0.0,
+            "batch_spread/seconds": time.perf_counter() - t}
 
 
 def llm_judge_generate(model: str, registry: str | None = None, device: str = "auto",

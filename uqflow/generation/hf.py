@@ -96,11 +96,13 @@ class HFEngine:
         self.passes = {"greedy": 0, "sampled": 0}
         self.tokens = {"greedy": 0, "sampled": 0}
 
-    def generate(self, prompts: Sequence[Sequence[int]], progress=None) -> list[Generation]:
-        """Greedy answers for tokenized prompts, in the order given."""
+    def generate(self, prompts: Sequence[Sequence[int]], progress=None, *, shuffle: int = 0) -> list[Generation]:
+        """Greedy answers for tokenized prompts, in the order given. ``shuffle`` k > 0 batches the
+        prompts in an order shuffled with seed k instead of by length: another batch composition,
+        which changes only the answers of a model that is not batch-invariant (bitsandbytes')."""
         start = time.perf_counter()
         try:
-            return [g for (g,) in self._decode(prompts, None, progress)]
+            return [g for (g,) in self._decode(prompts, None, progress, shuffle=shuffle)]
         finally:
             self.generation_seconds += time.perf_counter() - start
 
@@ -179,6 +181,10 @@ class HFEngine:
 
         out: list[list[float]] = [[] for _ in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        if shuffle:
+            import random
+
+            random.Random(shuffle).shuffle(order)
         prefix = self._shared_prefix(prompts) if self.share_prefix else []
         prefix_cache = self._prefix_cache(prefix) if prefix else None
         cand = list(token_ids)
@@ -194,12 +200,17 @@ class HFEngine:
         self.scoring_passes += len(prompts)
         return out
 
-    def _decode(self, prompts: Sequence[Sequence[int]], sampling, progress, group: int = 1) -> list[list[Generation]]:
+    def _decode(self, prompts: Sequence[Sequence[int]], sampling, progress, group: int = 1,
+                shuffle: int = 0) -> list[list[Generation]]:
         """Decode every prompt (sorted by length, in batches) ``group`` times: greedy (group 1), or
         sampled with ``sampling`` = (one random stream per answer, prompt-major; temperature). A
         prompt's answers share one prefill: its cache is copied ``group`` times, so a prompt is
         prefilled once however many answers are drawn from it."""
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        if shuffle:
+            import random
+
+            random.Random(shuffle).shuffle(order)
         results: list[list[Generation] | None] = [None] * len(prompts)
         prefix = self._shared_prefix(prompts) if self.share_prefix else []
         prefix_cache = self._prefix_cache(prefix) if prefix else None

@@ -67,7 +67,9 @@ class VLLMEngine:
         self.tokens = {"greedy": 0, "sampled": 0}
         self.batch_size = 0  # vLLM schedules its own batches
 
-    def generate(self, prompts: Sequence[Sequence[int]], progress=None) -> list[Generation]:
+    def generate(self, prompts: Sequence[Sequence[int]], progress=None, *, shuffle: int = 0) -> list[Generation]:
+        """Greedy answers; ``shuffle`` is accepted for the HF engine's interface (vLLM schedules its
+        own batches, so batch compositions are not under uqflow's control here)."""
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens, stop=list(self.stop_sequences),

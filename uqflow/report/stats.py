@@ -264,12 +264,54 @@ def answer_quantization(study: Study, measure: str = "g_nll") -> Answer:
                       "The quantized and full-precision versions of one model answer the same questions: "
                       "paired comparison.", cannot)
     by_id = study.runs.set_index("run_id")
+    spread = quantization_spread(study, pairs, measure) if a.answerable else []
+    if spread:
+        a.numbers["batch_spread"] = spread
+        a.answer += " " + " ".join(_spread_text(r) for r in spread)
+    elif a.answerable:
+        a.answer += (" Each quantized figure comes from one batch composition (its answers depend on which questions "
+                     "share a batch); set batch_compositions=3 or more to measure how much that moves it.")
     gguf = sorted({f"{by_id.loc[b, 'model']} ({by_id.loc[b, 'quantization']})" for b, _ in pairs
                    if str(by_id.loc[b, "quantization"]).startswith("gguf-")})
     if a.answerable and gguf:
         a.answer += (f" Here full precision means weights read from a GGUF file and de-quantized to float "
                      f"({', '.join(gguf)}); the quantized runs quantize those same weights with bitsandbytes.")
     return a
+
+
+def quantization_spread(study: Study, pairs: list[tuple[str, str]], measure: str = "g_nll") -> list[dict[str, Any]]:
+    """For each (baseline, quantized) pair whose quantized run measured its batch spread (the
+    ``batch_compositions`` setting): the quantized model's G-NLL AUROC and accuracy over its batch
+    compositions (min, max), the baseline's, and whether the baseline lies outside that range (the
+    difference exceeds what the batching alone moves)."""
+    import json
+
+    out = []
+    by_id = study.runs.set_index("run_id")
+    for base, quant in pairs:
+        m = by_id.loc[quant, "metrics"]
+        m = json.loads(m) if isinstance(m, str) else (m or {})
+        lo, hi = m.get("batch_spread/auroc_g_nll_min"), m.get("batch_spread/auroc_g_nll_max")
+        if lo is None or hi is None:
+            continue
+        b = study.scores[(study.scores.run_id == base) & (study.scores.measure == "g_nll")]["auroc"]
+        b_auroc = float(b.iloc[0]) if len(b) else math.nan
+        out.append({"label": by_id.loc[quant, "label"], "baseline": by_id.loc[base, "label"],
+                    "compositions": int(m.get("batch_spread/compositions", 0)), "auroc_min": lo, "auroc_max": hi,
+                    "accuracy_min": m.get("batch_spread/accuracy_min"), "accuracy_max": m.get("batch_spread/accuracy_max"),
+                    "changed_answers": m.get("batch_spread/changed_answers"), "baseline_auroc": b_auroc,
+                    "baseline_accuracy": float(by_id.loc[base, "accuracy"]),
+                    "exceeds_spread": bool(math.isfinite(b_auroc) and not lo <= b_auroc <= hi)})
+    return out
+
+
+def _spread_text(r: dict[str, Any]) -> str:
+    verdict = ("lies outside that range, so the difference exceeds what the batching alone moves" if r["exceeds_spread"]
+               else "lies inside that range, so the difference is within what the batching alone moves")
+    return (f"{r['label']}: over {r['compositions']} batch compositions its G-NLL AUROC ranged {r['auroc_min']:.3f}-"
+            f"{r['auroc_max']:.3f} and its accuracy {r['accuracy_min']:.3f}-{r['accuracy_max']:.3f} "
+            f"({100 * r['changed_answers']:.0f}% of answers changed with the composition); the full-precision "
+            f"AUROC {r['baseline_auroc']:.3f} {verdict}.")
 
 
 def family_differences(study: Study, measure: str = "g_nll", *, n_resamples: int = 2000, seed: int = 0,
