@@ -181,10 +181,6 @@ class HFEngine:
 
         out: list[list[float]] = [[] for _ in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        if shuffle:
-            import random
-
-            random.Random(shuffle).shuffle(order)
         prefix = self._shared_prefix(prompts) if self.share_prefix else []
         prefix_cache = self._prefix_cache(prefix) if prefix else None
         cand = list(token_ids)
