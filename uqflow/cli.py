@@ -114,10 +114,24 @@ def _where_to_look(run_id: str | None = None) -> None:
         click.echo(line)
 
 
-@cli.command()
+class SettingsCommand(click.Command):
+    """A command that takes ``--set KEY=VALUE``: its help ends with every setting, its default and
+    its meaning, read from the configuration's own declaration (config.settings_help)."""
+
+    def format_epilog(self, ctx, formatter) -> None:
+        from uqflow.config import settings_help
+
+        super().format_epilog(ctx, formatter)
+        with formatter.section("Settings (--set KEY=VALUE; default: meaning)"):
+            formatter.write_dl([(name, f"{default}: {meaning}" if meaning else default)
+                                for name, default, meaning in settings_help()])
+
+
+@cli.command(cls=SettingsCommand)
 @click.option("--model", default=None, help="Model registry name (see `uqflow models`).")
 @click.option("--dataset", default=None, help="Dataset registry name or local file (see `uqflow datasets`).")
-@click.option("--num-samples", default=None, help="Questions to evaluate.")
+@click.option("--num-questions", "--num-samples", "num_samples", default=None,
+              help="Questions to evaluate (setting num_samples; not num_generations, the sampled answers per question).")
 @click.option("--batch-size", default=None, help="Generation batch size (0 = automatic).")
 @click.option("--backend", default=None, help=f"Generation engine: {', '.join(ENGINES)}.")
 @click.option("--correctness", default=None, help=f"Correctness judge: {', '.join(JUDGES)} (default f1).")
@@ -148,7 +162,7 @@ def run(model, dataset, num_samples, batch_size, backend, correctness, sets, par
     _where_to_look(result.run_id)
 
 
-@cli.command()
+@cli.command(cls=SettingsCommand)
 @click.argument("grid_file", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting for every cell; repeatable.")
 @click.option("--isolate", is_flag=True, help="Run each cell in its own process.")
@@ -355,7 +369,8 @@ def aggregate(experiment, filter_string, db) -> None:
 
 
 @cli.command()
-@click.argument("sql")
+@click.argument("sql", required=False)
+@click.option("--schema", "show_schema", is_flag=True, help="Print the store's tables, views and their columns; run nothing.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--timeout", default=120.0, show_default=True, type=float, help="Stop the query after this many seconds.")
 @click.option("--max-memory", default=1024.0, show_default=True, type=float, metavar="MB",
@@ -363,16 +378,22 @@ def aggregate(experiment, filter_string, db) -> None:
 @click.option("--max-rows", default=None, type=click.IntRange(min=0), metavar="N",
               help="Rows the table format shows (default 1000; 0: all); csv and json print every row.")
 @click.option("--db", default=None, help=_DB_HELP)
-def query(sql, fmt, timeout, max_memory, max_rows, db) -> None:
+def query(sql, show_schema, fmt, timeout, max_memory, max_rows, db) -> None:
     """Run one read-only SQL statement over the results store.
 
     Tables: runs, scores, generations; views: v_run_scores and v_auroc_by_{family,size,family_size,
-    dataset,family_dataset,quantization,instruct}.
+    dataset,family_dataset,quantization,instruct}; --schema lists every column.
 
     Example: uqflow query "SELECT family, mean_auroc FROM v_auroc_by_family WHERE measure = 'g_nll'"
     """
-    from uqflow.store.query import TABLE_ROWS, run_query, write
+    from uqflow.store.query import TABLE_ROWS, run_query, schema, write
 
+    if show_schema:
+        for name, kind, columns in schema(db):
+            click.echo(f"{name} ({kind}): " + ", ".join(f"{c} {t}" for c, t in columns))
+        return
+    if not sql:
+        raise click.UsageError("give one SQL statement, or --schema to list the tables, views and columns")
     result = run_query(sql, db, timeout=timeout, max_memory_mb=max_memory)
     if fmt == "table":
         from rich.console import Console

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import re
@@ -138,9 +139,37 @@ class RunConfig:
         kwargs: dict[str, Any] = {}
         for key, raw in values.items():
             if key not in known:
-                raise ConfigError(f"unknown setting {short(key)}. Known: {', '.join(known)}")
+                close = difflib.get_close_matches(str(key), list(known), n=1)
+                hint = f"; did you mean {close[0]}?" if close else "."
+                raise ConfigError(f"unknown setting {short(key)}{hint} Known: {', '.join(known)}")
             kwargs[key] = _coerce(key, known[key].type, raw)
         return cls(**kwargs)
+
+
+def settings_help() -> list[tuple[str, str, str]]:
+    """(name, default, meaning) of every setting, read from RunConfig's own declaration: each
+    field's trailing comment and the comment lines that continue it (``#   ...``), so that
+    ``uqflow run --help`` lists what the code declares rather than a copy that can drift."""
+    import inspect
+    import io
+    import tokenize
+
+    notes: dict[str, list[str]] = {}
+    current = None
+    source = inspect.getsource(RunConfig)
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in RunConfig.__dataclass_fields__:
+            current = tok.string
+        elif tok.type == tokenize.COMMENT and current is not None:
+            text = tok.string.lstrip("#").strip()
+            if tok.start[1] == 4 and not tok.string.startswith("#   "):  # a comment line of its own: not a field's
+                continue
+            notes.setdefault(current, []).append(text)
+        elif tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string == "def":
+            break
+    defaults = RunConfig()
+    return [(f.name, repr(getattr(defaults, f.name)) if isinstance(getattr(defaults, f.name), str)
+             else str(getattr(defaults, f.name)), " ".join(notes.get(f.name, []))) for f in fields(RunConfig)]
 
 
 NON_RESULT_FIELDS = {"batch_size", "device", "backend"}

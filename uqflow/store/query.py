@@ -391,3 +391,28 @@ def write(result: QueryResult, fmt: str, out) -> None:
         out.write("\n]\n")
         return
     raise QueryError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def schema(url: str | None = None) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """The store's tables and views, each with its columns and their SQL types, as
+    (name, "table" | "view", [(column, type), ...]); Alembic's own bookkeeping table left out."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from uqflow.store.db import require_schema
+
+    url = db_url(url)
+    engine = connect(url, readonly=True)
+    try:
+        require_schema(engine, url)
+        insp = inspect(engine)
+        out = []
+        for kind, names in (("table", insp.get_table_names()), ("view", insp.get_view_names())):
+            for name in sorted(n for n in names if n != "alembic_version"):
+                out.append((name, kind, [(c["name"], str(c["type"])) for c in insp.get_columns(name)]))
+        return out
+    except SQLAlchemyError as e:
+        raise QueryError(store_failure("read", url, e)) from None
+    finally:
+        engine.dispose()
+
