@@ -88,13 +88,13 @@ def test_summary_json_equals_the_sql_store(study_store, tmp_path):
     assert seen == len(stored) == len(summary["runs"]) * len(SCORES)
     acc = dict(run_query("SELECT run_id, accuracy FROM runs", study_store["url"]).rows)
     assert {r["run_id"]: r["accuracy"] for r in summary["runs"]} == acc
-    fam = {(f, q): v for f, q, v in run_query("SELECT family, quantization, mean_auroc FROM v_auroc_by_family "
+    fam = {(f, q): v for f, q, v in run_query("SELECT family, precision, mean_auroc FROM v_auroc_by_family "
                                               "WHERE measure = 'g_nll'", study_store["url"]).rows}
     for row in summary["slices"]["family"]:
         if row["measure"] == "g_nll":
-            assert row["mean_auroc"] == pytest.approx(fam[row["family"], row["quantization"]], rel=1e-12)
+            assert row["mean_auroc"] == pytest.approx(fam[row["family"], row["precision"]], rel=1e-12)
     # families compared like with like: Mistral has 8-bit runs only, so the families are compared at 8-bit
-    assert {q for _, q in fam} == {"none", "8bit"} and ("Mistral", "none") not in fam
+    assert {q for _, q in fam} == {"full", "8bit"} and ("Mistral", "full") not in fam
     at_8bit = {f: v for (f, q), v in fam.items() if q == "8bit"}
     assert summary["answers"]["family"]["numbers"]["mean_auroc_by_family"] == pytest.approx(at_8bit, rel=1e-12)
 

@@ -6,9 +6,10 @@ Create Date: 2026-12-04 16:46:21.468688
 
 Adds answer length (tokens, characters) as zero-cost scores, each generation's extra judges'
 verdicts, and per measure its calibration (ECE, Brier) and area under the risk-coverage curve.
-The slice views are recreated: ``v_run_scores`` shows the new figures, and every ``v_auroc_by_*``
-view but ``v_auroc_by_quantization`` is now also keyed by ``quantization``, so that a family's or a
-size's mean never mixes 8-bit runs with full-precision ones.
+The slice views are recreated: ``v_run_scores`` shows the new figures and a run's ``precision``
+(``8bit`` or ``4bit`` for bitsandbytes' quantizations, else ``full``, GGUF files de-quantized on
+load included), and every ``v_auroc_by_*`` view but ``v_auroc_by_quantization`` is now also keyed by
+``precision``, so that a family's or a size's mean never mixes 8-bit runs with full-precision ones.
 """
 from collections.abc import Sequence
 
@@ -44,19 +45,23 @@ FROM runs r JOIN scores s ON s.run_id = r.run_id""",
     "v_auroc_by_instruct": _SLICE.format(keys="instruct"),
 }
 
+#: the precision a run computed in: bitsandbytes' quantizations as such, everything else (float
+#: weights, and GGUF files de-quantized to float as they load) "full"
+_PRECISION = "CASE WHEN r.quantization IN ('8bit', '4bit') THEN r.quantization ELSE 'full' END"
+
 VIEWS = {
     "v_run_scores": f"""
-SELECT r.run_id, r.model, r.family, r.size_b, {_SIZE_CLASS} AS size_class, r.quantization, r.instruct,
-       r.dataset, r.correctness, r.n, r.accuracy, s.measure, s.auroc, s.ci_low, s.ci_high, s.aurac, s.prr,
-       s.aurc, s.ece, s.brier
+SELECT r.run_id, r.model, r.family, r.size_b, {_SIZE_CLASS} AS size_class, r.quantization,
+       {_PRECISION} AS precision, r.instruct, r.dataset, r.correctness, r.n, r.accuracy, s.measure, s.auroc,
+       s.ci_low, s.ci_high, s.aurac, s.prr, s.aurc, s.ece, s.brier
 FROM runs r JOIN scores s ON s.run_id = r.run_id""",
-    "v_auroc_by_family": _SLICE.format(keys="family, quantization"),
-    "v_auroc_by_size": _SLICE.format(keys="size_class, quantization"),
-    "v_auroc_by_family_size": _SLICE.format(keys="family, size_class, size_b, quantization"),
-    "v_auroc_by_dataset": _SLICE.format(keys="dataset, quantization"),
-    "v_auroc_by_family_dataset": _SLICE.format(keys="family, dataset, quantization"),
+    "v_auroc_by_family": _SLICE.format(keys="family, precision"),
+    "v_auroc_by_size": _SLICE.format(keys="size_class, precision"),
+    "v_auroc_by_family_size": _SLICE.format(keys="family, size_class, size_b, precision"),
+    "v_auroc_by_dataset": _SLICE.format(keys="dataset, precision"),
+    "v_auroc_by_family_dataset": _SLICE.format(keys="family, dataset, precision"),
     "v_auroc_by_quantization": _SLICE.format(keys="quantization"),
-    "v_auroc_by_instruct": _SLICE.format(keys="instruct, quantization"),
+    "v_auroc_by_instruct": _SLICE.format(keys="instruct, precision"),
 }
 
 

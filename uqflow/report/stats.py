@@ -75,16 +75,16 @@ def _p(p: float) -> str:
 
 def _slice_means(study: Study, key: str, measure: str) -> pd.Series:
     """Mean AUROC per family (or dataset, ...) from the store's slice view, like with like: the
-    views are keyed by quantization too, and the slices are compared at one precision they all have
-    (unquantized where every slice has unquantized runs; the study's large models are all 8-bit);
-    only where they share none is each slice's mean pooled over its precisions, weighted by runs."""
+    views are keyed by precision too (full, 8bit, 4bit), and the slices are compared at one
+    precision they all have (full where every slice has full-precision runs; the study's large models
+    are all 8-bit); only where they share none is each slice's mean pooled, weighted by runs."""
     v = study.slices[key]
     v = v[v["measure"] == measure]
-    if "quantization" in v.columns and key != "quantization":
-        shared = [q for q, g in v.groupby("quantization") if g[key].nunique() == v[key].nunique()]
-        if shared:  # a precision every slice has: unquantized where possible, else the one with most runs
-            q = "none" if "none" in shared else max(shared, key=lambda q: v.loc[v["quantization"] == q, "n_runs"].sum())
-            v = v[v["quantization"] == q]
+    if "precision" in v.columns:
+        shared = [q for q, g in v.groupby("precision") if g[key].nunique() == v[key].nunique()]
+        if shared:  # a precision every slice has: full where possible, else the one with most runs
+            q = "full" if "full" in shared else max(shared, key=lambda q: v.loc[v["precision"] == q, "n_runs"].sum())
+            v = v[v["precision"] == q]
         else:
             v = v.assign(w=v["mean_auroc"] * v["n_runs"]).groupby(key)[["w", "n_runs"]].sum()
             return (v["w"] / v["n_runs"]).sort_index()
