@@ -158,7 +158,7 @@ CLI_OPTIONS = [
     ("abstention_unknown", ["run", "--set", "abstention=strict"], "unknown abstention rule 'strict'. Known: official, "
      "lenient", 1),
     ("judge_unknown", ["run", "--correctness", "bleu"],
-     "unknown correctness judge 'bleu'. Known: f1, em, alias, rouge_l, llm:<model>", 1),
+     "unknown correctness judge 'bleu'. Known: f1, em, contains, alias, rouge_l, llm:<model>", 1),
     ("judge_llm_without_model", ["run", "--correctness", "llm:"], "unknown correctness judge 'llm:'", 1),
     ("judge_llm_unknown_model", ["run", "--correctness", "llm:Smol"],
      "unknown model 'Smol'. Did you mean 'SmolLM2-135M-Instruct'", 1),

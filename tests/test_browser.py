@@ -182,7 +182,7 @@ def test_report_figures_load_and_fit_at_two_widths(tracking, browser, tmp_path):
             browser.save_screenshot(str(tmp_path / f"report_{width}.png"))
             print(f"\n[browser] {width} px: inner {inner}, client {client}, scroll {scroll}; figures "
                   + ", ".join(f"{f['id']} {f['naturalWidth']}->{f['width']:.0f}" for f in figures))
-            assert seen["broken_images"] == [] and len(figures) == 9
+            assert seen["broken_images"] == [] and len(figures) == 11
             assert scroll <= inner and scroll <= client, f"the page scrolls sideways at {width} px"
             for f in figures:
                 assert f["complete"] and f["naturalWidth"] > 0, f["id"]

@@ -76,12 +76,22 @@ def test_same_config_twice_gives_identical_results(tracking, smollm):
 
 
 @pytest.mark.slow
-def test_failure_ends_run_failed_with_error(tracking, smollm):
+def test_failure_ends_run_failed_with_error(tracking, smollm, monkeypatch):
+    """A similarity model that is not there is refused before any run exists; one that fails to
+    load mid-run (a damaged folder, say) ends the run FAILED with the error as its tag."""
     from uqflow.errors import ModelLoadError
 
     cfg = RunConfig(num_samples=3, max_new_tokens=8, similarity="/nonexistent/similarity-model")
-    with pytest.raises(ModelLoadError):
+    with pytest.raises(ModelLoadError, match="neither a local folder nor a hub model id"):
         run_experiment(cfg, lm=smollm)
+    assert mlflow.search_experiments(filter_string="name = 'uqflow'") == []
+
+    def broken(name, device):
+        raise ModelLoadError(f"similarity model {name!r} could not be loaded: damaged weights")
+
+    monkeypatch.setattr("uqflow.experiment._similarity", broken)
+    with pytest.raises(ModelLoadError):
+        run_experiment(RunConfig(num_samples=3, max_new_tokens=8), lm=smollm)
     runs = mlflow.search_runs(experiment_names=["uqflow"])
     assert list(runs["status"]) == ["FAILED"]
     assert "similarity model" in runs[f"tags.{ERROR_TAG}"].iloc[0]

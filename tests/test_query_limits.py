@@ -179,6 +179,17 @@ def _heap_limits() -> tuple[int, int]:
 
 
 def test_heap_limit_is_put_back_after_a_capped_query(sqlite_store, heap_limit_available):
+    """Run in a fresh process: SQLite's heap limit counts every SQLite allocation of the process,
+    and the page caches of the tracking stores that earlier tests opened here (2 MB a connection)
+    would eat into the 64 MB this test caps a query at."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_query_limits as t; "
+            "t.heap_limit_is_put_back(sys.argv[2])")
+    ran = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__), sqlite_store], capture_output=True,
+                         text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+
+
+def heap_limit_is_put_back(sqlite_store: str) -> None:
     before = _heap_limits()
     with pytest.raises(QueryError, match="needed more than 64 MB of memory"):
         run_query("SELECT " + ", ".join(["randomblob(10000000)"] * 10), sqlite_store, max_memory_mb=64)

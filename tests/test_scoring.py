@@ -37,9 +37,11 @@ def test_rw_g_nll_weights_without_rescaling():
 
 
 def test_score_row_reads_row_fields():
-    row = {"token_logprobs": [-1.0, -2.0], "token_entropies": [0.5, 1.5], "relevance": [1.0, 0.0]}
+    row = {"token_logprobs": [-1.0, -2.0], "token_entropies": [0.5, 1.5], "relevance": [1.0, 0.0],
+           "token_ids": [7, 8], "answer": " Leo Tolstoy"}
     s = score_row(row)
-    assert s == {"g_nll": 3.0, "ln_g_nll": 1.5, "max_nll": 2.0, "mean_entropy": 1.0, "rw_g_nll": 1.0}
+    assert s == {"g_nll": 3.0, "ln_g_nll": 1.5, "max_nll": 2.0, "mean_entropy": 1.0, "rw_g_nll": 1.0,
+                 "answer_tokens": 2.0, "answer_chars": 11.0}
 
 
 @pytest.mark.parametrize("pred,ref,f1", [
@@ -270,7 +272,8 @@ def test_undecided_judgments_are_counted_and_left_out():
     frame = pd.DataFrame({
         "correct": pd.array([True, False, None, True, False], dtype="boolean"),
         "answerable": [True] * 5, "token_ids": [[1], [1, 2], [1], [1], [1, 2, 3]],
-        **{s: [0.1, 0.9, 5.0, 0.2, 0.8] for s in ("g_nll", "ln_g_nll", "max_nll", "mean_entropy", "rw_g_nll")},
+        **{s: [0.1, 0.9, 5.0, 0.2, 0.8] for s in ("g_nll", "ln_g_nll", "max_nll", "mean_entropy", "rw_g_nll",
+                                                   "answer_tokens", "answer_chars")},
     })
     m = evaluate(frame, n_bootstrap=0)
     assert m["n"] == 5 and m["n_undecided"] == 1 and m["accuracy"] == 0.5
