@@ -308,10 +308,12 @@ def quantization_spread(study: Study, pairs: list[tuple[str, str]], measure: str
 def _spread_text(r: dict[str, Any]) -> str:
     verdict = ("lies outside that range, so the difference exceeds what the batching alone moves" if r["exceeds_spread"]
                else "lies inside that range, so the difference is within what the batching alone moves")
-    return (f"{r['label']}: over {r['compositions']} batch compositions its G-NLL AUROC ranged {r['auroc_min']:.3f}-"
-            f"{r['auroc_max']:.3f} and its accuracy {r['accuracy_min']:.3f}-{r['accuracy_max']:.3f} "
-            f"({100 * r['changed_answers']:.0f}% of answers changed with the composition); the full-precision "
-            f"AUROC {r['baseline_auroc']:.3f} {verdict}.")
+    if not math.isfinite(r["baseline_auroc"]):
+        verdict = "is undefined (only right or only wrong answers), so nothing can be compared with the spread"
+    return (f"{r['label']}: over {r['compositions']} batch compositions its G-NLL AUROC ranged {_fmt(r['auroc_min'])}-"
+            f"{_fmt(r['auroc_max'])} and its accuracy {_fmt(r['accuracy_min'])}-{_fmt(r['accuracy_max'])} "
+            f"({100 * (r['changed_answers'] or 0):.0f}% of answers changed with the composition); the full-precision "
+            f"AUROC {_fmt(r['baseline_auroc'])} {verdict}.")
 
 
 def family_differences(study: Study, measure: str = "g_nll", *, n_resamples: int = 2000, seed: int = 0,
