@@ -31,6 +31,18 @@ def _panels(study: Study):
     return fig, axes, runs
 
 
+def _label_panels(axes, runs, xlabel: str, ylabel: str) -> None:
+    """Every panel on the unit square, titled by its run; axis labels on the outer panels."""
+    for ax, r in zip(axes.flat, runs.itertuples()):
+        ax.set(xlim=(0, 1), ylim=(0, 1), xticks=(0, 0.5, 1))  # three ticks: neighbours' 1 and 0 do not meet
+        ax.set_title(f"{r.model}\n{r.dataset}", fontsize=SMALL)
+        ax.tick_params(labelsize=SMALL)
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel, fontsize=SMALL)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel, fontsize=SMALL)
+
+
 def _decided(study: Study, run_id: str):
     d = study.answers(run_id)
     d = d[d["correct"].notna()]
@@ -53,13 +65,7 @@ def reliability_diagram(study: Study, measure: str = "g_nll") -> Figure:
                        color="C0", zorder=3)
             ax.plot(b.confidence[ok], b.accuracy[ok], color="C0", lw=1)
         ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
-        ax.set(xlim=(0, 1), ylim=(0, 1))
-        ax.set_title(f"{r.model}\n{r.dataset}", fontsize=SMALL)
-        ax.tick_params(labelsize=SMALL)
-    for ax in axes[-1]:
-        ax.set_xlabel("predicted P(correct)", fontsize=SMALL)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("accuracy", fontsize=SMALL)
+    _label_panels(axes, runs, "predicted P(correct)", "accuracy")
     fig.suptitle(f"Reliability of {LABELS.get(measure, measure)} mapped to P(correct)\n"
                  f"({CALIBRATION} fit, 5-fold cross-fitted per run; dotted: perfect calibration)", fontsize=TEXT)
     return fig
@@ -80,13 +86,7 @@ def risk_coverage_curves(study: Study, measure: str = "g_nll") -> Figure:
                     ax.plot(cov, risk, ls=style, lw=1.2, color="C0" if name == measure else "C1")
         if len(correct):
             ax.axhline(1 - correct.mean(), ls=":", c="grey", lw=0.8)
-        ax.set(xlim=(0, 1), ylim=(0, 1))
-        ax.set_title(f"{r.model}\n{r.dataset}", fontsize=SMALL)
-        ax.tick_params(labelsize=SMALL)
-    for ax in axes[-1]:
-        ax.set_xlabel("coverage (share of answers kept)", fontsize=SMALL)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("risk (error rate)", fontsize=SMALL)
+    _label_panels(axes, runs, "coverage (share of answers kept)", "risk (error rate)")
     handles = [Line2D([], [], color="C0", label=LABELS.get(measure, measure)),
                Line2D([], [], color="C1", ls="--", label=LABELS[BASELINE]),
                Line2D([], [], color="grey", ls=":", label="error rate of all answers")]
