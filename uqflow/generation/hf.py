@@ -55,8 +55,10 @@ def eos_token_ids(lm: LoadedModel) -> set[int]:
 #: took 77-115 ms with PyTorch's own choice against 14 ms with these three). Measured with
 #: `bash bench/gpu_check.sh --models Llama-3.2-1B --n 64` on an H200 (torch 2.11, every answer 150
 #: tokens): TriviaQA 3.40 -> 22.4 questions/s (511 -> 3,356 tokens/s), SQuAD 6.28 -> 17.7 (942 ->
-#: 2,658). The math is the same attention in every kernel, so answers change only by float
-#: rounding. UQFLOW_SDPA=auto restores PyTorch's own choice (for comparison).
+#: 2,658). Qwen2.5-1.5B gained at 150 tokens (3.3 -> 10.4 and 6.1 -> 10.3 questions/s) but lost
+#: at 16 (134 -> 92): cuDNN was the faster kernel for its early decode steps, so a per-call choice
+#: would do better still. The math is the same attention in every kernel, so answers change only
+#: by float rounding. UQFLOW_SDPA=auto restores PyTorch's own choice (for comparison).
 SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 
 
