@@ -79,6 +79,11 @@ def test_extra_judges_agreement_by_hand():
     assert frame["judge.em"].tolist() == [True, False, False, False]
     m = pipeline.judge_metrics(frame)
     assert m == pytest.approx({"judge/em/accuracy": 0.25, "judge/em/agreement": 0.75, "judge/em/kappa": 0.5})
+    # an undecided verdict (pandas' NA, whose truth value raises) is left out of both counts
+    frame["judge.em"] = pd.array([True, None, False, False], dtype="boolean")
+    assert pipeline.verdict_list(frame["judge.em"]) == [True, None, False, False]
+    m = pipeline.judge_metrics(frame)
+    assert m["judge/em/accuracy"] == pytest.approx(1 / 3) and m["judge/em/agreement"] == pytest.approx(1.0)
 
 
 def test_verdicts_are_stored_and_checked_like_correct(tracking, tmp_path):
@@ -107,6 +112,9 @@ def test_unknown_extra_judge_is_refused_before_loading(tracking):
     assert res.exit_code == 1 and "unknown correctness judge 'exact'" in res.output, res.output
     res = invoke("run", "--set", "judges=em,,em")
     assert res.exit_code == 1 and "judges must be judge names separated by commas, each once" in res.output
+    # the run's own judge may be listed among them: it is judged once, as the run's
+    assert RunConfig(judges="f1, em").judge_names == ("em",) and RunConfig(judges="em,f1,contains").judge_names == (
+        "em", "contains")
 
 
 # ---------------------------------------------------------------- the report's objections

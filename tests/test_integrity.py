@@ -261,25 +261,19 @@ def test_a_grid_checks_each_registry_file_and_dataset_once(tracking, tmp_path, m
 
 def test_no_password_in_a_printed_tracking_uri(tracking, tmp_path, monkeypatch):
     """A password inside MLFLOW_TRACKING_URI never reaches a printed line; the user name does."""
-    assert tracking_shown("http://alice:s3cret@mlflow.example:5000") == "http://alice:***@mlflow.example:5000"
-    assert tracking_shown("https://tok:x%2Fy@h/path") == "https://tok:***@h/path"
-    assert tracking_shown("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
-    assert tracking_shown("http://alice@h:5000") == "http://alice@h:5000"
+    assert tr.shown_uri("http://alice:s3cret@mlflow.example:5000") == "http://alice:***@mlflow.example:5000"
+    assert tr.shown_uri("https://tok:x%2Fy@h/path") == "https://tok:***@h/path"
+    assert tr.shown_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    assert tr.shown_uri("http://alice@h:5000") == "http://alice@h:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret@127.0.0.1:9")  # nothing listens there
     mlflow.set_tracking_uri("http://alice:s3cret@127.0.0.1:9")
     res = invoke("aggregate", "--db", f"sqlite:///{tmp_path / 'r.db'}")
     assert res.exit_code == 1 and "s3cret" not in res.output and "http://alice:***@127.0.0.1:9" in res.output, res.output
 
 
-def tracking_shown(uri: str) -> str:
-    return tr.shown_uri(uri)
-
-
 def test_the_query_table_shows_a_bounded_number_of_rows(tmp_path):
     """A large result is drawn as at most 1000 table rows with the way to see the rest; csv prints
     every row, a line at a time."""
-    from uqflow.store import run_query  # noqa: F401  (the store's module is what the CLI runs)
-
     url = f"sqlite:///{tmp_path / 'r.db'}"
     assert invoke("db", "upgrade", "--db", url).exit_code == 0
     sql = "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 200000) SELECT i, i * 0.5 AS h FROM c"

@@ -81,7 +81,7 @@ def _print_results(results) -> None:
     for r in results:
         m = r.metrics
         acc = m.get("accuracy", float("nan"))
-        n = int(m["n"] - m.get("n_undecided", 0))
+        decided = r.frame["correct"].dropna().astype(bool)
         table = Table(title=f"{r.config.model} x {r.config.dataset}: n = {int(m['n'])}, accuracy "
                             f"{'n/a' if acc != acc else f'{acc:.3f}'} (run {r.run_id})")
         for col in ("measure", "AUROC [95% CI] (wrong answer = positive)", "extra seconds per question"):
@@ -93,8 +93,7 @@ def _print_results(results) -> None:
             table.add_row(LABELS.get(name, name), "n/a (one class)" if v != v else f"{v:.3f} [{lo:.3f}, {hi:.3f}]",
                           "" if cost is None else f"{cost:.3f}")
         console.print(table)
-        wrong = int(round(n * (1 - acc))) if acc == acc else 0
-        warning = small_sample_warning(n, wrong, n - wrong)
+        warning = small_sample_warning(len(decided), int((~decided).sum()), int(decided.sum()))
         if warning:
             click.echo(f"Warning: {warning}", err=True)
 

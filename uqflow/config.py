@@ -93,8 +93,8 @@ class RunConfig:
         if self.p_true_few_shot and not self.num_generations:
             raise ConfigError("p_true_few_shot needs sampled answers to show as brainstorm: set num_generations "
                               "(2 or more) too")
-        names = self.judge_names
-        if self.judges.strip() and (len(names) != len(self.judges.split(",")) or len(set(names)) != len(names)):
+        listed = [j.strip() for j in self.judges.split(",")] if self.judges.strip() else []
+        if "" in listed or len(set(listed)) != len(listed):
             raise ConfigError(f"judges must be judge names separated by commas, each once, got {short(self.judges)}")
         if not self.similarity.strip():
             raise ConfigError("similarity must name a similarity model, e.g. all-MiniLM-L6-v2 (the default)")
@@ -102,8 +102,7 @@ class RunConfig:
     @property
     def judge_names(self) -> tuple[str, ...]:
         """The extra judges of ``judges``, in order (the run's own ``correctness`` judge left out)."""
-        names = [j.strip() for j in self.judges.split(",") if j.strip()]
-        return tuple(j for j in names if j != self.correctness)
+        return tuple(j for j in (j.strip() for j in self.judges.split(",")) if j and j != self.correctness)
 
     @property
     def prompt_options(self) -> PromptOptions:

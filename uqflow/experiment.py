@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -382,9 +383,10 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
         if progress:
             progress(done, len(prompts))
 
+    judges = _judges(cfg, lm)  # made once: an LLM judge loads its model at its first call
     gens, answer_passes, answer_seconds = _answers(cfg, engine, [p.token_ids for p in prompts], step)
     sampled, parts = ({}, {}) if not cfg.num_generations else _sample(cfg, engine, lm, prompts, gens, progress,
-                                                                      ds, shots)
+                                                                      ds, shots, judges[cfg.correctness])
     frame = pd.DataFrame([{
         "example_id": p.example.id, "question": p.example.question, "context": p.example.context,
         "prompt": p.text, "prompt_token_ids": p.token_ids, "num_shots": p.num_shots, "answer": g.text,
@@ -396,12 +398,12 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
     for col, values in sampled.items():
         frame[col] = values
     t = time.perf_counter()
-    frame, score_seconds, scored_parts = _score(cfg, frame, engine.decode, lm)
+    frame, score_seconds, scored_parts = _score(cfg, frame, engine.decode, lm, judges)
     parts.update(scored_parts)
     metrics = pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
     metrics.update(pipeline.cost_metrics(frame, parts))
     if cfg.batch_compositions > 1 and not engine.batch_invariant and cfg.backend == "hf":
-        metrics.update(_batch_spread(cfg, engine, lm, prompts, frame))
+        metrics.update(_batch_spread(cfg, engine, judges[cfg.correctness], prompts, frame))
     metrics.update({
         "n_skipped": float(len(skipped)), "generation_seconds": answer_seconds,
         "greedy_passes_per_question": answer_passes / max(len(frame), 1),
@@ -418,6 +420,23 @@ MOST_LIKELY_TEMPERATURE = 0.1
 MOST_LIKELY_SEED_OFFSET = 1_000_003
 
 
+@contextlib.contextmanager
+def _counted_apart(engine):
+    """Work on ``engine`` that its own counters must not show (they feed the greedy pass's and the
+    samples' costs): yields a Cost that holds, once the block ends, the passes, tokens and seconds
+    the block took, and the counters are put back as they were."""
+    before = {k: (engine.passes[k], engine.tokens[k]) for k in engine.passes}
+    cost, t = Cost(), time.perf_counter()
+    try:
+        yield cost
+    finally:
+        cost.passes = float(sum(engine.passes[k] - p for k, (p, _) in before.items()))
+        cost.tokens = float(sum(engine.tokens[k] - n for k, (_, n) in before.items()))
+        cost.seconds = time.perf_counter() - t
+        for k, (passes, tokens) in before.items():
+            engine.passes[k], engine.tokens[k] = passes, tokens
+
+
 def _answers(cfg: RunConfig, engine, ids: list[list[int]], step) -> tuple[list, float, float]:
     """The answer of each prompt that is judged and scored, with the passes and seconds it took:
     the greedy answer, or (``most_likely=sampled``) one sample at temperature 0.1, as the
@@ -426,15 +445,13 @@ def _answers(cfg: RunConfig, engine, ids: list[list[int]], step) -> tuple[list, 
     if cfg.most_likely == "greedy":
         gens = engine.generate(ids, progress=step)
         return gens, engine.passes["greedy"], engine.generation_seconds
-    before, before_tokens, t = engine.passes["sampled"], engine.tokens["sampled"], time.perf_counter()
-    samples = engine.sample(ids, 1, temperature=MOST_LIKELY_TEMPERATURE, seed=cfg.seed + MOST_LIKELY_SEED_OFFSET,
-                            progress=step)
-    passes = engine.passes["sampled"] - before
-    engine.passes["sampled"], engine.tokens["sampled"] = before, before_tokens  # the N samples' cost is apart
-    return [ss[0] for ss in samples], passes, time.perf_counter() - t
+    with _counted_apart(engine) as cost:  # the N samples' cost is counted apart
+        samples = engine.sample(ids, 1, temperature=MOST_LIKELY_TEMPERATURE, seed=cfg.seed + MOST_LIKELY_SEED_OFFSET,
+                                progress=step)
+    return [ss[0] for ss in samples], cost.passes, cost.seconds
 
 
-def _batch_spread(cfg: RunConfig, engine, lm: LoadedModel, prompts, frame) -> dict[str, float]:
+def _batch_spread(cfg: RunConfig, engine, judge, prompts, frame) -> dict[str, float]:
     """For a model whose answers depend on the batch: the questions answered greedily again in
     ``batch_compositions - 1`` more batch compositions (the prompts shuffled with seeds 1, 2, ...
     instead of sorted by length), each judged like the run's answers, and the spread of accuracy
@@ -445,21 +462,18 @@ def _batch_spread(cfg: RunConfig, engine, lm: LoadedModel, prompts, frame) -> di
     from uqflow.scoring.judges import judge_examples
     from uqflow.scoring.uncertainty import g_nll
 
-    t = time.perf_counter()
-    counters = {k: (engine.passes[k], engine.tokens[k]) for k in engine.passes}
-    judge = _judge(cfg, cfg.correctness, lm)
     ids = [p.token_ids for p in prompts]
-    outcomes = [(frame["correct"].tolist(), frame["g_nll"].tolist(), frame["answer"].tolist())]
-    for k in range(1, cfg.batch_compositions):
-        gens = engine.generate(ids, shuffle=k)
-        verdicts = judge_examples(judge, list(frame["question"]), [g.text for g in gens],
-                                  [list(r) for r in frame["references"]], list(frame["answerable"]), cfg.abstention)
-        outcomes.append(([v.correct for v in verdicts], [g_nll(g.token_logprobs) for g in gens], [g.text for g in gens]))
-    for k, (passes, tokens) in counters.items():
-        engine.passes[k], engine.tokens[k] = passes, tokens
+    outcomes = [(pipeline.verdict_list(frame["correct"]), frame["g_nll"].tolist(), frame["answer"].tolist())]
+    with _counted_apart(engine) as cost:
+        for k in range(1, cfg.batch_compositions):
+            gens = engine.generate(ids, shuffle=k)
+            verdicts = judge_examples(judge, list(frame["question"]), [g.text for g in gens],
+                                      [list(r) for r in frame["references"]], list(frame["answerable"]), cfg.abstention)
+            outcomes.append(([v.correct for v in verdicts], [g_nll(g.token_logprobs) for g in gens],
+                             [g.text for g in gens]))
     accuracy, auroc, changed = [], [], []
     for correct, scores, answers in outcomes:
-        keep = [i for i, c in enumerate(correct) if c is not None and c == c]
+        keep = [i for i, c in enumerate(correct) if c is not None]
         c = np.array([bool(correct[i]) for i in keep])
         accuracy.append(float(c.mean()) if c.size else math.nan)
         auroc.append(auroc_with_ci(c, np.array([scores[i] for i in keep], dtype=float), n_resamples=0).auroc)
@@ -472,7 +486,7 @@ def _batch_spread(cfg: RunConfig, engine, lm: LoadedModel, prompts, frame) -> di
             "batch_spread/auroc_g_nll_max": float(ok.max()) if ok.size else math.nan,
             "batch_spread/auroc_g_nll_sd": float(ok.std(ddof=1)) if ok.size > 1 else math.nan,
             "batch_spread/changed_answers": float(np.mean(changed[1:])) if len(changed) > 1 else 0.0,
-            "batch_spread/seconds": time.perf_counter() - t}
+            "batch_spread/seconds": cost.seconds}
 
 
 def llm_judge_generate(model: str, registry: str | None = None, device: str = "auto",
@@ -544,7 +558,7 @@ def llm_choose(model: str, options: Sequence[str], registry: str | None = None, 
 
 
 def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress, ds: LoadedDataset | None = None,
-            shots: Sequence[Example] = ()) -> tuple[dict[str, list], dict[str, Cost]]:
+            shots: Sequence[Example] = (), judge=None) -> tuple[dict[str, list], dict[str, Cost]]:
     """``num_generations`` sampled answers per question and p(True) of each answer, as
     generations columns, with what each part cost (scoring/cost.py); p(True) few-shot where
     ``p_true_few_shot`` asks (:func:`_p_true_shots`, its cost counted in p(True)'s)."""
@@ -562,7 +576,7 @@ def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress, ds
     parts = {"sampling": Cost(engine.passes["sampled"] - before, engine.tokens["sampled"] - before_tokens,
                               time.perf_counter() - t)}
     texts = [[s.text for s in ss] for ss in samples]
-    prefix, shots_cost = ("", Cost()) if not cfg.p_true_few_shot else _p_true_shots(cfg, engine, lm, ds, shots)
+    prefix, shots_cost = ("", Cost()) if not cfg.p_true_few_shot else _p_true_shots(cfg, engine, lm, ds, shots, judge)
     questions = [prefix + p_true_prompt(p.example.question, ts, g.text, p.example.context if cfg.use_context else None)
                  for p, ts, g in zip(prompts, texts, gens)]
     ids, conts = p_true_inputs(lm.tokenizer, lm.spec.instruct, questions)
@@ -576,7 +590,7 @@ def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress, ds
 
 
 def _p_true_shots(cfg: RunConfig, engine, lm: LoadedModel, ds: LoadedDataset | None,
-                  shots: Sequence[Example]) -> tuple[str, Cost]:
+                  shots: Sequence[Example], judge) -> tuple[str, Cost]:
     """The few-shot part of every p(True) prompt, as the semantic-entropy reference code builds it:
     ``p_true_few_shot`` questions of the few-shot pool (not those shown as the answer prompt's own
     examples), each answered (as the run answers), sampled ``num_generations`` times and judged
@@ -591,21 +605,16 @@ def _p_true_shots(cfg: RunConfig, engine, lm: LoadedModel, ds: LoadedDataset | N
         return "", Cost()
     prompts, _ = build_prompts(examples, shots, lm.tokenizer, instruct=lm.spec.instruct, opts=cfg.prompt_options,
                                max_prompt_tokens=lm.context_length - cfg.max_new_tokens)
-    before = {k: (engine.passes[k], engine.tokens[k]) for k in engine.passes}
-    t = time.perf_counter()
     ids = [p.token_ids for p in prompts]
-    answers, _, _ = _answers(cfg, engine, ids, None)
-    samples = engine.sample(ids, cfg.num_generations, temperature=cfg.temperature, seed=cfg.seed + 1)
-    verdicts = judge_examples(_judge(cfg, cfg.correctness, lm), [p.example.question for p in prompts],
-                              [a.text for a in answers], [list(p.example.references) for p in prompts],
-                              [p.example.answerable for p in prompts], cfg.abstention)
+    with _counted_apart(engine) as cost:  # p(True)'s cost, not the answers' or the samples'
+        answers, _, _ = _answers(cfg, engine, ids, None)
+        samples = engine.sample(ids, cfg.num_generations, temperature=cfg.temperature, seed=cfg.seed + 1)
+        verdicts = judge_examples(judge, [p.example.question for p in prompts], [a.text for a in answers],
+                                  [list(p.example.references) for p in prompts],
+                                  [p.example.answerable for p in prompts], cfg.abstention)
     blocks = [p_true_prompt(p.example.question, [s.text for s in ss], a.text,
                             p.example.context if cfg.use_context else None) + (" A" if v.correct else " B") + "\n\n"
               for p, ss, a, v in zip(prompts, samples, answers, verdicts)]
-    cost = Cost(sum(engine.passes[k] - before[k][0] for k in before), sum(engine.tokens[k] - before[k][1] for k in before),
-                time.perf_counter() - t)
-    for k, (passes, tokens) in before.items():  # counted as p(True)'s cost, not as the answers' or the samples'
-        engine.passes[k], engine.tokens[k] = passes, tokens
     return "".join(blocks), cost
 
 
@@ -639,27 +648,32 @@ def answer_inputs(tokenizer, instruct: bool, questions: Sequence[str],
     return prompts, conts
 
 
-def _judge(cfg: RunConfig, name: str, lm: LoadedModel | None):
-    """The judge called ``name``; ``correctness_threshold`` applies to the run's own judge only."""
-    generate = None
-    if name.startswith("llm:"):
-        generate = llm_judge_generate(name[4:], cfg.model_registry or None, cfg.device, lm)
-    threshold = cfg.correctness_threshold if name == cfg.correctness else 0.0
-    return make_judge(name, threshold, generate=generate, cache_path=cache_root() / "judgments.sqlite")
+def _judges(cfg: RunConfig, lm: LoadedModel | None) -> dict:
+    """The run's judges by name, its own (``correctness``) first, then the extra ``judges``;
+    ``correctness_threshold`` applies to its own only. An LLM judge loads its model at its first
+    call, unless it is the run's model (``lm``)."""
+    out = {}
+    for name in (cfg.correctness, *cfg.judge_names):
+        generate = llm_judge_generate(name[4:], cfg.model_registry or None, cfg.device, lm) \
+            if name.startswith("llm:") else None
+        threshold = cfg.correctness_threshold if name == cfg.correctness else 0.0
+        out[name] = make_judge(name, threshold, generate=generate, cache_path=cache_root() / "judgments.sqlite")
+    return out
 
 
-def _score(cfg: RunConfig, frame, decode, lm: LoadedModel | None):
+def _score(cfg: RunConfig, frame, decode, lm: LoadedModel | None, judges: dict | None = None):
     """Relevance, correctness, semantic clusters (a run that sampled) and scores for a table of
-    generations. Returns (frame, relevance seconds, the cost of the relevance and clustering parts)."""
+    generations, judged by ``judges`` (:func:`_judges`, made here when not given). Returns (frame,
+    relevance seconds, the cost of the relevance and clustering parts)."""
     device = "cuda" if lm is not None and lm.device.startswith("cuda") else "cpu"
     t = time.perf_counter()
     frame = pipeline.add_relevance(frame, decode, _similarity(cfg.similarity, device))
     relevance_seconds = time.perf_counter() - t
     # one similarity pass per text embedded: each answer whole and without each of its tokens
     parts = {"relevance": Cost(float(sum(len(t) + 1 for t in frame["token_ids"])), 0, relevance_seconds)}
-    judges = {name: _judge(cfg, name, lm) for name in (cfg.correctness, *cfg.judge_names)}
-    frame = pipeline.add_correctness(frame, judges.pop(cfg.correctness), cfg.abstention)
-    frame = pipeline.add_verdicts(frame, judges, cfg.abstention)
+    judges = judges or _judges(cfg, lm)
+    frame = pipeline.add_correctness(frame, judges[cfg.correctness], cfg.abstention)
+    frame = pipeline.add_verdicts(frame, {k: j for k, j in judges.items() if k != cfg.correctness}, cfg.abstention)
     if cfg.num_generations and pipeline.sampled(frame):
         judge_cost = Cost()
         entail_generate = None

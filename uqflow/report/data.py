@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from uqflow.store import SLICE_VIEWS
@@ -59,6 +60,12 @@ class Study:
 
     def answers(self, run_id: str) -> pd.DataFrame:
         return self.generations[self.generations["run_id"] == run_id].sort_values("position")
+
+    def decided(self, run_id: str) -> tuple[pd.DataFrame, np.ndarray]:
+        """A run's answers that its judge decided, and their verdicts as a bool array (True = right)."""
+        d = self.answers(run_id)
+        d = d[d["correct"].notna()]
+        return d, d["correct"].astype(bool).to_numpy()
 
 
 def load_study(url: str | None = None) -> Study:

@@ -514,9 +514,8 @@ def _decided_per_run(study: Study, measure: str):
     """(run row, correct, score) of every run's decided answers (latest run of each model x
     dataset), in the runs' order."""
     for _, r in _latest(study).iterrows():
-        g = study.answers(r.run_id)
-        g = g[g.correct.notna()]
-        yield r, g.correct.astype(bool).to_numpy(), g[measure].astype(float).to_numpy()
+        g, correct = study.decided(r.run_id)
+        yield r, correct, g[measure].astype(float).to_numpy()
 
 
 def _run_style(study: Study):

@@ -27,6 +27,8 @@ from scipy.stats import spearmanr
 
 from uqflow.report.data import Study
 from uqflow.scoring.evaluation import auroc_with_ci
+from uqflow.scoring.judges import agreement
+from uqflow.scoring.pipeline import verdict_list
 from uqflow.scoring.selective import beyond_length, delong_min_detectable_difference, small_sample_warning
 
 #: the zero-cost length baselines, which are not tested against themselves
@@ -40,17 +42,12 @@ AUROC_RANGE = (0.6, 0.95)
 DISAGREEMENTS_PER_RUN = 3
 
 
-def _decided(answers):
-    d = answers[answers["correct"].notna()]
-    return d, d["correct"].astype(bool).to_numpy()
-
-
 def length_rows(study: Study) -> list[dict[str, Any]]:
     """Per run and measure: the measure's AUROC, answer length's, the AUROC within length
     quartiles, and the likelihood-ratio test's p that the measure adds nothing beyond length."""
     rows = []
     for _, run in study.runs.iterrows():
-        d, correct = _decided(study.answers(run.run_id))
+        d, correct = study.decided(run.run_id)
         length = d["num_tokens"].to_numpy(dtype=float)
         length_auroc = _auroc(correct, length)
         for m in study.measures:
@@ -84,28 +81,20 @@ def length_summary(rows: list[dict[str, Any]], measure: str = "g_nll") -> str:
 def judge_rows(study: Study) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """For runs with extra judges' verdicts: (agreement rows: run, judge, accuracy, kappa;
     AUROC rows: run, judge, measure, AUROC; a few answers the judges disagree on)."""
-    from sklearn.metrics import cohen_kappa_score
-
-    agreement, aurocs, examples = [], [], []
+    rows, aurocs, examples = [], [], []
     for _, run in study.runs.iterrows():
         answers = study.answers(run.run_id)
         if "verdicts" not in answers or not answers["verdicts"].map(lambda v: isinstance(v, dict) and bool(v)).any():
             continue
         judges = sorted({j for v in answers["verdicts"] if isinstance(v, dict) for j in v})
         own = str(run.correctness or "judge")
-        verdicts = {own: answers["correct"].astype(object).where(answers["correct"].notna(), None).tolist()}
+        verdicts = {own: verdict_list(answers["correct"])}
         for j in judges:
             verdicts[j] = [v.get(j) if isinstance(v, dict) else None for v in answers["verdicts"]]
         for j, vs in verdicts.items():
-            both = [(a, b) for a, b in zip(verdicts[own], vs) if a is not None and b is not None]
-            decided = [b for b in vs if b is not None]
-            kappa = float("nan")
-            if both and j != own:
-                with np.errstate(all="ignore"):
-                    kappa = float(cohen_kappa_score([a for a, _ in both], [b for _, b in both]))
-            agreement.append({"run_id": run.run_id, "label": run.label, "judge": j, "own": j == own,
-                              "accuracy": float(np.mean(decided)) if decided else float("nan"), "kappa": kappa,
-                              "agreement": float(np.mean([a == b for a, b in both])) if both else float("nan")})
+            a = agreement(verdicts[own], vs)
+            rows.append({"run_id": run.run_id, "label": run.label, "judge": j, "own": j == own, **a,
+                         "kappa": math.nan if j == own else a["kappa"]})
             mask = np.array([b is not None for b in vs])
             correct = np.array([bool(b) for b in vs if b is not None])
             for m in study.measures:
@@ -119,7 +108,7 @@ def judge_rows(study: Study) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
                 examples.append({"label": run.label, "question": a.question, "answer": a.answer,
                                  "references": list(a.reference_answers or [])[:3], "verdicts": values})
                 shown += 1
-    return agreement, aurocs, examples
+    return rows, aurocs, examples
 
 
 def ranking_flips(aurocs: list[dict[str, Any]], a: str = "g_nll", b: str = "answer_tokens") -> list[dict[str, Any]]:
@@ -151,7 +140,7 @@ def power_rows(study: Study, a: str = "g_nll", b: str = "rw_g_nll") -> list[dict
     over the answers (standing in for the correlation of the two AUROC estimates)."""
     rows = []
     for _, run in study.runs.iterrows():
-        d, correct = _decided(study.answers(run.run_id))
+        d, correct = study.decided(run.run_id)
         n, wrong = len(correct), int((~correct).sum())
         auroc = _auroc(correct, d[a].to_numpy(dtype=float)) if a in d else float("nan")
         r = float("nan")

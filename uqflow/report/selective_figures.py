@@ -43,12 +43,6 @@ def _label_panels(axes, runs, xlabel: str, ylabel: str) -> None:
         ax.set_ylabel(ylabel, fontsize=SMALL)
 
 
-def _decided(study: Study, run_id: str):
-    d = study.answers(run_id)
-    d = d[d["correct"].notna()]
-    return d, d["correct"].astype(bool).to_numpy()
-
-
 @_styled
 def reliability_diagram(study: Study, measure: str = "g_nll") -> Figure:
     """Accuracy against predicted P(correct) in ten equal-width bins, per run, for ``measure``
@@ -56,7 +50,7 @@ def reliability_diagram(study: Study, measure: str = "g_nll") -> Figure:
     the bin's answers, the diagonal is perfect calibration."""
     fig, axes, runs = _panels(study)
     for ax, r in zip(axes.flat, runs.itertuples()):
-        d, correct = _decided(study, r.run_id)
+        d, correct = study.decided(r.run_id)
         if measure in d:
             prob = confidence_probabilities(correct, d[measure].to_numpy(dtype=float), method=CALIBRATION)
             b = reliability_bins(correct, prob)
@@ -77,7 +71,7 @@ def risk_coverage_curves(study: Study, measure: str = "g_nll") -> Figure:
     ``measure`` and for answer length alone (the zero-cost baseline); lower is better."""
     fig, axes, runs = _panels(study)
     for ax, r in zip(axes.flat, runs.itertuples()):
-        d, correct = _decided(study, r.run_id)
+        d, correct = study.decided(r.run_id)
         for name, style in ((measure, "-"), (BASELINE, "--")):
             column = "num_tokens" if name == BASELINE and BASELINE not in d else name
             if column in d and len(d):

@@ -264,7 +264,7 @@ def answer_quantization(study: Study, measure: str = "g_nll") -> Answer:
                       "The quantized and full-precision versions of one model answer the same questions: "
                       "paired comparison.", cannot)
     by_id = study.runs.set_index("run_id")
-    spread = quantization_spread(study, pairs, measure) if a.answerable else []
+    spread = quantization_spread(study, pairs) if a.answerable else []
     if spread:
         a.numbers["batch_spread"] = spread
         a.answer += " " + " ".join(_spread_text(r) for r in spread)
@@ -279,7 +279,7 @@ def answer_quantization(study: Study, measure: str = "g_nll") -> Answer:
     return a
 
 
-def quantization_spread(study: Study, pairs: list[tuple[str, str]], measure: str = "g_nll") -> list[dict[str, Any]]:
+def quantization_spread(study: Study, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """For each (baseline, quantized) pair whose quantized run measured its batch spread (the
     ``batch_compositions`` setting): the quantized model's G-NLL AUROC and accuracy over its batch
     compositions (min, max), the baseline's, and whether the baseline lies outside that range (the

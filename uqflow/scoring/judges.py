@@ -232,6 +232,27 @@ def make_judge(name: str, threshold: float = 0.0, generate: Callable[[list[str]]
     raise ConfigError(f"unknown correctness judge {name!r}. Known: {', '.join(JUDGES)}")
 
 
+def agreement(own: Sequence[bool | None], theirs: Sequence[bool | None]) -> dict[str, float]:
+    """How a judge's verdicts (``theirs``) compare with the run's own, answer by answer (None =
+    undecided): ``accuracy``, the share right among the answers it decided; ``agreement``, the share
+    of answers both decided on which they agree; ``kappa``, Cohen's kappa over those answers (NaN
+    where undefined: none decided by both, or one class in both)."""
+    import math
+    import warnings
+
+    from sklearn.metrics import cohen_kappa_score
+
+    decided = [bool(b) for b in theirs if b is not None]
+    both = [(bool(a), bool(b)) for a, b in zip(own, theirs) if a is not None and b is not None]
+    kappa = math.nan
+    if both:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # one class in both: kappa undefined (NaN)
+            kappa = float(cohen_kappa_score([a for a, _ in both], [b for _, b in both]))
+    return {"accuracy": sum(decided) / len(decided) if decided else math.nan,
+            "agreement": sum(a == b for a, b in both) / len(both) if both else math.nan, "kappa": kappa}
+
+
 def judge_examples(judge: Judge, questions: Sequence[str], answers: Sequence[str],
                    references: Sequence[Sequence[str]], answerable: Sequence[bool],
                    abstention: str = "official") -> list[Verdict]:

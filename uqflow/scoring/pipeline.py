@@ -16,7 +16,7 @@ import pandas as pd
 from uqflow.artifact import VERDICT_PREFIX
 from uqflow.scoring.evaluation import (OneClassWarning, accuracy_at_coverage, aurac, auroc_with_ci, delong_test,
                                        prr)
-from uqflow.scoring.judges import Judge, judge_examples
+from uqflow.scoring.judges import Judge, agreement, judge_examples
 from uqflow.scoring.cost import Cost, measure_costs, part_metrics
 from uqflow.scoring.relevance import token_relevance
 from uqflow.scoring.selective import aurc, brier_score, confidence_probabilities, expected_calibration_error
@@ -88,23 +88,21 @@ def add_verdicts(frame: pd.DataFrame, judges: dict[str, Judge], abstention: str 
     return frame
 
 
-def judge_metrics(frame: pd.DataFrame) -> dict[str, float]:
-    """For each extra judge: its accuracy and its agreement with the run's judge (Cohen's kappa over
-    the answers both decided), as ``judge/<name>/accuracy`` and ``judge/<name>/kappa`` (a colon in
-    the name becomes a dash, as MLflow's metric names allow no colon on Windows)."""
-    from sklearn.metrics import cohen_kappa_score
+def verdict_list(column: pd.Series) -> list[bool | None]:
+    """A nullable verdict column as a list of True, False and None (undecided): pandas' boolean
+    arrays hold pd.NA, whose truth value raises."""
+    return column.astype(object).where(column.notna(), None).tolist()
 
+
+def judge_metrics(frame: pd.DataFrame) -> dict[str, float]:
+    """For each extra judge, its :func:`~uqflow.scoring.judges.agreement` with the run's judge as
+    ``judge/<name>/accuracy``, ``/agreement`` and ``/kappa`` (a colon in the name becomes a dash,
+    as MLflow's metric names allow no colon on Windows)."""
+    own = verdict_list(frame["correct"])
     out = {}
     for name, col in verdict_columns(frame).items():
         key = "judge/" + name.replace(":", "-")
-        theirs = frame[col]
-        out[f"{key}/accuracy"] = float(theirs.dropna().astype(bool).mean()) if theirs.notna().any() else math.nan
-        both = frame["correct"].notna() & theirs.notna()
-        a, b = frame.loc[both, "correct"].astype(bool), theirs[both].astype(bool)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # one class in both: kappa undefined (NaN)
-            out[f"{key}/kappa"] = float(cohen_kappa_score(a, b)) if len(a) else math.nan
-        out[f"{key}/agreement"] = float((a == b).mean()) if len(a) else math.nan
+        out.update({f"{key}/{k}": v for k, v in agreement(own, verdict_list(frame[col])).items()})
     return out
 
 
