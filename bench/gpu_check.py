@@ -373,6 +373,36 @@ def fixed_length_engine(lm, tokens: int):
     return engine
 
 
+def mixed_length_engine(lm, lengths: list[int]):
+    """uqflow's HF engine whose answer to prompt ``i`` runs to exactly ``lengths[i]`` tokens (the
+    realistic mix): as ``fixed_length_engine``, the stop decided per prompt instead of per batch."""
+    from uqflow.generation.hf import HFEngine
+
+    class MixedLength(HFEngine):
+        def _row_done(self, row):
+            return len(row.ids) >= lengths[row.prompt] or self._stopped(row.ids)
+
+    engine = MixedLength(lm, max_new_tokens=max(lengths), stop_sequences=_NEVER)
+    engine.eos_ids = set()
+    return engine
+
+
+def realistic_lengths(examples, tokenizer, max_new: int, long_share: float, seed: int) -> list[int]:
+    """Answer lengths as a study's answers run: each question's first reference answer, tokenized as
+    it follows the prompt (a leading space), plus one token for the newline that ends it; a share
+    ``long_share`` of the questions (drawn with ``seed``) runs to ``max_new`` instead (answers that
+    ramble, or never stop)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for ex in examples:
+        ref = ex.references[0] if ex.references else ""
+        n = len(tokenizer(" " + ref, add_special_tokens=False)["input_ids"]) + 1
+        out.append(max_new if rng.random() < long_share else min(n, max_new))
+    return out
+
+
 def _timed_generate(engine, ids) -> tuple[float, list]:
     _sync()
     t = time.perf_counter()
@@ -381,9 +411,30 @@ def _timed_generate(engine, ids) -> tuple[float, list]:
     return time.perf_counter() - t, gens
 
 
+def hf_generate_tok_s(lm, ids, tokens: int) -> float:
+    """Tokens/s of transformers' ``model.generate`` (greedy, every answer forced to ``tokens`` tokens)
+    on one left-padded batch of ``ids``: the library's own loop at the engine's batch size."""
+    import torch
+
+    tok = lm.tokenizer
+    enc = tok.pad({"input_ids": [list(x) for x in ids]}, padding=True, return_tensors="pt")
+    dev = lm.model.device
+    kw = dict(attention_mask=enc["attention_mask"].to(dev), do_sample=False, max_new_tokens=tokens,
+              min_new_tokens=tokens, pad_token_id=tok.pad_token_id)
+    with torch.inference_mode():
+        lm.model.generate(enc["input_ids"][:2].to(dev), **{**kw, "attention_mask": kw["attention_mask"][:2],
+                                                            "max_new_tokens": 2, "min_new_tokens": 2})
+        _sync()
+        t = time.perf_counter()
+        lm.model.generate(enc["input_ids"].to(dev), **kw)
+        _sync()
+    return len(ids) * tokens / (time.perf_counter() - t)
+
+
 def measure_datasets(lm, args, cells) -> list[dict]:
-    """One row per dataset: the grid's prompts for ``args.n`` questions, timed at max_new_tokens and
-    at the answer-length cap."""
+    """One row per dataset: the grid's prompts for ``args.n`` questions, timed at max_new_tokens, at
+    the answer-length cap, at the realistic mix of lengths and at one token (the prefills alone, from
+    which a decode step's mean cost follows), beside transformers' generate at the same batch."""
     import torch
 
     from reference_loop import reference_predict
@@ -398,6 +449,7 @@ def measure_datasets(lm, args, cells) -> list[dict]:
         prompts, skipped = build_prompts(examples, shots, lm.tokenizer, instruct=lm.spec.instruct,
                                          opts=cfg.prompt_options, max_prompt_tokens=lm.context_length - args.max_new_tokens)
         ids = [p.token_ids for p in prompts]
+        kept = [ex for ex in examples if ex.id not in {s.id for s in skipped}] if skipped else examples
         fixed_length_engine(lm, 2).generate(ids[:4])  # warm-up: kernels, bitsandbytes' first calls
         if DEVICE.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -407,10 +459,23 @@ def measure_datasets(lm, args, cells) -> list[dict]:
         row = dict(dataset=grid_ds, file=ds.name, n=len(ids), skipped=len(skipped), batch=engine.batch_size,
                    seconds=dt, qps=len(ids) / dt, tok_s=toks / dt, mean_answer_tokens=toks / len(ids),
                    prompt_tokens=sum(map(len, ids)) / len(ids))
+        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if DEVICE.startswith("cuda") else None
+        # the mean decode step: (time at k tokens - time at one token) / (k - 1), over the same prompts
+        prefill_s, _ = _timed_generate(fixed_length_engine(lm, 1), ids)
+        row["step_ms"] = (dt - prefill_s) / (args.max_new_tokens - 1) / math.ceil(len(ids) / engine.batch_size) * 1e3
         if args.answer_tokens:
             cap = fixed_length_engine(lm, args.answer_tokens)
             row["seconds_cap"], _ = _timed_generate(cap, ids)
             row["qps_cap"] = len(ids) / row["seconds_cap"]
+            row["step_ms_cap"] = ((row["seconds_cap"] - prefill_s) / max(1, args.answer_tokens - 1)
+                                  / math.ceil(len(ids) / engine.batch_size) * 1e3)
+        if args.long_share is not None:
+            lengths = realistic_lengths(kept, lm.tokenizer, args.max_new_tokens, args.long_share, cfg.seed)
+            row["seconds_mix"], _ = _timed_generate(mixed_length_engine(lm, lengths), ids)
+            row["qps_mix"] = len(ids) / row["seconds_mix"]
+            row["mix_mean_tokens"] = sum(lengths) / len(lengths)
+        if args.hf_generate:
+            row["hf_tok_s"] = hf_generate_tok_s(lm, ids[: engine.batch_size], args.max_new_tokens)
         if args.loop_n:
             special = not (lm.spec.instruct and cfg.chat_template and lm.tokenizer.chat_template)
             t = time.perf_counter()
@@ -418,8 +483,45 @@ def measure_datasets(lm, args, cells) -> list[dict]:
                 reference_predict(lm.model, lm.tokenizer, p.text, STOP_SEQUENCES, args.max_new_tokens, special)
             _sync()
             row["loop_qps"] = min(args.loop_n, len(prompts)) / (time.perf_counter() - t)
-        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if DEVICE.startswith("cuda") else None
         rows.append(row)
+    return rows
+
+
+def compare_precisions(quantized, full, args, cells) -> list[dict]:
+    """The same weights in 8-bit and in bf16, side by side on the same prompts: each one's decoding
+    speed at the answer cap, and how far 8-bit moves the answers (tokens that differ from bf16's,
+    answers that differ at all) and their G-NLL (mean absolute difference, nats; Spearman's rank
+    correlation of the two G-NLLs, which is what an AUROC sees)."""
+    from scipy.stats import spearmanr
+
+    from uqflow.data import load_dataset
+    from uqflow.prompts import build_prompts, draw_few_shot
+    from uqflow.scoring.uncertainty import g_nll
+
+    tokens = args.answer_tokens or args.max_new_tokens
+    rows = []
+    for grid_ds, cfg in cells.items():
+        ds = load_dataset(DATASETS[grid_ds])
+        examples = select_examples(ds, args.n_model, cfg.seed)
+        shots = draw_few_shot(ds.few_shot_pool, cfg.num_few_shot, cfg.seed)
+        prompts, _ = build_prompts(examples, shots, full.tokenizer, instruct=full.spec.instruct,
+                                   opts=cfg.prompt_options, max_prompt_tokens=full.context_length - args.max_new_tokens)
+        ids = [p.token_ids for p in prompts]
+        out = {}
+        for label, lm in (("8bit", quantized), ("bf16", full)):
+            fixed_length_engine(lm, 2).generate(ids[:4])
+            engine = fixed_length_engine(lm, tokens)
+            dt, gens = _timed_generate(engine, ids)
+            out[label] = (dt, gens, engine.batch_size)
+        (dq, gq, bq), (df, gf, bf) = out["8bit"], out["bf16"]
+        differ = sum(a != b for x, y in zip(gq, gf) for a, b in zip(x.token_ids, y.token_ids))
+        nll_q, nll_f = [g_nll(g.token_logprobs) for g in gq], [g_nll(g.token_logprobs) for g in gf]
+        rho = spearmanr(nll_q, nll_f).statistic if len(ids) > 2 else float("nan")
+        rows.append(dict(dataset=grid_ds, n=len(ids), tokens=tokens, qps_8bit=len(ids) / dq, qps_bf16=len(ids) / df,
+                         batch_8bit=bq, batch_bf16=bf,
+                         token_differ=differ / max(1, sum(len(g.token_ids) for g in gf)),
+                         answers_differ=sum(x.token_ids != y.token_ids for x, y in zip(gq, gf)) / len(ids),
+                         gnll_abs_diff=sum(abs(a - b) for a, b in zip(nll_q, nll_f)) / len(ids), gnll_rho=rho))
     return rows
 
 
@@ -453,11 +555,15 @@ def extrapolate(a: dict, b: dict, la: int, lb: int, target: int) -> dict:
     row["seconds"] = line("seconds")
     row["qps"] = a["n"] / row["seconds"]
     row["tok_s"] = a["mean_answer_tokens"] * a["n"] / row["seconds"]
-    if "seconds_cap" in a:
-        row["seconds_cap"] = line("seconds_cap")
-        row["qps_cap"] = a["n"] / row["seconds_cap"]
+    for key in ("cap", "mix"):
+        if f"seconds_{key}" in a:
+            row[f"seconds_{key}"] = line(f"seconds_{key}")
+            row[f"qps_{key}"] = a["n"] / row[f"seconds_{key}"]
     row["peak_gib"] = line("peak_gib")
-    row.pop("loop_qps", None)
+    for key in ("step_ms", "step_ms_cap"):
+        row[key] = line(key)
+    for key in ("loop_qps", "hf_tok_s"):
+        row.pop(key, None)
     return row
 
 
@@ -480,8 +586,12 @@ def per_400(row: dict, key: str, num_samples: int) -> float:
 
 def print_table(results: list[dict], args) -> None:
     cap = f"q/s @{args.answer_tokens} tok" if args.answer_tokens else None
-    head = ["model", "quantization", "shape (layers used / real)", "dataset", "n", "batch", "q/s", "tok/s",
-            "peak GiB", "load s"] + ([cap] if cap else []) + ["prompt tok"] + (["loop q/s"] if args.loop_n else [])
+    mix = args.long_share is not None
+    head = (["model", "quantization", "shape (layers used / real)", "dataset", "n", "batch", "q/s", "tok/s",
+             "peak GiB", "load s"] + ([cap] if cap else []) + (["q/s mix"] if mix else [])
+            + [f"step ms @{args.answer_tokens or '-'} / @{args.max_new_tokens} (ratio)"]
+            + (["HF generate tok/s (engine x)"] if args.hf_generate else []) + ["prompt tok"]
+            + (["loop q/s"] if args.loop_n else []))
     print("\n" + " | ".join(head))
     for r in results:
         if "error" in r:
@@ -492,9 +602,31 @@ def print_table(results: list[dict], args) -> None:
                      _fmt(d["qps"], 2), _fmt(d["tok_s"], 0), _fmt(d["peak_gib"], 2),
                      _fmt(d.get("load_s", r["load_s"])) + (" (shared)" if r.get("shared_load") else "")]
             cells += [_fmt(d.get("qps_cap"), 2)] if cap else []
+            cells += [_fmt(d.get("qps_mix"), 2)] if mix else []
+            s16, s150 = d.get("step_ms_cap"), d.get("step_ms")
+            ratio = f" ({s150 / s16:.2f}x)" if s16 and s150 else ""
+            cells += [f"{_fmt(s16, 1)} / {_fmt(s150, 1)}{ratio}"]
+            if args.hf_generate:
+                hf = d.get("hf_tok_s")
+                cells += [f"{_fmt(hf, 0)}" + (f" ({d['tok_s'] / hf:.1f}x)" if hf else "")]
             cells += [_fmt(d["prompt_tokens"], 0)]
             cells += [_fmt(d.get("loop_qps"), 2)] if args.loop_n else []
             print(" | ".join(map(str, cells)))
+    compared = [r for r in results if r.get("precisions")]
+    if compared:
+        print("\n8-bit (bitsandbytes LLM.int8) against bf16, the same weights and prompts, every answer "
+              f"{compared[0]['precisions'][0]['tokens']} tokens:")
+        print("model | dataset | n | q/s 8-bit (batch) | q/s bf16 (batch) | bf16 x | tokens differing | answers differing"
+              " | mean |G-NLL 8-bit - bf16| nats | Spearman rho of G-NLL")
+        for r in compared:
+            for d in r["precisions"]:
+                print(" | ".join(map(str, [
+                    r["model"], d["dataset"], d["n"], f"{d['qps_8bit']:.2f} ({d['batch_8bit']})",
+                    f"{d['qps_bf16']:.2f} ({d['batch_bf16']})", f"{d['qps_bf16'] / d['qps_8bit']:.1f}x",
+                    f"{d['token_differ']:.1%}", f"{d['answers_differ']:.1%}", f"{d['gnll_abs_diff']:.3f}",
+                    _fmt(d["gnll_rho"], 3)])))
+        print("Random weights: their answers are noise, so the differences measure LLM.int8's rounding of these "
+              "weights (few outliers), not what it does to a trained model's answers (see README).")
 
 
 def print_projection(results: list[dict], grid, args) -> None:
@@ -507,37 +639,38 @@ def print_projection(results: list[dict], grid, args) -> None:
     print(f"\n{title}Projected wall time of {GRID.relative_to(ROOT)}: {len(grid.models)} models x "
           f"{len(grid.datasets)} datasets = {len(grid.models) * len(grid.datasets)} cells x {num_samples} questions, "
           f"HF engine, one GPU ({args.gpu})")
-    head = ["model", "load s"] + [f"{d} s ({args.max_new_tokens} tok{f' / {cap} tok' if cap else ''})"
-                                  for d in grid.datasets] + ["model total"]
+    mix = args.long_share is not None
+    kinds = [f"{args.max_new_tokens} tok"] + ([f"{cap} tok"] if cap else []) + (["mix"] if mix else [])
+    head = ["model", "load s"] + [f"{d} s ({' / '.join(kinds)})" for d in grid.datasets] + ["model total"]
     print(" | ".join(head))
-    total = total_cap = 0.0
+    totals = [0.0] * len(kinds)
     missing = []
 
     def line(name, r, label=None):
-        secs, secs_cap = [], []
+        keys = ["seconds"] + (["seconds_cap"] if cap else []) + (["seconds_mix"] if mix else [])
+        per = []  # per dataset: seconds of each kind
         for d in grid.datasets:
             row = next(x for x in r["rows"] if x["dataset"] == d and not x.get("partial"))
-            secs.append(per_400(row, "seconds", num_samples))
-            secs_cap.append(per_400(row, "seconds_cap", num_samples) if cap else None)
-        t = r["load_s_full"] + sum(secs)
-        tc = r["load_s_full"] + sum(secs_cap) if cap else None
+            per.append([per_400(row, k, num_samples) if row.get(k) is not None else None for k in keys])
+        model_totals = [r["load_s_full"] + sum(p[i] or 0.0 for p in per) for i in range(len(keys))]
         cells = [label or name, _fmt(r["load_s_full"])]
-        cells += [f"{_fmt(s, 0)}" + (f" / {_fmt(c, 0)}" if cap else "") for s, c in zip(secs, secs_cap)]
-        cells += [f"{t / 60:.1f} min" + (f" / {tc / 60:.1f} min" if cap else "")]
+        cells += [" / ".join(_fmt(x, 0) for x in p) for p in per]
+        cells += [" / ".join(f"{t / 60:.1f}" for t in model_totals) + " min"]
         print(" | ".join(cells))
-        return t, tc or 0.0
+        return model_totals
 
     for name in grid.models:
         if name not in by_model or {row["dataset"] for row in by_model[name]["rows"]} < set(grid.datasets):
             missing.append(name)
             print(f"{name} | not measured")
             continue
-        t, tc = line(name, by_model[name])
-        total, total_cap = total + t, total_cap + tc
+        totals = [a + b for a, b in zip(totals, line(name, by_model[name]))]
     done = len(grid.models) - len(missing)
-    print(f"TOTAL ({done} of {len(grid.models)} models measured) | {total / 60:.1f} min ({total / 3600:.2f} h) with every "
-          f"answer at {args.max_new_tokens} tokens (the worst case)"
-          + (f" | {total_cap / 60:.1f} min ({total_cap / 3600:.2f} h) with answers capped at {cap} tokens" if cap else ""))
+    said = [f"every answer at {args.max_new_tokens} tokens (the worst case)"]
+    said += [f"every answer at {cap} tokens"] if cap else []
+    said += [f"the realistic mix ({args.long_share:.0%} at {args.max_new_tokens} tokens)"] if mix else []
+    print(f"TOTAL ({done} of {len(grid.models)} models measured) | "
+          + " | ".join(f"{t / 60:.1f} min ({t / 3600:.2f} h) with {what}" for t, what in zip(totals, said)))
     r70 = by_model.get(MODEL_70B)
     if r70 is not None:
         print(f"beyond the grid: {MODEL_70B} x {', '.join(grid.datasets)} (EXTRAPOLATED from {r70['layers']} and "
@@ -555,6 +688,9 @@ def print_projection(results: list[dict], grid, args) -> None:
           f"to run to max_new_tokens={args.max_new_tokens} (the worst case)"
           + (f"; the capped figure ends every answer at {cap} tokens (a short phrase and its newline); a batch "
              "decodes as long as its longest answer, so the real time lies between the two" if cap else "")
+          + (f"; the realistic mix ends each answer after its reference answer's tokens and a newline, except a "
+             f"share of {args.long_share:.0%} (drawn with the grid's seed) that runs to max_new_tokens, and finished "
+             "rows make room for waiting questions as in a run" if mix else "")
           + f". Runs of fewer than {num_samples} questions are scaled per batch of the automatic size. The bundled "
           "TriviaQA/SQuAD-v2-schema questions stand for the hub datasets' (prompt lengths alike). LLM.int8 with "
           "random weights meets few outliers (|x| >= 6): real 8-bit models decode somewhat slower.")
@@ -593,6 +729,13 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--shapes", type=Path, default=None, help="bundled models' shapes (--export-shapes)")
     ap.add_argument("--export-shapes", type=Path, default=None)
+    ap.add_argument("--long-share", type=float, default=0.05, help="realistic mix: the share of answers that run "
+                    "to --max-new-tokens; the rest end after their reference answer's tokens and a newline (a "
+                    "negative value skips the mix)")
+    ap.add_argument("--no-hf-generate", dest="hf_generate", action="store_false",
+                    help="skip transformers' generate at the engine's batch size (tokens/s beside the engine's)")
+    ap.add_argument("--compare-bf16", default="Llama-3-8B-8bit", help="comma-separated 8-bit models also loaded in "
+                    "bf16 from the same weights and compared on the same prompts (speed, answers, G-NLL); empty: none")
     ap.add_argument("--loop-n", type=int, default=0, help="also time the reference one-at-a-time loop on this "
                     "many questions")
     args = ap.parse_args()
@@ -621,6 +764,9 @@ def main() -> None:
         args.answer_tokens = 4 if args.smoke else 16
     if args.answer_tokens >= args.max_new_tokens:
         args.answer_tokens = 0
+    if args.long_share is not None and args.long_share < 0:
+        args.long_share = None
+    args.compare = {m.strip() for m in args.compare_bf16.split(",") if m.strip()}
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     study = [m for m in models if m not in BUNDLED]
     if args.layers_70b < 2:
@@ -735,6 +881,17 @@ def main() -> None:
                         lm = load_model(spec, DEVICE)  # uqflow's loader: bitsandbytes quantizes as it loads
                         _sync()
                         load_s = time.perf_counter() - t0
+                        if name in args.compare and reg.quantization == "8bit":  # the same weights in bf16
+                            full = load_model(ModelSpec(name.removesuffix("-8bit"), str(folder), reg.family, reg.size_b,
+                                                        reg.instruct, "none"), DEVICE)
+                            try:
+                                result["precisions"] = compare_precisions(lm, full, args, cells)
+                            finally:
+                                unload(full)
+                            for d in result["precisions"]:
+                                print(json.dumps({"model": name, "compare": "8bit vs bf16",
+                                                  **{k: (round(v, 4) if isinstance(v, float) else v)
+                                                     for k, v in d.items()}}), flush=True)
                     finally:
                         shutil.rmtree(folder, ignore_errors=True)
                     print(f"{name}: random weights written in {save_s:.1f} s ({size / 2**30:.1f} GiB), loaded by "

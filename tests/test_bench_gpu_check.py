@@ -45,7 +45,9 @@ def test_cpu_smoke_prints_every_study_model_and_the_projection(tmp_path):
     out = done.stdout
     assert done.returncode == 0, (out[-3000:], done.stderr[-3000:])
 
-    table = out[out.index("model | quantization | shape"):out.index("Projected wall time")]
+    table = out[out.index("model | quantization | shape"):out.index("8-bit (bitsandbytes LLM.int8) against bf16")]
+    head = table.splitlines()[0].split(" | ")
+    assert head[10:14] == ["q/s @2 tok", "q/s mix", "step ms @2 / @6 (ratio)", "HF generate tok/s (engine x)"], head
     for model, quant in STUDY.items():
         rows = [line.split(" | ") for line in table.splitlines() if line.startswith(model + " | ")]
         datasets = {r[3] for r in rows}
@@ -63,7 +65,16 @@ def test_cpu_smoke_prints_every_study_model_and_the_projection(tmp_path):
         else:
             assert shapes == {f"2/{LAYERS[model]} (smoke widths)"}, shapes
         assert all(r[1] != "failed" for r in rows)
+        for r in rows:  # the realistic mix's q/s and the decode step at both lengths
+            assert float(r[11]) >= 0 and " / " in r[12], r
     assert "FAILED" not in out
+
+    # the same weights in 8-bit and bf16, side by side: speed, answers, G-NLL
+    compared = out[out.index("8-bit (bitsandbytes LLM.int8) against bf16"):out.index("Projected wall time")]
+    rows = [line.split(" | ") for line in compared.splitlines() if line.startswith("Llama-3-8B-8bit | ")]
+    assert {r[1] for r in rows} == {"trivia_qa", "squad"}, compared
+    for r in rows:
+        assert r[3].endswith("(64)") and r[6].endswith("%") and float(r[8]) >= 0, r
 
     projection = out[out.index("Projected wall time"):]
     assert "12 cells x 400 questions" in projection
@@ -74,6 +85,7 @@ def test_cpu_smoke_prints_every_study_model_and_the_projection(tmp_path):
             line = next(x for x in projection.splitlines() if x.startswith(model + " | "))
             assert line.endswith(" min"), line
     assert "TOTAL (6 of 6 models measured)" in projection
+    assert "with the realistic mix (5% at 6 tokens)" in projection
     assert "Assumed:" in projection
     assert "mlflow imported: no" in out
     # the weights were written in the given folder and removed after loading; nothing else left behind

@@ -104,6 +104,62 @@ def test_shared_prefix_cache_changes_nothing(smollm):
 
 
 @pytest.mark.slow
+def test_waiting_prompts_join_a_running_batch_and_change_no_answer(smollm):
+    """Continuous refill: as rows finish, waiting prompts are prefilled and stacked onto the running
+    batch (left-padded caches, their own positions). Every answer and its statistics equal those of
+    the prompt decoded alone, and the counters count each prefill and token once."""
+    from uqflow.generation.hf import HFEngine
+
+    ids = _prompts(smollm, "trivia_mini", 40)
+    engine = HFEngine(smollm, batch_size=8, max_new_tokens=20)
+    assert engine.refill
+    admitted = []
+    prefill = engine._prefill
+    engine._prefill = lambda batch, *a: admitted.append(len(batch)) or prefill(batch, *a)
+    joined = engine.generate(ids)
+    assert admitted[0] == 8 and len(admitted) > 5 and sum(admitted) == len(ids)  # joined a few at a time
+    alone_engine = HFEngine(smollm, batch_size=1, max_new_tokens=20)
+    alone = alone_engine.generate(ids)
+    _check_aligned(smollm, joined)
+    for a, b in zip(joined, alone):
+        assert a.token_ids == b.token_ids and a.text == b.text and a.stop_reason == b.stop_reason
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
+        assert a.token_entropies == pytest.approx(b.token_entropies, abs=1e-3)
+    assert engine.passes == alone_engine.passes and engine.tokens == alone_engine.tokens
+    # sampled answers: each prompt's group joins together; with one answer drawn per stream the
+    # same tokens as a batch of one (a draw near a boundary between two tokens may differ: see sample)
+    grouped = HFEngine(smollm, batch_size=8, max_new_tokens=12).sample(ids[:10], 4, seed=3)
+    single = HFEngine(smollm, batch_size=1, max_new_tokens=12).sample(ids[:10], 4, seed=3)
+    same = sum(a.token_ids == b.token_ids for xs, ys in zip(grouped, single) for a, b in zip(xs, ys))
+    assert same >= 36 and all(len(xs) == 4 for xs in grouped)
+
+
+@pytest.mark.slow
+def test_stop_check_on_the_answers_tail_agrees_with_the_whole_answer(smollm):
+    """The engine decodes only an answer's last tokens to look for a stop sequence; at every prefix of
+    real text (passages and answers with stop sequences spliced in, multi-byte characters included)
+    it decides as the decode of the whole answer does."""
+    from uqflow.data import load_dataset
+    from uqflow.generation.hf import HFEngine
+
+    engine = HFEngine(smollm, max_new_tokens=16)
+    ds = load_dataset("squad_mini")
+    texts = [ex.context[:300] + stop + ex.question for ex, stop in zip(ds.examples[:60], STOP_SEQUENCES * 10)]
+    texts += ["Zoë Saldaña — “Café” Ünïcödé 東京 Question: x", "Paris\n", " Paris.\n\nQuestion", "Context :Context:"]
+    checked = 0
+    for text in texts:
+        ids = smollm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        for k in range(1, len(ids) + 1):
+            whole = any(s in engine.decode(ids[:k]) for s in engine.stop_sequences)
+            if engine._stopped(ids[:k]) != whole:
+                raise AssertionError(f"tail check disagrees at {k} of {text!r}")
+            checked += whole
+            if whole:
+                break  # the engine stops at the first
+    assert checked >= 60
+
+
+@pytest.mark.slow
 def test_sliding_window_model_shares_no_prefix_past_its_window(gemma):
     from uqflow.generation.hf import HFEngine
 
@@ -212,7 +268,7 @@ def test_quantized_engine_does_not_shrink_its_batch_on_out_of_memory(smollm_quan
     def oom(*args, **kwargs):
         raise OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(engine, "_generate_batch", oom)
+    monkeypatch.setattr(engine, "_prefill", oom)
     with pytest.raises(ConfigError, match="set batch_size=32"):
         engine.generate(_prompts(smollm_quantized, "trivia_mini", 2))
     assert engine.batch_size == 64

@@ -106,6 +106,11 @@ class HFEngine:
             auto = 64 if not cpu else 128 if stackable else 16
         self.batch_size = batch_size or auto
         self.prefill_chunk = 16 if stackable else None  # None: the whole batch in one prefill
+        #: whether waiting prompts join a running batch as its rows finish (caches that can be stacked)
+        self.refill = stackable
+        #: tokens decoded at each step to look for a stop sequence: enough for the longest to fit
+        #: whole, however its characters fall on tokens (bytes of one character split across several)
+        self._stop_span = 2 * max((len(s) for s in self.stop_sequences), default=0) + 4
         self.share_prefix = share_prefix
         params = inspect.signature(lm.model.forward).parameters
         # transformers 5 renamed the forward argument `past_key_values` to `cache`
@@ -227,10 +232,10 @@ class HFEngine:
 
     def _decode(self, prompts: Sequence[Sequence[int]], sampling, progress, group: int = 1,
                 shuffle: int = 0) -> list[list[Generation]]:
-        """Decode every prompt (sorted by length, in batches) ``group`` times: greedy (group 1), or
-        sampled with ``sampling`` = (one random stream per answer, prompt-major; temperature). A
-        prompt's answers share one prefill: its cache is copied ``group`` times, so a prompt is
-        prefilled once however many answers are drawn from it."""
+        """Decode every prompt (sorted by length) ``group`` times: greedy (group 1), or sampled with
+        ``sampling`` = (one random stream per answer, prompt-major; temperature). A prompt's answers
+        share one prefill: its cache is copied ``group`` times, so a prompt is prefilled once however
+        many answers are drawn from it."""
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         if shuffle:
             import random
@@ -239,13 +244,12 @@ class HFEngine:
         results: list[list[Generation] | None] = [None] * len(prompts)
         prefix = self._shared_prefix(prompts) if self.share_prefix else []
         prefix_cache = self._prefix_cache(prefix) if prefix else None
-        pos = 0
-        while pos < len(order):
-            idx = order[pos : pos + max(1, self.batch_size // group)]
-            draw = None if sampling is None else (
-                [sampling[0][i * group + k] for i in idx for k in range(group)], sampling[1])
+        while True:
+            waiting = [i for i in order if results[i] is None]
+            if not waiting:
+                return results  # type: ignore[return-value]
             try:
-                gens = self._generate_batch([prompts[i] for i in idx], prefix, prefix_cache, draw, group)
+                self._stream(prompts, waiting, prefix, prefix_cache, sampling, group, results, progress)
             except Exception as e:  # torch.OutOfMemoryError, without importing torch at module level
                 if type(e).__name__ != "OutOfMemoryError" or self.batch_size == 1:
                     raise
@@ -255,19 +259,15 @@ class HFEngine:
                         f"answers depend on which questions share a batch ({self.lm.spec.quantization}, bitsandbytes), "
                         f"so the batch is not shrunk behind the run's back: set batch_size={max(1, self.batch_size // 2)} "
                         "(or smaller) and run again") from None
+                # finished answers stand; the unfinished ones start again in smaller batches
                 self.batch_size = max(1, self.batch_size // 2)
                 log.warning("out of memory; retrying with batch size %d", self.batch_size)
                 self._empty_cache()
-                if draw is not None:  # the streams were advanced by the failed batch: start them again
-                    for stream in draw[0]:
-                        stream.reset()
-                continue
-            for j, i in enumerate(idx):
-                results[i] = gens[j * group:(j + 1) * group]
-            pos += len(idx)
-            if progress is not None:
-                progress(len(idx) * group)
-        return results  # type: ignore[return-value]
+                if sampling is not None:  # their streams were advanced by the failed attempt: restart them
+                    for i in order:
+                        if results[i] is None:
+                            for k in range(group):
+                                sampling[0][i * group + k].reset()
 
     def _attention_kernels(self):
         """The SDPA kernels this engine's forward passes may use (SDPA_BACKENDS) on a CUDA model; on
@@ -323,9 +323,6 @@ class HFEngine:
             model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **{self._cache_kwarg: cache})
         return cache
 
-    def _stopped(self, ids: list[int]) -> bool:
-        return ids[-1] in self.eos_ids or any(stop in self.decode(ids) for stop in self.stop_sequences)
-
     def _mergeable(self, cache) -> bool:
         """Whether chunk caches can be padded and stacked: plain dynamic layers only (sliding-window
         layers crop and count their own length)."""
@@ -339,7 +336,6 @@ class HFEngine:
         prompt, then stack the chunks into one decoding batch by left-padding their caches.
         Returns (last-position logits (B, V), cache, attention mask (B, S), last positions (B, 1))."""
         import torch
-        import torch.nn.functional as F
         from transformers import DynamicCache
 
         tok, model = self.lm.tokenizer, self.lm.model
@@ -363,76 +359,152 @@ class HFEngine:
             out = model(input_ids=feed.to(dev), attention_mask=mask, position_ids=pos[:, P:].to(dev),
                         use_cache=True, **{self._cache_kwarg: cache}, **self._last_logits)
             parts.append((out.logits[:, -1, :].float(), cache, mask, pos[:, -1:].to(dev)))
-        if len(parts) == 1:
-            return parts[0]
+        return parts[0] if len(parts) == 1 else self._stack(parts)
+
+    @staticmethod
+    def _stack(parts):
+        """One decoding batch from several, each (logits (b, V), cache, mask (b, S_i), positions (b, 1)):
+        caches and masks are left-padded to the longest S_i and stacked. A padding slot is masked out
+        like any other, so each row attends to exactly what it attended to before."""
+        import torch
+        import torch.nn.functional as F
+
         S = max(m.shape[1] for _, _, m, _ in parts)
         merged = parts[0][1]
         for i, layer in enumerate(merged.layers):
-            # (b, heads, S, head_dim): earlier padding slots are masked out like any other padding
+            # (b, heads, S, head_dim)
             layer.keys = torch.cat([F.pad(c.layers[i].keys, (0, 0, S - m.shape[1], 0)) for _, c, m, _ in parts])
             layer.values = torch.cat([F.pad(c.layers[i].values, (0, 0, S - m.shape[1], 0)) for _, c, m, _ in parts])
         mask = torch.cat([F.pad(m, (S - m.shape[1], 0)) for _, _, m, _ in parts])
         return (torch.cat([lg for lg, _, _, _ in parts]), merged, mask, torch.cat([p for _, _, _, p in parts]))
 
-    def _generate_batch(self, batch: Sequence[Sequence[int]], prefix: Sequence[int] = (),
-                        prefix_cache=None, sampling=None, group: int = 1) -> list[Generation]:
-        """Decode ``batch`` (sorted by length), each prompt ``group`` times (its answers adjacent)."""
+    @staticmethod
+    def _trim(cache, mask):
+        """Drop the leading cache slots that no row attends to (left by rows that have left)."""
+        used = mask.any(0)
+        first = int(used.int().argmax())
+        if first == 0:
+            return mask
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        return mask[:, first:]
+
+    def _stream(self, prompts: Sequence[Sequence[int]], waiting: list[int], prefix: Sequence[int], prefix_cache,
+                sampling, group: int, results: list, progress) -> None:
+        """Decode the ``waiting`` prompts (in that order), each ``group`` times, into ``results``.
+
+        Rows leave the batch (and the cache) as they stop. Where caches can be stacked, waiting
+        prompts take the places of finished rows once a quarter of the batch is free (prefilled
+        together, their caches left-padded onto the running batch's), so a long answer never holds
+        a batch of finished ones; otherwise the next batch starts when the last row of this one stops.
+        Each row attends only to its own prompt and answer, at its own positions, whatever joins or
+        leaves around it."""
+        import collections
+
         import torch
 
         model = self.lm.model
         dev = model.device
-        with torch.inference_mode():
-            logits, cache, mask, last_pos = self._prefill(batch, prefix, prefix_cache)
+        kind = "greedy" if sampling is None else "sampled"
+        width = max(1, self.batch_size // group) * group  # rows decoding together
+        refill_at = max(group, width // 4) if self.refill else width  # free rows that call for a refill
+        queue = collections.deque(waiting)
+        done: dict[int, list] = {}  # prompt -> its answers so far, in sample order
+
+        def admit(free: int):
+            """Prefill as many waiting prompts as ``free`` rows hold: (logits, cache, mask, positions, rows)."""
+            idx = [queue.popleft() for _ in range(min(free // group, len(queue)))]
+            logits, cache, mask, pos = self._prefill([prompts[i] for i in idx], prefix, prefix_cache)
             if group > 1:  # each prompt's answers start from one copy of its prefill
-                logits, mask, last_pos = (t.repeat_interleave(group, 0) for t in (logits, mask, last_pos))
+                logits, mask, pos = (t.repeat_interleave(group, 0) for t in (logits, mask, pos))
                 cache.batch_repeat_interleave(group)
-                batch = [p for p in batch for _ in range(group)]
-            B = len(batch)
-            live = list(range(B))  # batch row -> original index, for the rows still decoding
-            ids: list[list[int]] = [[] for _ in range(B)]
-            logps: list[list[float]] = [[] for _ in range(B)]
-            ents: list[list[float]] = [[] for _ in range(B)]
-            while True:
+            self.passes[kind] += len(idx)  # one prefill per prompt, shared by its answers
+            return logits, cache, mask, pos, [_Row(i, k) for i in idx for k in range(group)]
+
+        with torch.inference_mode():
+            logits, cache, mask, last_pos, rows = admit(width)
+            while rows:
                 logp = torch.log_softmax(logits, dim=-1)  # (b, V) from the raw logits
                 if sampling is None:
                     top, nxt = logp.max(dim=-1)  # greedy token and its log-probability, (b,)
                 else:
-                    nxt = _draw(logits, [sampling[0][r] for r in live], sampling[1])
+                    nxt = _draw(logits, [sampling[0][r.prompt * group + r.k] for r in rows], sampling[1])
                     top = logp.gather(-1, nxt[:, None])[:, 0]
                 ent = torch.special.entr(logp.exp()).sum(-1)  # entr(0) = 0: masked logits are safe
                 keep = []
-                for j, (t, lp, h) in enumerate(zip(nxt.tolist(), top.tolist(), ent.tolist())):
-                    row = live[j]
-                    ids[row].append(t)
-                    logps[row].append(lp)
-                    ents[row].append(h)
-                    if len(ids[row]) < self.max_new_tokens and not self._stopped(ids[row]):
+                for j, (row, t, lp, h) in enumerate(zip(rows, nxt.tolist(), top.tolist(), ent.tolist())):
+                    row.ids.append(t)
+                    row.logps.append(lp)
+                    row.ents.append(h)
+                    if not self._row_done(row):
                         keep.append(j)
-                if not keep:
-                    break
-                if len(keep) < len(live):  # finished rows leave the batch and the cache
+                    else:
+                        self._finish(row, prompts[row.prompt], group, done, results, progress, kind)
+                if len(keep) < len(rows):  # finished rows leave the batch and the cache
+                    rows = [rows[j] for j in keep]
+                    if not rows:
+                        if not queue:
+                            break
+                        logits, cache, mask, last_pos, rows = admit(width)
+                        continue
                     sel = torch.tensor(keep, device=dev)
                     cache.batch_select_indices(sel)
                     mask, last_pos, nxt = mask[sel], last_pos[sel], nxt[sel]
-                    live = [live[j] for j in keep]
-                mask = torch.cat([mask, mask.new_ones(len(live), 1)], 1)  # (b, past + 1)
+                    if self.refill:
+                        mask = self._trim(cache, mask)
+                mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)  # (b, past + 1)
                 last_pos = last_pos + 1
                 out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, use_cache=True,
                             **{self._cache_kwarg: cache}, **self._last_logits)
                 logits = out.logits[:, -1, :].float()
-        kind = "greedy" if sampling is None else "sampled"
-        self.tokens[kind] += sum(len(x) for x in ids)
-        # one prefill per prompt (its answers share it), then one pass per further token of each answer
-        self.passes[kind] += len(batch) // group + sum(len(x) - 1 for x in ids)
-        gens = []
-        for b, prompt in enumerate(batch):
-            n, reason, dropped = align_answer(ids[b], self.decode, self.eos_ids, self.stop_sequences)
-            gens.append(Generation(
-                prompt_token_ids=list(prompt), token_ids=ids[b][:n], token_logprobs=logps[b][:n],
-                token_entropies=ents[b][:n], text=self.decode(ids[b][:n]).strip(), stop_reason=reason,
-                dropped_text=dropped,
-            ))
-        return gens
+                if queue and width - len(rows) >= refill_at:
+                    new = admit(width - len(rows))
+                    logits, cache, mask, last_pos = self._stack([(logits, cache, mask, last_pos), new[:4]])
+                    rows = rows + new[4]
+
+    def _row_done(self, row: _Row) -> bool:
+        """Whether a row's answer is finished: its token budget spent or a stop met."""
+        return len(row.ids) >= self.max_new_tokens or self._stopped(row.ids)
+
+    def _stopped(self, ids: list[int]) -> bool:
+        """Whether the answer so far ends in EOS or holds a stop sequence. Only its last tokens are
+        decoded (decoding the whole answer at every step made the check grow with the answer): a
+        stop sequence that was not there a token ago ends within them. A stop seen there is
+        confirmed on the whole answer, which is what ``align_answer`` cuts."""
+        if ids[-1] in self.eos_ids:
+            return True
+        tail = self.decode(ids[-self._stop_span:])
+        return any(stop in tail for stop in self.stop_sequences) and (
+            len(ids) <= self._stop_span or any(stop in self.decode(ids) for stop in self.stop_sequences))
+
+    def _finish(self, row: _Row, prompt: Sequence[int], group: int, done: dict, results: list, progress,
+                kind: str) -> None:
+        """Store a finished row's answer; a prompt's answers go to ``results`` once all are in."""
+        self.tokens[kind] += len(row.ids)
+        self.passes[kind] += len(row.ids) - 1  # each token after the first is one more pass
+        n, reason, dropped = align_answer(row.ids, self.decode, self.eos_ids, self.stop_sequences)
+        answers = done.setdefault(row.prompt, [None] * group)
+        answers[row.k] = Generation(
+            prompt_token_ids=list(prompt), token_ids=row.ids[:n], token_logprobs=row.logps[:n],
+            token_entropies=row.ents[:n], text=self.decode(row.ids[:n]).strip(), stop_reason=reason,
+            dropped_text=dropped,
+        )
+        if all(a is not None for a in answers):
+            results[row.prompt] = done.pop(row.prompt)
+            if progress is not None:
+                progress(group)
+
+
+class _Row:
+    """One answer being decoded: answer ``k`` of prompt ``prompt``, its tokens and their statistics."""
+
+    __slots__ = ("prompt", "k", "ids", "logps", "ents")
+
+    def __init__(self, prompt: int, k: int):
+        self.prompt, self.k = prompt, k
+        self.ids: list[int] = []
+        self.logps: list[float] = []
+        self.ents: list[float] = []
 
 
 class SampleStream:
