@@ -64,12 +64,17 @@ def main() -> None:
     same = sum(g.text == r[0] for g, r in zip(gens, ref))
     unload(lm)
 
+    here = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        t = time.perf_counter()
-        result = run_experiment(cfg)
-        t_run = time.perf_counter() - t
+        os.chdir(tmp)  # a SQLite store keeps its artifacts in ./mlruns: in the temporary folder too
+        try:
+            t = time.perf_counter()
+            result = run_experiment(cfg)
+            t_run = time.perf_counter() - t
+        finally:
+            os.chdir(here)
     gen_s = result.metrics["generation_seconds"]
     rel_s = result.metrics["relevance_seconds"]
     score_s = result.metrics["scoring_seconds"]

@@ -151,7 +151,7 @@ def test_objections_rows_from_the_store(small_store):
     assert len(o["judge_disagreements"]) == 3  # the three flipped answers, each shown
     assert {a["judge"] for a in o["judge_aurocs"]} == {"em", "f1"}
     warned = {p["label"] for p in o["power"] if p["warning"]}
-    assert warned == {"SmolLM2-135M-Instruct x trivia_mini", "SmolLM2-135M-Instruct-8bit x trivia_mini"}
+    assert warned == {"SmolLM2-135M-Instruct × trivia_mini", "SmolLM2-135M-Instruct-8bit × trivia_mini"}
     for p in o["power"]:  # at 400 questions a smaller difference is detectable than at the run's own n
         assert 0 < p["min_detectable_difference_at_400"] < p["min_detectable_difference"] or p["n"] >= 400
     assert {c["measure"] for c in o["calibration"]} >= {"g_nll", "answer_tokens"}

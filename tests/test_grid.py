@@ -126,7 +126,7 @@ def test_sigkill_during_second_cell_then_resume(tracking, tmp_path, venv_env):
     while time.time() < deadline and proc.poll() is None:
         runs = _runs()
         if runs is not None and len(runs):
-            second = runs[(runs["tags.mlflow.runName"] == "squad_mini · SmolLM2-135M-Instruct")
+            second = runs[(runs["tags.mlflow.runName"] == "SmolLM2-135M · squad_mini")
                           & (runs["status"] == "RUNNING")]
             if len(second):
                 killed_run = second["run_id"].iloc[0]
@@ -143,9 +143,25 @@ def test_sigkill_during_second_cell_then_resume(tracking, tmp_path, venv_env):
     assert "already done" in out.stderr
     runs = _runs()
     finished = runs[runs["status"] == "FINISHED"]
-    assert sorted(finished["tags.mlflow.runName"]) == ["squad_mini · SmolLM2-135M-Instruct",
-                                                       "trivia_mini · SmolLM2-135M-Instruct"]
+    assert sorted(finished["tags.mlflow.runName"]) == ["SmolLM2-135M · squad_mini",
+                                                       "SmolLM2-135M · trivia_mini"]
     assert mlflow.get_run(killed_run).info.status == "KILLED"  # the abandoned run is closed, not left RUNNING
+    # the grid's run shows its cells side by side, as a table the MLflow UI renders
+    grid_runs = mlflow.search_runs(experiment_names=["uqflow"], filter_string="tags.`uqflow.grid` != ''")
+    grid_run = grid_runs.sort_values("start_time").iloc[-1]  # the invocation that finished the grid
+    table = mlflow.artifacts.load_dict(f"runs:/{grid_run['run_id']}/comparison.json")
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert sorted(r["dataset"] for r in rows) == ["squad_mini", "trivia_mini"]
+    for r in rows:
+        cell = finished[finished["tags.dataset"] == r["dataset"]].iloc[0]
+        assert r["model"] == "SmolLM2-135M-Instruct" and r["family"] == "SmolLM2" and r["n"] == "40"
+        assert r["accuracy"] == f"{cell['metrics.accuracy']:.3f}"
+        lo, hi = cell["metrics.auroc_g_nll_ci_low"], cell["metrics.auroc_g_nll_ci_high"]
+        assert r["AUROC G-NLL"] == f"{cell['metrics.auroc_g_nll']:.3f} [{lo:.3f}, {hi:.3f}]"
+    assert "AUROC RW-G-NLL" in table["columns"] and "outputs: " not in str(table["columns"])
+    # the console said what each stage was doing and what to run next
+    assert "greedy answers" in out.stderr and "judging and scoring" in out.stderr
+    assert "Next: `uqflow aggregate`" in out.stdout
     # a third invocation has nothing to do
     assert [s.state for s in cell_states(checked_cells(load_grid(f)))] == ["done", "done"]
 

@@ -153,7 +153,7 @@ def test_a_bundled_model_and_its_8bit_variant_answer_the_quantization_question(t
     assert q.numbers["comparisons"] == 1
     [c] = q.comparisons
     assert (c["run_a"], c["run_b"]) == (base, quantized)
-    assert (c["a"], c["b"]) == ("SmolLM2-135M-Instruct x trivia_mini", "SmolLM2-135M-Instruct-8bit x trivia_mini")
+    assert (c["a"], c["b"]) == ("SmolLM2-135M-Instruct × trivia_mini", "SmolLM2-135M-Instruct-8bit × trivia_mini")
     assert c["paired"] and "gguf-q4_1" in q.answer  # the baseline's own quantization is said
     assert not answers["instruct"].answerable and not answers["size"].answerable
 
@@ -167,7 +167,18 @@ def test_report_is_logged_as_an_analysis_run(tracking, tmp_path):
     run = mlflow.get_run(r.analysis_run_id)
     assert run.info.status == "FINISHED" and run.data.tags["uqflow.analysis"] == "true"
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(r.analysis_run_id)}
-    assert {"report.html", "summary.json", "figures"} <= names
+    assert {"report.html", "summary.json", "figures", "comparison.json"} <= names
+    # the study at a glance, one row per run as the store holds it
+    table = mlflow.artifacts.load_dict(f"runs:/{r.analysis_run_id}/comparison.json")
+    rows = {row[0]: dict(zip(table["columns"], row)) for row in table["data"]}
+    assert set(rows) == {"SmolLM2-135M-Instruct", "Gemma-3-270M"}
+    for model, row in rows.items():
+        (acc, auroc, lo, hi), = run_query(
+            "SELECT r.accuracy, s.auroc, s.ci_low, s.ci_high FROM runs r JOIN scores s ON s.run_id = r.run_id "
+            f"WHERE r.model = '{model}' AND s.measure = 'g_nll'", url).rows
+        assert row["accuracy"] == f"{acc:.3f}" and row["n"] == "30" and row["dataset"] == "trivia_mini"
+        assert row["AUROC G-NLL"] == f"{auroc:.3f} [{lo:.3f}, {hi:.3f}]"
+    assert rows["Gemma-3-270M"]["family"] == "Gemma" and rows["Gemma-3-270M"]["size (B)"] == "0.27"
     # aggregating again leaves the analysis run out: aggregation looks only for runs carrying the
     # tag of uqflow's model x dataset runs, which an analysis run lacks
     out = {o.run_id: o for o in aggregate(url=url)}
@@ -220,10 +231,21 @@ def test_report_renders_in_a_real_browser(study_store, tmp_path, browser):
           f"{len(seen['text'])} characters of text")
     assert seen["title"] == "uqflow report"
     assert seen["images"] == 11 and seen["broken_images"] == []
+    import json
+
+    answers = json.loads(r.summary.read_text())["answers"].values()
+    page = r.html.read_text()
     for q in ("Does size help?", "Which family flags its errors best?", "Does the dataset matter?",
               "Does instruction tuning help?", "What does 8-bit quantization cost?"):
-        assert q in seen["text"]
-    assert "cannot answer" in seen["text"]
+        assert q in page
+    # findings first and shown; what cannot be answered folded under one line that says so
+    shown = [a["question"] for a in answers if a["answerable"]]
+    folded = [a["question"] for a in answers if not a["answerable"]]
+    assert shown and all(q in seen["text"] for q in shown)
+    assert not any(q in seen["text"] for q in folded)
+    if folded:
+        assert f"{len(folded)} question{'s' if len(folded) != 1 else ''} these runs cannot answer yet" in seen["text"]
+    assert seen["text"].index("Findings") < seen["text"].index("Before believing a ranking")
     widths = browser.execute_script("return Array.from(document.images).map(i => i.naturalWidth)")
     assert all(w > 300 for w in widths)
 
@@ -408,3 +430,19 @@ def test_token_examples_say_how_they_were_chosen_and_show_the_references(two_mod
         assert f"<q>{ref[0]}</q>" in html
     assert html.count("Reference answer") == len(picks)
     assert json.loads(r.summary.read_text())["token_examples"] == F.token_pick_rule("g_nll")
+
+
+def test_comparison_table_orders_measures_and_leaves_undefined_values_blank():
+    from uqflow.plots import comparison_frame, comparison_row
+
+    tags = {"model": "Gemma-3-270M", "family": "Gemma", "size_b": "0.27", "quantization": "gguf-q4_k_m",
+            "dataset": "squad_mini"}
+    metrics = {"n": 12.0, "accuracy": 0.25, "auroc_rw_g_nll": 0.6, "auroc_rw_g_nll_ci_low": 0.41,
+               "auroc_rw_g_nll_ci_high": 0.8, "auroc_g_nll": float("nan"), "auroc_g_nll_ci_low": float("nan"),
+               "auroc_g_nll_ci_high": float("nan"), "batch_spread/auroc_g_nll_max": 0.7}
+    frame = comparison_frame([comparison_row(tags, metrics)])
+    assert list(frame.columns) == ["model", "family", "size (B)", "quantization", "dataset", "n", "accuracy",
+                                   "AUROC G-NLL", "AUROC RW-G-NLL"]
+    row = frame.iloc[0].to_dict()
+    assert row["AUROC G-NLL"] == "" and row["AUROC RW-G-NLL"] == "0.600 [0.410, 0.800]"
+    assert (row["n"], row["accuracy"], row["size (B)"]) == ("12", "0.250", "0.27")

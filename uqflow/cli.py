@@ -54,17 +54,49 @@ def _parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+class _StageProgress:
+    """A run's progress by stage (greedy answers, sampling, p(True), scoring, ...): on a terminal a
+    bar per stage with questions done and time left (tqdm); elsewhere (a log, a pipe, a Ray
+    worker's output) one line as each stage starts and ends, so a long stage never goes silent."""
+
+    def __init__(self, label: str):
+        self.label, self.stage, self.bar, self.started = label, None, None, 0.0
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int, stage: str = "answers") -> None:
+        import time
+
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self._end()
+            self.stage, self.started = stage, time.perf_counter()
+            if self.tty:
+                self.bar = tqdm(desc=f"{self.label}: {stage}", total=total, unit="q", leave=False)
+            else:
+                click.echo(f"{self.label}: {stage} ({total} questions)...", err=True)
+        self.total = total
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.n = done
+            self.bar.refresh()
+        if done >= total and not self.tty and self.started:
+            click.echo(f"{self.label}: {stage} done in {time.perf_counter() - self.started:.0f} s", err=True)
+            self.started = 0.0
+
+    def _end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def close(self) -> None:
+        self._end()
+        self.stage = None
+
+
 def _progress_bar(label: str):
-    from tqdm import tqdm
-
-    bar = tqdm(desc=label, unit="q", disable=None, leave=False)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return bar, update
+    bar = _StageProgress(label)
+    return bar, bar
 
 
 def _print_results(results) -> None:
@@ -98,8 +130,9 @@ def _print_results(results) -> None:
             click.echo(f"Warning: {warning}", err=True)
 
 
-def _where_to_look(run_id: str | None = None) -> None:
-    """The run's (or the experiment's) place in MLflow and the UI page that shows it."""
+def _where_to_look(run_id: str | None = None, next_steps: bool = True) -> None:
+    """The run's (or the experiment's) place in MLflow and the UI page that shows it, and what to
+    run next."""
     import mlflow
 
     from uqflow import tracking
@@ -111,6 +144,8 @@ def _where_to_look(run_id: str | None = None) -> None:
         exp_id = exp.experiment_id if exp else None
     for line in tracking.ui_hint(run_id, exp_id):
         click.echo(line)
+    if next_steps:
+        click.echo("Next: `uqflow aggregate` (the runs into the SQL results store), then `uqflow report` (the figures).")
 
 
 class SettingsCommand(click.Command):
@@ -211,7 +246,7 @@ def grid(grid_file, sets, isolate, dry_run, ray_address) -> None:
             cells_bar.close()
             q_bar.close()
     Console(width=200).print(_grid_table(g.name, states))
-    _where_to_look()
+    _where_to_look(next_steps=not dry_run)
     failed = [s for s in states if s.state in ("error", "failed")]
     if failed and not dry_run:
         raise click.ClickException(f"{len(failed)} of {len(states)} cells failed; rerun the same command to retry them")

@@ -25,7 +25,7 @@ from uqflow.data.examples import Example
 from uqflow.errors import ConfigError, ModelLoadError, UqflowError, short
 from uqflow.generation import ENGINES, load_for, make_engine
 from uqflow.generation.base import token_pieces
-from uqflow.models import LoadedModel, ModelSpec, get_model, load_model, unload
+from uqflow.models import MODELS, LoadedModel, ModelSpec, get_model, load_model, unload
 from uqflow.models.loading import (batch_dependence, cache_root, known_context_length, sampling_memory_problem,
                                    unavailable)
 from uqflow.prompts import PromptOptions, build_prompts, draw_few_shot, p_true_prompt, render_text
@@ -94,10 +94,18 @@ def _dataset_label(cfg: RunConfig) -> str:
     return Path(cfg.dataset).name if _local_file(cfg) else cfg.dataset
 
 
+def short_model_name(name: str) -> str:
+    """A model's name as the runs table shows it: "-Instruct" left out where no registered model
+    is left with the same name ("SmolLM2-135M-Instruct-8bit" -> "SmolLM2-135M-8bit"; Mistral's base
+    and Instruct models keep their names apart), so the quantization stays within the name column."""
+    short = name.replace("-Instruct", "")
+    return short if short == name or short not in MODELS else name
+
+
 def run_name(cfg: RunConfig) -> str:
-    """The run's name in MLflow: dataset first, so that a grid's cells differ within the width of
-    the runs table's name column ("trivia_mini · SmolLM2-135M-Instruct")."""
-    return f"{_dataset_label(cfg)} · {cfg.model}"
+    """The run's name in MLflow: the model first, short, then the dataset ("SmolLM2-135M-8bit ·
+    trivia_mini"); the full names are the run's ``model`` and ``dataset`` tags."""
+    return f"{short_model_name(cfg.model)} · {_dataset_label(cfg)}"
 
 
 def run_identity(cfg: RunConfig, fingerprint: str | None, spec: ModelSpec | None = None) -> str:
@@ -312,7 +320,7 @@ def _log_outputs(cfg: RunConfig, frame, metrics: dict[str, float], notes: Sequen
 
 
 def run_experiment(cfg: RunConfig, lm: LoadedModel | Callable[[], LoadedModel] | None = None,
-                   progress: Callable[[int, int], None] | None = None, *, parent_run_id: str | None = None,
+                   progress: Callable[..., None] | None = None, *, parent_run_id: str | None = None,
                    artifact_log: str | os.PathLike | None = None,
                    resolved: tuple[ModelSpec, LoadedDataset] | None = None) -> RunResult:
     """Run ``cfg`` and log it to MLflow.
@@ -365,7 +373,7 @@ def run_experiment(cfg: RunConfig, lm: LoadedModel | Callable[[], LoadedModel] |
 
 
 def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequence[Example],
-              progress: Callable[[int, int], None] | None):
+              progress: Callable[..., None] | None):
     import pandas as pd
 
     shots = draw_few_shot(ds.few_shot_pool, cfg.num_few_shot, cfg.seed)
@@ -381,9 +389,17 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
         nonlocal done
         done += k
         if progress:
-            progress(done, len(prompts))
+            progress(done, len(prompts), "greedy answers" if cfg.most_likely == "greedy" else "most likely answers")
+
+    def stage(name: str):
+        """Report a stage that has no finer progress: at its start and at its end."""
+        if progress:
+            progress(0, len(prompts), name)
+        return (lambda: progress(len(prompts), len(prompts), name)) if progress else (lambda: None)
 
     judges = _judges(cfg, lm)  # made once: an LLM judge loads its model at its first call
+    if progress:
+        step(0)
     gens, answer_passes, answer_seconds = _answers(cfg, engine, [p.token_ids for p in prompts], step)
     sampled, parts = ({}, {}) if not cfg.num_generations else _sample(cfg, engine, lm, prompts, gens, progress,
                                                                       ds, shots, judges[cfg.correctness])
@@ -398,12 +414,16 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
     for col, values in sampled.items():
         frame[col] = values
     t = time.perf_counter()
+    scored = stage("judging and scoring")
     frame, score_seconds, scored_parts = _score(cfg, frame, engine.decode, lm, judges)
+    scored()
     parts.update(scored_parts)
     metrics = pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
     metrics.update(pipeline.cost_metrics(frame, parts))
     if cfg.batch_compositions > 1 and not engine.batch_invariant and cfg.backend == "hf":
+        spread = stage(f"{cfg.batch_compositions - 1} more batch compositions")
         metrics.update(_batch_spread(cfg, engine, judges[cfg.correctness], prompts, frame))
+        spread()
     metrics.update({
         "n_skipped": float(len(skipped)), "generation_seconds": answer_seconds,
         "greedy_passes_per_question": answer_passes / max(len(frame), 1),
@@ -569,8 +589,10 @@ def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress, ds
     def step(k: int) -> None:  # the bar counts questions again, N sampled answers each
         nonlocal answers
         answers += k
-        progress(answers // n, len(prompts))
+        progress(answers // n, len(prompts), f"sampling {n} answers each")
 
+    if progress is not None:
+        step(0)
     samples = engine.sample([p.token_ids for p in prompts], n, temperature=cfg.temperature, seed=cfg.seed,
                             progress=step if progress is not None else None)
     parts = {"sampling": Cost(engine.passes["sampled"] - before, engine.tokens["sampled"] - before_tokens,
@@ -581,7 +603,11 @@ def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress, ds
                  for p, ts, g in zip(prompts, texts, gens)]
     ids, conts = p_true_inputs(lm.tokenizer, lm.spec.instruct, questions)
     t = time.perf_counter()
+    if progress is not None:
+        progress(0, len(prompts), "p(True)")
     log_p_true = engine.continuation_logprobs(ids, conts)
+    if progress is not None:
+        progress(len(prompts), len(prompts), "p(True)")
     parts["p_true"] = Cost(len(ids), 0, time.perf_counter() - t) + shots_cost
     return {"samples": texts, "sample_token_ids": [[s.token_ids for s in ss] for ss in samples],
             "sample_token_logprobs": [[s.token_logprobs for s in ss] for ss in samples],

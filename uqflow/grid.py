@@ -240,7 +240,7 @@ class ModelSlot:
 
 
 def run_cell(s: CellState, parent_run_id: str, slot: ModelSlot,
-             progress: Callable[[int, int], None] | None = None) -> None:
+             progress: Callable[..., None] | None = None) -> None:
     """Run one cell in this process as a run linked to the grid's run; ``s`` says how it ended
     (finished, or error with the error, which the cell's FAILED run records too)."""
     from uqflow.experiment import run_experiment
@@ -267,7 +267,7 @@ CellRunner = Callable[[list[Cell], str, Callable[[int, int, CellState], None] | 
 
 def run_grid(grid: Grid, overrides: dict[str, Any] | None = None, *, isolate: bool = False,
              runner: CellRunner | None = None, on_cell: Callable[[int, int, CellState], None] | None = None,
-             progress: Callable[[int, int], None] | None = None) -> list[CellState]:
+             progress: Callable[..., None] | None = None) -> list[CellState]:
     """Run every cell that is not done yet; returns the final state of each cell.
 
     With a ``runner`` (cells on a Ray cluster) the cells run where it sends them: this machine need
@@ -295,12 +295,31 @@ def run_grid(grid: Grid, overrides: dict[str, Any] | None = None, *, isolate: bo
         ok = sum(s.state in ("done", "finished") for s in states)
         tracking.log_metrics({"cells": len(states), "cells_ok": ok, "cells_failed": len(states) - ok,
                               "cells_run": sum(s.state != "done" for s in states)}, parent.info.run_id)
+        _log_comparison(parent, [s.run_id for s in states if s.state in ("done", "finished") and s.run_id])
     return states
+
+
+#: the grid run's table of its cells (plots.comparison_frame), shown by the MLflow UI as a table
+COMPARISON_TABLE = "comparison.json"
+
+
+def _log_comparison(parent, run_ids: list[str]) -> None:
+    """The grid's finished cells side by side, as a table artifact of the grid's run; fetched in
+    pages of 100 run ids, so a large grid costs a few searches."""
+    from uqflow.plots import comparison_frame, comparison_row
+
+    rows = []
+    for i in range(0, len(run_ids), 100):
+        ids = ", ".join(f"'{r}'" for r in run_ids[i:i + 100])
+        for run in tracking.search_runs(parent.info.experiment_id, f"attributes.run_id IN ({ids})"):
+            rows.append(comparison_row(run.data.tags, run.data.metrics))
+    if rows:
+        tracking.log_table(comparison_frame(rows), COMPARISON_TABLE, parent.info.run_id)
 
 
 def _run_here(states: list[CellState], parent_id: str, isolate: bool,
               on_cell: Callable[[int, int, CellState], None] | None,
-              progress: Callable[[int, int], None] | None) -> None:
+              progress: Callable[..., None] | None) -> None:
     """The cells in turn on this machine: in this process, each model loaded once for its cells,
     or each cell in a process of its own (``isolate``)."""
     slot = ModelSlot()

@@ -66,3 +66,47 @@ def rejection_figure(frame, scores: Sequence[str], title: str = "") -> Figure:
            xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(fontsize="small")
     return fig
+
+
+def comparison_frame(runs):
+    """The study at a glance, one row per run: family, size, quantization, dataset, n, accuracy and
+    each measure's AUROC with its 95% interval ("0.781 [0.702, 0.853]"), measures in LABELS' order.
+    ``runs`` holds dicts with model, family, size_b, quantization, dataset, n, accuracy and aurocs
+    ({measure: (auroc, ci_low, ci_high)}). Logged as an MLflow table by the grid's run and the
+    analysis run, where the UI shows it as a table."""
+    import math
+
+    import pandas as pd
+
+    def num(v, fmt):
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+    runs = list(runs)
+    measured = {m for r in runs for m in r["aurocs"]}
+    order = [m for m in LABELS if m in measured] + sorted(measured - set(LABELS))
+    rows = []
+    for r in sorted(runs, key=lambda r: (str(r["family"]), float(r["size_b"] or 0), str(r["model"]), str(r["dataset"]))):
+        row = {"model": r["model"], "family": r["family"], "size (B)": num(r["size_b"], "g"),
+               "quantization": r["quantization"], "dataset": r["dataset"], "n": num(r["n"], ".0f"),
+               "accuracy": num(r["accuracy"], ".3f")}
+        for m in order:
+            auroc, lo, hi = r["aurocs"].get(m, (None, None, None))
+            text = num(auroc, ".3f")
+            row[f"AUROC {LABELS.get(m, m)}"] = f"{text} [{num(lo, '.3f')}, {num(hi, '.3f')}]" if text and lo is not None \
+                and not (isinstance(lo, float) and math.isnan(lo)) else text
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def comparison_row(tags: dict, metrics: dict) -> dict:
+    """A run's entry for :func:`comparison_frame`, from its MLflow tags and metrics."""
+    aurocs = {}
+    for key, value in metrics.items():
+        m = key[len("auroc_"):]
+        if key.startswith("auroc_") and f"auroc_{m}_ci_low" in metrics:  # a measure's, not another AUROC
+            aurocs[m] = (value, metrics.get(f"auroc_{m}_ci_low"), metrics.get(f"auroc_{m}_ci_high"))
+    size = tags.get("size_b")
+    return {"model": tags.get("model", ""), "family": tags.get("family", ""),
+            "size_b": float(size) if size not in (None, "") else None, "quantization": tags.get("quantization", ""),
+            "dataset": tags.get("dataset", ""), "n": metrics.get("n"), "accuracy": metrics.get("accuracy"),
+            "aurocs": aurocs}

@@ -301,11 +301,12 @@ def set_description(markdown: str) -> None:
     mlflow.set_tag("mlflow.note.content", markdown)
 
 
-def log_table(frame, name: str) -> None:
-    """A table artifact the MLflow UI shows as a table (its artifact view and evaluation tab)."""
+def log_table(frame, name: str, run_id: str | None = None) -> None:
+    """A table artifact the MLflow UI shows as a table (its artifact view and evaluation tab), on
+    the active run or ``run_id``."""
     import mlflow
 
-    mlflow.log_table(data=frame, artifact_file=name)
+    mlflow.log_table(data=frame, artifact_file=name, run_id=run_id)
 
 
 def log_text(text: str, name: str) -> None:

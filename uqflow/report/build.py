@@ -18,7 +18,7 @@ from uqflow.report import figures as F
 from uqflow.report import selective_figures as SF
 from uqflow.report.objections import objections
 from uqflow.report.data import Study, load_study
-from uqflow.report.stats import QUESTIONS, answer_all, answer_cost, best_performers, delong_table
+from uqflow.report.stats import QUESTIONS, answer_all, answer_cost, best_performers, delong_table, format_p
 
 log = logging.getLogger(__name__)
 ANALYSIS_TAG = tracking.ANALYSIS_TAG
@@ -111,14 +111,12 @@ def render_html(study: Study, summary: dict, pngs: dict[str, bytes]) -> str:
     def f(x, digits=3):
         return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
 
-    def pval(p):
-        return "–" if p is None or not math.isfinite(p) else ("< 0.0001" if p < 1e-4 else f"{p:.4f}")
 
     fam_best = {b["measure"]: b for b in summary["best"]["family_per_measure"]}
     env = Environment(loader=PackageLoader("uqflow.report", "templates"), autoescape=True)
     images = [(k, TITLES[k], "data:image/png;base64," + base64.b64encode(v).decode()) for k, v in pngs.items()]
     return env.get_template("report.html").render(
-        s=summary, measures=study.measures, label=lambda m: F.LABELS.get(m, m), f=f, pval=pval, images=images,
+        s=summary, measures=study.measures, label=lambda m: F.LABELS.get(m, m), f=f, pval=format_p, images=images,
         family_best=lambda m: fam_best.get(m, {"family": "–", "auroc": None}), figure_max_px=FIGURE_DISPLAY_MAX_PX,
         tokens=Markup(F.token_view_html(study, measure=summary.get("measure", "g_nll"))))
 
@@ -146,15 +144,21 @@ def build_report(url: str | None = None, out: str | Path = "reports", *, measure
     summary = summarise(study, measure)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n", encoding="utf-8")
     (out / "report.html").write_text(render_html(study, summary, pngs), encoding="utf-8")
-    run_id = log_analysis_run(out, study.url) if log_to_mlflow else None
+    run_id = log_analysis_run(out, study.url, summary["runs"]) if log_to_mlflow else None
     return ReportResult(out / "report.html", out / "summary.json", paths, run_id)
 
 
-def log_analysis_run(out: Path, store: str) -> str:
-    """Log the report folder as the artifacts of a run named ``analysis``."""
+def log_analysis_run(out: Path, store: str, runs: list[dict]) -> str:
+    """Log the report folder as the artifacts of a run named ``analysis``, with the study's runs
+    side by side as a table (``comparison.json``) that the MLflow UI shows as one."""
     import mlflow
 
+    from uqflow.plots import comparison_frame
 
+    rows = [{**r, "aurocs": {m: (s.get("auroc"), s.get("ci_low"), s.get("ci_high")) for m, s in r["scores"].items()}}
+            for r in runs]
     with tracking.tracked_run("analysis", {ANALYSIS_TAG: "true", "uqflow.results_store": store}) as run:
         mlflow.log_artifacts(str(out))
+        if rows:
+            tracking.log_table(comparison_frame(rows), "comparison.json")
     return run.info.run_id

@@ -104,7 +104,7 @@ def load_study(url: str | None = None) -> Study:
     for frame in (runs, scores):
         frame["instruct"] = frame["instruct"].astype(bool)
     gens["correct"] = gens["correct"].astype("boolean")
-    runs["label"] = runs["model"] + " x " + runs["dataset"]
+    runs["label"] = runs["model"] + " × " + runs["dataset"]
     runs = runs.merge(scores[["run_id", "size_class"]].drop_duplicates(), on="run_id", how="left")
-    scores["label"] = scores["model"] + " x " + scores["dataset"]
+    scores["label"] = scores["model"] + " × " + scores["dataset"]
     return Study(redact(url), runs, scores, gens, slices)

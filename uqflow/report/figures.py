@@ -27,6 +27,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from uqflow.report.data import Study
+from uqflow.report.stats import format_p
 from uqflow.plots import LABELS, rejection_figure, roc_figure  # noqa: F401  (re-exported for the notebook)
 from uqflow.scoring.evaluation import incorrect_and_scores as ranked, rejection_curve
 from uqflow.scoring.semantic import SAMPLED_MEASURES as SAMPLED
@@ -539,7 +540,7 @@ def roc_overlay(study: Study, measure: str = "g_nll") -> Figure:
         if wrong.all() or not wrong.any():
             continue
         fpr, tpr, _ = roc_curve(wrong, s)
-        (line,) = ax.plot(fpr, tpr, markevery=0.2, lw=1.3, label=r.label.replace(" x ", " · "), **style(r))
+        (line,) = ax.plot(fpr, tpr, markevery=0.2, lw=1.3, label=r.label.replace(" × ", " · "), **style(r))
         handles.append(line)
     (chance,) = ax.plot([0, 1], [0, 1], label="chance", **_CHANCE)
     ax.set(xlabel="false positive rate (right answers flagged)", ylabel="true positive rate (wrong answers flagged)",
@@ -558,7 +559,7 @@ def rejection_overlay(study: Study, measure: str = "g_nll") -> Figure:
     for r, correct, score in _decided_per_run(study, measure):
         if correct.size:
             cov, acc = rejection_curve(correct, score)
-            (line,) = ax.plot(1 - cov, acc, markevery=0.2, lw=1.3, label=r.label.replace(" x ", " · "), **style(r))
+            (line,) = ax.plot(1 - cov, acc, markevery=0.2, lw=1.3, label=r.label.replace(" × ", " · "), **style(r))
             handles.append(line)
     ax.set(xlabel="rejection rate (most uncertain first)", ylabel="accuracy of kept answers", xlim=(0, 1),
            ylim=(0, 1.02), title=f"Accuracy-rejection, {LABELS[measure]}, every run" + _repeated_note(study))
@@ -591,10 +592,7 @@ def gnll_vs_rwgnll(study: Study) -> Figure:
     right = ax.twinx()
     right.set_ylim(ax.get_ylim())
 
-    def pfmt(p):
-        return "n/a" if p is None or not math.isfinite(p) else ("< 0.0001" if p < 1e-4 else f"{p:.3g}")
-
-    right.set_yticks(range(len(runs)), [pfmt(p) for p in runs["delong_p"]])
+    right.set_yticks(range(len(runs)), [format_p(p) for p in runs["delong_p"]])
     right.set_ylabel("DeLong p (per run, unadjusted)")
     right.tick_params(length=0)
     handles = [Line2D([], [], marker="o", c="C0", label="G-NLL"), Line2D([], [], marker="s", c="C1", label="RW-G-NLL")]
@@ -609,6 +607,15 @@ FIGURES = {
     "roc_overlay": roc_overlay, "rejection_overlay": rejection_overlay, "gnll_vs_rwgnll": gnll_vs_rwgnll,
 }
 _EVERY_MEASURE = {"auroc_heatmap", "family_radar", "gnll_vs_rwgnll"}  # these show several measures at once
+
+
+#: the sideways factor between measures of one cost in the cost figure (log axis)
+DODGE = 1.45
+#: measures' names short enough to label a point
+SHORT_LABELS = {"g_nll": "G-NLL", "ln_g_nll": "LN-G", "max_nll": "max", "mean_entropy": "ent", "rw_g_nll": "RW",
+                "answer_tokens": "len", "answer_chars": "chars", "predictive_entropy": "PE",
+                "ln_predictive_entropy": "LN-PE", "semantic_entropy": "SE", "discrete_semantic_entropy": "DSE",
+                "num_semantic_sets": "#sets", "p_true": "p(T)"}
 
 
 @_styled
@@ -630,16 +637,25 @@ def auroc_vs_cost(study: Study) -> Figure:
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
     colours = {m: colormaps["tab20"](i % 20) for i, m in enumerate(ALL_MEASURES)}
     for ax, r in zip(axes.flat, runs.itertuples()):
-        for s in sc_all[sc_all["run_id"] == r.run_id].itertuples():
-            c = float(s.cost_seconds)
-            if not math.isfinite(c):
-                continue
-            lo, hi = s.auroc - s.ci_low, s.ci_high - s.auroc
-            err = [[max(lo, 0)], [max(hi, 0)]] if math.isfinite(lo) and math.isfinite(hi) else None
-            ax.errorbar([c if c > 0 else floor], [s.auroc], yerr=err, fmt="o" if s.measure in MEASURES else "s",
-                        ms=5, capsize=2, color=colours.get(s.measure, "grey"))
+        points = [s for s in sc_all[sc_all["run_id"] == r.run_id].itertuples() if math.isfinite(float(s.cost_seconds))]
+        # measures of one cost (the sampled ones share their samples' seconds; the single-pass ones
+        # cost 0) would sit on one x: each group is spread sideways by a constant factor on the log
+        # axis, in the legend's order, and every point carries its short name
+        groups: dict[float, list] = {}
+        for s in sorted(points, key=lambda s: ALL_MEASURES.index(s.measure) if s.measure in ALL_MEASURES else 99):
+            groups.setdefault(float(s.cost_seconds), []).append(s)
+        for c, group in groups.items():
+            for k, s in enumerate(group):
+                x = (c if c > 0 else floor) * DODGE ** (k - (len(group) - 1) / 2)
+                lo, hi = s.auroc - s.ci_low, s.ci_high - s.auroc
+                err = [[max(lo, 0)], [max(hi, 0)]] if math.isfinite(lo) and math.isfinite(hi) else None
+                ax.errorbar([x], [s.auroc], yerr=err, fmt="o" if s.measure in MEASURES else "s",
+                            ms=4, capsize=2, color=colours.get(s.measure, "grey"))
+                ax.annotate(SHORT_LABELS.get(s.measure, s.measure), (x, s.auroc), xytext=(0, -9 if k % 2 else 6),
+                            textcoords="offset points", ha="center", fontsize=SMALL - 2, color=colours.get(s.measure, "grey"))
         ax.set_xscale("log")
-        ax.set(xlim=(floor / 2, top), ylim=(0, 1.02))
+        widest = max((len(g) for g in groups.values()), default=1)
+        ax.set(xlim=(floor / 2 / DODGE ** (widest / 2), top * DODGE ** (widest / 2)), ylim=(0, 1.02))
         ax.axhline(0.5, ls=":", c="grey", lw=0.8)
         ax.axvline(floor * 2, ls="-", c="lightgrey", lw=0.6)
         ax.text(floor, 0.02, "0", fontsize=SMALL, ha="center", va="bottom", color="dimgrey")
@@ -654,8 +670,9 @@ def auroc_vs_cost(study: Study) -> Figure:
     handles = [Line2D([], [], marker="o" if m in MEASURES else "s", ls="", color=colours[m], label=LABELS[m])
                for m in ALL_MEASURES if m in set(sc_all["measure"])]
     _legend_below(fig, handles, ncols=3)
-    fig.suptitle("AUROC against cost beyond the greedy pass\n(circles: single pass; squares: sampled; "
-                 "whiskers: 95% bootstrap interval)", fontsize=TEXT)
+    fig.suptitle("AUROC against cost beyond the greedy pass (seconds per question, log scale)\n(circles: single "
+                 "pass, at 0; squares: sampled; measures of one cost spread sideways; whiskers: 95% interval)",
+                 fontsize=TEXT)
     return fig
 
 
@@ -715,7 +732,9 @@ def token_view_html(study: Study, rows: pd.DataFrame | None = None, measure: str
     if rows.empty:
         return "<p>No stored answer has its tokens (runs made before token texts were recorded).</p>"
     labels = study.runs.set_index("run_id")["label"]
-    out = ['<div class="tokens">']
+    out = ['<div class="tokens">',
+           '<p class="legend">Background: token NLL (red, saturating at 5 nats). Underline: relevance '
+           "(blue, relative to the answer's most relevant token). Hover a token for its numbers.</p>"]
     if chosen:
         out.append(f'<p class="legend pick-rule">{html.escape(token_pick_rule(measure))}</p>')
     for _, r in rows.iterrows():
@@ -740,6 +759,5 @@ def token_view_html(study: Study, rows: pd.DataFrame | None = None, measure: str
                    f'<p class="answer-line"><span class="verdict {verdict}">{verdict}</span> ({scores}): '
                    + "".join(spans) + "</p>"
                    f'<p class="refs">Reference answer{"s" if len(refs) != 1 else ""}: {ref_html}</p></div>')
-    out.append('<p class="legend">Background: token NLL (red, saturating at 5 nats). Underline: relevance '
-               "(blue, relative to the answer's most relevant token). Hover a token for its numbers.</p></div>")
+    out.append("</div>")
     return "\n".join(out)
