@@ -11,7 +11,8 @@ import pytest
 
 from browser import current_page_report, page_report, server_output, start_mlflow_ui, stop_process
 
-RUNS = (("SmolLM2-135M-Instruct", "trivia_mini"), ("Gemma-3-270M", "squad_mini"))
+RUNS = (("SmolLM2-135M-Instruct", "trivia_mini"), ("Gemma-3-270M", "squad_mini"),
+        ("SmolLM2-135M-Instruct-8bit", "trivia_mini"))
 # Tags of the SmolLM2 run as the run page must show them (family and size from the model registry).
 SMOLLM_TAGS = {"family": "SmolLM2", "size_b": "0.135", "dataset": "trivia_mini"}
 # A 1x1 PNG.
@@ -65,6 +66,22 @@ def _settled(driver, loaded: dict, needles, until=None) -> dict:
     return {**now, "console_errors": loaded["console_errors"] + now["console_errors"]}
 
 
+def _names_cut(driver, names: list[str]) -> dict[str, str]:
+    """Whether each run name shows whole in the runs table: "whole", "cut" (its element, or one of
+    the few around it, is narrower than its text: an ellipsis) or "missing"."""
+    return driver.execute_script("""
+        const out = {};
+        for (const name of arguments[0]) {
+          const els = Array.from(document.querySelectorAll('[role=row] *'))
+            .filter(e => e.children.length === 0 && (e.innerText || '').trim() === name);
+          if (!els.length) { out[name] = 'missing'; continue; }
+          const cut = els.some(e => { for (let x = e, i = 0; x && i < 4; x = x.parentElement, i++)
+                                        if (x.scrollWidth > x.clientWidth + 1) return true; return false; });
+          out[name] = cut ? 'cut' : 'whole';
+        }
+        return out;""", names)
+
+
 @pytest.mark.slow
 def test_mlflow_ui_as_a_researcher_meets_it(tracking, browser, tmp_path, monkeypatch):
     """The MLflow UI over a grid's runs, from the link uqflow prints: the runs table (not MLflow 3's
@@ -75,6 +92,8 @@ def test_mlflow_ui_as_a_researcher_meets_it(tracking, browser, tmp_path, monkeyp
 
     from store_fixtures import log_grid_parent, log_run
     from uqflow import tracking as uq_tracking
+    from uqflow.report import build_report
+    from uqflow.store import aggregate
     from uqflow.experiment import run_name
     from uqflow.config import RunConfig
 
@@ -91,12 +110,15 @@ def test_mlflow_ui_as_a_researcher_meets_it(tracking, browser, tmp_path, monkeyp
         runs_page = _settled(browser, page_report(browser, link), ["grid:test", *run_ids, "Dataset"])
         text = runs_page["text"]
         assert "No data available" not in text and "Run Name" in text  # the runs table, not the traces overview
-        # every cell is a row of its own, named dataset first, so the first 22 characters tell them apart
+        # every cell is a row of its own whose name, model first with its quantization, shows whole
         rows = browser.execute_script(
             "return Array.from(document.querySelectorAll('[role=row]')).map(r => r.innerText.replace(/\\n/g, ' '))")
         for name in run_ids:
-            assert any(name[:22] in row for row in rows), (name, rows)
-        assert len({name[:22] for name in run_ids}) == len(run_ids)
+            assert any(name in row for row in rows), (name, rows)
+        assert _names_cut(browser, list(run_ids)) == {name: "whole" for name in run_ids}
+        # uqflow's view of the table (the link's shared view state): the AUROCs are columns at once
+        header = text.split("Run Name", 1)[1][:600]
+        assert "auroc_g_nll" in header and "auroc_rw_g_nll" in header and "accuracy" in header, header
         assert "trivia_mini" in text.split("Run Name", 1)[1] and "squad_mini" in text  # the Dataset column
         browser.find_element("xpath", "//button[contains(., 'Datasets')]").click()  # the Datasets filter
         filter_menu = _wait_for_text(browser, ["trivia_mini", "squad_mini"])
@@ -117,7 +139,18 @@ def test_mlflow_ui_as_a_researcher_meets_it(tracking, browser, tmp_path, monkeyp
         preview = _settled(browser, page_report(browser, preview_url), ["generations_preview.json", "question", "g_nll"])
         assert "question 0?" in preview["text"] and "answer 0" in preview["text"]  # rows of the table, not raw JSON
         assert '"columns"' not in preview["text"]
-        for page in (runs_page, run_page, preview):
+        # the report's analysis run: the study in one table, one click from its page
+        url = f"sqlite:///{tmp_path / 'results.db'}"
+        aggregate(url=url)
+        analysis = build_report(url, tmp_path / "report").analysis_run_id
+        table_url = uq_tracking.ui_page(base_url, experiment.experiment_id, analysis).replace(
+            "?", "/artifacts/comparison.json?")
+        table = _settled(browser, page_report(browser, table_url), ["comparison.json", "AUROC G-NLL", "accuracy"])
+        for model, dataset in RUNS:
+            assert model in table["text"] and dataset in table["text"]
+        assert re.search(r"0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\]", table["text"])  # AUROC [interval], rounded
+        assert '"columns"' not in table["text"]  # a table, not raw JSON
+        for page in (runs_page, run_page, preview, table):
             assert page["broken_images"] == [], page["title"]
         print(f"\n[browser] runs table rows: {rows}")
     except BaseException:

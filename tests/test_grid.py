@@ -115,6 +115,23 @@ def test_registered_datasets_keep_their_identity():
     assert run_identity(cfg, load_dataset("trivia_mini").fingerprint) == cfg.hash()
 
 
+def test_a_batch_dependent_models_identity_holds_its_batching():
+    """A bitsandbytes model's answers depend on how its batches are composed, so runs batched
+    another way (an earlier engine's fixed batches, another batch size) are other runs; a
+    batch-invariant model's identity is its configuration's alone."""
+    from uqflow.config import RunConfig
+    from uqflow.experiment import run_identity
+    from uqflow.models import MODELS
+    from uqflow.models.loading import BATCHING
+
+    quantized = RunConfig(model="SmolLM2-135M-Instruct-8bit", dataset="trivia_mini")
+    spec = MODELS.get(quantized.model)
+    assert run_identity(quantized, None, spec) == quantized.hash(None, {"batch_size": 0, "batching": BATCHING})
+    assert run_identity(quantized, None, spec) != quantized.hash(None, {"batch_size": 0})  # the fixed batches'
+    plain = RunConfig(model="SmolLM2-135M-Instruct", dataset="trivia_mini")
+    assert run_identity(plain, None, MODELS.get(plain.model)) == plain.hash()
+
+
 @pytest.mark.slow
 def test_sigkill_during_second_cell_then_resume(tracking, tmp_path, venv_env):
     """kill -9 in the middle of cell 2; the same command then completes the rest, no duplicates."""

@@ -170,7 +170,7 @@ def test_report_is_logged_as_an_analysis_run(tracking, tmp_path):
     assert {"report.html", "summary.json", "figures", "comparison.json"} <= names
     # the study at a glance, one row per run as the store holds it
     table = mlflow.artifacts.load_dict(f"runs:/{r.analysis_run_id}/comparison.json")
-    rows = {row[0]: dict(zip(table["columns"], row)) for row in table["data"]}
+    rows = {r["model"]: r for r in (dict(zip(table["columns"], row)) for row in table["data"])}
     assert set(rows) == {"SmolLM2-135M-Instruct", "Gemma-3-270M"}
     for model, row in rows.items():
         (acc, auroc, lo, hi), = run_query(
@@ -179,6 +179,8 @@ def test_report_is_logged_as_an_analysis_run(tracking, tmp_path):
         assert row["accuracy"] == f"{acc:.3f}" and row["n"] == "30" and row["dataset"] == "trivia_mini"
         assert row["AUROC G-NLL"] == f"{auroc:.3f} [{lo:.3f}, {hi:.3f}]"
     assert rows["Gemma-3-270M"]["family"] == "Gemma" and rows["Gemma-3-270M"]["size (B)"] == "0.27"
+    assert rows["SmolLM2-135M-Instruct"]["run"] == "SmolLM2-135M · trivia_mini"  # as the runs table names it
+    assert table["columns"][:4] == ["run", "n", "accuracy", "AUROC G-NLL"]  # the AUROCs in view first
     # aggregating again leaves the analysis run out: aggregation looks only for runs carrying the
     # tag of uqflow's model x dataset runs, which an analysis run lacks
     out = {o.run_id: o for o in aggregate(url=url)}
@@ -441,8 +443,9 @@ def test_comparison_table_orders_measures_and_leaves_undefined_values_blank():
                "auroc_rw_g_nll_ci_high": 0.8, "auroc_g_nll": float("nan"), "auroc_g_nll_ci_low": float("nan"),
                "auroc_g_nll_ci_high": float("nan"), "batch_spread/auroc_g_nll_max": 0.7}
     frame = comparison_frame([comparison_row(tags, metrics)])
-    assert list(frame.columns) == ["model", "family", "size (B)", "quantization", "dataset", "n", "accuracy",
-                                   "AUROC G-NLL", "AUROC RW-G-NLL"]
+    assert list(frame.columns) == ["run", "n", "accuracy", "AUROC G-NLL", "AUROC RW-G-NLL", "family", "size (B)",
+                                   "quantization", "model", "dataset"]
+    assert frame.iloc[0]["run"] == "Gemma-3-270M · squad_mini"
     row = frame.iloc[0].to_dict()
     assert row["AUROC G-NLL"] == "" and row["AUROC RW-G-NLL"] == "0.600 [0.410, 0.800]"
     assert (row["n"], row["accuracy"], row["size (B)"]) == ("12", "0.250", "0.27")

@@ -62,6 +62,10 @@ class _StageProgress:
     def __init__(self, label: str):
         self.label, self.stage, self.bar, self.started = label, None, None, 0.0
         self.tty = sys.stderr.isatty()
+        if not self.tty:  # transformers' bar for each model load is a screenful of carriage returns in a log
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
 
     def __call__(self, done: int, total: int, stage: str = "answers") -> None:
         import time

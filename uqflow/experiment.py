@@ -25,9 +25,10 @@ from uqflow.data.examples import Example
 from uqflow.errors import ConfigError, ModelLoadError, UqflowError, short
 from uqflow.generation import ENGINES, load_for, make_engine
 from uqflow.generation.base import token_pieces
-from uqflow.models import MODELS, LoadedModel, ModelSpec, get_model, load_model, unload
-from uqflow.models.loading import (batch_dependence, cache_root, known_context_length, sampling_memory_problem,
+from uqflow.models import LoadedModel, ModelSpec, get_model, load_model, unload
+from uqflow.models.loading import (BATCHING, batch_dependence, cache_root, known_context_length, sampling_memory_problem,
                                    unavailable)
+from uqflow.models.registry import short_model_name
 from uqflow.prompts import PromptOptions, build_prompts, draw_few_shot, p_true_prompt, render_text
 from uqflow.scoring import pipeline
 from uqflow.scoring.cost import Cost
@@ -94,14 +95,6 @@ def _dataset_label(cfg: RunConfig) -> str:
     return Path(cfg.dataset).name if _local_file(cfg) else cfg.dataset
 
 
-def short_model_name(name: str) -> str:
-    """A model's name as the runs table shows it: "-Instruct" left out where no registered model
-    is left with the same name ("SmolLM2-135M-Instruct-8bit" -> "SmolLM2-135M-8bit"; Mistral's base
-    and Instruct models keep their names apart), so the quantization stays within the name column."""
-    short = name.replace("-Instruct", "")
-    return short if short == name or short not in MODELS else name
-
-
 def run_name(cfg: RunConfig) -> str:
     """The run's name in MLflow: the model first, short, then the dataset ("SmolLM2-135M-8bit ·
     trivia_mini"); the full names are the run's ``model`` and ``dataset`` tags."""
@@ -113,8 +106,9 @@ def run_identity(cfg: RunConfig, fingerprint: str | None, spec: ModelSpec | None
     grid knows a cell is done): every field that changes results and, for a local dataset file, the
     ``fingerprint`` of its content, since an edited file at the same path asks other questions.
     Registered datasets are identified by name, so a grid's dry run needs no hub access. For a model
-    whose answers depend on the batch (bitsandbytes), the batch size changes results too."""
-    extra = {"batch_size": cfg.batch_size} if spec is not None and batch_dependence(spec) else None
+    whose answers depend on the batch (bitsandbytes), the batch size and the way batches are
+    composed (``BATCHING``) change results too."""
+    extra = {"batch_size": cfg.batch_size, "batching": BATCHING} if spec is not None and batch_dependence(spec) else None
     return cfg.hash(fingerprint if _local_file(cfg) else None, extra)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
+from uqflow.models.registry import short_model_name
 from uqflow.scoring.evaluation import incorrect_and_scores as ranked, rejection_curve
 
 LABELS = {"g_nll": "G-NLL", "ln_g_nll": "LN-G-NLL", "max_nll": "max-token NLL",
@@ -69,8 +70,9 @@ def rejection_figure(frame, scores: Sequence[str], title: str = "") -> Figure:
 
 
 def comparison_frame(runs):
-    """The study at a glance, one row per run: family, size, quantization, dataset, n, accuracy and
-    each measure's AUROC with its 95% interval ("0.781 [0.702, 0.853]"), measures in LABELS' order.
+    """The study at a glance, one row per run: its short name, n, accuracy and each measure's AUROC
+    with its 95% interval ("0.781 [0.702, 0.853]", measures in LABELS' order), then its family,
+    size, quantization and full model and dataset names (the AUROCs first, where the UI shows them).
     ``runs`` holds dicts with model, family, size_b, quantization, dataset, n, accuracy and aurocs
     ({measure: (auroc, ci_low, ci_high)}). Logged as an MLflow table by the grid's run and the
     analysis run, where the UI shows it as a table."""
@@ -86,14 +88,15 @@ def comparison_frame(runs):
     order = [m for m in LABELS if m in measured] + sorted(measured - set(LABELS))
     rows = []
     for r in sorted(runs, key=lambda r: (str(r["family"]), float(r["size_b"] or 0), str(r["model"]), str(r["dataset"]))):
-        row = {"model": r["model"], "family": r["family"], "size (B)": num(r["size_b"], "g"),
-               "quantization": r["quantization"], "dataset": r["dataset"], "n": num(r["n"], ".0f"),
+        row = {"run": f"{short_model_name(str(r['model']))} · {r['dataset']}", "n": num(r["n"], ".0f"),
                "accuracy": num(r["accuracy"], ".3f")}
         for m in order:
             auroc, lo, hi = r["aurocs"].get(m, (None, None, None))
             text = num(auroc, ".3f")
             row[f"AUROC {LABELS.get(m, m)}"] = f"{text} [{num(lo, '.3f')}, {num(hi, '.3f')}]" if text and lo is not None \
                 and not (isinstance(lo, float) and math.isnan(lo)) else text
+        row.update({"family": r["family"], "size (B)": num(r["size_b"], "g"), "quantization": r["quantization"],
+                    "model": r["model"], "dataset": r["dataset"]})
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -112,18 +112,50 @@ def tracked_run(run_name: str, tags: Mapping[str, Any], *, experiment_id: str | 
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
+#: The runs table as uqflow's links open it: MLflow 3's "share view" reads a view state (chosen
+#: columns, their widths) from an experiment tag named after the ``viewStateShareKey`` of the link,
+#: so the study's dimensions and AUROCs are columns from the first look and run names show whole.
+#: MLflow offers no other way for a project to set the table's default columns; a view the user
+#: changes afterwards is theirs (MLflow keeps it per browser).
+RUNS_VIEW_KEY = "uqflow-study"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
+RUNS_VIEW_COLUMNS = {  # column -> width (px), in MLflow's column ids; the AUROCs first, in view at 1600 px
+    "metrics.`auroc_g_nll`": 105, "metrics.`auroc_rw_g_nll`": 120, "metrics.`accuracy`": 85,
+    "metrics.`auroc_answer_tokens`": 150, "metrics.`n`": 55, "attributes.`Dataset`": 170, "tags.`family`": 80,
+    "tags.`size_b`": 65, "tags.`quantization`": 100,
+}
+RUN_NAME_COLUMN, RUN_NAME_WIDTH = "attributes.`Run Name`", 250
+
+
+def runs_view_state() -> str:
+    """The shared view state of uqflow's runs table, as the experiment tag holds it (JSON)."""
+    import json
+
+    widths = {RUN_NAME_COLUMN: RUN_NAME_WIDTH, **RUNS_VIEW_COLUMNS}
+    # the UI applies a width only to a column named in columnOrder
+    return json.dumps({"selectedColumns": list(RUNS_VIEW_COLUMNS), "columnOrder": list(widths),
+                       "columnWidths": widths}, sort_keys=True)
+
+
 def _mark_experiment_kind(experiment_id: str) -> None:
+    """The experiment's kind (so that the UI opens on its runs table) and uqflow's runs view."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:  # a kind the user chose is kept
+    tags = client.get_experiment(experiment_id).tags
+    if EXPERIMENT_KIND_TAG not in tags:  # a kind the user chose is kept
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    view = runs_view_state()
+    if tags.get(RUNS_VIEW_TAG) != view:
+        client.set_experiment_tag(experiment_id, RUNS_VIEW_TAG, view)
 
 
 def ui_page(base: str, experiment_id: str, run_id: str | None = None) -> str:
     """The MLflow UI's page of an experiment's runs table (or of one run), in its "Model training"
-    view: MLflow 3 otherwise opens an experiment on its GenAI traces overview."""
-    return f"{base}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "") + "?workflowType=machine_learning"
+    view (MLflow 3 otherwise opens an experiment on its GenAI traces overview); the runs table in
+    uqflow's view (``RUNS_VIEW_TAG``)."""
+    page = f"{base}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "") + "?workflowType=machine_learning"
+    return page if run_id else f"{page}&viewStateShareKey={RUNS_VIEW_KEY}"
 
 
 def ui_hint(run_id: str | None = None, experiment_id: str | None = None) -> list[str]:

@@ -212,6 +212,11 @@ def _bitsandbytes_problem(spec: ModelSpec, device: str) -> str | None:
     return None
 
 
+#: how the engine composes its batches, for the records of models whose answers depend on them: a
+#: run of such a model batched another way is another run (its identity holds this)
+BATCHING = "finished rows refilled from the waiting prompts"
+
+
 def batch_dependence(spec: ModelSpec, batch_size: int = 0) -> str | None:
     """What a run's answers depend on besides its configuration's result fields, as one line for
     the run's record, or None where each answer depends on its own prompt only (up to float32
@@ -227,14 +232,16 @@ def batch_dependence(spec: ModelSpec, batch_size: int = 0) -> str | None:
     The batches are a function of the configuration, so a configuration still fixes its records:
     prompts in order of length (ties in dataset order), ``batch_size`` rows at a time (0: the same
     size on every device, never shrunk on out-of-memory), prefilled in chunks of 16 where the
-    model's cache allows, after the few-shot prefix shared by all of them."""
+    model's cache allows, after the few-shot prefix shared by all of them, and where the cache
+    allows, waiting prompts joining in that order once a quarter of the batch has finished
+    (``BATCHING``, part of such a run's identity: runs batched otherwise are other runs)."""
     if spec.quantization not in BNB_QUANTIZATIONS:
         return None
     size = f"batch_size={batch_size}" if batch_size else f"batch_size=0, i.e. {BATCH_DEPENDENT_AUTO_BATCH} on every device"
     how = ("LLM.int8 (8bit): outlier columns are chosen over the whole batch" if spec.quantization == "8bit"
            else "NF4 (4bit): bf16 arithmetic rounds differently with the batch's shape")
     return (f"{how}, so answers may depend on which questions share a batch ({size}, prompts batched in order "
-            "of length); the same configuration gives the same batches and records")
+            f"of length, {BATCHING}); the same configuration gives the same batches and records")
 
 
 def _config_value(spec: ModelSpec, key: str) -> int | None:

@@ -181,3 +181,11 @@ def get_model(name: str, registry_file: str | None = None) -> ModelSpec:
     if (p / "config.json").is_file():
         return ModelSpec(name=p.name, source=str(p), family="local", size_b=float("nan"), instruct=False)
     return reg.get(name)  # raises UnknownModel with suggestions
+
+
+def short_model_name(name: str) -> str:
+    """A model's name as the MLflow runs table and its tables show it: "-Instruct" left out where no
+    registered model is left with the same name ("SmolLM2-135M-Instruct-8bit" -> "SmolLM2-135M-8bit";
+    Mistral's base and Instruct models keep their names apart), so the quantization stays in view."""
+    short = name.replace("-Instruct", "")
+    return short if short == name or short not in MODELS else name

@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from uqflow.report.data import Study
 from uqflow.report.stats import format_p
@@ -610,7 +610,7 @@ _EVERY_MEASURE = {"auroc_heatmap", "family_radar", "gnll_vs_rwgnll"}  # these sh
 
 
 #: the sideways factor between measures of one cost in the cost figure (log axis)
-DODGE = 1.45
+DODGE = 1.5
 #: measures' names short enough to label a point
 SHORT_LABELS = {"g_nll": "G-NLL", "ln_g_nll": "LN-G", "max_nll": "max", "mean_entropy": "ent", "rw_g_nll": "RW",
                 "answer_tokens": "len", "answer_chars": "chars", "predictive_entropy": "PE",
@@ -630,35 +630,55 @@ def auroc_vs_cost(study: Study) -> Figure:
     cols = min(2, max(n, 1))
     rows = max(1, math.ceil(n / cols))
     sc_all = study.scores[study.scores["run_id"].isin(runs["run_id"]) & study.scores["auroc"].notna()]
-    positive = sc_all["cost_seconds"][sc_all["cost_seconds"] > 0]
-    floor = (positive.min() if len(positive) else 1e-3) / 10  # where zero cost is drawn
-    top = (positive.max() if len(positive) else 1.0) * 3
+    finite = sc_all[np.isfinite(sc_all["cost_seconds"].astype(float))]
+    positive = finite["cost_seconds"][finite["cost_seconds"] > 0]
+    lowest = positive.min() if len(positive) else 1e-2
+    # the single-pass measures (cost 0) are drawn in a band of their own left of the lowest cost,
+    # wide enough for all of them side by side, behind a divider; x ticks right of it only
+    free = int((finite["cost_seconds"] == 0).groupby(finite["run_id"]).sum().max() or 1)
+    zero_x = lowest / DODGE ** (free + 2)
+    divider = zero_x * DODGE ** (free / 2 + 0.5)
+    top = (positive.max() if len(positive) else 1.0) * DODGE ** 4
     fig = _figure(3.0 * rows + 1.3)
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
     colours = {m: colormaps["tab20"](i % 20) for i, m in enumerate(ALL_MEASURES)}
+    order = {m: i for i, m in enumerate(ALL_MEASURES)}
     for ax, r in zip(axes.flat, runs.itertuples()):
-        points = [s for s in sc_all[sc_all["run_id"] == r.run_id].itertuples() if math.isfinite(float(s.cost_seconds))]
-        # measures of one cost (the sampled ones share their samples' seconds; the single-pass ones
-        # cost 0) would sit on one x: each group is spread sideways by a constant factor on the log
-        # axis, in the legend's order, and every point carries its short name
-        groups: dict[float, list] = {}
-        for s in sorted(points, key=lambda s: ALL_MEASURES.index(s.measure) if s.measure in ALL_MEASURES else 99):
-            groups.setdefault(float(s.cost_seconds), []).append(s)
-        for c, group in groups.items():
-            for k, s in enumerate(group):
-                x = (c if c > 0 else floor) * DODGE ** (k - (len(group) - 1) / 2)
+        points = sorted(finite[finite["run_id"] == r.run_id].itertuples(),
+                        key=lambda s: (float(s.cost_seconds), order.get(s.measure, 99)))
+        # measures of about one cost (the sampled ones share their samples' seconds) would sit on
+        # one x: costs within a factor of 1.6 of a cluster's first form one cluster, spread sideways
+        # by a constant factor on the log axis around its centre; each point is labelled (rotated,
+        # under its whisker) with its short name
+        clusters: list[list] = []
+        for s in points:
+            c = float(s.cost_seconds)
+            if clusters and (c == 0) == (float(clusters[-1][0].cost_seconds) == 0) and (
+                    c == 0 or c <= float(clusters[-1][0].cost_seconds) * 1.6):
+                clusters[-1].append(s)
+            else:
+                clusters.append([s])
+        for cluster in clusters:
+            costs = [float(s.cost_seconds) for s in cluster]
+            centre = zero_x if costs[0] == 0 else math.exp(sum(math.log(c) for c in costs) / len(costs))
+            for k, s in enumerate(sorted(cluster, key=lambda s: order.get(s.measure, 99))):
+                x = centre * DODGE ** (k - (len(cluster) - 1) / 2)
                 lo, hi = s.auroc - s.ci_low, s.ci_high - s.auroc
                 err = [[max(lo, 0)], [max(hi, 0)]] if math.isfinite(lo) and math.isfinite(hi) else None
-                ax.errorbar([x], [s.auroc], yerr=err, fmt="o" if s.measure in MEASURES else "s",
-                            ms=4, capsize=2, color=colours.get(s.measure, "grey"))
-                ax.annotate(SHORT_LABELS.get(s.measure, s.measure), (x, s.auroc), xytext=(0, -9 if k % 2 else 6),
-                            textcoords="offset points", ha="center", fontsize=SMALL - 2, color=colours.get(s.measure, "grey"))
+                colour = colours.get(s.measure, "grey")
+                ax.errorbar([x], [s.auroc], yerr=err, fmt="o" if s.measure in MEASURES else "s", ms=4, capsize=2,
+                            color=colour)
+                bottom = s.ci_low if math.isfinite(s.ci_low) else s.auroc
+                ax.annotate(SHORT_LABELS.get(s.measure, s.measure), (x, bottom), xytext=(0, -3),
+                            textcoords="offset points", ha="center", va="top", rotation=90, fontsize=SMALL - 2,
+                            color=colour, annotation_clip=False)
         ax.set_xscale("log")
-        widest = max((len(g) for g in groups.values()), default=1)
-        ax.set(xlim=(floor / 2 / DODGE ** (widest / 2), top * DODGE ** (widest / 2)), ylim=(0, 1.02))
+        ax.set(xlim=(zero_x / DODGE ** (free / 2 + 1), top), ylim=(0, 1.02))
         ax.axhline(0.5, ls=":", c="grey", lw=0.8)
-        ax.axvline(floor * 2, ls="-", c="lightgrey", lw=0.6)
-        ax.text(floor, 0.02, "0", fontsize=SMALL, ha="center", va="bottom", color="dimgrey")
+        ax.axvline(divider, ls="-", c="lightgrey", lw=0.6)
+        decades = [10.0 ** e for e in range(math.ceil(math.log10(divider)), math.floor(math.log10(top)) + 1)]
+        ax.set_xticks([zero_x, *decades], ["0", *(f"{d:g}" for d in decades)])
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_title(f"{r.model}\n{r.dataset}", fontsize=SMALL)
         ax.tick_params(labelsize=SMALL)
     for ax in axes[-1]:
@@ -670,9 +690,8 @@ def auroc_vs_cost(study: Study) -> Figure:
     handles = [Line2D([], [], marker="o" if m in MEASURES else "s", ls="", color=colours[m], label=LABELS[m])
                for m in ALL_MEASURES if m in set(sc_all["measure"])]
     _legend_below(fig, handles, ncols=3)
-    fig.suptitle("AUROC against cost beyond the greedy pass (seconds per question, log scale)\n(circles: single "
-                 "pass, at 0; squares: sampled; measures of one cost spread sideways; whiskers: 95% interval)",
-                 fontsize=TEXT)
+    fig.suptitle("AUROC against extra seconds per question (log scale; 0: single pass)\n"
+                 "circles: single pass; squares: sampled; near-equal costs spread sideways", fontsize=TEXT)
     return fig
 
 
