@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.uqflow-installed
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: install demo test test-study test-all test-fast bench study-cache clean
+.PHONY: install demo docs-check test test-study test-all test-fast bench study-cache clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ demo: $(STAMP)
 	$(BIN)/uqflow aggregate
 	$(BIN)/uqflow report --out reports
 	@echo "Browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db, then open the page printed after the grid's table (Open: ...)"
+
+# the example outputs in README.md and docs/ against a fresh demo's store, made in .docs-check/ (CI
+# runs it after the tests): a figure there that a fresh `make demo` does not print fails
+docs-check: $(STAMP)
+	rm -rf .docs-check && mkdir .docs-check
+	cd .docs-check && MLFLOW_TRACKING_URI=sqlite:///mlflow.db UQFLOW_RESULTS_DB=sqlite:///results.db \
+		../$(BIN)/uqflow grid ../grids/cpu_demo.yaml >grid.log 2>&1 || (tail -50 grid.log; exit 1)
+	cd .docs-check && MLFLOW_TRACKING_URI=sqlite:///mlflow.db ../$(BIN)/uqflow aggregate --db sqlite:///results.db >/dev/null
+	$(BIN)/python scripts/doc_examples.py --db sqlite:///.docs-check/results.db --check
 
 # the reference study's hub models (small stand-ins with the real tokenizers) and datasets, in a
 # Hugging Face cache that runs offline; built once, then only what is missing
@@ -51,4 +60,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py --n 128
 
 clean:
-	rm -rf $(VENV) mlflow.db mlruns mlartifacts results.db reports .pytest_cache .study-cache
+	rm -rf $(VENV) mlflow.db mlruns mlartifacts results.db reports .pytest_cache .study-cache .docs-check
