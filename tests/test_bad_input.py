@@ -726,7 +726,7 @@ LONG_QUESTION = "Which word is this? " + "word " * 9000  # over SmolLM2's 8192-t
 @pytest.fixture
 def smollm_for_cli(smollm, monkeypatch):
     """`uqflow run` with the session's SmolLM2 instead of loading it again (a copy: the run frees its own)."""
-    monkeypatch.setattr("uqflow.experiment.load_model", lambda spec, device="auto", backend="hf": dataclasses.replace(smollm))
+    monkeypatch.setattr("uqflow.experiment.load_for", lambda spec, device="auto", backend="hf": dataclasses.replace(smollm))
     return smollm
 
 
@@ -744,7 +744,7 @@ RUNTIME_RUNS = [
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::uqflow.scoring.evaluation.OneClassWarning")  # a tiny run may be all wrong
 @pytest.mark.parametrize("kind,extra,code,phrases", params(RUNTIME_RUNS))
-def test_runtime_runs(tracking, tmp_path, smollm_for_cli, kind, extra, code, phrases):
+def test_runtime_runs(tracking, tmp_path, smollm_for_cli, monkeypatch, kind, extra, code, phrases):
     from uqflow.data import load_dataset
 
     records = [trivia(i) for i in range(11)]
@@ -754,8 +754,11 @@ def test_runtime_runs(tracking, tmp_path, smollm_for_cli, kind, extra, code, phr
     path = tmp_path / "tiny.jsonl"
     path.write_text(jsonl(*records), encoding="utf-8")
     assert long_ids <= {ex.id for ex in load_dataset(str(path)).examples} or kind == "long"  # evaluated, not in the pool
+    loads = []
+    monkeypatch.setattr("uqflow.models.loading.load_model", lambda *a, **k: loads.append(a) or pytest.fail("loaded again"))
     res = invoke("run", "--dataset", path, "--num-samples", "50", "--set", "max_new_tokens=4", "--set", "num_few_shot=0",
                  "--set", "n_bootstrap=0", *extra)
+    assert loads == []  # the session's model served the run
     for phrase in phrases:
         assert phrase in res.output, res.output
     assert "Traceback" not in res.output

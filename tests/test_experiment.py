@@ -38,6 +38,11 @@ def test_run_logs_the_contract(tracking, request, model, dataset, fixture):
     assert run.data.tags["family"] == lm.spec.family and run.data.tags["size_b"] == str(lm.spec.size_b)
     assert run.data.tags["instruct"] == str(lm.spec.instruct).lower()
     assert run.data.tags["config_hash"] == cfg.hash()
+    # its own colour in the UI's tables and charts: the model's hue, a shade per dataset
+    from uqflow.plots import run_colour
+
+    assert run.data.tags["mlflow.runColor"] == run_colour(cfg.model, cfg.dataset)
+    assert run_colour(cfg.model, "squad_mini") != run_colour(cfg.model, "trivia_mini")
     assert run.data.params["model"] == model and run.data.params["num_samples"] == "12"
     assert set(run.data.params) == set(cfg.to_dict())
     m = run.data.metrics

@@ -272,3 +272,27 @@ def test_quantized_engine_does_not_shrink_its_batch_on_out_of_memory(smollm_quan
     with pytest.raises(ConfigError, match="set batch_size=32"):
         engine.generate(_prompts(smollm_quantized, "trivia_mini", 2))
     assert engine.batch_size == 64
+
+
+def test_both_engines_offer_what_the_experiment_asks_of_an_engine():
+    """The engine protocol's members: on the vLLM engine's class (vLLM runs on CUDA only, so it is
+    read, not built) every method, and every attribute its constructor sets."""
+    import inspect
+
+    from uqflow.generation import Engine
+    from uqflow.generation.hf import HFEngine
+    from uqflow.generation.vllm_engine import VLLMEngine
+
+    members = set(Engine.__annotations__) | {n for n, v in vars(Engine).items() if callable(v) and not n.startswith("_")}
+    assert {"generate", "sample", "continuation_logprobs", "batch_invariant", "passes"} <= set(members)
+    for cls in (HFEngine, VLLMEngine):
+        init = inspect.getsource(cls.__init__)
+        missing = [m for m in members if not hasattr(cls, m) and f"self.{m} =" not in init]
+        assert missing == [], (cls.__name__, missing)
+
+
+@pytest.mark.slow
+def test_the_hf_engine_is_an_engine(smollm):
+    from uqflow.generation import Engine, make_engine
+
+    assert isinstance(make_engine("hf", smollm), Engine)

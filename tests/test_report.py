@@ -414,11 +414,11 @@ def test_an_unadjusted_interval_beside_an_adjusted_p_is_explained():
 
 
 def test_token_examples_say_how_they_were_chosen_and_show_the_references(two_model_store, tmp_path):
-    from uqflow.report import figures as F
+    from uqflow.report import tokens as T
 
     study = load_study(two_model_store["url"])
-    picks = F.pick_token_examples(study)
-    assert picks.equals(F.pick_token_examples(study))  # deterministic
+    picks = T.pick_token_examples(study)
+    assert picks.equals(T.pick_token_examples(study))  # deterministic
     for rid, g in picks.groupby("run_id", sort=False):
         answers = study.answers(rid)
         answers = answers[answers.correct.notna() & answers.tokens.notna()]
@@ -431,7 +431,7 @@ def test_token_examples_say_how_they_were_chosen_and_show_the_references(two_mod
     for ref in picks.reference_answers:
         assert f"<q>{ref[0]}</q>" in html
     assert html.count("Reference answer") == len(picks)
-    assert json.loads(r.summary.read_text())["token_examples"] == F.token_pick_rule("g_nll")
+    assert json.loads(r.summary.read_text())["token_examples"] == T.token_pick_rule("g_nll")
 
 
 def test_comparison_table_orders_measures_and_leaves_undefined_values_blank():

@@ -117,6 +117,7 @@ def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset | None = None) -
     import transformers
 
     from uqflow import __version__
+    from uqflow.plots import RUN_COLOUR_TAG, run_colour  # matplotlib, only once a run is made
 
     dependence = batch_dependence(spec, cfg.batch_size)
     tags = {
@@ -127,6 +128,7 @@ def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset | None = None) -
         "prompt_template_hash": cfg.prompt_options.template_hash(),
         tracking.VERSION_TAG: __version__, "torch_version": torch.__version__,
         "transformers_version": transformers.__version__, "python_version": platform.python_version(),
+        RUN_COLOUR_TAG: run_colour(spec.name, cfg.dataset),
     }
     if ds is not None:
         tags["dataset_fingerprint"] = ds.fingerprint

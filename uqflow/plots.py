@@ -113,3 +113,29 @@ def comparison_row(tags: dict, metrics: dict) -> dict:
             "size_b": float(size) if size not in (None, "") else None, "quantization": tags.get("quantization", ""),
             "dataset": tags.get("dataset", ""), "n": metrics.get("n"), "accuracy": metrics.get("accuracy"),
             "aurocs": aurocs}
+
+
+#: the MLflow run tag that sets a run's colour in the UI's tables and charts
+RUN_COLOUR_TAG = "mlflow.runColor"
+
+
+def run_colour(model: str, dataset: str) -> str:
+    """A run's colour in the MLflow UI (hex): the model picks one of tab10's hues (by its place in
+    the model registry, so the registry's first ten models never share one; by a stable hash of
+    its name otherwise) and the dataset one of three shades of it (by a hash of its name), so a
+    study's runs are told apart in the charts (MLflow's own colours come out near-identical for
+    runs made in one go) and a model keeps its hue across datasets."""
+    import hashlib
+
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    from uqflow.models.registry import MODELS
+
+    def pick(name: str, k: int) -> int:
+        return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little") % k
+
+    names = MODELS.names()
+    r, g, b, _ = colormaps["tab10"](names.index(model) % 10 if model in names else pick(model, 10))
+    mix = (0.0, 0.3, 0.55)[pick(dataset, 3)]  # towards white
+    return to_hex((r + (1 - r) * mix, g + (1 - g) * mix, b + (1 - b) * mix))

@@ -1,6 +1,6 @@
 """Generation engines: one greedy answer per prompt, with per-token statistics."""
 
-from uqflow.generation.base import Generation, align_answer
+from uqflow.generation.base import Engine, Generation, align_answer
 
 ENGINES = ("hf", "vllm")
 
@@ -19,7 +19,7 @@ def load_for(spec, device: str = "auto", backend: str = "hf"):
     return LoadedModel(spec, engine, engine.tokenizer, "cuda", backend="vllm")
 
 
-def make_engine(backend: str, lm, **kwargs):
+def make_engine(backend: str, lm, **kwargs) -> Engine:
     """The engine called ``backend`` over the loaded model ``lm``."""
     from uqflow.errors import ConfigError
 
@@ -36,4 +36,4 @@ def make_engine(backend: str, lm, **kwargs):
     return HFEngine(lm, **kwargs)
 
 
-__all__ = ["ENGINES", "Generation", "align_answer", "load_for", "make_engine"]
+__all__ = ["ENGINES", "Engine", "Generation", "align_answer", "load_for", "make_engine"]

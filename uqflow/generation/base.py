@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 
 @dataclass
@@ -23,7 +24,35 @@ class Generation:
     text: str
     stop_reason: str  # stop_sequence | eos | length
     dropped_text: str = ""  # text of a token straddling the stop, before the stop (not in the answer)
-    meta: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the experiment asks of a generation engine (``uqflow.generation.hf.HFEngine``,
+    ``uqflow.generation.vllm_engine.VLLMEngine``)."""
+
+    name: str
+    #: token ids -> the stored answer text (``decoder``)
+    decode: Callable[[Sequence[int]], str]
+    max_new_tokens: int
+    batch_size: int  # 0 where the engine schedules its own batches
+    #: whether an answer is the same whatever shares its batch (up to float rounding)
+    batch_invariant: bool
+    #: forward passes and generated tokens, greedy and sampled apart (scoring/cost.py)
+    passes: dict[str, int]
+    tokens: dict[str, int]
+    generation_seconds: float  # greedy decoding
+
+    def generate(self, prompts: Sequence[Sequence[int]], progress=None, *, shuffle: int = 0) -> list[Generation]:
+        """One greedy answer per tokenized prompt, in the order given."""
+
+    def sample(self, prompts: Sequence[Sequence[int]], n: int, *, temperature: float = 1.0, seed: int = 0,
+               progress=None) -> list[list[Generation]]:
+        """``n`` sampled answers per prompt, reproducible from ``seed``."""
+
+    def continuation_logprobs(self, prompts: Sequence[Sequence[int]],
+                              continuations: Sequence[Sequence[int]]) -> list[float]:
+        """log p(continuation | prompt) for each pair, by teacher forcing."""
 
 
 def align_answer(

@@ -117,9 +117,6 @@ class HFEngine:
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.generation_seconds = 0.0  # greedy decoding
-        self.sampling_seconds = 0.0  # sampled answers (``sample``)
-        self.scoring_seconds = 0.0  # teacher-forced passes (``continuation_logprobs``)
-        self.scoring_passes = 0
         #: sequence forward passes and generated tokens (stop and EOS tokens included), greedy and
         #: sampled apart: a prompt's prefill is one pass (shared by its sampled answers), each
         #: further token of an answer one more
@@ -160,11 +157,7 @@ class HFEngine:
         if temperature <= 0:
             raise ConfigError(f"temperature must be positive to sample, got {temperature}")
         rngs = [sample_rng(seed, p, k) for p in prompts for k in range(n)]  # answer k of prompt i: i * n + k
-        start = time.perf_counter()
-        try:
-            return self._decode(prompts, (rngs, temperature), progress, group=n)  # progress counts answers
-        finally:
-            self.sampling_seconds += time.perf_counter() - start
+        return self._decode(prompts, (rngs, temperature), progress, group=n)  # progress counts answers
 
     @_with_attention_kernels
     def continuation_logprobs(self, prompts: Sequence[Sequence[int]],
@@ -183,7 +176,6 @@ class HFEngine:
         out: list[float] = [0.0] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(continuations[i]))
         step = max(1, min(self.batch_size, 16))
-        start = time.perf_counter()
         with torch.inference_mode():
             for b in range(0, len(order), step):
                 idx = order[b:b + step]
@@ -202,8 +194,6 @@ class HFEngine:
                     cont = list(continuations[i])
                     first = k - len(cont)  # left padding: the continuation ends every row
                     out[i] = float(sum(logp[r, first + t, c].item() for t, c in enumerate(cont)))
-        self.scoring_seconds += time.perf_counter() - start
-        self.scoring_passes += len(prompts)
         return out
 
     @_with_attention_kernels
@@ -218,7 +208,6 @@ class HFEngine:
         prefix = self._shared_prefix(prompts) if self.share_prefix else []
         prefix_cache = self._prefix_cache(prefix) if prefix else None
         cand = list(token_ids)
-        start = time.perf_counter()
         with torch.inference_mode():
             for b in range(0, len(order), self.batch_size):
                 idx = order[b:b + self.batch_size]
@@ -226,8 +215,6 @@ class HFEngine:
                 logp = torch.log_softmax(logits, dim=-1)[:, cand]
                 for r, i in enumerate(idx):
                     out[i] = logp[r].tolist()
-        self.scoring_seconds += time.perf_counter() - start
-        self.scoring_passes += len(prompts)
         return out
 
     def _decode(self, prompts: Sequence[Sequence[int]], sampling, progress, group: int = 1,

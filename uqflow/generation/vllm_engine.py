@@ -58,14 +58,14 @@ class VLLMEngine:
         self.eos_ids = {eos} if isinstance(eos, int) else set(eos or ())
         self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
         self.generation_seconds = 0.0
-        self.sampling_seconds = 0.0
-        self.scoring_seconds = 0.0
-        self.scoring_passes = 0
         #: forward passes (a prompt's prefill, shared by its n samples, then one per further token)
         #: and generated tokens, greedy and sampled apart (scoring/cost.py)
         self.passes = {"greedy": 0, "sampled": 0}
         self.tokens = {"greedy": 0, "sampled": 0}
         self.batch_size = 0  # vLLM schedules its own batches
+        #: vLLM's answers may change with what it schedules beside them; uqflow cannot vary its
+        #: batches (no batch spread), so this only says so
+        self.batch_invariant = False
 
     def generate(self, prompts: Sequence[Sequence[int]], progress=None, *, shuffle: int = 0) -> list[Generation]:
         """Greedy answers; ``shuffle`` is accepted for the HF engine's interface (vLLM schedules its
@@ -93,14 +93,12 @@ class VLLMEngine:
 
         if n < 1:
             return [[] for _ in prompts]
-        start = time.perf_counter()
         outs = []
         for i, prompt in enumerate(prompts):  # a seed per request: reproducible whatever else is scheduled
             outs.append(SamplingParams(n=n, temperature=temperature, top_p=1.0, top_k=-1, seed=seed * 1_000_003 + i,
                                        max_tokens=self.max_new_tokens, stop=list(self.stop_sequences), logprobs=1,
                                        include_stop_str_in_output=True))
         outputs = self._run(prompts, outs)
-        self.sampling_seconds += time.perf_counter() - start
         result = [[self._record(prompt, c, "sampled") for c in out.outputs] for prompt, out in zip(prompts, outputs)]
         self.passes["sampled"] += len(prompts)  # one prefill per prompt, shared by its n samples
         if progress is not None:
@@ -113,10 +111,7 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-        start = time.perf_counter()
         outputs = self._run([list(p) + list(c) for p, c in zip(prompts, continuations)], params)
-        self.scoring_seconds += time.perf_counter() - start
-        self.scoring_passes += len(prompts)
         out = []
         for p, c, o in zip(prompts, continuations, outputs):
             lps = o.prompt_logprobs  # one dict per prompt token (None for the first)

@@ -16,6 +16,7 @@ from pathlib import Path
 from uqflow import tracking
 from uqflow.report import figures as F
 from uqflow.report import selective_figures as SF
+from uqflow.report import tokens as T
 from uqflow.report.objections import objections
 from uqflow.report.data import Study, load_study
 from uqflow.report.stats import QUESTIONS, answer_all, answer_cost, best_performers, delong_table, format_p
@@ -89,7 +90,7 @@ def summarise(study: Study, measure: str = "g_nll") -> dict:
         "answers_rw_g_nll": {a.key: a.to_dict() for a in answer_all(study, "rw_g_nll")} if measure != "rw_g_nll" else {},
         "best": best_performers(study), "delong_g_nll_vs_rw_g_nll": delong_table(study).to_dict("records"),
         "cost": answer_cost(study), "measures": list(study.measures),
-        "intervals": INTERVALS, "figure_axes": FIGURE_AXES, "token_examples": F.token_pick_rule(measure),
+        "intervals": INTERVALS, "figure_axes": FIGURE_AXES, "token_examples": T.token_pick_rule(measure),
         "objections": objections(study, measure),
     })
 
@@ -118,7 +119,7 @@ def render_html(study: Study, summary: dict, pngs: dict[str, bytes]) -> str:
     return env.get_template("report.html").render(
         s=summary, measures=study.measures, label=lambda m: F.LABELS.get(m, m), f=f, pval=format_p, images=images,
         family_best=lambda m: fam_best.get(m, {"family": "–", "auroc": None}), figure_max_px=FIGURE_DISPLAY_MAX_PX,
-        tokens=Markup(F.token_view_html(study, measure=summary.get("measure", "g_nll"))))
+        tokens=Markup(T.token_view_html(study, measure=summary.get("measure", "g_nll"))))
 
 
 def build_report(url: str | None = None, out: str | Path = "reports", *, measure: str = "g_nll",

@@ -58,6 +58,12 @@ class Study:
         s = self.scores[self.scores["measure"] == name]
         return s.sort_values(["family", "size_b", "model", "dataset"]).reset_index(drop=True)
 
+    def latest(self) -> pd.DataFrame:
+        """One run per model × dataset: where one was run more than once, the later run (as the
+        comparisons take), ordered by family, size, model, dataset."""
+        return self.runs.drop_duplicates("label", keep="last").sort_values(
+            ["family", "size_b", "model", "dataset"], kind="mergesort").reset_index(drop=True)
+
     def answers(self, run_id: str) -> pd.DataFrame:
         return self.generations[self.generations["run_id"] == run_id].sort_values("position")
 

@@ -13,7 +13,6 @@ comparisons).
 from __future__ import annotations
 
 import functools
-import html
 import math
 import textwrap
 
@@ -27,6 +26,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from uqflow.report.data import Study
+from uqflow.report.labels import label_points
 from uqflow.report.stats import format_p
 from uqflow.plots import LABELS, rejection_figure, roc_figure  # noqa: F401  (re-exported for the notebook)
 from uqflow.scoring.evaluation import incorrect_and_scores as ranked, rejection_curve
@@ -99,17 +99,10 @@ def _model_markers(study: Study) -> dict[str, str]:
     return out
 
 
-def _latest(study: Study) -> pd.DataFrame:
-    """One run per model x dataset: where one was run more than once, the later run (as the
-    comparisons take), ordered by family, size, model, dataset."""
-    return study.runs.drop_duplicates("label", keep="last").sort_values(
-        ["family", "size_b", "model", "dataset"], kind="mergesort").reset_index(drop=True)
-
-
 def _scores(study: Study, measure: str) -> pd.DataFrame:
     """:meth:`Study.measure` for the latest run of each model x dataset."""
     s = study.measure(measure)
-    return s[s["run_id"].isin(set(_latest(study)["run_id"]))].reset_index(drop=True)
+    return s[s["run_id"].isin(set(study.latest()["run_id"]))].reset_index(drop=True)
 
 
 def _repeated_note(study: Study) -> str:
@@ -140,188 +133,13 @@ def _wrap(label: str, width: int = 11) -> str:
     return textwrap.fill(label, width)
 
 
-def _label_points(ax, xy: np.ndarray, labels: list[str], fontsize: float = SMALL, marker_pt: float = 8.0):
-    """Label each point with its text so that no two labels overlap and no label covers a marker.
-    The first of three ways that fits: (1) every label right beside its point; (2) the labels in a
-    column either side of the points, in the points' vertical order, each joined to its point by a
-    thin leader line; (3) each label at the nearest free offset, with a leader line where it is set
-    away. Deterministic: the same points always get the same labels."""
-    fig = ax.figure
-    fig.draw_without_rendering()  # settle the layout the labels must fit (they are kept out of it)
-    lay = _Layout(ax, np.asarray(xy, dtype=float), labels, fontsize, marker_pt)
-    plan = lay.beside() or lay.columns() or lay.greedy()
-    out = []
-    for i, (dx, dy, ha, va) in sorted(plan.items()):
-        leader = ({"arrowstyle": "-", "color": "0.45", "lw": 0.6, "shrinkA": 0, "shrinkB": lay.half / lay.px}
-                  if math.hypot(dx, dy) > 7 else None)
-        ann = ax.annotate(labels[i], tuple(lay.xy[i]), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
-                          fontsize=fontsize, arrowprops=leader, annotation_clip=False)
-        ann.set_in_layout(False)  # the layout was settled before the labels were placed
-        out.append(ann)
-    return out
-
-
-class _Layout:
-    """Where the labels of :func:`_label_points` go, in display pixels; each way of placing them
-    returns {point index: (dx, dy, ha, va)} in points, or None where it does not fit."""
-
-    def __init__(self, ax, xy, labels, fontsize, marker_pt):
-        self.ax, self.xy, self.labels, self.fontsize = ax, xy, labels, fontsize
-        self.renderer = ax.figure.canvas.get_renderer()
-        self.px = ax.figure.dpi / 72
-        self.pts = ax.transData.transform(xy)
-        self.ok = np.isfinite(self.pts).all(axis=1)
-        self.half = marker_pt * self.px / 2 + 1
-        self.markers = [(x - self.half, y - self.half, x + self.half, y + self.half) for x, y in self.pts[self.ok]]
-        self.box = ax.get_window_extent(self.renderer)
-        self.centre = self.pts[self.ok].mean(axis=0) if self.ok.any() else np.zeros(2)
-
-    def extent(self, i, dx, dy, ha, va):
-        ann = self.ax.annotate(self.labels[i], tuple(self.xy[i]), xytext=(dx, dy), textcoords="offset points",
-                               ha=ha, va=va, fontsize=self.fontsize)
-        bb = ann.get_window_extent(self.renderer)
-        ann.remove()
-        return (bb.x0 - 2, bb.y0 - 2, bb.x1 + 2, bb.y1 + 2)
-
-    def outside(self, b) -> float:
-        box = self.box
-        return max(box.x0 - b[0], 0) + max(b[2] - box.x1, 0) + max(box.y0 - b[1], 0) + max(b[3] - box.y1, 0)
-
-    @staticmethod
-    def offset(r, a):
-        dx, dy = r * math.cos(math.radians(a)), r * math.sin(math.radians(a))
-        return dx, dy, ("left" if dx > 0.5 else "right" if dx < -0.5 else "center"), \
-            ("bottom" if dy > 0.5 else "top" if dy < -0.5 else "center")
-
-    def beside(self):
-        """Every label next to its point (no leader lines), or None."""
-        plan, placed = {}, []
-        for i in np.flatnonzero(self.ok):
-            for a in (0, 180, 90, 270, 45, 135, 315, 225):
-                dx, dy, ha, va = self.offset(5, a)
-                b = self.extent(i, dx, dy, ha, va)
-                if not self.outside(b) and not any(_overlap(b, o) for o in placed + self.markers):
-                    plan[i] = (dx, dy, ha, va)
-                    placed.append(b)
-                    break
-            else:
-                return None
-        return plan
-
-    def columns(self):
-        """The labels in a column left and right of the points (points left of their centre label
-        on the left), or all on one side where one side has no room; None if none fits."""
-        idx = list(np.flatnonzero(self.ok))
-        left = [i for i in idx if self.pts[i, 0] < self.centre[0]]
-        right = [i for i in idx if i not in left]
-        for split in ((left, right), ([], idx), (idx, [])):
-            plan = {}
-            for side, members in zip((-1, 1), split):
-                part = self._column(members, side)
-                if part is None:
-                    break
-                plan.update(part)
-            else:
-                return plan
-        return None
-
-    def _column(self, members, side):
-        if not members:
-            return {}
-        sizes = {i: self.extent(i, 0, 0, "left", "center") for i in members}
-        step = max(b[3] - b[1] for b in sizes.values()) + 1
-        width = max(b[2] - b[0] for b in sizes.values())
-        if step * len(members) > self.box.height:
-            return None
-        order = sorted(members, key=lambda i: (-self.pts[i, 1], i))
-        want = np.array([self.pts[i, 1] for i in order])
-        ys = want.copy()
-        for k in range(1, len(ys)):
-            ys[k] = min(ys[k], ys[k - 1] - step)
-        ys += (want.mean() - ys.mean())  # as near the points as the spacing allows
-        ys -= max(ys[0] + step / 2 - self.box.y1, 0)
-        ys += max(self.box.y0 - (ys[-1] - step / 2), 0)
-        if ys[0] + step / 2 > self.box.y1 + 0.5:
-            return None
-        lo, hi = ys[-1] - step, ys[0] + step
-        band = self.pts[self.ok & (self.pts[:, 1] >= lo) & (self.pts[:, 1] <= hi), 0]
-        gap = 16 * self.px
-        x = (band.max() + gap) if side > 0 else (band.min() - gap)
-        if (side > 0 and x + width > self.box.x1) or (side < 0 and x - width < self.box.x0):
-            return None
-        ha = "left" if side > 0 else "right"
-        return {i: ((x - self.pts[i, 0]) / self.px, (y - self.pts[i, 1]) / self.px, ha, "center")
-                for i, y in zip(order, ys)}
-
-    def greedy(self):
-        """Each label, from the outermost point inwards, at the nearest offset (preferring to point
-        away from the others) where it covers no label or marker and its leader line crosses no
-        label or other leader line; else the least crowded one."""
-        plan, placed, leaders = {}, [], []
-        for i in np.argsort(-np.hypot(*(self.pts - self.centre).T), kind="stable"):
-            if not self.ok[i]:
-                continue
-            p0 = self.pts[i]
-            d = p0 - self.centre
-            away = math.degrees(math.atan2(d[1], d[0])) if np.hypot(*d) > 1 else 270.0
-            angles = sorted(range(0, 360, 30), key=lambda a: (abs((a - away + 180) % 360 - 180), a))
-            best, best_cost = None, math.inf
-            for r in (5, 12, 22, 34, 48, 64, 82, 104, 128):
-                for a in angles:
-                    dx, dy, ha, va = self.offset(r, a)
-                    b = self.extent(i, dx, dy, ha, va)
-                    seg = (p0, p0 + np.array([dx, dy]) * self.px)
-                    cost = sum(_overlap(b, o) for o in placed + self.markers) + 1000 * self.outside(b)
-                    cost += 400 * sum(_crosses(o, b) for o in leaders)
-                    if r > 5:
-                        cost += 400 * sum(_crosses(seg, o) for o in placed)
-                        cost += 400 * sum(_segments_cross(seg, o) for o in leaders)
-                    if cost < best_cost:
-                        best, best_cost = (dx, dy, ha, va, b, seg, r), cost
-                    if cost == 0:
-                        break
-                if best_cost == 0:
-                    break
-            dx, dy, ha, va, b, seg, r = best
-            plan[i] = (dx, dy, ha, va)
-            placed.append(b)
-            if r > 5:
-                leaders.append(seg)
-        return plan
-
-
-def _overlap(a, b) -> float:
-    """The area two boxes (x0, y0, x1, y1) share."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    return w * h if w > 0 and h > 0 else 0.0
-
-
-def _segments_cross(s, t) -> bool:
-    """Whether two line segments ((x, y), (x, y)) cross (touching at an end does not count)."""
-    (p, q), (r, u) = s, t
-
-    def orient(a, b, c):
-        return np.sign((b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0]))
-
-    return (orient(p, q, r) * orient(p, q, u) < 0) and (orient(r, u, p) * orient(r, u, q) < 0)
-
-
-def _crosses(seg, b) -> bool:
-    """Whether a segment passes through a box (x0, y0, x1, y1), sampled along its length."""
-    (x0, y0), (x1, y1) = seg
-    t = np.linspace(0.08, 0.92, 24)
-    xs, ys = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
-    return bool(((xs > b[0]) & (xs < b[2]) & (ys > b[1]) & (ys < b[3])).any())
-
-
 @_styled
 def auroc_heatmap(study: Study, measures=None) -> Figure:
     """AUROC of each run (rows: model · dataset) for each measure (columns; by default every measure
     the store has), with its value printed; the colour scale runs from 0 to 1 and is white at 0.5
     (chance)."""
     measures = measures or study.measures
-    runs = _latest(study)
+    runs = study.latest()
     auroc = study.scores.set_index(["run_id", "measure"])["auroc"]
     grid = np.array([[auroc.get((rid, m), np.nan) for m in measures] for rid in runs["run_id"]], dtype=float)
     fig, ax = _axes(0.3 * len(runs) + 2.4)
@@ -468,7 +286,7 @@ def accuracy_vs_auroc(study: Study, measure: str = "g_nll") -> Figure:
     ax.set(xlabel="accuracy", ylabel=f"AUROC ({LABELS[measure]})\n{AUROC_AXIS}", xlim=(0, 1), ylim=(0, 1.02),
            title="Accuracy against AUROC" + _repeated_note(study))
     _legend_below(fig, handles, ncols)
-    _label_points(ax, s[["accuracy", "auroc"]].to_numpy(dtype=float), list(s["model"]))
+    label_points(ax, s[["accuracy", "auroc"]].to_numpy(dtype=float), list(s["model"]), fontsize=SMALL)
     return fig
 
 
@@ -479,7 +297,7 @@ def family_radar(study: Study, measures=MEASURES) -> Figure:
     fams = study.families
     ncols = 1 if len(fams) == 1 else 2
     nrows = math.ceil(len(fams) / ncols)
-    latest = set(_latest(study)["run_id"])
+    latest = set(study.latest()["run_id"])
     fig = _figure(3.2 * nrows + 0.9)
     angles = np.linspace(0, 2 * np.pi, len(measures), endpoint=False)
     ring = np.linspace(0, 2 * np.pi, 200)
@@ -514,7 +332,7 @@ def family_radar(study: Study, measures=MEASURES) -> Figure:
 def _decided_per_run(study: Study, measure: str):
     """(run row, correct, score) of every run's decided answers (latest run of each model x
     dataset), in the runs' order."""
-    for _, r in _latest(study).iterrows():
+    for _, r in study.latest().iterrows():
         g, correct = study.decided(r.run_id)
         yield r, correct, g[measure].astype(float).to_numpy()
 
@@ -531,7 +349,7 @@ def roc_overlay(study: Study, measure: str = "g_nll") -> Figure:
     """ROC curves of every run for one measure, overlaid."""
     from sklearn.metrics import roc_curve
 
-    n = len(_latest(study)) + 1
+    n = len(study.latest()) + 1
     fig, ax = _axes(5.2 + _legend_rows(n, 2))
     style = _run_style(study)
     handles = []
@@ -552,7 +370,7 @@ def roc_overlay(study: Study, measure: str = "g_nll") -> Figure:
 @_styled
 def rejection_overlay(study: Study, measure: str = "g_nll") -> Figure:
     """Accuracy-rejection curves of every run for one measure, overlaid."""
-    n = len(_latest(study))
+    n = len(study.latest())
     fig, ax = _axes(4.6 + _legend_rows(n, 2))
     style = _run_style(study)
     handles = []
@@ -571,7 +389,7 @@ def rejection_overlay(study: Study, measure: str = "g_nll") -> Figure:
 def gnll_vs_rwgnll(study: Study) -> Figure:
     """G-NLL against RW-G-NLL, paired per run: both AUROCs with their 95% bootstrap intervals
     (unadjusted), and DeLong's p (unadjusted) on the right."""
-    latest = _latest(study)
+    latest = study.latest()
     g = study.measure("g_nll").set_index("run_id")
     rw = study.measure("rw_g_nll").set_index("run_id")
     runs = latest[latest["run_id"].isin(g.index)].set_index("run_id")
@@ -624,7 +442,7 @@ def auroc_vs_cost(study: Study) -> Figure:
     scale, one scale for every panel), one panel per model x dataset that sampled, one point per
     measure with its 95% interval. Measures that cost nothing more than the greedy pass (G-NLL and
     the other single-pass scores) sit at the left edge, marked "0"."""
-    runs = _latest(study)
+    runs = study.latest()
     runs = runs[runs["run_id"].isin(study.scores.loc[study.scores["measure"].isin(SAMPLED), "run_id"])]
     n = len(runs)
     cols = min(2, max(n, 1))
@@ -701,82 +519,3 @@ def draw_all(study: Study, measure: str = "g_nll") -> dict[str, Figure]:
     if any(m in SAMPLED for m in study.measures):
         figs["auroc_vs_cost"] = auroc_vs_cost(study)
     return figs
-
-
-def token_pick_rule(measure: str = "g_nll", per_run: int = 2) -> str:
-    """How :func:`pick_token_examples` chooses, in words (printed above the examples)."""
-    what = (f"the wrong answer with the lowest {LABELS.get(measure, measure)} (its most confident wrong answer)"
-            + (f" and the right answer with the highest {LABELS.get(measure, measure)} (its least confident "
-               "right answer)" if per_run > 1 else ""))
-    return (f"How these were chosen: for each run, in the order of the summary table (latest run of each "
-            f"model × dataset), {what}, among the answers the judge decided whose tokens were stored. Ties go to "
-            "the answer that came first in the run. The choice is deterministic: the same store always shows "
-            "the same answers.")
-
-
-def pick_token_examples(study: Study, per_run: int = 2, measure: str = "g_nll") -> pd.DataFrame:
-    """A few answers worth looking at, chosen deterministically (see :func:`token_pick_rule`): per
-    run, the most confident wrong answer (lowest ``measure``) and, with ``per_run`` > 1, the least
-    confident right one (highest ``measure``), where the run stored its tokens; ties go to the
-    earlier answer in the run."""
-    picks = []
-    for rid in _latest(study)["run_id"]:
-        g = study.answers(rid)
-        g = g[g.tokens.notna() & g.correct.notna() & (g.num_tokens > 0) & g[measure].notna()]
-        g = g.assign(_score=g[measure].astype(float))
-        wrong, right = g[~g.correct.astype(bool)], g[g.correct.astype(bool)]
-        if len(wrong):
-            picks.append(wrong.sort_values(["_score", "position"], kind="mergesort").head(1))
-        if len(right) and per_run > 1:
-            right = right.assign(_neg=-right["_score"])
-            picks.append(right.sort_values(["_neg", "position"], kind="mergesort").head(1).drop(columns="_neg"))
-    return pd.concat(picks).drop(columns="_score") if picks else study.generations.iloc[0:0]
-
-
-def _references(value) -> list[str]:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return []
-    if isinstance(value, str):
-        return [value]
-    return [str(v) for v in value]
-
-
-def token_view_html(study: Study, rows: pd.DataFrame | None = None, measure: str = "g_nll") -> str:
-    """Answers token by token: each token's NLL as a red background and its RW-G-NLL relevance as
-    a blue underline (darker = more relevant, relative to the answer's most relevant token, since
-    only relative weights matter to RW-G-NLL), with the question, the reference answers and the
-    verdict, under a line saying how the answers were chosen. Self-contained HTML."""
-    chosen = rows is None
-    rows = pick_token_examples(study, measure=measure) if rows is None else rows
-    if rows.empty:
-        return "<p>No stored answer has its tokens (runs made before token texts were recorded).</p>"
-    labels = study.runs.set_index("run_id")["label"]
-    out = ['<div class="tokens">',
-           '<p class="legend">Background: token NLL (red, saturating at 5 nats). Underline: relevance '
-           "(blue, relative to the answer's most relevant token). Hover a token for its numbers.</p>"]
-    if chosen:
-        out.append(f'<p class="legend pick-rule">{html.escape(token_pick_rule(measure))}</p>')
-    for _, r in rows.iterrows():
-        nll = -np.asarray(r.token_logprobs, dtype=float)
-        rel = np.asarray(r.relevance if r.relevance is not None else [np.nan] * len(nll), dtype=float)
-        spans = []
-        top = np.nanmax(rel) if np.isfinite(rel).any() and np.nanmax(rel) > 0 else 1.0
-        for tok, n, rv in zip(r.tokens, nll, rel):
-            a = 1.0 if n == math.inf else 0.0 if not math.isfinite(n) else min(n / 5.0, 1.0)
-            b = 0.0 if not math.isfinite(rv) else min(max(rv / top, 0.0), 1.0)
-            spans.append(f'<span class="tok" style="background: rgba(220,40,40,{a:.2f}); '
-                         f'border-bottom: 3px solid rgba(30,80,220,{b:.2f})" title="NLL {n:.3f} · relevance {rv:.3f}">'
-                         f"{html.escape(tok).replace(' ', '&nbsp;')}</span>")
-        verdict = "right" if bool(r.correct) else "wrong"
-        refs = _references(r.get("reference_answers"))
-        ref_html = ("; ".join(f"<q>{html.escape(x)}</q>" for x in refs) if refs else "<i>none stored</i>")
-        scores = f"G-NLL {r.g_nll:.2f}, RW-G-NLL {r.rw_g_nll:.2f}"
-        if measure not in ("g_nll", "rw_g_nll") and measure in r:
-            scores += f", {LABELS.get(measure, measure)} {float(r[measure]):.2f}"
-        out.append(f'<div class="example"><p><b>{html.escape(str(labels.get(r.run_id, r.run_id)))}</b> — '
-                   f'{html.escape(str(r.question))}</p>'
-                   f'<p class="answer-line"><span class="verdict {verdict}">{verdict}</span> ({scores}): '
-                   + "".join(spans) + "</p>"
-                   f'<p class="refs">Reference answer{"s" if len(refs) != 1 else ""}: {ref_html}</p></div>')
-    out.append("</div>")
-    return "\n".join(out)

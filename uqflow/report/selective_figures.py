@@ -11,7 +11,7 @@ from matplotlib.lines import Line2D
 
 from uqflow.plots import LABELS
 from uqflow.report.data import Study
-from uqflow.report.figures import SMALL, TEXT, _figure, _latest, _legend_below, _styled
+from uqflow.report.figures import SMALL, TEXT, _figure, _legend_below, _styled
 from uqflow.scoring.pipeline import CALIBRATION
 from uqflow.scoring.selective import confidence_probabilities, reliability_bins, risk_coverage
 
@@ -20,7 +20,7 @@ BASELINE = "answer_tokens"
 
 
 def _panels(study: Study):
-    runs = _latest(study)
+    runs = study.latest()
     n = len(runs)
     cols = min(3, max(n, 1))
     rows = max(1, math.ceil(n / cols))
