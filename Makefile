@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.uqflow-installed
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: install demo docs-check test test-study test-all test-fast bench study-cache clean
+.PHONY: install demo docs-check test test-processes test-study test-all test-fast bench study-cache clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,19 +41,28 @@ docs-check: $(STAMP)
 study-cache: $(STAMP)
 	$(BIN)/python -m rehearsal --out .study-cache
 
-# every test but the study rehearsal's (which first trains its six stand-in models: ~10 min more)
+# the tiers (tests/conftest.py): `make test` between commits, in this process only (the bundled
+# models, MLflow and the results store, the report); the rest run in `make test-all`, as in CI
+IN_PROCESS := not study and not cluster and not subprocess and not server
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -m "not study"
+	$(BIN)/python -m pytest -q -ra -m "$(IN_PROCESS)"
 
+# other processes and servers: the CLI as a user runs it, signals and exit codes, PostgreSQL, a
+# headless browser on the report and the MLflow UI, a Ray cluster against an MLflow server
+test-processes: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m "not study and (cluster or subprocess or server)"
+
+# the offline rehearsal of the reference study (it first trains its six stand-in models)
 test-study: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m study
 
-# what CI runs
+# everything: what CI runs
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
 
+# in this process and without loading a model
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "$(IN_PROCESS) and not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/model_cache.py

@@ -11,6 +11,37 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: Tiers by resource, declared once here from what a test uses, so that `make test` runs what a
+#: developer needs between commits and `make test-all` (CI) runs every test:
+#:   server      a PostgreSQL server, a headless browser or the MLflow UI (the fixtures below)
+#:   subprocess  another Python process: the command line as a user runs it, signals, exit codes
+#:   cluster     a Ray cluster and an MLflow server (tests/test_cluster.py)
+#:   study       the offline rehearsal of the reference study (its own cache; make test-study)
+#: `slow` (a real model or a whole experiment in this process) is marked by hand where it applies.
+SERVER_FIXTURES = {"postgres_server", "browser"}
+SUBPROCESS_FIXTURES = {"venv_env"}
+SUBPROCESS_CALLS = ("subprocess.", "Popen(", "sys.executable", "start_mlflow_ui(")
+CLUSTER_MODULES = {"test_cluster.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    import inspect
+
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if item.path.name in CLUSTER_MODULES:
+            item.add_marker(pytest.mark.cluster)
+        if names & SERVER_FIXTURES:
+            item.add_marker(pytest.mark.server)
+        try:
+            body = inspect.getsource(item.function)
+        except (OSError, TypeError):
+            body = ""
+        if names & SUBPROCESS_FIXTURES or any(call in body for call in SUBPROCESS_CALLS) \
+                or item.get_closest_marker("subprocess_helper"):
+            item.add_marker(pytest.mark.subprocess)
+
+
 @pytest.fixture
 def tracking(tmp_path, monkeypatch):
     """A fresh MLflow tracking store (SQLite) for one test; its URI is returned. The test runs in

@@ -207,6 +207,7 @@ def test_failing_cell_is_recorded_and_the_grid_goes_on(tracking, tmp_path, monke
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess_helper  # --isolate: each cell in a process of its own
 def test_isolated_cells_are_linked_to_the_grid_run(tracking, tmp_path):
     f = _grid_file(tmp_path, ["SmolLM2-135M-Instruct"], ["trivia_mini"], num_samples=3, max_new_tokens=8,
                    n_bootstrap=20)
