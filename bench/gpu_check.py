@@ -698,7 +698,7 @@ def print_projection(results: list[dict], grid, args) -> None:
 
 # ---------------------------------------------------------------- main
 
-def main() -> None:
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
                     help="registry names: the study's (full shape, random weights) and/or the bundled ones")
@@ -739,16 +739,12 @@ def main() -> None:
     ap.add_argument("--loop-n", type=int, default=0, help="also time the reference one-at-a-time loop on this "
                     "many questions")
     args = ap.parse_args()
-    global DEVICE
-    DEVICE = args.device
-    args.smoke = DEVICE == "cpu" and not args.full_shape
-    if args.export_shapes:
-        export_shapes(args.export_shapes)
-        return
-    if args.export_tokenizers:
-        export_tokenizers(args.export_tokenizers, args.tokenizer_cache)
-        return
+    return args
 
+
+def settings(args):
+    """The grid, its cells of the first model (one per dataset), and the run's derived settings on
+    ``args``; returns (grid, cells, first cell, models, study models)."""
     from uqflow.grid import load_grid
 
     grid = load_grid(GRID)
@@ -771,6 +767,168 @@ def main() -> None:
     study = [m for m in models if m not in BUNDLED]
     if args.layers_70b < 2:
         raise SystemExit("--layers-70b must be at least 2 (the fit needs two depths)")
+    return grid, cells, first, models, study
+
+
+def plan(study, args, scratch: Path):
+    """The configuration of each study model (printed as a table), the tokenizers and the folder
+    the random weights go to: (plans, tokenizer folders, workdir); None when --configs-only."""
+    plans = {}
+    print("\nreal configurations (hub config.json dimensions) and the shape built:")
+    print("model | hidden | intermediate | layers (built) | heads/kv | head_dim | vocab | tied | rope | max pos | "
+          "params B at the real depth (registry size_b)")
+    for name in study:
+        cfg, layers, real_layers, kind, gen = study_config(name, args.smoke, args.layers_70b)
+        params_full = count_parameters(cfg, real_layers)  # smoke: the stand-in's widths at the real depth
+        params_built = count_parameters(cfg)
+        plans[name] = (cfg, layers, real_layers, kind, gen, params_built, params_full)
+        rope = cfg.get("rope_theta"), (cfg.get("rope_scaling") or {}).get("factor")
+        print(f"{name} | {cfg['hidden_size']} | {cfg['intermediate_size']} | {real_layers} ({layers}) | "
+              f"{cfg['num_attention_heads']}/{cfg['num_key_value_heads']} | {cfg.get('head_dim', '-')} | "
+              f"{cfg['vocab_size']} | {cfg.get('tie_word_embeddings')} | theta {rope[0]:g}"
+              f"{f', llama3 x{rope[1]:g}' if rope[1] else ''} | {cfg['max_position_embeddings']} | "
+              f"{params_full / 1e9:.2f} ({_registry(name).size_b})")
+    if args.configs_only:
+        return None
+    tokdirs = provide_tokenizers(args.tokenizers, tokenizer_kinds(study), scratch, args.tokenizer_cache) if study else None
+    need = max((p[5] * 2 for p in plans.values()), default=0)
+    workdir = pick_workdir(args.workdir, need) if study else None
+    if study:
+        print(f"random weights go to {workdir} (largest model {need / 2**30:.1f} GiB in bf16; "
+              f"free {shutil.disk_usage(workdir).free / 2**30:.0f} GiB)")
+    return plans, tokdirs, workdir
+
+
+def measure_model(name: str, args, cells, plans, tokdirs, workdir, held, t_start: float):
+    """Measure one model: build or reuse its weights, load them through uqflow's loader, time each
+    dataset (and, for the 70B, half its depth and the extrapolation). Returns (result or None when
+    the time budget is spent, the model now held in memory)."""
+    from uqflow.models import ModelSpec, load_model, unload
+    from uqflow.models.loading import LoadedModel
+
+    elapsed = time.perf_counter() - t_start
+    if args.time_budget and elapsed > args.time_budget:
+        print(f"{name}: skipped, the time budget ({args.time_budget:.0f} s) is spent ({elapsed:.0f} s)", flush=True)
+        return None, held
+    args.n_model = args.n
+    result = {"model": name}
+    try:
+        if name in BUNDLED:
+            if held:
+                unload(held[1])
+                held = None
+            t0 = time.perf_counter()
+            lm, shape = load_bundled(name, args.shapes)
+            result.update(quantization=lm.spec.quantization, shape=shape, load_s=time.perf_counter() - t0)
+            result["load_s_full"] = result["load_s"]
+            result["rows"] = measure_datasets(lm, args, cells)
+            unload(lm)
+            return result, held
+        cfg, layers, real_layers, kind, gen, params, params_full = plans[name]
+        reg = _registry(name)
+        if reg.size_b >= 5:
+            args.n_model = args.n_large
+        shape = f"{layers}/{real_layers}" + (" (smoke widths)" if args.smoke else "")
+        result.update(quantization=reg.quantization, shape=shape, layers=layers, layers_real=real_layers)
+        key = (json.dumps(cfg, sort_keys=True), reg.quantization)
+        tokdir = tokdirs / kind
+        if held and held[0] == key:  # the same weights (Mistral v0.3 and its Instruct): only the tokenizer differs
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(tokdir))
+            tok.padding_side = "left"
+            if tok.pad_token_id is None:
+                tok.pad_token = tok.eos_token
+            spec = ModelSpec(name, held[1].spec.source, reg.family, reg.size_b, reg.instruct, reg.quantization)
+            lm = LoadedModel(spec, held[1].model, tok, held[1].device)
+            result.update(load_s=held[2], shared_load=True)
+            print(f"{name}: the weights of the model before (same config and quantization), its own tokenizer",
+                  flush=True)
+        else:
+            if held:
+                unload(held[1])
+                held = None
+            folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+            try:
+                save_s = write_random_model(cfg, gen, tokdir, folder)
+                size = sum(f.stat().st_size for f in folder.iterdir())
+                spec = ModelSpec(name, str(folder), reg.family, reg.size_b, reg.instruct, reg.quantization)
+                _sync()
+                t0 = time.perf_counter()
+                lm = load_model(spec, DEVICE)  # uqflow's loader: bitsandbytes quantizes as it loads
+                _sync()
+                load_s = time.perf_counter() - t0
+                if name in args.compare and reg.quantization == "8bit":  # the same weights in bf16
+                    full = load_model(ModelSpec(name.removesuffix("-8bit"), str(folder), reg.family, reg.size_b,
+                                                reg.instruct, "none"), DEVICE)
+                    try:
+                        result["precisions"] = compare_precisions(lm, full, args, cells)
+                    finally:
+                        unload(full)
+                    for d in result["precisions"]:
+                        print(json.dumps({"model": name, "compare": "8bit vs bf16",
+                                          **{k: (round(v, 4) if isinstance(v, float) else v)
+                                             for k, v in d.items()}}), flush=True)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            print(f"{name}: random weights written in {save_s:.1f} s ({size / 2**30:.1f} GiB), loaded by "
+                  f"uqflow.models.load_model ({reg.quantization}) in {load_s:.1f} s", flush=True)
+            held = (key, lm, load_s)
+            result["load_s"] = load_s
+        rows = measure_datasets(lm, args, cells)
+        for d in rows:
+            print(json.dumps({"model": name, **{k: (round(v, 3) if isinstance(v, float) else v)
+                                                for k, v in d.items()}}), flush=True)
+        if name == MODEL_70B:  # time half the depth too; extrapolate both to the real 80 layers
+            half = layers // 2
+            freed = truncate_layers(lm, half)
+            print(f"{name}: cut to {half} layers ({freed})", flush=True)
+            rows_half = measure_datasets(lm, args, cells)
+            ratio = params_full / params  # loading reads and quantizes every weight: time ~ parameters
+            ext = []
+            for a, b in zip(rows, rows_half):
+                b.update(shape=f"{half}/{real_layers}" + (" (smoke widths)" if args.smoke else ""), partial=True,
+                         load_s=None)
+                a.update(partial=True)
+                e = extrapolate(a, b, layers, half, real_layers)
+                e.update(shape=f"{real_layers}/{real_layers} EXTRAPOLATED", partial=False,
+                         load_s=result["load_s"] * ratio)
+                ext.append(e)
+            rows = rows + rows_half + ext
+            result["load_s_full"] = result["load_s"] * ratio
+            unload(lm)
+            held = None
+        else:
+            result["load_s_full"] = result["load_s"]
+        result["rows"] = rows
+    except Stopped:
+        raise
+    except Exception as e:  # one model's failure (e.g. out of memory) does not end the check
+        msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+        print(f"{name}: FAILED {msg}", flush=True)
+        result.setdefault("quantization", "?")
+        result.setdefault("shape", "?")
+        result["error"] = msg
+        if held:
+            unload(held[1])
+            held = None
+        _free()
+    return result, held
+
+
+def main() -> None:
+    args = parse_args()
+    global DEVICE
+    DEVICE = args.device
+    args.smoke = DEVICE == "cpu" and not args.full_shape
+    if args.export_shapes:
+        export_shapes(args.export_shapes)
+        return
+    if args.export_tokenizers:
+        export_tokenizers(args.export_tokenizers, args.tokenizer_cache)
+        return
+
+    grid, cells, first, models, study = settings(args)
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import torch
@@ -799,145 +957,17 @@ def main() -> None:
     results: list[dict] = []
     stopped = None
     try:
-        plans = {}
-        print("\nreal configurations (hub config.json dimensions) and the shape built:")
-        print("model | hidden | intermediate | layers (built) | heads/kv | head_dim | vocab | tied | rope | max pos | "
-              "params B at the real depth (registry size_b)")
-        for name in study:
-            cfg, layers, real_layers, kind, gen = study_config(name, args.smoke, args.layers_70b)
-            params_full = count_parameters(cfg, real_layers)  # smoke: the stand-in's widths at the real depth
-            params_built = count_parameters(cfg)
-            plans[name] = (cfg, layers, real_layers, kind, gen, params_built, params_full)
-            rope = cfg.get("rope_theta"), (cfg.get("rope_scaling") or {}).get("factor")
-            print(f"{name} | {cfg['hidden_size']} | {cfg['intermediate_size']} | {real_layers} ({layers}) | "
-                  f"{cfg['num_attention_heads']}/{cfg['num_key_value_heads']} | {cfg.get('head_dim', '-')} | "
-                  f"{cfg['vocab_size']} | {cfg.get('tie_word_embeddings')} | theta {rope[0]:g}"
-                  f"{f', llama3 x{rope[1]:g}' if rope[1] else ''} | {cfg['max_position_embeddings']} | "
-                  f"{params_full / 1e9:.2f} ({_registry(name).size_b})")
-        if args.configs_only:
+        planned = plan(study, args, scratch)
+        if planned is None:
             return
-        tokdirs = provide_tokenizers(args.tokenizers, tokenizer_kinds(study), scratch, args.tokenizer_cache) if study else None
-        need = max((p[5] * 2 for p in plans.values()), default=0)
-        workdir = pick_workdir(args.workdir, need) if study else None
-        if study:
-            print(f"random weights go to {workdir} (largest model {need / 2**30:.1f} GiB in bf16; "
-                  f"free {shutil.disk_usage(workdir).free / 2**30:.0f} GiB)")
-
-        from uqflow.models import ModelSpec, load_model, unload
-        from uqflow.models.loading import LoadedModel
+        plans, tokdirs, workdir = planned
+        from uqflow.models import unload
 
         held = None  # (key, LoadedModel, load seconds) of the model in memory
         for name in models:
-            elapsed = time.perf_counter() - t_start
-            if args.time_budget and elapsed > args.time_budget:
-                print(f"{name}: skipped, the time budget ({args.time_budget:.0f} s) is spent ({elapsed:.0f} s)", flush=True)
-                continue
-            args.n_model = args.n
-            result = {"model": name}
-            try:
-                if name in BUNDLED:
-                    if held:
-                        unload(held[1])
-                        held = None
-                    t0 = time.perf_counter()
-                    lm, shape = load_bundled(name, args.shapes)
-                    result.update(quantization=lm.spec.quantization, shape=shape, load_s=time.perf_counter() - t0)
-                    result["load_s_full"] = result["load_s"]
-                    result["rows"] = measure_datasets(lm, args, cells)
-                    unload(lm)
-                    results.append(result)
-                    continue
-                cfg, layers, real_layers, kind, gen, params, params_full = plans[name]
-                reg = _registry(name)
-                if reg.size_b >= 5:
-                    args.n_model = args.n_large
-                shape = f"{layers}/{real_layers}" + (" (smoke widths)" if args.smoke else "")
-                result.update(quantization=reg.quantization, shape=shape, layers=layers, layers_real=real_layers)
-                key = (json.dumps(cfg, sort_keys=True), reg.quantization)
-                tokdir = tokdirs / kind
-                if held and held[0] == key:  # the same weights (Mistral v0.3 and its Instruct): only the tokenizer differs
-                    from transformers import AutoTokenizer
-
-                    tok = AutoTokenizer.from_pretrained(str(tokdir))
-                    tok.padding_side = "left"
-                    if tok.pad_token_id is None:
-                        tok.pad_token = tok.eos_token
-                    spec = ModelSpec(name, held[1].spec.source, reg.family, reg.size_b, reg.instruct, reg.quantization)
-                    lm = LoadedModel(spec, held[1].model, tok, held[1].device)
-                    result.update(load_s=held[2], shared_load=True)
-                    print(f"{name}: the weights of the model before (same config and quantization), its own tokenizer",
-                          flush=True)
-                else:
-                    if held:
-                        unload(held[1])
-                        held = None
-                    folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
-                    try:
-                        save_s = write_random_model(cfg, gen, tokdir, folder)
-                        size = sum(f.stat().st_size for f in folder.iterdir())
-                        spec = ModelSpec(name, str(folder), reg.family, reg.size_b, reg.instruct, reg.quantization)
-                        _sync()
-                        t0 = time.perf_counter()
-                        lm = load_model(spec, DEVICE)  # uqflow's loader: bitsandbytes quantizes as it loads
-                        _sync()
-                        load_s = time.perf_counter() - t0
-                        if name in args.compare and reg.quantization == "8bit":  # the same weights in bf16
-                            full = load_model(ModelSpec(name.removesuffix("-8bit"), str(folder), reg.family, reg.size_b,
-                                                        reg.instruct, "none"), DEVICE)
-                            try:
-                                result["precisions"] = compare_precisions(lm, full, args, cells)
-                            finally:
-                                unload(full)
-                            for d in result["precisions"]:
-                                print(json.dumps({"model": name, "compare": "8bit vs bf16",
-                                                  **{k: (round(v, 4) if isinstance(v, float) else v)
-                                                     for k, v in d.items()}}), flush=True)
-                    finally:
-                        shutil.rmtree(folder, ignore_errors=True)
-                    print(f"{name}: random weights written in {save_s:.1f} s ({size / 2**30:.1f} GiB), loaded by "
-                          f"uqflow.models.load_model ({reg.quantization}) in {load_s:.1f} s", flush=True)
-                    held = (key, lm, load_s)
-                    result["load_s"] = load_s
-                rows = measure_datasets(lm, args, cells)
-                for d in rows:
-                    print(json.dumps({"model": name, **{k: (round(v, 3) if isinstance(v, float) else v)
-                                                        for k, v in d.items()}}), flush=True)
-                if name == MODEL_70B:  # time half the depth too; extrapolate both to the real 80 layers
-                    half = layers // 2
-                    freed = truncate_layers(lm, half)
-                    print(f"{name}: cut to {half} layers ({freed})", flush=True)
-                    rows_half = measure_datasets(lm, args, cells)
-                    ratio = params_full / params  # loading reads and quantizes every weight: time ~ parameters
-                    ext = []
-                    for a, b in zip(rows, rows_half):
-                        b.update(shape=f"{half}/{real_layers}" + (" (smoke widths)" if args.smoke else ""), partial=True,
-                                 load_s=None)
-                        a.update(partial=True)
-                        e = extrapolate(a, b, layers, half, real_layers)
-                        e.update(shape=f"{real_layers}/{real_layers} EXTRAPOLATED", partial=False,
-                                 load_s=result["load_s"] * ratio)
-                        ext.append(e)
-                    rows = rows + rows_half + ext
-                    result["load_s_full"] = result["load_s"] * ratio
-                    unload(lm)
-                    held = None
-                else:
-                    result["load_s_full"] = result["load_s"]
-                result["rows"] = rows
+            result, held = measure_model(name, args, cells, plans, tokdirs, workdir, held, t_start)
+            if result is not None:
                 results.append(result)
-            except Stopped:
-                raise
-            except Exception as e:  # one model's failure (e.g. out of memory) does not end the check
-                msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
-                print(f"{name}: FAILED {msg}", flush=True)
-                result.setdefault("quantization", "?")
-                result.setdefault("shape", "?")
-                result["error"] = msg
-                results.append(result)
-                if held:
-                    unload(held[1])
-                    held = None
-                _free()
         if held:
             unload(held[1])
     except Stopped as e:
@@ -946,6 +976,14 @@ def main() -> None:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # what was measured gets printed (timeout kills 30 s later)
         shutil.rmtree(scratch, ignore_errors=True)
+    report(results, grid, models, cells, args, t_start)
+    if stopped:
+        sys.exit(1)
+
+
+def report(results: list[dict], grid, models, cells, args, t_start: float) -> None:
+    """Everything measured: vLLM beside the HF engine (bundled models), the table, the 8-bit
+    comparison, the grid's projection, and the JSON file when asked for."""
     if BUNDLED[0] in models or BUNDLED[1] in models:
         _vllm(models, args, cells)
     print_table(results, args)
@@ -954,8 +992,6 @@ def main() -> None:
           f"check took {time.perf_counter() - t_start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"results": results, "gpu": args.gpu}, indent=1, default=str) + "\n")
-    if stopped:
-        sys.exit(1)
 
 
 def _vllm(models, args, cells) -> None:

@@ -32,7 +32,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from uqflow.config import RunConfig
-    from uqflow.experiment import ENTAILMENT_WORDS, llm_choose, p_true_inputs, resolve, select_examples
+    from uqflow.experiment import resolve, select_examples
+    from uqflow.scoring.llm import ENTAILMENT_WORDS, llm_choose, p_true_inputs
     from uqflow.generation import make_engine
     from uqflow.models import load_model
     from uqflow.prompts import build_prompts, draw_few_shot, p_true_prompt

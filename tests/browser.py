@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from conftest import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -85,12 +86,6 @@ def start_chromium(user_data_dir: str):
 
     service = Service(executable_path=str(CHROMEDRIVER))
     return webdriver.Chrome(service=service, options=chromium_options(user_data_dir))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_mlflow_ui(tracking_uri: str, artifacts_dir: str | Path | None = None,

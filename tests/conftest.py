@@ -1,4 +1,5 @@
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -9,6 +10,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on (for a server a test starts, or one it
+    expects to find closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 #: Tiers by resource, declared once here from what a test uses, so that `make test` runs what a
@@ -102,7 +111,6 @@ def postgres_server():
     UQFLOW_REQUIRE_POSTGRES=1 (set by CI), when they fail instead.
     """
     import shutil
-    import socket
     import subprocess
     import tempfile
 
@@ -116,9 +124,7 @@ def postgres_server():
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         as_user = ["runuser", "-u", "postgres", "--"]
         shutil.chown(data, "postgres", "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
     run(str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "uqflow", "--no-sync", "-E", "UTF8")
     run(str(bindir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "server.log"), "-w", "-o",

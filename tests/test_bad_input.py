@@ -21,7 +21,6 @@ import math
 import os
 import shlex
 import shutil
-import socket
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -32,7 +31,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from store_fixtures import generations, log_run
 from uqflow.scoring.uncertainty import SCORES
 from uqflow.cli import cli
@@ -86,12 +85,6 @@ def assert_runs_settled(*, started: int | None = None) -> list:
     if started is not None:
         assert len(runs) == started, [(r.info.run_name, r.info.status) for r in runs]
     return runs
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def trivia(i, **fields) -> dict:
@@ -501,7 +494,7 @@ DATABASE_URLS = [
 
 @pytest.mark.parametrize("args,phrase", params(DATABASE_URLS))
 def test_database_urls(tracking, tmp_path, monkeypatch, args, phrase):
-    port = str(closed_port())
+    port = str(free_port())
     (tmp_path / "folder.db").mkdir()
     (tmp_path / "notes.db").write_text("these are notes, not a database\n" * 50)
     (tmp_path / "empty.db").touch()
@@ -802,7 +795,7 @@ def test_hub_access(tracking, tmp_path, venv_env, offline, args, phrases):
     if offline == "HF_HUB_OFFLINE=1":
         env["HF_HUB_OFFLINE"] = "1"
     else:
-        env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
+        env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "uqflow", "run", *args, "--num-samples", "2"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
@@ -844,7 +837,7 @@ def test_tracking_server_unreachable_is_said_in_seconds(tracking, tmp_path, venv
     import sys
     import time
 
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     env = {k: v for k, v in venv_env.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
     env["MLFLOW_TRACKING_URI"] = uri
     t0 = time.perf_counter()
@@ -862,7 +855,7 @@ def test_tracking_server(tracking, tmp_path, monkeypatch, where, args, phrase):
         mlflow.delete_experiment(mlflow.create_experiment("uqflow"))
         uri = tracking
     else:
-        uri = f"http://127.0.0.1:{closed_port()}" if where == "closed" else where
+        uri = f"http://127.0.0.1:{free_port()}" if where == "closed" else where
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from uqflow import cluster
 from uqflow import tracking as tr
 from uqflow.cli import cli
@@ -32,12 +31,6 @@ ADMIN, ADMIN_PASSWORD = "admin", "admin-password-1234"
 READER, READER_PASSWORD = "reader", "reader-password-1234"
 #: few questions and short answers: the cells are real runs of the bundled models, kept short
 QUICK = ["--set", "num_samples=4", "--set", "max_new_tokens=16", "--set", "n_bootstrap=20"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _processes() -> dict[int, tuple[int, str]]:
@@ -78,7 +71,7 @@ class RayCluster:
 
     def __init__(self, env: dict[str, str]):
         self.temp = tempfile.mkdtemp(prefix="uqr")  # short: Ray's socket paths must fit 107 characters
-        self.port, self.node2_port = _free_port(), _free_port()
+        self.port, self.node2_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
         # a killed node is declared dead within seconds rather than Ray's default half minute
         self.env = {**env, "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
@@ -149,7 +142,7 @@ def mlflow_server(postgres_server, tmp_path_factory, base_env):
                    f"database_uri = sqlite:///{folder / 'auth.db'}\n"
                    f"admin_username = {ADMIN}\nadmin_password = {ADMIN_PASSWORD}\n"
                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**base_env, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret",
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -272,7 +265,7 @@ def test_claims_refuse_a_live_driver_and_take_over_a_stale_one(tracking, monkeyp
 def test_bad_ray_input_is_one_line(tracking, tmp_path, monkeypatch):
     f = _grid(tmp_path, ["SmolLM2-135M-Instruct"], ["trivia_mini"])
     t0 = time.perf_counter()
-    res = CliRunner().invoke(cli, ["grid", str(f), "--ray", f"127.0.0.1:{_free_port()}"])
+    res = CliRunner().invoke(cli, ["grid", str(f), "--ray", f"127.0.0.1:{free_port()}"])
     assert res.exit_code == 1 and "Error: cannot reach the Ray cluster at 127.0.0.1:" in res.output
     assert "Traceback" not in res.output and time.perf_counter() - t0 < 30  # not Ray's minutes of retries
     monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed

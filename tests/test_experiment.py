@@ -208,7 +208,7 @@ def test_rescore_rejects_unknown_run_and_fields(tracking):
 
 @pytest.mark.slow
 def test_llm_judge_with_a_bundled_model_and_cache(smollm, tmp_path):
-    from uqflow.experiment import llm_judge_generate
+    from uqflow.scoring.llm import llm_judge_generate
     from uqflow.scoring.judges import LLMJudge, parse_yes_no
 
     judge = LLMJudge("llm:SmolLM2-135M-Instruct", llm_judge_generate("SmolLM2-135M-Instruct", lm=smollm),

@@ -14,12 +14,13 @@ import pytest
 from uqflow.config import RunConfig
 from uqflow.data import load_dataset
 from uqflow.errors import ConfigError
-from uqflow.experiment import check, p_true_inputs, run_experiment
+from uqflow.experiment import check, run_experiment
+from uqflow.scoring.llm import p_true_inputs
 from uqflow.rescore import rescore
 from uqflow.generation import make_engine
 from uqflow.prompts import PromptOptions, build_prompts, draw_few_shot
 from uqflow.scoring.cost import NEEDS, PARTS, UNITS
-from uqflow.scoring.semantic import SAMPLED_MEASURES, score_sampled_row
+from uqflow.scoring.sampled import SAMPLED_MEASURES, score_sampled_row
 
 JUDGE = "llm:SmolLM2-135M-Instruct"
 

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from uqflow.errors import ConfigError, ModelLoadError
+from uqflow.scoring.sampled import (
+    SAMPLED_MEASURES, discrete_semantic_entropy, ln_predictive_entropy, num_semantic_sets, p_true_score,
+    predictive_entropy, score_sampled_row, semantic_entropy,
+)
 from uqflow.scoring.semantic import (
-    CONTRADICTION, ENTAILMENT, ENTAILMENT_MODELS, NEUTRAL, SAMPLED_MEASURES, EntailmentModel, LLMEntailment,
-    NLIEntailment, cluster, discrete_semantic_entropy, equivalent_labels, is_entailment_name, ln_predictive_entropy,
-    make_entailment, num_semantic_sets, p_true_score, parse_entailment, predictive_entropy, score_sampled_row,
-    semantic_clusters, semantic_entropy,
+    CONTRADICTION, ENTAILMENT, ENTAILMENT_MODELS, NEUTRAL, EntailmentModel, LLMEntailment, NLIEntailment, cluster,
+    equivalent_labels, is_entailment_name, make_entailment, parse_entailment, semantic_clusters,
 )
 
 # three samples: log p = -0.3, -1.0, -1.5 (sums); mean token log-probs -0.15, -1.0, -0.5
@@ -282,14 +284,22 @@ def test_llm_entailment_parses_and_caches(tmp_path):
 
 
 def test_llm_entailment_shares_the_judges_cache_file(tmp_path):
-    from uqflow.scoring.judges import JudgmentCache
+    import hashlib
+    import json
+
+    from uqflow.scoring.cache import ReplyCache
+    from uqflow.scoring.judges import JUDGE_PROMPT_VERSION
 
     cache = tmp_path / "judgments.sqlite"
-    judgments = JudgmentCache(cache)
-    key = JudgmentCache.key("llm:x", "q", "a", ["r"])
-    judgments.put(key, "llm:x", "yes")
+    judgments = ReplyCache(cache, "judgments")
+    key = ReplyCache.key("llm:x", JUDGE_PROMPT_VERSION, "q", "a", ["r"])
+    # the keys of the files written before the two caches were one: the same hash of the same parts
+    assert key == hashlib.sha256(json.dumps(["llm:x", JUDGE_PROMPT_VERSION, "q", "a", ["r"]]).encode()).hexdigest()
+    judgments.put_many([(key, "llm:x", "yes")])
     LLMEntailment("llm:x", ScriptedGenerate({}), cache).classify([("q", "a", "r")])
     assert judgments.get(key) == "yes"  # separate tables in one file
+    with pytest.raises(ValueError, match="unknown reply table"):
+        ReplyCache(cache, "verdicts; DROP TABLE judgments")
 
 
 def test_llm_entailment_asks_a_repeated_item_once(tmp_path):

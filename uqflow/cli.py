@@ -217,7 +217,6 @@ def grid(grid_file, sets, isolate, dry_run, ray_address) -> None:
     Example: uqflow grid grids/cpu_demo.yaml --set num_samples=20 --ray auto
     """
     from rich.console import Console
-    from rich.table import Table
     from tqdm import tqdm
 
     from uqflow.grid import cell_states, checked_cells, load_grid, run_grid
@@ -399,7 +398,7 @@ def aggregate(experiment, filter_string, db) -> None:
     for name, count in row_counts(url).items():
         table.add_row(name, str(count))
     Console(width=200).print(table)
-    click.echo(f"Query it: uqflow query \"SELECT * FROM v_auroc_by_family WHERE measure = 'g_nll'\"" +
+    click.echo("Query it: uqflow query \"SELECT * FROM v_auroc_by_family WHERE measure = 'g_nll'\"" +
                ("" if db is None else f" --db {redact(url)}"))
     if problems:
         raise click.ClickException(f"{len(problems)} run(s) could not be stored (reasons above); the others are in "

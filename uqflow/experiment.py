@@ -25,16 +25,16 @@ from uqflow.data.examples import Example
 from uqflow.errors import ConfigError, ModelLoadError, UqflowError, short
 from uqflow.generation import ENGINES, load_for, make_engine
 from uqflow.generation.base import token_pieces
-from uqflow.models import LoadedModel, ModelSpec, get_model, load_model, unload
+from uqflow.models import LoadedModel, ModelSpec, get_model, unload
 from uqflow.models.loading import (BATCHING, batch_dependence, cache_root, known_context_length, sampling_memory_problem,
                                    unavailable)
 from uqflow.models.registry import short_model_name
-from uqflow.prompts import PromptOptions, build_prompts, draw_few_shot, p_true_prompt, render_text
+from uqflow.prompts import build_prompts, draw_few_shot, p_true_prompt
 from uqflow.scoring import pipeline
 from uqflow.scoring.cost import Cost
-from uqflow.scoring.semantic import (ENTAILMENT_MODELS, LABELS as ENTAILMENT_LABELS, is_entailment_name, make_entailment,
-                                     parse_embedding_name)
 from uqflow.scoring.judges import ABSTENTION_RULES, JUDGES, is_judge_name, make_judge
+from uqflow.scoring.llm import ENTAILMENT_WORDS, llm_choose, llm_judge_generate, p_true_inputs
+from uqflow.scoring.semantic import ENTAILMENT_MODELS, is_entailment_name, make_entailment, parse_embedding_name
 from uqflow.scoring.relevance import load_similarity, similarity_problem
 
 log = logging.getLogger(__name__)
@@ -505,74 +505,6 @@ def _batch_spread(cfg: RunConfig, engine, judge, prompts, frame) -> dict[str, fl
             "batch_spread/seconds": cost.seconds}
 
 
-def llm_judge_generate(model: str, registry: str | None = None, device: str = "auto",
-                       lm: LoadedModel | None = None) -> Callable[[list[str]], list[str]]:
-    """Greedy replies of the registry model ``model`` to judge prompts (through its chat template
-    when it is an instruct model), at most 8 tokens up to a newline. The model is loaded at the first
-    call, unless ``lm`` is that model already (a run judged by the model it evaluates)."""
-    loaded = lm if lm is not None and lm.spec.name == model and lm.backend == "hf" else None
-
-    def generate(prompts: list[str]) -> list[str]:
-        nonlocal loaded
-        if loaded is None:
-            loaded = load_model(get_model(model, registry), device)
-        engine = make_engine("hf", loaded, max_new_tokens=8, stop_sequences=("\n",))
-        ids = []
-        for text in prompts:
-            rendered, special = render_text(text, loaded.tokenizer, loaded.spec.instruct, PromptOptions())
-            ids.append(list(loaded.tokenizer(rendered, add_special_tokens=special)["input_ids"]))
-        return [g.text for g in engine.generate(ids)]
-
-    return generate
-
-
-#: the words an LLM entailment judge chooses among
-ENTAILMENT_WORDS = tuple(ENTAILMENT_LABELS)
-
-
-def llm_choose(model: str, options: Sequence[str], registry: str | None = None, device: str = "auto",
-               lm: LoadedModel | None = None, cost: Cost | None = None) -> Callable[[list[str]], list[str]]:
-    """Replies of the registry model ``model`` to prompts that ask for one of a few words
-    (``options``): for each prompt, the option whose first token the model finds most likely next
-    (through its chat template when it is an instruct model), from one forward pass and no
-    decoding. Asked to reply in a word, a small model often echoes the prompt instead (the bundled
-    SmolLM2 does, for the entailment prompt); ranking the allowed words by likelihood always
-    answers, and costs one pass per prompt. Options whose first tokens coincide are told apart by
-    the log-probability of their whole text (one pass per option). ``cost`` adds up the passes."""
-    loaded = lm if lm is not None and lm.spec.name == model and lm.backend == "hf" else None
-
-    def choose(prompts: list[str]) -> list[str]:
-        nonlocal loaded
-        if loaded is None:
-            loaded = load_model(get_model(model, registry), device)
-        engine = make_engine("hf", loaded)
-        ids, conts = [], []
-        for text in prompts:
-            base, per_option = answer_inputs(loaded.tokenizer, loaded.spec.instruct, [text], options)
-            ids.append(base[0])
-            conts.append(per_option[0])
-        firsts = [tuple(c[0] for c in per) for per in conts]
-        scores: list[list[float]] = [[] for _ in prompts]
-        passes = 0
-        for group in dict.fromkeys(firsts):  # prompts whose options begin with the same tokens, batched
-            rows = [i for i, f in enumerate(firsts) if f == group]
-            if len(set(group)) == len(options):
-                for i, lp in zip(rows, engine.next_token_logprobs([ids[i] for i in rows], group)):
-                    scores[i] = lp
-                passes += len(rows)
-            else:
-                per = [engine.continuation_logprobs([ids[i] for i in rows], [conts[i][k] for i in rows])
-                       for k in range(len(options))]
-                for j, i in enumerate(rows):
-                    scores[i] = [per[k][j] for k in range(len(options))]
-                passes += len(rows) * len(options)
-        if cost is not None:
-            cost.passes += passes
-        return [options[max(range(len(options)), key=lambda k: s[k])] for s in scores]
-
-    return choose
-
-
 def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress, ds: LoadedDataset | None = None,
             shots: Sequence[Example] = (), judge=None) -> tuple[dict[str, list], dict[str, Cost]]:
     """``num_generations`` sampled answers per question and p(True) of each answer, as
@@ -638,36 +570,6 @@ def _p_true_shots(cfg: RunConfig, engine, lm: LoadedModel, ds: LoadedDataset | N
                             p.example.context if cfg.use_context else None) + (" A" if v.correct else " B") + "\n\n"
               for p, ss, a, v in zip(prompts, samples, answers, verdicts)]
     return "".join(blocks), cost
-
-
-def p_true_inputs(tokenizer, instruct: bool, questions: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
-    """Token ids of each p(True) prompt (one chat turn for an instruct model) and of the answer
-    "A" that follows it (see :func:`answer_inputs`)."""
-    prompts, conts = answer_inputs(tokenizer, instruct, questions, ["A"])
-    return prompts, [c[0] for c in conts]
-
-
-def answer_inputs(tokenizer, instruct: bool, questions: Sequence[str],
-                  answers: Sequence[str]) -> tuple[list[list[int]], list[list[list[int]]]]:
-    """Token ids of each prompt (one chat turn for an instruct model) and of each answer word
-    after it, preceded by a space unless it follows a chat template's assistant header. An
-    answer's tokens are those the prompt and answer tokenize to beyond the prompt's own, so that a
-    tokenizer merging across the boundary is caught rather than scored on a token it would never
-    produce."""
-    prompts, conts = [], []
-    for q in questions:
-        rendered, special = render_text(q, tokenizer, instruct, PromptOptions())
-        base = list(tokenizer(rendered, add_special_tokens=special)["input_ids"])
-        per = []
-        for word in answers:
-            answer = word if rendered != q else f" {word}"  # after a chat template's assistant header: no space
-            full = list(tokenizer(rendered + answer, add_special_tokens=special)["input_ids"])
-            if full[:len(base)] != base or len(full) == len(base):
-                full = base + list(tokenizer(answer, add_special_tokens=False)["input_ids"])
-            per.append(full[len(base):])
-        prompts.append(base)
-        conts.append(per)
-    return prompts, conts
 
 
 def _judges(cfg: RunConfig, lm: LoadedModel | None) -> dict:

@@ -19,7 +19,7 @@ from uqflow.report import selective_figures as SF
 from uqflow.report import tokens as T
 from uqflow.report.objections import objections
 from uqflow.report.data import Study, load_study
-from uqflow.report.stats import QUESTIONS, answer_all, answer_cost, best_performers, delong_table, format_p
+from uqflow.report.stats import answer_all, answer_cost, best_performers, delong_table, format_p
 
 log = logging.getLogger(__name__)
 ANALYSIS_TAG = tracking.ANALYSIS_TAG

@@ -30,7 +30,7 @@ from uqflow.report.labels import label_points
 from uqflow.report.stats import format_p
 from uqflow.plots import LABELS, rejection_figure, roc_figure  # noqa: F401  (re-exported for the notebook)
 from uqflow.scoring.evaluation import incorrect_and_scores as ranked, rejection_curve
-from uqflow.scoring.semantic import SAMPLED_MEASURES as SAMPLED
+from uqflow.scoring.sampled import SAMPLED_MEASURES as SAMPLED
 from uqflow.scoring.uncertainty import SCORES
 
 #: the single-pass scores every run has; the sampled measures come in where runs sampled

@@ -481,7 +481,7 @@ def cheapest_adequate(study: Study, alpha: float = 0.05) -> list[dict[str, Any]]
     questions), two-sided at ``alpha``, unadjusted. G-NLL's standing against the best is given too.
     Runs whose AUROCs are undefined (one class) are left out."""
     from uqflow.scoring.evaluation import delong_test
-    from uqflow.scoring.semantic import SAMPLED_MEASURES
+    from uqflow.scoring.sampled import SAMPLED_MEASURES
 
     rows = []
     latest = study.runs.drop_duplicates("label", keep="last")
@@ -526,7 +526,7 @@ def sampled_against_g_nll(study: Study) -> list[dict[str, Any]]:
     AUROCs, their difference (measure - G-NLL), DeLong's paired test (two-sided, unadjusted) and
     what the measure cost beyond the greedy pass per question."""
     from uqflow.scoring.evaluation import delong_test
-    from uqflow.scoring.semantic import SAMPLED_MEASURES
+    from uqflow.scoring.sampled import SAMPLED_MEASURES
 
     rows = []
     for r in study.runs.drop_duplicates("label", keep="last").itertuples():

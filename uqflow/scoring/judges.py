@@ -20,15 +20,13 @@ rule) or ``lenient`` (:func:`abstains_lenient`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from uqflow.errors import ConfigError
+from uqflow.scoring.cache import ReplyCache
 from uqflow.scoring.correctness import contains_reference, exact_match, max_f1, normalize_squad, normalize_triviaqa
 
 DEFAULT_THRESHOLDS = {"f1": 0.5, "rouge_l": 0.3}
@@ -163,28 +161,6 @@ def parse_yes_no(reply: str) -> bool | None:
     return None
 
 
-class JudgmentCache:
-    """SQLite cache of LLM judgments keyed by judge, prompt version, question, answer and references."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), timeout=30)
-        self.db.execute("CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, judge TEXT, reply TEXT)")
-
-    @staticmethod
-    def key(judge: str, question: str, answer: str, references: Sequence[str]) -> str:
-        blob = json.dumps([judge, JUDGE_PROMPT_VERSION, question, answer, list(references)])
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    def get(self, key: str) -> str | None:
-        row = self.db.execute("SELECT reply FROM judgments WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def put(self, key: str, judge: str, reply: str) -> None:
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO judgments VALUES (?, ?, ?)", (key, judge, reply))
-
-
 class LLMJudge(Judge):
     """A model asked JUDGE_PROMPT; replies parsed by :func:`parse_yes_no` and cached.
 
@@ -195,10 +171,10 @@ class LLMJudge(Judge):
     def __init__(self, name: str, generate: Callable[[list[str]], list[str]], cache_path: Path):
         self.name = name
         self.generate = generate
-        self.cache = JudgmentCache(cache_path)
+        self.cache = ReplyCache(cache_path, "judgments")
 
     def judge_many(self, items):
-        keys = [JudgmentCache.key(self.name, q, a, refs) for q, a, refs in items]
+        keys = [ReplyCache.key(self.name, JUDGE_PROMPT_VERSION, q, a, list(refs)) for q, a, refs in items]
         replies = [self.cache.get(k) for k in keys]
         todo = [i for i, r in enumerate(replies) if r is None]
         if todo:
@@ -206,7 +182,7 @@ class LLMJudge(Judge):
                        for i in todo]
             for i, reply in zip(todo, self.generate(prompts)):
                 replies[i] = reply
-                self.cache.put(keys[i], self.name, reply)
+            self.cache.put_many([(keys[i], self.name, replies[i]) for i in todo])
         return [Verdict(parse_yes_no(r), float("nan"), r) for r in replies]
 
 

@@ -20,7 +20,8 @@ from uqflow.scoring.judges import Judge, agreement, judge_examples
 from uqflow.scoring.cost import Cost, measure_costs, part_metrics
 from uqflow.scoring.relevance import token_relevance
 from uqflow.scoring.selective import aurc, brier_score, confidence_probabilities, expected_calibration_error
-from uqflow.scoring.semantic import SAMPLED_MEASURES, score_sampled_row, semantic_clusters
+from uqflow.scoring.sampled import SAMPLED_MEASURES, score_sampled_row
+from uqflow.scoring.semantic import semantic_clusters
 from uqflow.scoring.uncertainty import SCORES, score_row
 
 #: single-pass scores, evaluated for every run, in table order

@@ -1,24 +1,17 @@
-"""Sampling-based uncertainty: measures over N answers sampled for a question, beside the greedy one.
+"""Semantic clusters of a question's sampled answers, and the entailment backends that decide them.
 
-Every measure here is a pure function over stored values (the samples' token log-probabilities,
-their semantic cluster ids, log p(True)), so any of them can be recomputed from a stored row. They
-follow the convention of :mod:`uqflow.scoring.uncertainty`: **higher means more uncertain**, and NaN
-where a measure is undefined (no samples), which evaluation leaves out. A sample's token
-log-probabilities cover its answer tokens only, as the greedy answer's do.
-
-Semantic clusters come from bidirectional entailment (Farquhar et al. 2024): two answers mean the
-same when each entails the other, as an entailment model judges them (an NLI classifier such as
-DeBERTa-MNLI, or a registry LLM asked a fixed prompt, its replies cached in SQLite).
-:func:`semantic_clusters` clusters every question's samples with one batched ``classify`` call.
+Clusters come from bidirectional entailment (Farquhar et al. 2024): two answers mean the same when
+each entails the other, as an entailment model judges them (an NLI classifier such as
+DeBERTa-MNLI, a registry LLM asked a fixed prompt, its replies cached in SQLite, or sentence
+embeddings above a similarity threshold). :func:`semantic_clusters` clusters every question's
+samples with one batched ``classify`` call. The measures over the clusters and the samples are in
+:mod:`uqflow.scoring.sampled`.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import re
-import sqlite3
 import string
 import time
 from collections.abc import Callable, Sequence
@@ -29,137 +22,7 @@ import numpy as np
 
 from uqflow import hub
 from uqflow.errors import ConfigError, ModelLoadError, short
-
-MeasureFn = Callable[..., float]
-NAN = float("nan")
-
-# ---------------------------------------------------------------- measures (pure)
-
-
-def _sample_arrays(sample_logprobs: Sequence[Sequence[float]]) -> list[np.ndarray]:
-    """Each sample's token log-probs as a float64 array (lists, or parquet's arrays of arrays)."""
-    return [np.asarray(lp, dtype=np.float64).reshape(-1) for lp in sample_logprobs]
-
-
-def predictive_entropy(sample_logprobs: Sequence[Sequence[float]]) -> float:
-    """Predictive entropy, Monte-Carlo estimate over the N samples: PE = -1/N sum_k log p(s_k | x),
-    with log p(s_k | x) = sum_t log p(s_k,t | x, s_k,<t) over sample k's answer tokens (an empty
-    sample has log p = 0, the empty sum, as the greedy answer's G-NLL). NaN if N = 0."""
-    samples = _sample_arrays(sample_logprobs)
-    if not samples:
-        return NAN
-    return float(-np.mean([lp.sum() for lp in samples]))
-
-
-def ln_predictive_entropy(sample_logprobs: Sequence[Sequence[float]]) -> float:
-    """Length-normalised predictive entropy: LN-PE = -1/N sum_k (1/L_k) sum_t log p(s_k,t | ...),
-    with L_k the number of answer tokens of sample k. An empty sample (L_k = 0) has no mean
-    token log-prob and is left out of the mean (N counts the others); NaN if none is left."""
-    means = [lp.mean() for lp in _sample_arrays(sample_logprobs) if lp.size]
-    return float(-np.mean(means)) if means else NAN
-
-
-def _logsumexp(x: np.ndarray) -> float:
-    m = x.max()
-    if not np.isfinite(m):  # all -inf (or +inf): nothing to shift by
-        return float(m)
-    return float(m + np.log(np.exp(x - m).sum()))
-
-
-def semantic_entropy(semantic_ids: Sequence[int], sample_logprobs: Sequence[Sequence[float]],
-                     length_normalised: bool = True) -> float:
-    """Semantic entropy (Farquhar, Kossen, Kuhn & Gal, "Detecting hallucinations in large language
-    models using semantic entropy", Nature 630, 2024):
-
-        SE(x) = -sum_C p(C | x) log p(C | x),    p(C | x) = sum_{s_k in C} p~(s_k | x),
-        p~(s_k | x) = exp(l_k) / sum_j exp(l_j)   (normalised over the N samples drawn),
-
-    with C the semantic clusters (``semantic_ids[k]`` is sample k's) and l_k sample k's
-    log-likelihood: by default its mean token log-prob (``length_normalised``, as the authors'
-    released code aggregates), else the sum. The normalisation is computed with log-sum-exp.
-
-    Length-normalised, an empty sample (no answer tokens, no mean) is left out, as in
-    :func:`ln_predictive_entropy`; summed, its l_k is 0. NaN if no sample is left, if any l_k is
-    NaN, or if every l_k is -inf (no probability to normalise). A single cluster gives 0.
-    """
-    ids = np.asarray(semantic_ids).reshape(-1)
-    samples = _sample_arrays(sample_logprobs)
-    if ids.size != len(samples):
-        raise ValueError(f"{ids.size} semantic ids for {len(samples)} samples")
-    if length_normalised:
-        keep = [k for k, lp in enumerate(samples) if lp.size]
-        ids = ids[keep]
-        ll = np.array([samples[k].mean() for k in keep], dtype=np.float64)
-    else:
-        ll = np.array([lp.sum() for lp in samples], dtype=np.float64)
-    if ll.size == 0 or np.isnan(ll).any() or np.all(ll == -np.inf):
-        return NAN
-    log_z = _logsumexp(ll)
-    _, cluster_of = np.unique(ids, return_inverse=True)
-    log_pc = np.array([_logsumexp(ll[cluster_of == c]) for c in range(cluster_of.max() + 1)]) - log_z
-    held = np.isfinite(log_pc)  # a cluster of probability 0 adds 0 (0 log 0 = 0)
-    return float(-np.sum(np.exp(log_pc[held]) * log_pc[held]))
-
-
-def discrete_semantic_entropy(semantic_ids: Sequence[int]) -> float:
-    """Discrete semantic entropy (Farquhar et al. 2024): the entropy -sum_C f_C log f_C of the
-    empirical cluster frequencies f_C = |C| / N; needs no probabilities. 0 when every sample is in
-    one cluster, ln N when all N are distinct; NaN if N = 0."""
-    ids = np.asarray(semantic_ids).reshape(-1)
-    if ids.size == 0:
-        return NAN
-    f = np.unique(ids, return_counts=True)[1] / ids.size
-    return float(-np.sum(f * np.log(f)))
-
-
-def num_semantic_sets(semantic_ids: Sequence[int]) -> float:
-    """The number of distinct semantic clusters among the samples (as a float; NaN if N = 0)."""
-    ids = np.asarray(semantic_ids).reshape(-1)
-    return float(np.unique(ids).size) if ids.size else NAN
-
-
-def p_true_score(log_p_true: float) -> float:
-    """Uncertainty from p(True) (Kadavath et al., "Language Models (Mostly) Know What They Know",
-    2022): -log p(True), the NLL of the model calling its own answer true; NaN passes through."""
-    return -float(log_p_true)
-
-
-#: measure name -> (function, the row fields it takes, in order), as ``uncertainty.SCORES``
-SAMPLED_MEASURES: dict[str, tuple[MeasureFn, tuple[str, ...]]] = {
-    "predictive_entropy": (predictive_entropy, ("sample_token_logprobs",)),
-    "ln_predictive_entropy": (ln_predictive_entropy, ("sample_token_logprobs",)),
-    "semantic_entropy": (semantic_entropy, ("semantic_ids", "sample_token_logprobs")),
-    "discrete_semantic_entropy": (discrete_semantic_entropy, ("semantic_ids",)),
-    "num_semantic_sets": (num_semantic_sets, ("semantic_ids",)),
-    "p_true": (p_true_score, ("log_p_true",)),
-}
-
-
-def _field(row, name: str):
-    """A row's field, or None where the row lacks it or holds a missing value (None, NaN)."""
-    try:
-        value = row[name]
-    except (KeyError, IndexError):
-        return None
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    return value
-
-
-def score_sampled_row(row) -> dict[str, float]:
-    """Every sampled measure for one generations row (a mapping with the fields SAMPLED_MEASURES
-    names; parquet's numpy arrays are accepted). A row without samples (no or empty
-    ``sample_token_logprobs`` and ``semantic_ids``) gives NaN for every measure, p_true included
-    (p(True) is asked with the samples); a measure whose field is missing is NaN."""
-    samples, ids = _field(row, "sample_token_logprobs"), _field(row, "semantic_ids")
-    if len(samples if samples is not None else ()) == 0 and len(ids if ids is not None else ()) == 0:
-        return {name: NAN for name in SAMPLED_MEASURES}
-    out = {}
-    for name, (fn, fields) in SAMPLED_MEASURES.items():
-        values = [_field(row, f) for f in fields]
-        out[name] = NAN if any(v is None for v in values) else fn(*values)
-    return out
-
+from uqflow.scoring.cache import ReplyCache
 
 # ---------------------------------------------------------------- clustering
 
@@ -220,7 +83,7 @@ class EntailmentModel:
 
 # ---------------------------------------------------------------- LLM entailment
 
-#: 2: the reply is the label word the model finds most likely after the prompt (experiment.llm_choose)
+#: 2: the reply is the label word the model finds most likely after the prompt (scoring.llm.llm_choose)
 ENTAILMENT_PROMPT_VERSION = "2"
 #: the prompt of the semantic-uncertainty code for open (Hugging Face) models, EntailmentLlama
 ENTAILMENT_PROMPT = (
@@ -242,31 +105,6 @@ def parse_entailment(reply: str) -> int:
     return LABELS[found.group()] if found else NEUTRAL
 
 
-class EntailmentCache:
-    """SQLite cache of an LLM's entailment replies, in table ``entailments``; the file may be the
-    judges' ``judgments.sqlite`` (JudgmentCache keeps its own table there)."""
-
-    def __init__(self, path: Path):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), timeout=30)
-        self.db.execute("CREATE TABLE IF NOT EXISTS entailments (key TEXT PRIMARY KEY, judge TEXT, reply TEXT)")
-
-    @staticmethod
-    def key(judge: str, question: str, premise: str, hypothesis: str) -> str:
-        blob = json.dumps([judge, ENTAILMENT_PROMPT_VERSION, question, premise, hypothesis])
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    def get(self, key: str) -> str | None:
-        row = self.db.execute("SELECT reply FROM entailments WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def put_many(self, rows: Sequence[tuple[str, str, str]]) -> None:
-        """Store (key, judge, reply) rows in one transaction."""
-        with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO entailments VALUES (?, ?, ?)", rows)
-
-
 class LLMEntailment(EntailmentModel):
     """A language model asked ENTAILMENT_PROMPT; replies parsed by :func:`parse_entailment`.
 
@@ -278,12 +116,12 @@ class LLMEntailment(EntailmentModel):
     def __init__(self, name: str, generate: Callable[[list[str]], list[str]], cache_path: Path):
         self.name = name
         self.generate = generate
-        self.cache = EntailmentCache(cache_path)
+        self.cache = ReplyCache(cache_path, "entailments")
         self.calls = 0
         self.cache_hits = 0
 
     def classify(self, items):
-        keys = [EntailmentCache.key(self.name, *it) for it in items]
+        keys = [ReplyCache.key(self.name, ENTAILMENT_PROMPT_VERSION, *it) for it in items]
         replies = {k: r for k in dict.fromkeys(keys) if (r := self.cache.get(k)) is not None}
         todo = {k: it for k, it in zip(keys, items) if k not in replies}  # each distinct item once
         if todo:

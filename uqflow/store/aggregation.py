@@ -44,7 +44,7 @@ from uqflow.errors import StoreError, UqflowError
 from uqflow.store.db import _first_line, connect, db_url, preflight, store_failure, upgrade
 from uqflow.scoring.consistency import check_run_table
 from uqflow.scoring.pipeline import DELONG_PAIR, MEASURE_METRICS, metric, verdict_columns
-from uqflow.scoring.semantic import SAMPLED_MEASURES
+from uqflow.scoring.sampled import SAMPLED_MEASURES
 from uqflow.scoring.uncertainty import SCORES
 from uqflow.store.schema import Generation, Run, Score
 
