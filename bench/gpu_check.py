@@ -431,6 +431,20 @@ def hf_generate_tok_s(lm, ids, tokens: int) -> float:
     return len(ids) * tokens / (time.perf_counter() - t)
 
 
+def grid_prompts(lm, grid_ds: str, cfg, args):
+    """The grid's prompts for ``args.n_model`` questions of the bundled stand-in of ``grid_ds``, as
+    ``lm`` is prompted: (dataset, prompts, skipped)."""
+    from uqflow.data import load_dataset
+    from uqflow.prompts import build_prompts, draw_few_shot
+
+    ds = load_dataset(DATASETS[grid_ds])
+    examples = select_examples(ds, args.n_model, cfg.seed)
+    shots = draw_few_shot(ds.few_shot_pool, cfg.num_few_shot, cfg.seed)
+    prompts, skipped = build_prompts(examples, shots, lm.tokenizer, instruct=lm.spec.instruct, opts=cfg.prompt_options,
+                                     max_prompt_tokens=lm.context_length - args.max_new_tokens)
+    return ds, prompts, skipped
+
+
 def measure_datasets(lm, args, cells) -> list[dict]:
     """One row per dataset: the grid's prompts for ``args.n`` questions, timed at max_new_tokens, at
     the answer-length cap, at the realistic mix of lengths and at one token (the prefills alone, from
@@ -438,18 +452,13 @@ def measure_datasets(lm, args, cells) -> list[dict]:
     import torch
 
     from reference_loop import reference_predict
-    from uqflow.data import load_dataset
-    from uqflow.prompts import STOP_SEQUENCES, build_prompts, draw_few_shot
+    from uqflow.prompts import STOP_SEQUENCES
 
     rows = []
     for grid_ds, cfg in cells.items():
-        ds = load_dataset(DATASETS[grid_ds])
-        examples = select_examples(ds, args.n_model, cfg.seed)
-        shots = draw_few_shot(ds.few_shot_pool, cfg.num_few_shot, cfg.seed)
-        prompts, skipped = build_prompts(examples, shots, lm.tokenizer, instruct=lm.spec.instruct,
-                                         opts=cfg.prompt_options, max_prompt_tokens=lm.context_length - args.max_new_tokens)
+        ds, prompts, skipped = grid_prompts(lm, grid_ds, cfg, args)
         ids = [p.token_ids for p in prompts]
-        kept = [ex for ex in examples if ex.id not in {s.id for s in skipped}] if skipped else examples
+        kept = [p.example for p in prompts]
         fixed_length_engine(lm, 2).generate(ids[:4])  # warm-up: kernels, bitsandbytes' first calls
         if DEVICE.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -494,18 +503,12 @@ def compare_precisions(quantized, full, args, cells) -> list[dict]:
     correlation of the two G-NLLs, which is what an AUROC sees)."""
     from scipy.stats import spearmanr
 
-    from uqflow.data import load_dataset
-    from uqflow.prompts import build_prompts, draw_few_shot
     from uqflow.scoring.uncertainty import g_nll
 
     tokens = args.answer_tokens or args.max_new_tokens
     rows = []
     for grid_ds, cfg in cells.items():
-        ds = load_dataset(DATASETS[grid_ds])
-        examples = select_examples(ds, args.n_model, cfg.seed)
-        shots = draw_few_shot(ds.few_shot_pool, cfg.num_few_shot, cfg.seed)
-        prompts, _ = build_prompts(examples, shots, full.tokenizer, instruct=full.spec.instruct,
-                                   opts=cfg.prompt_options, max_prompt_tokens=full.context_length - args.max_new_tokens)
+        _, prompts, _ = grid_prompts(full, grid_ds, cfg, args)
         ids = [p.token_ids for p in prompts]
         out = {}
         for label, lm in (("8bit", quantized), ("bf16", full)):
