@@ -79,7 +79,6 @@ class _StageProgress:
                 self.bar = tqdm(desc=f"{self.label}: {stage}", total=total, unit="q", leave=False)
             else:
                 click.echo(f"{self.label}: {stage} ({total} questions)...", err=True)
-        self.total = total
         if self.bar is not None:
             self.bar.total = total
             self.bar.n = done

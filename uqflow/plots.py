@@ -92,9 +92,8 @@ def comparison_frame(runs):
                "accuracy": num(r["accuracy"], ".3f")}
         for m in order:
             auroc, lo, hi = r["aurocs"].get(m, (None, None, None))
-            text = num(auroc, ".3f")
-            row[f"AUROC {LABELS.get(m, m)}"] = f"{text} [{num(lo, '.3f')}, {num(hi, '.3f')}]" if text and lo is not None \
-                and not (isinstance(lo, float) and math.isnan(lo)) else text
+            text, low = num(auroc, ".3f"), num(lo, ".3f")
+            row[f"AUROC {LABELS.get(m, m)}"] = f"{text} [{low}, {num(hi, '.3f')}]" if text and low else text
         row.update({"family": r["family"], "size (B)": num(r["size_b"], "g"), "quantization": r["quantization"],
                     "model": r["model"], "dataset": r["dataset"]})
         rows.append(row)
@@ -103,11 +102,13 @@ def comparison_frame(runs):
 
 def comparison_row(tags: dict, metrics: dict) -> dict:
     """A run's entry for :func:`comparison_frame`, from its MLflow tags and metrics."""
+    from uqflow.scoring.pipeline import metric
+
     aurocs = {}
     for key, value in metrics.items():
-        m = key[len("auroc_"):]
-        if key.startswith("auroc_") and f"auroc_{m}_ci_low" in metrics:  # a measure's, not another AUROC
-            aurocs[m] = (value, metrics.get(f"auroc_{m}_ci_low"), metrics.get(f"auroc_{m}_ci_high"))
+        m = key.removeprefix("auroc_")
+        if key == metric("auroc", m) and metric("ci_low", m) in metrics:  # a measure's, not another AUROC
+            aurocs[m] = (value, metrics[metric("ci_low", m)], metrics.get(metric("ci_high", m)))
     size = tags.get("size_b")
     return {"model": tags.get("model", ""), "family": tags.get("family", ""),
             "size_b": float(size) if size not in (None, "") else None, "quantization": tags.get("quantization", ""),
