@@ -33,7 +33,7 @@ from click.testing import CliRunner
 
 from conftest import ROOT, free_port
 from store_fixtures import generations, log_run
-from uqflow.scoring.uncertainty import SCORES
+from uqflow.scoring.measures import SINGLE_PASS
 from uqflow.cli import cli
 from uqflow.tracking import ERROR_TAG
 
@@ -1022,7 +1022,7 @@ def test_artifacts_aggregate_skips_that_run(tracking, tmp_path, change, reason):
     assert_clear_failure(res, "1 run(s) could not be stored", 1)  # the store is incomplete: exit 1
     assert f"skipped  {bad}" in res.output and reason in res.output, res.output
     assert f"added  {good}" in res.output
-    assert row_counts(url) == {"runs": 1, "scores": len(SCORES), "generations": 20}
+    assert row_counts(url) == {"runs": 1, "scores": len(SINGLE_PASS), "generations": 20}
     assert run_query(f"SELECT COUNT(*) FROM generations WHERE run_id = '{bad}'", url).rows == [(0,)]
     assert_runs_settled(started=2)
 

@@ -5,7 +5,6 @@ two drivers at once, aggregation over HTTP, and writes the server refuses."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

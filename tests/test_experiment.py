@@ -12,7 +12,8 @@ from uqflow.config import RunConfig
 from uqflow.experiment import run_experiment
 from uqflow.scoring.correctness import f1_correct
 from uqflow.rescore import rescore
-from uqflow.scoring.uncertainty import SCORES, rw_g_nll, score_row
+from uqflow.scoring.measures import score_row
+from uqflow.scoring.uncertainty import rw_g_nll
 from uqflow.tracking import ERROR_TAG
 
 CONTRACT_COLUMNS = {"example_id", "question", "prompt", "prompt_token_ids", "answer", "token_ids",

@@ -23,7 +23,7 @@ from uqflow.scoring import pipeline
 from uqflow.scoring.correctness import contains_reference
 from uqflow.scoring.cost import NEEDS
 from uqflow.scoring.judges import make_judge
-from uqflow.scoring.uncertainty import SCORES, score_row
+from uqflow.scoring.measures import SINGLE_PASS, score_row
 
 
 def invoke(*args):
@@ -178,7 +178,7 @@ def test_calibration_and_risk_coverage_are_queryable_like_auroc(small_store):
 
     url, judged = small_store
     rows = run_query(f"SELECT measure, ece, brier, aurc FROM v_run_scores WHERE run_id = '{judged}'", url).frame()
-    assert set(rows["measure"]) == set(SCORES)
+    assert set(rows["measure"]) == set(SINGLE_PASS)
     run = mlflow.get_run(judged)
     g = rows.set_index("measure").loc["g_nll"]
     assert g["aurc"] == pytest.approx(run.data.metrics["aurc_g_nll"]) and g["ece"] == pytest.approx(
@@ -202,8 +202,8 @@ def test_reference_conventions_run_offline_on_the_bundled_model(tracking):
     assert invoke(*common).exit_code == 0
     zero = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
             if r.info.run_id != shot.info.run_id][0]
-    assert shot.data.metrics["cost_p_true_tokens"] > zero.data.metrics["cost_p_true_tokens"] == 0
-    assert shot.data.metrics["cost_p_true_passes"] > zero.data.metrics["cost_p_true_passes"]
+    assert shot.data.metrics["part_tokens_p_true"] > zero.data.metrics["part_tokens_p_true"] == 0
+    assert shot.data.metrics["part_passes_p_true"] > zero.data.metrics["part_passes_p_true"]
     frames = [tr.load_frame(r.info.run_id) for r in (shot, zero)]
     same = np.mean([a == b for a, b in zip(frames[0]["answer"], frames[1]["answer"])])
     assert same >= 0.5, same  # at T = 0.1 the sampled answer is mostly the greedy one (11 of 16 here)

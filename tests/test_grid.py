@@ -62,7 +62,7 @@ def test_grid_cli_errors(tracking, tmp_path):
 
 def _grid_file(tmp_path, models, datasets, **settings):
     f = tmp_path / "grid.yaml"
-    lines = [f"name: t", f"models: [{', '.join(models)}]", f"datasets: [{', '.join(datasets)}]", "settings:"]
+    lines = ["name: t", f"models: [{', '.join(models)}]", f"datasets: [{', '.join(datasets)}]", "settings:"]
     lines += [f"  {k}: {v}" for k, v in settings.items()]
     f.write_text("\n".join(lines) + "\n")
     return f

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 from store_fixtures import log_run
-from uqflow.scoring.uncertainty import SCORES
+from uqflow.scoring.measures import SINGLE_PASS
 from uqflow.errors import StoreError
 from uqflow.store import aggregate, run_query
 from uqflow.store.db import row_counts
@@ -35,7 +35,7 @@ def _consistent(url: str) -> int:
     per_run = run_query("SELECT r.run_id, r.n, (SELECT COUNT(*) FROM generations g WHERE g.run_id = r.run_id), "
                         "(SELECT COUNT(*) FROM scores s WHERE s.run_id = r.run_id) FROM runs r", url).rows
     for run_id, n, gens, scores in per_run:
-        assert gens == n and scores == len(SCORES), f"run {run_id}: {gens} generations of {n}, {scores} scores"
+        assert gens == n and scores == len(SINGLE_PASS), f"run {run_id}: {gens} generations of {n}, {scores} scores"
     orphans = run_query("SELECT COUNT(*) FROM generations WHERE run_id NOT IN (SELECT run_id FROM runs)", url).rows
     assert orphans == [(0,)]
     return len(per_run)
@@ -64,7 +64,7 @@ def test_sigkill_during_aggregation_then_rerun(many_runs, tmp_path, venv_env):
     assert sum(o.action == "added" for o in out) == N_RUNS - stored
     assert sum(o.action == "unchanged" for o in out) == stored
     assert _consistent(url) == N_RUNS
-    assert row_counts(url) == {"runs": N_RUNS, "scores": len(SCORES) * N_RUNS, "generations": N_QUESTIONS * N_RUNS}
+    assert row_counts(url) == {"runs": N_RUNS, "scores": len(SINGLE_PASS) * N_RUNS, "generations": N_QUESTIONS * N_RUNS}
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -80,7 +80,7 @@ def test_two_aggregations_at_once(many_runs, tmp_path, venv_env, request, backen
     added = sum(int(out.split(" added")[0].split()[-1]) for out, _ in outs)
     assert added == N_RUNS  # each run stored by exactly one of them
     assert _consistent(url) == N_RUNS
-    assert row_counts(url) == {"runs": N_RUNS, "scores": len(SCORES) * N_RUNS, "generations": N_QUESTIONS * N_RUNS}
+    assert row_counts(url) == {"runs": N_RUNS, "scores": len(SINGLE_PASS) * N_RUNS, "generations": N_QUESTIONS * N_RUNS}
 
 
 def test_a_writer_that_found_no_row_never_replaces_one_committed_meanwhile(tracking, postgres_server, monkeypatch):

@@ -12,7 +12,7 @@ import mlflow
 import pytest
 
 from store_fixtures import log_run
-from uqflow.scoring.uncertainty import SCORES
+from uqflow.scoring.measures import SINGLE_PASS
 from uqflow.report import build_report, load_study
 from uqflow.report.stats import answer_all
 from uqflow.store import aggregate, run_query
@@ -85,7 +85,7 @@ def test_summary_json_equals_the_sql_store(study_store, tmp_path):
         for m, v in run["scores"].items():
             assert (v["auroc"], v["ci_low"], v["ci_high"]) == stored[(run["run_id"], m)]
             seen += 1
-    assert seen == len(stored) == len(summary["runs"]) * len(SCORES)
+    assert seen == len(stored) == len(summary["runs"]) * len(SINGLE_PASS)
     acc = dict(run_query("SELECT run_id, accuracy FROM runs", study_store["url"]).rows)
     assert {r["run_id"]: r["accuracy"] for r in summary["runs"]} == acc
     fam = {(f, q): v for f, q, v in run_query("SELECT family, precision, mean_auroc FROM v_auroc_by_family "

@@ -2,12 +2,10 @@
 bundled models (scoring/semantic.py's measures are checked against hand-computed values in
 test_semantic.py)."""
 
-import math
 import subprocess
 import sys
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -19,8 +17,8 @@ from uqflow.scoring.llm import p_true_inputs
 from uqflow.rescore import rescore
 from uqflow.generation import make_engine
 from uqflow.prompts import PromptOptions, build_prompts, draw_few_shot
-from uqflow.scoring.cost import NEEDS, PARTS, UNITS
-from uqflow.scoring.sampled import SAMPLED_MEASURES, score_sampled_row
+from uqflow.scoring.cost import NEEDS, PARTS, UNITS, part_metric
+from uqflow.scoring.measures import SAMPLED, score_sampled_row
 
 JUDGE = "llm:SmolLM2-135M-Instruct"
 
@@ -137,11 +135,11 @@ def test_a_run_that_samples_logs_every_measure_with_its_cost_and_rescores(tracki
         assert row["num_semantic_sets"] == len(set(row["semantic_ids"]))
         assert row["p_true"] == pytest.approx(-row["log_p_true"]) and row["log_p_true"] < 0
     if frame["correct"].nunique() == 2:
-        assert all(f"auroc_{name}" in m for name in SAMPLED_MEASURES)
+        assert all(f"auroc_{name}" in m for name in SAMPLED)
     # costs: nothing beyond the greedy pass for the single-pass scores; each measure the sum of its parts
     for name in ("g_nll", "ln_g_nll", "max_nll", "mean_entropy"):
         assert _costs(m, name) == {"passes": 0, "tokens": 0, "seconds": 0}
-    parts = {p: {u: m[f"cost_{p}_{u}"] for u in UNITS} for p in PARTS}
+    parts = {p: {u: m[part_metric(p, u)] for u in UNITS} for p in PARTS}
     for name, need in NEEDS.items():
         for u in UNITS:
             assert m[f"cost_{u}_{name}"] == pytest.approx(sum(parts[p][u] for p in need)), (name, u)
@@ -161,9 +159,9 @@ def test_a_run_that_samples_logs_every_measure_with_its_cost_and_rescores(tracki
     again = rescore(result.run_id, {"strict_entailment": "true"})
     m2 = mlflow.get_run(again.run_id).data.metrics
     for u in UNITS:  # the sampling and p(True) cost what they cost in the source run
-        assert m2[f"cost_sampling_{u}"] == pytest.approx(m[f"cost_sampling_{u}"])
-        assert m2[f"cost_p_true_{u}"] == pytest.approx(m[f"cost_p_true_{u}"])
-    assert m2["cost_entailment_passes"] == 0, "every judgment is cached by the first run"
+        assert m2[part_metric("sampling", u)] == pytest.approx(m[part_metric("sampling", u)])
+        assert m2[part_metric("p_true", u)] == pytest.approx(m[part_metric("p_true", u)])
+    assert m2["part_passes_entailment"] == 0, "every judgment is cached by the first run"
     strict = again.frame
     assert [list(x) for x in strict["samples"]] == [list(x) for x in frame["samples"]]
     # strict equivalence can only split clusters
@@ -195,7 +193,7 @@ def test_sampled_measures_and_costs_reach_the_store_and_the_report(tracking, smo
         plain = conn.execute(text("SELECT num_generations, entailment FROM runs WHERE run_id != :r"),
                              {"r": result.run_id}).one()
     assert tuple(run) == (2, "embedding:all-MiniLM-L6-v2") and tuple(plain) == (0, None)
-    assert set(SAMPLED_MEASURES) <= set(rows) or mlflow.get_run(result.run_id).data.metrics["accuracy"] in (0, 1)
+    assert set(SAMPLED) <= set(rows) or mlflow.get_run(result.run_id).data.metrics["accuracy"] in (0, 1)
     assert rows["g_nll"].cost_seconds == 0 and rows["rw_g_nll"].cost_passes > 0
     if "semantic_entropy" in rows:
         assert rows["semantic_entropy"].cost_seconds > rows["predictive_entropy"].cost_seconds > 0

@@ -9,7 +9,8 @@ from sklearn.metrics import roc_auc_score
 
 from uqflow.scoring.correctness import exact_match, f1_correct, max_f1, normalize_squad, token_f1
 from uqflow.scoring.evaluation import OneClassWarning, auroc, auroc_with_ci
-from uqflow.scoring.uncertainty import g_nll, ln_g_nll, max_token_nll, mean_token_entropy, rw_g_nll, score_row
+from uqflow.scoring.measures import score_row
+from uqflow.scoring.uncertainty import g_nll, ln_g_nll, max_token_nll, mean_token_entropy, rw_g_nll
 
 
 def test_g_nll_family_by_hand():
@@ -297,3 +298,78 @@ def test_llm_judge_asks_only_for_what_its_cache_lacks(tmp_path):
     assert asked == [JUDGE_PROMPT.format(question=q, answer=a, references="; ".join(r)) for q, a, r in items]
     again = LLMJudge("llm:fake", lambda prompts: pytest.fail("asked again"), tmp_path / "cache.sqlite")
     assert [v.raw for v in again.judge_many(items)] == ["Yes.", "No, they differ"]
+
+
+def test_each_measure_is_declared_once_and_everything_reads_it_from_there():
+    """One declaration per measure (scoring/measures.py): the cost parts, the stored columns, the
+    run's preview, the labels and the results store's columns all follow it."""
+    from uqflow.artifact import GENERATION_COLUMNS
+    from uqflow.experiment import PREVIEW_COLUMNS
+    from uqflow.report.data import GENERATION_COLUMNS as REPORT_COLUMNS, MEASURE_ORDER
+    from uqflow.scoring import measures as M
+    from uqflow.scoring.consistency import REQUIRED_COLUMNS
+    from uqflow.scoring.cost import PARTS
+    from uqflow.store.schema import Generation
+
+    assert M.NAMES == M.SINGLE_PASS + M.SAMPLED and set(M.SINGLE_PASS).isdisjoint(M.SAMPLED)
+    assert len(set(M.LABELS.values())) == len(set(M.SHORT_LABELS.values())) == len(M.NAMES)
+    stored = {c.name for c in Generation.__table__.columns}
+    for name, m in M.MEASURES.items():
+        assert set(m.needs) <= set(PARTS), name
+        assert m.sampled == ("sampling" in m.needs), f"{name}: a sampled measure needs the sampling, and only it"
+        assert name in stored and name in REPORT_COLUMNS, f"{name} has no column in the results store"
+        assert name not in {c.name for c in GENERATION_COLUMNS}, f"{name} is declared twice"
+    assert MEASURE_ORDER == M.NAMES
+    assert set(M.REQUIRED) == {"g_nll", "rw_g_nll"} and set(M.REQUIRED) <= set(REQUIRED_COLUMNS)
+    assert [c for c in PREVIEW_COLUMNS if c in M.NAMES] == list(M.PREVIEW)
+    assert M.label("some_later_measure") == "some_later_measure"
+
+
+def test_a_wrong_type_in_a_measure_column_is_refused():
+    """The artifact check takes the measures' columns from their declaration (numbers)."""
+    import pyarrow as pa
+
+    from uqflow.artifact import ArtifactError
+    from uqflow.scoring.consistency import check_run_table
+
+    row = {"example_id": "q1", "question": "q", "answer": "a", "token_ids": [1], "token_logprobs": [-0.5],
+           "references": ["a"], "answerable": True, "correct": True, "g_nll": 0.5, "rw_g_nll": 0.5}
+    check_run_table(pa.Table.from_pylist([row]), {}, {"n": 1})
+    with pytest.raises(ArtifactError, match="column 'semantic_entropy' holds text"):
+        check_run_table(pa.Table.from_pylist([{**row, "semantic_entropy": "high"}]), {}, {"n": 1})
+    with pytest.raises(ArtifactError, match="lacks the column.*rw_g_nll"):
+        check_run_table(pa.Table.from_pylist([{k: v for k, v in row.items() if k != "rw_g_nll"}]), {}, {"n": 1})
+
+
+def test_part_costs_are_read_under_the_names_earlier_runs_logged():
+    from uqflow.scoring.cost import Cost, part_metrics, parts_from_metrics
+
+    parts = {"sampling": Cost(10, 40, 2.0), "p_true": Cost(4, 0, 0.5)}
+    logged = part_metrics(parts, 2)
+    assert logged["part_seconds_sampling"] == 1.0 and logged["part_passes_p_true"] == 2.0
+    assert parts_from_metrics(logged) == {"sampling": Cost(5, 20, 1.0), "p_true": Cost(2, 0, 0.25)}
+    earlier = {"cost_sampling_passes": 5.0, "cost_sampling_tokens": 20.0, "cost_sampling_seconds": 1.0}
+    assert parts_from_metrics(earlier) == {"sampling": Cost(5, 20, 1.0)}
+
+
+def test_engines_judges_and_entailment_judges_are_named_by_one_registry():
+    """Every part a setting names is looked up, listed and explained by the same Registry,
+    patterns (``llm:<model>``) included."""
+    from uqflow.errors import ConfigError, UnknownChoice
+    from uqflow.generation import ENGINES, make_engine
+    from uqflow.registry import Registry
+    from uqflow.scoring.judges import JUDGES
+    from uqflow.scoring.semantic import ENTAILMENT_JUDGES, entailment_problems
+
+    for registry in (ENGINES, JUDGES, ENTAILMENT_JUDGES):
+        assert isinstance(registry, Registry)
+    assert ENGINES.names() == ["hf", "vllm"]
+    assert JUDGES.names()[-1] == "llm:<model>" and "llm:Qwen2.5-7B-Instruct" in JUDGES and "llm:" not in JUDGES
+    assert "embedding:all-MiniLM-L6-v2@0.9" in ENTAILMENT_JUDGES and "embedding:m@2" not in ENTAILMENT_JUDGES
+    assert "Did you mean 'llm:<model>'?" in JUDGES.unknown_message("llm:")
+    with pytest.raises(UnknownChoice, match=r"unknown backend 'tgi'\. Known: hf, vllm") as e:
+        make_engine("tgi", None)
+    assert isinstance(e.value, ConfigError)
+    [problem] = entailment_problems("llm:NoSuchModel")
+    assert "unknown model 'NoSuchModel'" in str(problem)
+    assert entailment_problems("embedding:all-MiniLM-L6-v2") == []  # the bundled similarity model

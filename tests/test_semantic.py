@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from uqflow.errors import ConfigError, ModelLoadError
+from uqflow.scoring.measures import SAMPLED, score_sampled_row
 from uqflow.scoring.sampled import (
-    SAMPLED_MEASURES, discrete_semantic_entropy, ln_predictive_entropy, num_semantic_sets, p_true_score,
-    predictive_entropy, score_sampled_row, semantic_entropy,
+    discrete_semantic_entropy, ln_predictive_entropy, num_semantic_sets, p_true_score, predictive_entropy,
+    semantic_entropy,
 )
 from uqflow.scoring.semantic import (
     CONTRADICTION, ENTAILMENT, ENTAILMENT_MODELS, NEUTRAL, EntailmentModel, LLMEntailment, NLIEntailment, cluster,
@@ -121,7 +122,7 @@ def _expected_row_scores():
 def test_score_sampled_row_reads_row_fields():
     row = {"sample_token_logprobs": LOGPROBS, "semantic_ids": IDS, "log_p_true": math.log(0.8)}
     assert score_sampled_row(row) == pytest.approx(_expected_row_scores())
-    assert set(score_sampled_row(row)) == set(SAMPLED_MEASURES)
+    assert set(score_sampled_row(row)) == set(SAMPLED)
 
 
 def test_score_sampled_row_after_a_parquet_round_trip(tmp_path):
@@ -141,7 +142,7 @@ def test_row_without_samples_is_nan_everywhere():
     for row in ({"sample_token_logprobs": [], "semantic_ids": [], "log_p_true": math.log(0.5)},
                 {"token_logprobs": [-1.0]}):  # a run without sampling has no such fields
         scores = score_sampled_row(row)
-        assert set(scores) == set(SAMPLED_MEASURES) and all(math.isnan(v) for v in scores.values())
+        assert set(scores) == set(SAMPLED) and all(math.isnan(v) for v in scores.values())
     # samples but no p(True) asked: p_true alone is NaN
     scores = score_sampled_row({"sample_token_logprobs": LOGPROBS, "semantic_ids": IDS})
     assert math.isnan(scores["p_true"]) and scores["num_semantic_sets"] == 2.0

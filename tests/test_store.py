@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from store_fixtures import log_grid_parent, log_run
-from uqflow.scoring.uncertainty import SCORES
+from uqflow.scoring.measures import SINGLE_PASS
 from uqflow.cli import cli
 from uqflow.errors import QueryError, StoreError, UqflowError
 from uqflow.store import SLICE_VIEWS, Generation, Run, Score, aggregate, connect, run_query, upgrade
@@ -98,7 +98,7 @@ def test_two_tracking_stores_keep_each_others_runs(tracking, tmp_path, monkeypat
     on_cluster = [log_run("SmolLM2-135M-Instruct", "squad_mini", 10, 3), log_run("Gemma-3-270M", "squad_mini", 10, 4)]
     assert mlflow.get_experiment_by_name("uqflow").experiment_id == laptop_exp.experiment_id  # the collision
     assert _actions(aggregate(url=store)) == {"added": 2}  # before: also 2 removed (the laptop's), exit 0
-    assert row_counts(store) == {"runs": 4, "scores": 4 * len(SCORES), "generations": 40}
+    assert row_counts(store) == {"runs": 4, "scores": 4 * len(SINGLE_PASS), "generations": 40}
 
     mlflow.delete_run(on_cluster[0])
     out = aggregate(url=store)
@@ -137,7 +137,7 @@ def test_aggregate_is_idempotent_and_follows_mlflow(tracking, store):
     assert _actions(first) == {"added": 3}
     assert parent not in {o.run_id for o in first}  # a grid's parent run is not a model x dataset run
     counts = row_counts(store)
-    assert counts == {"runs": 3, "scores": 3 * len(SCORES), "generations": 75}
+    assert counts == {"runs": 3, "scores": 3 * len(SINGLE_PASS), "generations": 75}
 
     assert _actions(aggregate(url=store)) == {"unchanged": 3}
     assert row_counts(store) == counts
@@ -149,7 +149,7 @@ def test_aggregate_is_idempotent_and_follows_mlflow(tracking, store):
     mlflow.MlflowClient().delete_run(ids[2])
     out = aggregate(url=store)
     assert _actions(out) == {"unchanged": 2, "removed": 1}
-    assert row_counts(store) == {"runs": 2, "scores": 2 * len(SCORES), "generations": 55}
+    assert row_counts(store) == {"runs": 2, "scores": 2 * len(SINGLE_PASS), "generations": 55}
 
     # the stored rows are what MLflow recorded
     engine = connect(store)
@@ -194,7 +194,7 @@ def test_a_corrupt_artifact_skips_that_run_only(tracking, tmp_path):
     out = {o.run_id: o for o in aggregate(url=url)}
     assert out[good].action == "added"
     assert out[bad].action == "skipped" and "cannot read its generations.parquet" in out[bad].reason
-    assert row_counts(url) == {"runs": 1, "scores": len(SCORES), "generations": 20}
+    assert row_counts(url) == {"runs": 1, "scores": len(SINGLE_PASS), "generations": 20}
 
 
 def test_slice_views_compute_their_means(tracking, tmp_path):
@@ -204,7 +204,7 @@ def test_slice_views_compute_their_means(tracking, tmp_path):
         log_run(model, ds, 40, i)
     aggregate(url=url)
     per_run = run_query("SELECT * FROM v_run_scores", url).frame()
-    assert len(per_run) == 4 * len(SCORES)
+    assert len(per_run) == 4 * len(SINGLE_PASS)
     assert set(per_run["size_class"]) == {"only"}  # one size per family in this store
     fam = run_query("SELECT family, n_runs, mean_auroc FROM v_auroc_by_family WHERE measure = 'g_nll' "
                     "ORDER BY family", url).frame()
@@ -264,7 +264,7 @@ def test_query_on_postgres_is_read_only(tracking, postgres_server):
                 "SET default_transaction_read_only = off; DELETE FROM runs"):
         with pytest.raises(QueryError, match="read-only|one SQL statement"):
             run_query(sql, url)
-    assert row_counts(url) == {"runs": 1, "scores": len(SCORES), "generations": 10}
+    assert row_counts(url) == {"runs": 1, "scores": len(SINGLE_PASS), "generations": 10}
 
 
 def test_query_errors_are_clear(tmp_path, tracking):

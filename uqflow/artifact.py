@@ -30,7 +30,9 @@ class Column:
     nullable: bool = True  # null allowed in a row (an undecided verdict, an undefined score)
 
 
-#: the columns aggregation reads; a run may hold more (prompt, context, judge_reply, ...)
+#: the columns aggregation reads besides the measures' (one number each, declared with the measure in
+#: ``scoring/measures.py`` and passed to :func:`check_generations`); a run may hold more (prompt,
+#: context, judge_reply, ...)
 GENERATION_COLUMNS = (
     Column("example_id", "id", required=True, nullable=False),
     Column("question", "text", required=True, nullable=False),
@@ -40,30 +42,17 @@ GENERATION_COLUMNS = (
     Column("references", "list[text]", required=True, nullable=False),
     Column("answerable", "bool", required=True, nullable=False),
     Column("correct", "bool", required=True),  # null: the judge could not decide
-    Column("g_nll", "float", required=True),
-    Column("rw_g_nll", "float", required=True),
-    Column("ln_g_nll", "float"),
-    Column("max_nll", "float"),
-    Column("mean_entropy", "float"),
-    Column("answer_tokens", "float"),
-    Column("answer_chars", "float"),
     Column("correctness_score", "float"),
     Column("stop_reason", "text"),
     Column("tokens", "list[text]"),
     Column("relevance", "list[float]"),
     Column("token_entropies", "list[float]"),  # NaN where the engine has none (vLLM)
-    # a run that sampled (num_generations > 0): the sampled answers, their clusters and p(True)
+    # a run that sampled (num_generations > 0): the sampled answers, their clusters and log p(True)
     Column("samples", "list[text]"),
     Column("sample_token_ids", "list[list[int]]"),
     Column("sample_token_logprobs", "list[list[float]]"),
     Column("semantic_ids", "list[int]"),
     Column("log_p_true", "float"),
-    Column("predictive_entropy", "float"),
-    Column("ln_predictive_entropy", "float"),
-    Column("semantic_entropy", "float"),
-    Column("discrete_semantic_entropy", "float"),
-    Column("num_semantic_sets", "float"),
-    Column("p_true", "float"),
 )
 REQUIRED_COLUMNS = tuple(c.name for c in GENERATION_COLUMNS if c.required)
 #: an extra judge's verdicts (the ``judges`` setting): one column ``judge.<name>`` each, like ``correct``
@@ -120,10 +109,12 @@ def _first(column, mask=None) -> tuple[int, Any]:
     return 0, None
 
 
-def check_generations(table, expected_rows: int | None = None, required: tuple[str, ...] = REQUIRED_COLUMNS) -> None:
+def check_generations(table, expected_rows: int | None = None, required: tuple[str, ...] = REQUIRED_COLUMNS,
+                      measures: tuple[str, ...] = ()) -> None:
     """Refuse a generations table that aggregation cannot store truthfully: a required column
-    missing, a column of the wrong type, a null where a value is required, a repeated example id,
-    per-token lists of different lengths, or (``expected_rows``) a row count other than the run's."""
+    missing, a column of the wrong type (``measures``: the measures' columns, numbers), a null where
+    a value is required, a repeated example id, per-token lists of different lengths, or
+    (``expected_rows``) a row count other than the run's."""
     import pyarrow.compute as pc
 
     names = set(table.column_names)
@@ -133,7 +124,7 @@ def check_generations(table, expected_rows: int | None = None, required: tuple[s
     if expected_rows is not None and table.num_rows != expected_rows:
         raise ArtifactError(f"its {GENERATIONS_FILE} has {table.num_rows} rows but the run reports n={expected_rows}")
     verdicts = [Column(c, "bool") for c in sorted(names) if c.startswith(VERDICT_PREFIX)]
-    for col in (*GENERATION_COLUMNS, *verdicts):
+    for col in (*GENERATION_COLUMNS, *(Column(m, "float") for m in measures), *verdicts):
         if col.name not in names:
             continue
         data = table.column(col.name)

@@ -11,7 +11,7 @@ from uqflow.errors import Terminated, UqflowError, stop_signal
 # the names in option help come from where they are registered
 from uqflow.generation import ENGINES
 from uqflow.scoring.judges import JUDGES
-from uqflow.scoring.uncertainty import SCORES
+from uqflow.scoring.measures import SINGLE_PASS
 
 
 class UqflowGroup(click.Group):
@@ -108,7 +108,7 @@ def _print_results(results) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from uqflow.plots import LABELS
+    from uqflow.scoring.measures import LABELS
     from uqflow.scoring.pipeline import measures_of, metric
     from uqflow.scoring.selective import small_sample_warning
 
@@ -457,7 +457,7 @@ def query(sql, show_schema, fmt, timeout, max_memory, max_rows, db) -> None:
 @click.option("--out", default="reports", show_default=True, type=click.Path(file_okay=False),
               help="Folder for report.html, summary.json and figures/.")
 @click.option("--measure", default="g_nll", show_default=True,
-              help=f"Primary measure of the answers: {', '.join(SCORES)} (or a sampled measure of runs that sampled).")
+              help=f"Primary measure of the answers: {', '.join(SINGLE_PASS)} (or a sampled measure of runs that sampled).")
 @click.option("--no-mlflow", is_flag=True, help="Do not log the report as an MLflow analysis run.")
 def report(db, out, measure, no_mlflow) -> None:
     """Figures, statistics and one self-contained report.html from the results store.

@@ -57,16 +57,20 @@ class UnknownDataset(UnknownName):
     """A dataset name that is neither registered nor a local file."""
 
 
+class ConfigError(UqflowError):
+    """A run configuration value that is out of range or of the wrong type."""
+
+
+class UnknownChoice(UnknownName, ConfigError):
+    """A setting naming what nothing registers: a generation engine, a judge, an entailment judge."""
+
+
 class DatasetError(UqflowError):
     """A dataset that cannot be loaded: missing file, malformed record, hub unreachable."""
 
 
 class ModelLoadError(UqflowError):
     """A model that cannot be loaded: missing package, no hub access, missing extra."""
-
-
-class ConfigError(UqflowError):
-    """A run configuration value that is out of range or of the wrong type."""
 
 
 class ModelRegistryError(UqflowError):

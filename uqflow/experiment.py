@@ -22,7 +22,7 @@ from uqflow import hub, tracking
 from uqflow.config import RunConfig
 from uqflow.data import DATASETS, LoadedDataset, load_dataset
 from uqflow.data.examples import Example
-from uqflow.errors import ConfigError, ModelLoadError, UqflowError, short
+from uqflow.errors import ConfigError, ModelLoadError, UnknownChoice, UqflowError, short
 from uqflow.generation import ENGINES, load_for, make_engine
 from uqflow.generation.base import token_pieces
 from uqflow.models import LoadedModel, ModelSpec, get_model, unload
@@ -32,9 +32,10 @@ from uqflow.models.registry import short_model_name
 from uqflow.prompts import build_prompts, draw_few_shot, p_true_prompt
 from uqflow.scoring import pipeline
 from uqflow.scoring.cost import Cost
-from uqflow.scoring.judges import ABSTENTION_RULES, JUDGES, is_judge_name, make_judge
+from uqflow.scoring.judges import ABSTENTION_RULES, JUDGES, make_judge
 from uqflow.scoring.llm import ENTAILMENT_WORDS, llm_choose, llm_judge_generate, p_true_inputs
-from uqflow.scoring.semantic import ENTAILMENT_MODELS, is_entailment_name, make_entailment, parse_embedding_name
+from uqflow.scoring.measures import PREVIEW, SAMPLED, SINGLE_PASS
+from uqflow.scoring.semantic import ENTAILMENT_JUDGES, entailment_problems, make_entailment, parse_embedding_name
 from uqflow.scoring.relevance import load_similarity, similarity_problem
 
 log = logging.getLogger(__name__)
@@ -135,45 +136,25 @@ def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset | None = None) -
     return tags
 
 
-def name_problems(cfg: RunConfig) -> list[ConfigError]:
-    """The engine, judge and abstention rule named by ``cfg`` that are not registered."""
-    problems = []
-    if cfg.backend not in ENGINES:
-        problems.append(ConfigError(f"unknown backend {short(cfg.backend)}. Known: {', '.join(ENGINES)}"))
-    for judge in (cfg.correctness, *cfg.judge_names):
-        if not is_judge_name(judge):
-            problems.append(ConfigError(f"unknown correctness judge {short(judge)}. Known: {', '.join(JUDGES)}"))
+def name_problems(cfg: RunConfig) -> list[UqflowError]:
+    """The engine, judges, abstention rule and entailment judge named by ``cfg`` that nothing registers."""
+    named = [(ENGINES, cfg.backend), *((JUDGES, j) for j in (cfg.correctness, *cfg.judge_names))]
+    if cfg.num_generations:
+        named.append((ENTAILMENT_JUDGES, cfg.entailment))
+    problems: list[UqflowError] = [UnknownChoice(registry.unknown_message(name)) for registry, name in named
+                                   if name not in registry]
     if cfg.abstention not in ABSTENTION_RULES:
         problems.append(ConfigError(f"unknown abstention rule {short(cfg.abstention)}. "
                                     f"Known: {', '.join(ABSTENTION_RULES)}"))
-    if cfg.num_generations and not is_entailment_name(cfg.entailment):
-        problems.append(ConfigError(f"unknown entailment model {short(cfg.entailment)}. "
-                                    f"Known: {', '.join(ENTAILMENT_MODELS)}, llm:<registry model>, "
-                                    "embedding:<similarity model>[@threshold]"))
     return problems
 
 
-def entailment_problems(cfg: RunConfig) -> list[UqflowError]:
-    """What the entailment judge of a sampling run needs and lacks: a registry model for
-    ``llm:<model>``; for a hub NLI model, the hub or its weights in the local cache."""
-    if not cfg.num_generations or not is_entailment_name(cfg.entailment):
+def entailment_problems_of(cfg: RunConfig) -> list[UqflowError]:
+    """What the entailment judge of a sampling run needs and lacks (a known one; unknown names are
+    :func:`name_problems`')."""
+    if not cfg.num_generations or cfg.entailment not in ENTAILMENT_JUDGES:
         return []
-    if cfg.entailment.startswith("llm:"):
-        try:
-            get_model(cfg.entailment[4:], cfg.model_registry or None)
-        except UqflowError as e:
-            return [e]
-        return []
-    embedding = parse_embedding_name(cfg.entailment)
-    if embedding:  # a similarity model, loaded as RW-G-NLL's is
-        problem = similarity_problem(embedding[0])
-        return [ModelLoadError(f"entailment judge {cfg.entailment}: {problem}")] if problem else []
-    repo = ENTAILMENT_MODELS[cfg.entailment]
-    if not hub.model_cached(repo) and (hub.offline_by_setting() or not hub.reachable()):
-        return [ModelLoadError(f"entailment model {cfg.entailment} ({repo}) is not in the local Hugging Face cache "
-                               "and the hub is unreachable; offline, set entailment=embedding:all-MiniLM-L6-v2 "
-                               "(the bundled sentence embeddings) or entailment=llm:<registry model>")]
-    return []
+    return entailment_problems(cfg.entailment, cfg.model_registry or None)
 
 
 def _once(memo: dict | None, key: tuple, fn: Callable, *args):
@@ -207,7 +188,7 @@ def check(cfg: RunConfig, memo: dict | None = None) -> tuple[ModelSpec | None, L
     except UqflowError as e:
         problems.append(e)
     problems += _once(memo, ("entailment", cfg.entailment, bool(cfg.num_generations), registry),
-                      entailment_problems, cfg)
+                      entailment_problems_of, cfg)
     similarity = _once(memo, ("similarity", cfg.similarity), similarity_problem, cfg.similarity)
     if similarity:
         problems.append(ModelLoadError(similarity))
@@ -252,9 +233,9 @@ def resolve(cfg: RunConfig) -> tuple[ModelSpec, LoadedDataset]:
     return spec, ds  # type: ignore[return-value]
 
 
-#: the columns of the generations preview, the table MLflow's UI shows on the run's page
-PREVIEW_COLUMNS = ("example_id", "question", "answer", "references", "correct", "g_nll", "rw_g_nll", "ln_g_nll",
-                   "semantic_entropy", "num_semantic_sets", "p_true")
+#: the columns of the generations preview, the table MLflow's UI shows on the run's page: the
+#: question, answer and verdict, then the measures declared with a ``preview`` (scoring/measures.py)
+PREVIEW_COLUMNS = ("example_id", "question", "answer", "references", "correct", *PREVIEW)
 
 
 def preview(frame):
@@ -262,9 +243,9 @@ def preview(frame):
     table = frame[[c for c in PREVIEW_COLUMNS if c in frame.columns]].copy()
     table["references"] = [" | ".join(map(str, refs)) for refs in table["references"]]
     table["correct"] = table["correct"].astype(object).where(table["correct"].notna(), None)
-    for c in ("g_nll", "rw_g_nll", "ln_g_nll", "semantic_entropy", "p_true"):
+    for c, decimals in PREVIEW.items():
         if c in table:
-            table[c] = table[c].round(4)
+            table[c] = table[c].round(decimals)
     return table
 
 
@@ -288,7 +269,7 @@ def describe(cfg: RunConfig, metrics: dict[str, float]) -> str:
         return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
 
     acc = metrics.get("accuracy", float("nan"))
-    measures = pipeline.REPORTED_SCORES + tuple(m for m in pipeline.SAMPLED_SCORES if pipeline.metric("auroc", m) in metrics)
+    measures = SINGLE_PASS + tuple(m for m in SAMPLED if pipeline.metric("auroc", m) in metrics)
     def cost(name: str) -> str:
         v = metrics.get(pipeline.metric("cost_seconds", name))
         return "–" if v is None else f"{v:.3f}"

@@ -15,15 +15,8 @@ from sklearn.metrics import roc_curve
 
 from uqflow.models.registry import short_model_name
 from uqflow.scoring.evaluation import incorrect_and_scores as ranked, rejection_curve
+from uqflow.scoring.measures import LABELS
 
-LABELS = {"g_nll": "G-NLL", "ln_g_nll": "LN-G-NLL", "max_nll": "max-token NLL",
-          "mean_entropy": "mean token entropy", "rw_g_nll": "RW-G-NLL",
-          # zero-cost baselines
-          "answer_tokens": "answer length (tokens)", "answer_chars": "answer length (characters)",
-          # measures of sampled answers (num_generations > 0)
-          "predictive_entropy": "predictive entropy", "ln_predictive_entropy": "LN predictive entropy",
-          "semantic_entropy": "semantic entropy", "discrete_semantic_entropy": "discrete semantic entropy",
-          "num_semantic_sets": "number of semantic sets", "p_true": "p(True)"}
 
 
 def _decided(frame):

@@ -16,7 +16,7 @@ from uqflow import tracking
 from uqflow.artifact import ArtifactError
 from uqflow.config import SAMPLING_FIELDS, RunConfig
 from uqflow.errors import ConfigError, UqflowError, clip
-from uqflow.experiment import RunResult, _log_outputs, _score, entailment_problems, name_problems, run_identity, run_name
+from uqflow.experiment import RunResult, _log_outputs, _score, entailment_problems_of, name_problems, run_identity, run_name
 from uqflow.generation.base import decoder
 from uqflow.models import get_model
 from uqflow.scoring import pipeline
@@ -72,7 +72,7 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
     _check_overrides(run_id, overrides, source.data.params)
     base = RunConfig.from_strings(params)
     cfg = RunConfig.from_strings({**params, **overrides})
-    problems = name_problems(cfg) + entailment_problems(cfg)
+    problems = name_problems(cfg) + entailment_problems_of(cfg)
     if problems:
         raise problems[0]
     table = tracking.load_table(run_id)

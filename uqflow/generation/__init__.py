@@ -1,39 +1,74 @@
-"""Generation engines: one greedy answer per prompt, with per-token statistics."""
+"""Generation engines: one greedy answer per prompt, with per-token statistics.
 
+An engine is registered in :data:`ENGINES` by its ``backend`` name with how it loads a model and
+how it is built over the loaded model; runs, judges and benchmarks go through :func:`load_for`
+and :func:`make_engine`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from uqflow.errors import ConfigError, UnknownChoice
 from uqflow.generation.base import Engine, Generation, align_answer
+from uqflow.registry import Registry
 
-ENGINES = ("hf", "vllm")
+
+@dataclass(frozen=True)
+class Backend:
+    """A generation engine: ``load(spec, device)`` gives the loaded model it runs over (a
+    ``models.loading.LoadedModel`` whose ``backend`` is this one's name), ``build(lm, **settings)``
+    the engine itself (batch size, answer length, stop sequences)."""
+
+    load: Callable
+    build: Callable[..., Engine]
 
 
-def load_for(spec, device: str = "auto", backend: str = "hf"):
-    """The model ``spec`` loaded for ``backend``: its transformers weights for ``hf``, a vLLM
-    engine (GPU only) for ``vllm``."""
-    from uqflow.models.loading import LoadedModel, ensure_converted, load_model
+def _load_hf(spec, device: str):
+    from uqflow.models.loading import load_model
 
-    if backend != "vllm":
-        return load_model(spec, device)
+    return load_model(spec, device)
+
+
+def _build_hf(lm, **settings) -> Engine:
+    from uqflow.generation.hf import HFEngine
+
+    return HFEngine(lm, **settings)
+
+
+def _load_vllm(spec, device: str):
     from uqflow.generation.vllm_engine import VLLMEngine, require_vllm
+    from uqflow.models.loading import LoadedModel, ensure_converted
 
     require_vllm()
     engine = VLLMEngine(spec, source=str(ensure_converted(spec)) if spec.bundled else spec.source)
     return LoadedModel(spec, engine, engine.tokenizer, "cuda", backend="vllm")
 
 
-def make_engine(backend: str, lm, **kwargs) -> Engine:
-    """The engine called ``backend`` over the loaded model ``lm``."""
-    from uqflow.errors import ConfigError
+def _build_vllm(lm, **settings) -> Engine:
+    engine = lm.model  # the VLLMEngine built at loading; vLLM schedules its own batches
+    engine.max_new_tokens = settings.get("max_new_tokens", engine.max_new_tokens)
+    return engine
 
-    if backend not in ENGINES:
-        raise ConfigError(f"unknown backend {backend!r}. Known: {', '.join(ENGINES)}")
+
+#: backend name -> its engine: transformers (any device) and vLLM (GPU only)
+ENGINES: Registry[Backend] = Registry("backend", UnknownChoice)
+ENGINES.add("hf", Backend(_load_hf, _build_hf))
+ENGINES.add("vllm", Backend(_load_vllm, _build_vllm))
+
+
+def load_for(spec, device: str = "auto", backend: str = "hf"):
+    """The model ``spec`` loaded for ``backend``: its transformers weights for ``hf``, a vLLM
+    engine (GPU only) for ``vllm``."""
+    return ENGINES.get(backend).load(spec, device)
+
+
+def make_engine(backend: str, lm, **settings) -> Engine:
+    """The engine called ``backend`` over the loaded model ``lm``."""
+    kind = ENGINES.get(backend)
     if backend != lm.backend:
         raise ConfigError(f"backend {backend!r} needs the model loaded for it (it was loaded for {lm.backend!r})")
-    if backend == "vllm":
-        engine = lm.model  # the VLLMEngine built by load_model; vLLM schedules its own batches
-        engine.max_new_tokens = kwargs.get("max_new_tokens", engine.max_new_tokens)
-        return engine
-    from uqflow.generation.hf import HFEngine
-
-    return HFEngine(lm, **kwargs)
+    return kind.build(lm, **settings)
 
 
-__all__ = ["ENGINES", "Engine", "Generation", "align_answer", "load_for", "make_engine"]
+__all__ = ["ENGINES", "Backend", "Engine", "Generation", "align_answer", "load_for", "make_engine"]

@@ -7,19 +7,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from uqflow.scoring.measures import NAMES as MEASURE_NAMES
 from uqflow.store import SLICE_VIEWS
 from uqflow.store.db import connect, db_url, redact, require_schema, store_failure
 
 #: generations columns the report uses (the prompt and token ids stay in the store)
 GENERATION_COLUMNS = ("run_id", "example_id", "position", "question", "answer", "reference_answers", "correct", "verdicts",
-                      "answerable", "num_tokens", "g_nll", "ln_g_nll", "max_nll", "mean_entropy", "rw_g_nll", "answer_tokens",
-                      "answer_chars", "tokens",
-                      "token_logprobs", "relevance", "predictive_entropy", "ln_predictive_entropy", "semantic_entropy",
-                      "discrete_semantic_entropy", "num_semantic_sets", "p_true")
+                      "answerable", "num_tokens", "tokens", "token_logprobs", "relevance", *MEASURE_NAMES)
 #: measures in the order the report shows them: the single-pass scores, then the sampled ones
-MEASURE_ORDER = ("g_nll", "ln_g_nll", "max_nll", "mean_entropy", "rw_g_nll", "answer_tokens", "answer_chars",
-                 "predictive_entropy",
-                 "ln_predictive_entropy", "semantic_entropy", "discrete_semantic_entropy", "num_semantic_sets", "p_true")
+MEASURE_ORDER = MEASURE_NAMES
 
 
 @dataclass

@@ -28,14 +28,10 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLoca
 from uqflow.report.data import Study
 from uqflow.report.labels import label_points
 from uqflow.report.stats import format_p
-from uqflow.plots import LABELS, rejection_figure, roc_figure  # noqa: F401  (re-exported for the notebook)
+from uqflow.plots import rejection_figure, roc_figure  # noqa: F401  (re-exported for the notebook)
 from uqflow.scoring.evaluation import incorrect_and_scores as ranked, rejection_curve
-from uqflow.scoring.sampled import SAMPLED_MEASURES as SAMPLED
-from uqflow.scoring.uncertainty import SCORES
+from uqflow.scoring.measures import LABELS, NAMES as ALL_MEASURES, SAMPLED, SHORT_LABELS, SINGLE_PASS as MEASURES
 
-#: the single-pass scores every run has; the sampled measures come in where runs sampled
-MEASURES = tuple(m for m in LABELS if m in SCORES)
-ALL_MEASURES = tuple(LABELS)
 
 #: pixels per inch of the report's PNGs (``build._png`` saves at this resolution)
 DPI = 110
@@ -429,11 +425,6 @@ _EVERY_MEASURE = {"auroc_heatmap", "family_radar", "gnll_vs_rwgnll"}  # these sh
 
 #: the sideways factor between measures of one cost in the cost figure (log axis)
 DODGE = 1.5
-#: measures' names short enough to label a point
-SHORT_LABELS = {"g_nll": "G-NLL", "ln_g_nll": "LN-G", "max_nll": "max", "mean_entropy": "ent", "rw_g_nll": "RW",
-                "answer_tokens": "len", "answer_chars": "chars", "predictive_entropy": "PE",
-                "ln_predictive_entropy": "LN-PE", "semantic_entropy": "SE", "discrete_semantic_entropy": "DSE",
-                "num_semantic_sets": "#sets", "p_true": "p(T)"}
 
 
 @_styled

@@ -28,11 +28,12 @@ from scipy.stats import spearmanr
 from uqflow.report.data import Study
 from uqflow.scoring.evaluation import auroc_with_ci
 from uqflow.scoring.judges import agreement
+from uqflow.scoring.measures import BASELINES
 from uqflow.scoring.pipeline import verdict_list
 from uqflow.scoring.selective import beyond_length, delong_min_detectable_difference, small_sample_warning
 
 #: the zero-cost length baselines, which are not tested against themselves
-LENGTH_MEASURES = ("answer_tokens", "answer_chars")
+LENGTH_MEASURES = BASELINES
 #: the reference study's questions per run, for the power line
 STUDY_N = 400
 ALPHA, POWER = 0.05, 0.8

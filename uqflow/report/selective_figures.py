@@ -8,9 +8,9 @@ import math
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from uqflow.plots import LABELS
 from uqflow.report.data import Study
 from uqflow.report.figures import SMALL, TEXT, _figure, _legend_below, _styled
+from uqflow.scoring.measures import LABELS
 from uqflow.scoring.pipeline import CALIBRATION
 from uqflow.scoring.selective import confidence_probabilities, reliability_bins, risk_coverage
 

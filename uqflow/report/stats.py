@@ -481,13 +481,13 @@ def cheapest_adequate(study: Study, alpha: float = 0.05) -> list[dict[str, Any]]
     questions), two-sided at ``alpha``, unadjusted. G-NLL's standing against the best is given too.
     Runs whose AUROCs are undefined (one class) are left out."""
     from uqflow.scoring.evaluation import delong_test
-    from uqflow.scoring.sampled import SAMPLED_MEASURES
+    from uqflow.scoring.measures import SAMPLED
 
     rows = []
     latest = study.runs.drop_duplicates("label", keep="last")
     for r in latest.itertuples():
         sc = study.scores[(study.scores["run_id"] == r.run_id) & study.scores["auroc"].notna()]
-        if sc.empty or not set(sc["measure"]) & set(SAMPLED_MEASURES):
+        if sc.empty or not set(sc["measure"]) & set(SAMPLED):
             continue
         g = study.answers(r.run_id)
         g = g[g["correct"].notna()]
@@ -526,12 +526,12 @@ def sampled_against_g_nll(study: Study) -> list[dict[str, Any]]:
     AUROCs, their difference (measure - G-NLL), DeLong's paired test (two-sided, unadjusted) and
     what the measure cost beyond the greedy pass per question."""
     from uqflow.scoring.evaluation import delong_test
-    from uqflow.scoring.sampled import SAMPLED_MEASURES
+    from uqflow.scoring.measures import SAMPLED
 
     rows = []
     for r in study.runs.drop_duplicates("label", keep="last").itertuples():
         sc = study.scores[study.scores["run_id"] == r.run_id]
-        sampled = sc[sc["measure"].isin(SAMPLED_MEASURES)]
+        sampled = sc[sc["measure"].isin(SAMPLED)]
         gn = sc[sc["measure"] == "g_nll"]
         if sampled.empty or gn.empty:
             continue

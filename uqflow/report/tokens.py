@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from uqflow.plots import LABELS
+from uqflow.scoring.measures import LABELS
 from uqflow.report.data import Study
 
 

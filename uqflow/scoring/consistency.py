@@ -22,9 +22,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from uqflow.artifact import GENERATIONS_FILE, REQUIRED_COLUMNS, ArtifactError, check_generations
+from uqflow.artifact import GENERATIONS_FILE, REQUIRED_COLUMNS as REQUIRED_FIELDS, ArtifactError, check_generations
+from uqflow.scoring.measures import NAMES, REQUIRED
 from uqflow.scoring.uncertainty import g_nll
 
+#: what a stored run's table must hold: the artifact's required fields and the study's two measures
+REQUIRED_COLUMNS = REQUIRED_FIELDS + REQUIRED
 #: the per-sample columns of a run that sampled, each one list entry per sampled answer
 SAMPLE_LISTS = ("samples", "sample_token_ids", "sample_token_logprobs", "semantic_ids")
 #: G-NLL as stored against G-NLL recomputed: float64 sums of the same numbers, in the same order,
@@ -47,7 +50,7 @@ def check_run_table(table, params: Mapping[str, Any], metrics: Mapping[str, floa
     """Refuse a generations table that contradicts itself or its run (see the module's docstring);
     ``params`` and ``metrics`` are the run's as MLflow recorded them."""
     n = metrics.get("n")
-    check_generations(table, expected_rows=None if n is None else int(n), required=required)
+    check_generations(table, expected_rows=None if n is None else int(n), required=required, measures=NAMES)
     names = set(table.column_names)
     _check_samples(table, names, num_generations(params))
     if "g_nll" in names:

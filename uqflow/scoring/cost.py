@@ -13,7 +13,7 @@ run records, for every measure, three costs beyond the greedy answer (which ever
   tokens included;
 - ``seconds``: wall time.
 
-They add up from the parts a measure needs (:data:`NEEDS`): G-NLL, LN-G-NLL, max-token NLL and
+They add up from the parts a measure needs (its ``needs``, :mod:`uqflow.scoring.measures`): G-NLL, LN-G-NLL, max-token NLL and
 mean token entropy come from the greedy pass itself and cost nothing more; RW-G-NLL needs its
 relevance passes; predictive entropy needs the sampled answers; semantic entropy, its discrete
 form and the number of semantic sets need the samples and the entailment judge's clustering;
@@ -25,17 +25,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from uqflow.scoring.measures import NEEDS
+
 #: the parts a measure's cost is made of
 PARTS = ("relevance", "sampling", "entailment", "p_true")
-#: measure -> the parts it needs beyond the greedy pass
-NEEDS: dict[str, tuple[str, ...]] = {
-    "g_nll": (), "ln_g_nll": (), "max_nll": (), "mean_entropy": (), "answer_tokens": (), "answer_chars": (),
-    "rw_g_nll": ("relevance",),
-    "predictive_entropy": ("sampling",), "ln_predictive_entropy": ("sampling",),
-    "semantic_entropy": ("sampling", "entailment"), "discrete_semantic_entropy": ("sampling", "entailment"),
-    "num_semantic_sets": ("sampling", "entailment"),
-    "p_true": ("sampling", "p_true"),
-}
 UNITS = ("passes", "tokens", "seconds")
 
 
@@ -51,19 +44,34 @@ class Cost:
         return Cost(self.passes + other.passes, self.tokens + other.tokens, self.seconds + other.seconds)
 
 
+#: a part's cost per question, as a run logs it: ``part_seconds_sampling``; the same order as a
+#: measure's (``cost_seconds_semantic_entropy``, ``scoring.pipeline.MEASURE_METRICS``): what, unit, whose
+PART_METRIC = "part_{unit}_{part}"
+#: the name runs logged it under before (``cost_sampling_seconds``), read when a run has no other
+LEGACY_PART_METRIC = "cost_{part}_{unit}"
+
+
+def part_metric(part: str, unit: str) -> str:
+    return PART_METRIC.format(part=part, unit=unit)
+
+
 def part_metrics(parts: Mapping[str, Cost], n: int) -> dict[str, float]:
-    """Each part's cost per question, as metrics ``cost_<part>_<unit>`` (kept so that a rescored run
+    """Each part's cost per question, as metrics :data:`PART_METRIC` (kept so that a rescored run
     can reuse the parts it does not redo, such as the sampling)."""
     n = max(n, 1)
-    return {f"cost_{p}_{u}": getattr(c, u) / n for p, c in parts.items() for u in UNITS}
+    return {part_metric(p, u): getattr(c, u) / n for p, c in parts.items() for u in UNITS}
 
 
 def parts_from_metrics(metrics: Mapping[str, float], names: Iterable[str] = PARTS) -> dict[str, Cost]:
-    """The per-question part costs a run logged (:func:`part_metrics`), for the parts it has."""
+    """The per-question part costs a run logged (:func:`part_metrics`), for the parts it has; a
+    run logged under the earlier names is read as well."""
     out = {}
     for p in names:
-        if all(f"cost_{p}_{u}" in metrics for u in UNITS):
-            out[p] = Cost(*(float(metrics[f"cost_{p}_{u}"]) for u in UNITS))
+        for pattern in (PART_METRIC, LEGACY_PART_METRIC):
+            keys = [pattern.format(part=p, unit=u) for u in UNITS]
+            if all(k in metrics for k in keys):
+                out[p] = Cost(*(float(metrics[k]) for k in keys))
+                break
     return out
 
 

@@ -25,18 +25,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from uqflow.errors import ConfigError
+from uqflow.errors import ConfigError, UnknownChoice
+from uqflow.registry import Registry
 from uqflow.scoring.cache import ReplyCache
 from uqflow.scoring.correctness import contains_reference, exact_match, max_f1, normalize_squad, normalize_triviaqa
 
 DEFAULT_THRESHOLDS = {"f1": 0.5, "rouge_l": 0.3}
-RULE_JUDGES = ("f1", "em", "contains", "alias", "rouge_l")
-JUDGES = (*RULE_JUDGES, "llm:<model>")
-
-
-def is_judge_name(name: str) -> bool:
-    """Whether ``name`` names a judge (without loading anything)."""
-    return name in RULE_JUDGES or (name.startswith("llm:") and len(name) > 4)
 
 # ---------------------------------------------------------------- abstention (SQuAD v2 unanswerable)
 
@@ -186,26 +180,35 @@ class LLMJudge(Judge):
         return [Verdict(parse_yes_no(r), float("nan"), r) for r in replies]
 
 
+#: a judge's factory: (name, threshold or None, generate, cache_path) -> the judge
+JudgeFactory = Callable[..., Judge]
+
+
+def _rule(fn: Callable[..., float], thresholded: bool) -> JudgeFactory:
+    return lambda name, thr, generate, cache_path: RuleJudge(name, fn, thr if thresholded else None)
+
+
+def _llm(name: str, thr, generate, cache_path) -> Judge:
+    if generate is None or cache_path is None:
+        raise ConfigError(f"judge {name!r} needs a model to ask: pass generate= and cache_path=")
+    return LLMJudge(name, generate, cache_path)
+
+
+#: judge name -> its factory: the rules, then any registry model asked (``llm:<model>``)
+JUDGES: Registry[JudgeFactory] = Registry("correctness judge", UnknownChoice)
+JUDGES.add("f1", _rule(max_f1, True))
+JUDGES.add("em", _rule(exact_match, False))
+JUDGES.add("contains", _rule(contains_reference, False))
+JUDGES.add("alias", _rule(alias_match, False))
+JUDGES.add("rouge_l", _rule(rouge_l, True))
+JUDGES.add_pattern("llm:", "llm:<model>", _llm)
+
+
 def make_judge(name: str, threshold: float = 0.0, generate: Callable[[list[str]], list[str]] | None = None,
                cache_path: Path | None = None) -> Judge:
     """The judge called ``name``; ``threshold`` 0 means the judge's default. An ``llm:<model>``
     judge asks ``generate`` (prompts -> replies) and caches its replies at ``cache_path``."""
-    thr = threshold or DEFAULT_THRESHOLDS.get(name)
-    if name == "f1":
-        return RuleJudge("f1", max_f1, thr)
-    if name == "em":
-        return RuleJudge("em", exact_match, None)
-    if name == "contains":
-        return RuleJudge("contains", contains_reference, None)
-    if name == "alias":
-        return RuleJudge("alias", alias_match, None)
-    if name == "rouge_l":
-        return RuleJudge("rouge_l", rouge_l, thr)
-    if name.startswith("llm:") and len(name) > 4:
-        if generate is None or cache_path is None:
-            raise ConfigError(f"judge {name!r} needs a model to ask: pass generate= and cache_path=")
-        return LLMJudge(name, generate, cache_path)
-    raise ConfigError(f"unknown correctness judge {name!r}. Known: {', '.join(JUDGES)}")
+    return JUDGES.get(name)(name, threshold or DEFAULT_THRESHOLDS.get(name), generate, cache_path)
 
 
 def agreement(own: Sequence[bool | None], theirs: Sequence[bool | None]) -> dict[str, float]:

@@ -17,17 +17,12 @@ from uqflow.artifact import VERDICT_PREFIX
 from uqflow.scoring.evaluation import (OneClassWarning, accuracy_at_coverage, aurac, auroc_with_ci, delong_test,
                                        prr)
 from uqflow.scoring.judges import Judge, agreement, judge_examples
+from uqflow.scoring.measures import SAMPLED, SINGLE_PASS, score_row, score_sampled_row
 from uqflow.scoring.cost import Cost, measure_costs, part_metrics
 from uqflow.scoring.relevance import token_relevance
 from uqflow.scoring.selective import aurc, brier_score, confidence_probabilities, expected_calibration_error
-from uqflow.scoring.sampled import SAMPLED_MEASURES, score_sampled_row
 from uqflow.scoring.semantic import semantic_clusters
-from uqflow.scoring.uncertainty import SCORES, score_row
 
-#: single-pass scores, evaluated for every run, in table order
-REPORTED_SCORES = tuple(SCORES)
-#: measures of sampled answers, evaluated for runs that sampled (num_generations > 0)
-SAMPLED_SCORES = tuple(SAMPLED_MEASURES)
 #: the columns of a generations table that hold a run's sampled answers
 SAMPLE_COLUMNS = ("samples", "sample_token_ids", "sample_token_logprobs", "log_p_true")
 COVERAGES = (0.8, 0.9, 0.95)
@@ -114,7 +109,7 @@ def sampled(frame: pd.DataFrame) -> bool:
 
 def measures_of(frame: pd.DataFrame) -> tuple[str, ...]:
     """The measures a generations table has: the single-pass scores, and the sampled ones if it sampled."""
-    return REPORTED_SCORES + (SAMPLED_SCORES if sampled(frame) else ())
+    return SINGLE_PASS + (SAMPLED if sampled(frame) else ())
 
 
 def add_semantic_ids(frame: pd.DataFrame, entailment, strict: bool = False) -> tuple[pd.DataFrame, Cost]:
@@ -133,17 +128,17 @@ def add_scores(frame: pd.DataFrame) -> pd.DataFrame:
     sampled measures too when the table has samples."""
     frame = frame.copy()
     scores = [score_row(row) for _, row in frame.iterrows()]
-    for name in SCORES:
+    for name in SINGLE_PASS:
         frame[name] = [s[name] for s in scores]
     if sampled(frame):
         scores = [score_sampled_row(row) for _, row in frame.iterrows()]
-        for name in SAMPLED_SCORES:
+        for name in SAMPLED:
             frame[name] = [s[name] for s in scores]
     return frame
 
 
 def cost_metrics(frame: pd.DataFrame, parts: dict[str, Cost]) -> dict[str, float]:
-    """Per question: each part's cost (``cost_<part>_<unit>``) and each measure's
+    """Per question: each part's cost (``part_<unit>_<part>``) and each measure's
     (``cost_<unit>_<measure>``), for the measures the table has (scoring/cost.py)."""
     n = max(len(frame), 1)
     out = part_metrics(parts, len(frame))

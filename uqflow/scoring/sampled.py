@@ -10,11 +10,10 @@ greedy answer's do.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-MeasureFn = Callable[..., float]
 NAN = float("nan")
 
 
@@ -104,40 +103,3 @@ def p_true_score(log_p_true: float) -> float:
     """Uncertainty from p(True) (Kadavath et al., "Language Models (Mostly) Know What They Know",
     2022): -log p(True), the NLL of the model calling its own answer true; NaN passes through."""
     return -float(log_p_true)
-
-
-#: measure name -> (function, the row fields it takes, in order), as ``uncertainty.SCORES``
-SAMPLED_MEASURES: dict[str, tuple[MeasureFn, tuple[str, ...]]] = {
-    "predictive_entropy": (predictive_entropy, ("sample_token_logprobs",)),
-    "ln_predictive_entropy": (ln_predictive_entropy, ("sample_token_logprobs",)),
-    "semantic_entropy": (semantic_entropy, ("semantic_ids", "sample_token_logprobs")),
-    "discrete_semantic_entropy": (discrete_semantic_entropy, ("semantic_ids",)),
-    "num_semantic_sets": (num_semantic_sets, ("semantic_ids",)),
-    "p_true": (p_true_score, ("log_p_true",)),
-}
-
-
-def _field(row, name: str):
-    """A row's field, or None where the row lacks it or holds a missing value (None, NaN)."""
-    try:
-        value = row[name]
-    except (KeyError, IndexError):
-        return None
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    return value
-
-
-def score_sampled_row(row) -> dict[str, float]:
-    """Every sampled measure for one generations row (a mapping with the fields SAMPLED_MEASURES
-    names; parquet's numpy arrays are accepted). A row without samples (no or empty
-    ``sample_token_logprobs`` and ``semantic_ids``) gives NaN for every measure, p_true included
-    (p(True) is asked with the samples); a measure whose field is missing is NaN."""
-    samples, ids = _field(row, "sample_token_logprobs"), _field(row, "semantic_ids")
-    if len(samples if samples is not None else ()) == 0 and len(ids if ids is not None else ()) == 0:
-        return {name: NAN for name in SAMPLED_MEASURES}
-    out = {}
-    for name, (fn, fields) in SAMPLED_MEASURES.items():
-        values = [_field(row, f) for f in fields]
-        out[name] = NAN if any(v is None for v in values) else fn(*values)
-    return out

@@ -10,7 +10,6 @@ samples with one batched ``classify`` call. The measures over the clusters and t
 
 from __future__ import annotations
 
-import difflib
 import re
 import string
 import time
@@ -21,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from uqflow import hub
-from uqflow.errors import ConfigError, ModelLoadError, short
+from uqflow.errors import ConfigError, ModelLoadError, UnknownChoice, UqflowError
+from uqflow.registry import Registry
 from uqflow.scoring.cache import ReplyCache
 
 # ---------------------------------------------------------------- clustering
@@ -250,10 +250,81 @@ def parse_embedding_name(name: str) -> tuple[str, float] | None:
     return (model, t) if model and 0.0 < t <= 1.0 else None
 
 
+@dataclass(frozen=True)
+class EntailmentKind:
+    """One kind of entailment judge: ``make(name, **resources)`` builds it (see
+    :func:`make_entailment`); ``problems(name, registry_file)`` says what it lacks on this machine,
+    before any run starts (empty when it can run)."""
+
+    make: Callable[..., EntailmentModel]
+    problems: Callable[[str, str | None], list[UqflowError]]
+
+
+def _nli(name, *, device="cpu", with_question=False, **_) -> EntailmentModel:
+    return NLIEntailment(ENTAILMENT_MODELS[name], device=device, with_question=with_question, name=name)
+
+
+def _nli_problems(name: str, registry_file: str | None) -> list[UqflowError]:
+    repo = ENTAILMENT_MODELS[name]
+    if not hub.model_cached(repo) and (hub.offline_by_setting() or not hub.reachable()):
+        return [ModelLoadError(f"entailment model {name} ({repo}) is not in the local Hugging Face cache "
+                               "and the hub is unreachable; offline, set entailment=embedding:all-MiniLM-L6-v2 "
+                               "(the bundled sentence embeddings) or entailment=llm:<registry model>")]
+    return []
+
+
+def _llm(name, *, generate=None, cache_path=None, **_) -> EntailmentModel:
+    if generate is None or cache_path is None:
+        raise ConfigError(f"entailment model {name!r} needs a model to ask: pass generate= and cache_path=")
+    return LLMEntailment(name, generate, cache_path)
+
+
+def _llm_problems(name: str, registry_file: str | None) -> list[UqflowError]:
+    from uqflow.models.registry import get_model
+
+    try:
+        get_model(name[len("llm:"):], registry_file)
+    except UqflowError as e:
+        return [e]
+    return []
+
+
+def _embedding(name, *, similarity=None, **_) -> EntailmentModel:
+    if similarity is None:
+        raise ConfigError(f"entailment model {name!r} needs a similarity model: pass similarity=")
+    return EmbeddingEquivalence(name, similarity, parse_embedding_name(name)[1])
+
+
+def _embedding_problems(name: str, registry_file: str | None) -> list[UqflowError]:
+    from uqflow.scoring.relevance import similarity_problem  # loaded as RW-G-NLL's similarity model is
+
+    problem = similarity_problem(parse_embedding_name(name)[0])
+    return [ModelLoadError(f"entailment judge {name}: {problem}")] if problem else []
+
+
+#: entailment judge name -> its kind: the NLI classifiers, any registry model asked
+#: (``llm:<model>``), and embedding similarity (``embedding:<similarity model>[@threshold]``)
+ENTAILMENT_JUDGES: Registry[EntailmentKind] = Registry("entailment model", UnknownChoice)
+for _name in ENTAILMENT_MODELS:
+    ENTAILMENT_JUDGES.add(_name, EntailmentKind(_nli, _nli_problems))
+ENTAILMENT_JUDGES.add_pattern("llm:", "llm:<model>", EntailmentKind(_llm, _llm_problems))
+ENTAILMENT_JUDGES.add_pattern("embedding:", "embedding:<similarity model>[@threshold]",
+                       EntailmentKind(_embedding, _embedding_problems),
+                       accepts=lambda rest: parse_embedding_name("embedding:" + rest) is not None)
+
+
 def is_entailment_name(name: str) -> bool:
     """Whether ``name`` names an entailment model (without loading anything)."""
-    return (name in ENTAILMENT_MODELS or (name.startswith("llm:") and len(name) > 4)
-            or parse_embedding_name(name) is not None)
+    return name in ENTAILMENT_JUDGES
+
+
+def entailment_problems(name: str, registry_file: str | None = None) -> list[UqflowError]:
+    """What the entailment judge ``name`` needs and lacks here (an unknown name: that it is unknown)."""
+    try:
+        kind = ENTAILMENT_JUDGES.get(name)
+    except UqflowError as e:
+        return [e]
+    return kind.problems(name, registry_file)
 
 
 def make_entailment(name: str, *, generate: Callable[[list[str]], list[str]] | None = None,
@@ -263,21 +334,8 @@ def make_entailment(name: str, *, generate: Callable[[list[str]], list[str]] | N
     use, on ``device``); ``llm:<model>``, which asks ``generate`` (prompts -> replies) and caches
     its replies at ``cache_path``; or ``embedding:<model>[@threshold]``, embedding similarity
     through ``similarity`` (pairs -> cosine similarities; see :class:`EmbeddingEquivalence`)."""
-    if name in ENTAILMENT_MODELS:
-        return NLIEntailment(ENTAILMENT_MODELS[name], device=device, with_question=with_question, name=name)
-    if name.startswith("llm:") and len(name) > 4:
-        if generate is None or cache_path is None:
-            raise ConfigError(f"entailment model {name!r} needs a model to ask: pass generate= and cache_path=")
-        return LLMEntailment(name, generate, cache_path)
-    parsed = parse_embedding_name(name)
-    if parsed is not None:
-        if similarity is None:
-            raise ConfigError(f"entailment model {name!r} needs a similarity model: pass similarity=")
-        return EmbeddingEquivalence(name, similarity, parsed[1])
-    known = [*ENTAILMENT_MODELS, "llm:<model>", "embedding:<similarity model>[@threshold]"]
-    close = difflib.get_close_matches(name[:200], list(ENTAILMENT_MODELS), n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ConfigError(f"unknown entailment model {short(name)}.{hint} Known: {', '.join(known)}")
+    return ENTAILMENT_JUDGES.get(name).make(name, generate=generate, cache_path=cache_path, device=device,
+                                     with_question=with_question, similarity=similarity)
 
 
 def _pair_equivalence(forms: list[str], distinct: list[str], labels: list[int], offset: int,

@@ -13,12 +13,9 @@ makes the scores that include it NaN, left out like an empty answer's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-
-ScoreFn = Callable[..., float]
-
 
 def _nll(logprobs: Sequence[float]) -> np.ndarray:
     return -np.asarray(logprobs, dtype=np.float64)
@@ -77,21 +74,3 @@ def answer_tokens(token_ids: Sequence[int]) -> float:
 def answer_chars(answer: str) -> float:
     """Answer length in characters (surrounding whitespace left out), the tokenizer-free baseline."""
     return float(len(answer.strip()))
-
-
-#: score name -> (function, the Generation/row fields it takes, in order)
-SCORES: dict[str, tuple[ScoreFn, tuple[str, ...]]] = {
-    "g_nll": (g_nll, ("token_logprobs",)),
-    "ln_g_nll": (ln_g_nll, ("token_logprobs",)),
-    "max_nll": (max_token_nll, ("token_logprobs",)),
-    "mean_entropy": (mean_token_entropy, ("token_entropies",)),
-    "rw_g_nll": (rw_g_nll, ("token_logprobs", "relevance")),
-    # zero-cost baselines: what a measure must beat
-    "answer_tokens": (answer_tokens, ("token_ids",)),
-    "answer_chars": (answer_chars, ("answer",)),
-}
-
-
-def score_row(row) -> dict[str, float]:
-    """Every score for one generations row (a mapping with the fields SCORES names)."""
-    return {name: fn(*(row[f] for f in fields)) for name, (fn, fields) in SCORES.items()}

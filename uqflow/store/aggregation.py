@@ -44,14 +44,11 @@ from uqflow.errors import StoreError, UqflowError
 from uqflow.store.db import _first_line, connect, db_url, preflight, store_failure, upgrade
 from uqflow.scoring.consistency import check_run_table
 from uqflow.scoring.pipeline import DELONG_PAIR, MEASURE_METRICS, metric, verdict_columns
-from uqflow.scoring.sampled import SAMPLED_MEASURES
-from uqflow.scoring.uncertainty import SCORES
+from uqflow.scoring.measures import NAMES
 from uqflow.store.schema import Generation, Run, Score
 
 log = logging.getLogger(__name__)
 
-SCORE_COLUMNS = tuple(SCORES)  # one column each in `generations`, one row each in `scores`
-SAMPLED_COLUMNS = tuple(SAMPLED_MEASURES)  # likewise, for runs that sampled
 ACTIONS = ("added", "updated", "unchanged", "skipped", "removed")
 
 
@@ -287,7 +284,8 @@ _AUROC = re.compile(r"^auroc_(.+?)(_ci_low|_ci_high)?$")
 
 
 def _score_rows(run_id: str, metrics: dict[str, float]) -> list[dict[str, Any]]:
-    measures = list(SCORE_COLUMNS) + sorted({mt.group(1) for k in metrics if (mt := _AUROC.match(k))} - set(SCORE_COLUMNS))
+    # the declared measures in order, then any other a run logged (a measure of a later version)
+    measures = list(NAMES) + sorted({mt.group(1) for k in metrics if (mt := _AUROC.match(k))} - set(NAMES))
     rows = []
     for s in measures:
         keys = {col: metric(col, s) for col in MEASURE_METRICS}
@@ -317,10 +315,9 @@ def _generation_rows(run) -> list[dict[str, Any]]:
             "correct": r["correct"], "correctness_score": _num(r.get("correctness_score")),
             "verdicts": {name: r[col] for name, col in judges.items()} or None,
             "num_tokens": len(token_ids), "stop_reason": r.get("stop_reason"),
-            **{s: _num(r.get(s)) for s in SCORE_COLUMNS},
+            **{s: _num(r.get(s)) for s in NAMES},  # one column each (scoring/measures.py); null where not measured
             "tokens": r.get("tokens"), "token_ids": token_ids, "token_logprobs": _floats(r["token_logprobs"]),
             "relevance": _floats(r["relevance"]) if r.get("relevance") is not None else None,
-            **{s: _num(r.get(s)) for s in SAMPLED_COLUMNS},
             "samples": r.get("samples"),
             "semantic_ids": r.get("semantic_ids"),
         })

@@ -1,0 +1,143 @@
+"""Every uncertainty measure, declared once.
+
+A :class:`Measure` names its function, the stored row fields it reads, its labels, what it costs
+beyond the greedy pass (the parts of :mod:`uqflow.scoring.cost`) and whether it needs sampled
+answers. Everything else reads the measures from :data:`MEASURES`: the scores a run computes and
+evaluates (``scoring.pipeline``), the costs it logs, its preview table, the results store's score
+columns, the CLI's help, and the report's labels and order. Adding a measure is one
+:func:`declare` here (and, for a new stored column, an Alembic migration of the results store).
+
+The functions are pure (:mod:`uqflow.scoring.uncertainty` for one pass, :mod:`uqflow.scoring.sampled`
+for sampled answers) and follow one sign convention: **higher means more uncertain**.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from uqflow.errors import UnknownName
+from uqflow.registry import Registry
+from uqflow.scoring import sampled as S, uncertainty as U
+
+NAN = float("nan")
+
+
+class UnknownMeasure(UnknownName):
+    """A measure name that no declaration here knows."""
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One uncertainty measure.
+
+    ``fields``: the generations row's fields ``fn`` takes, in order. ``label``: its name in tables,
+    legends and the CLI; ``short``: a few characters, to label a point in a crowded figure.
+    ``needs``: the cost parts beyond the greedy pass (``scoring.cost.PARTS``). ``sampled``: it needs
+    sampled answers (a run with num_generations > 0). ``baseline``: a zero-cost length baseline,
+    what a measure must beat. ``required``: every stored run holds it (the study's question, G-NLL
+    against RW-G-NLL). ``preview``: decimals in the run's preview table (None: not shown there).
+    """
+
+    name: str
+    fn: Callable[..., float]
+    fields: tuple[str, ...]
+    label: str
+    short: str
+    needs: tuple[str, ...] = ()
+    sampled: bool = False
+    baseline: bool = False
+    required: bool = False
+    preview: int | None = None
+
+    def score(self, row: Mapping) -> float:
+        """The measure of one generations row (the row holds every field in ``fields``)."""
+        return self.fn(*(row[f] for f in self.fields))
+
+
+#: every measure, in the order tables and figures show them: single-pass scores, the length
+#: baselines, then the measures of sampled answers
+MEASURES: Registry[Measure] = Registry("measure", UnknownMeasure)
+
+
+def declare(measure: Measure) -> Measure:
+    return MEASURES.add(measure.name, measure)
+
+
+# single pass: the greedy answer's own token statistics
+declare(Measure("g_nll", U.g_nll, ("token_logprobs",), "G-NLL", "G-NLL", required=True, preview=4))
+declare(Measure("ln_g_nll", U.ln_g_nll, ("token_logprobs",), "LN-G-NLL", "LN-G", preview=4))
+declare(Measure("max_nll", U.max_token_nll, ("token_logprobs",), "max-token NLL", "max"))
+declare(Measure("mean_entropy", U.mean_token_entropy, ("token_entropies",), "mean token entropy", "ent"))
+declare(Measure("rw_g_nll", U.rw_g_nll, ("token_logprobs", "relevance"), "RW-G-NLL", "RW", needs=("relevance",),
+                required=True, preview=4))
+# zero-cost baselines
+declare(Measure("answer_tokens", U.answer_tokens, ("token_ids",), "answer length (tokens)", "len", baseline=True))
+declare(Measure("answer_chars", U.answer_chars, ("answer",), "answer length (characters)", "chars", baseline=True))
+# measures of sampled answers (num_generations > 0)
+declare(Measure("predictive_entropy", S.predictive_entropy, ("sample_token_logprobs",), "predictive entropy", "PE",
+                needs=("sampling",), sampled=True))
+declare(Measure("ln_predictive_entropy", S.ln_predictive_entropy, ("sample_token_logprobs",), "LN predictive entropy",
+                "LN-PE", needs=("sampling",), sampled=True))
+declare(Measure("semantic_entropy", S.semantic_entropy, ("semantic_ids", "sample_token_logprobs"), "semantic entropy",
+                "SE", needs=("sampling", "entailment"), sampled=True, preview=4))
+declare(Measure("discrete_semantic_entropy", S.discrete_semantic_entropy, ("semantic_ids",),
+                "discrete semantic entropy", "DSE", needs=("sampling", "entailment"), sampled=True))
+declare(Measure("num_semantic_sets", S.num_semantic_sets, ("semantic_ids",), "number of semantic sets", "#sets",
+                needs=("sampling", "entailment"), sampled=True, preview=0))
+declare(Measure("p_true", S.p_true_score, ("log_p_true",), "p(True)", "p(T)", needs=("sampling", "p_true"),
+                sampled=True, preview=4))
+
+#: the names, in order: every measure, the single-pass ones (every run has them), the sampled ones
+NAMES = tuple(MEASURES)
+SINGLE_PASS = tuple(n for n, m in MEASURES.items() if not m.sampled)
+SAMPLED = tuple(n for n, m in MEASURES.items() if m.sampled)
+BASELINES = tuple(n for n, m in MEASURES.items() if m.baseline)
+REQUIRED = tuple(n for n, m in MEASURES.items() if m.required)
+#: name -> label, and the short labels of crowded figures
+LABELS = {n: m.label for n, m in MEASURES.items()}
+SHORT_LABELS = {n: m.short for n, m in MEASURES.items()}
+#: name -> the cost parts it needs beyond the greedy pass
+NEEDS = {n: m.needs for n, m in MEASURES.items()}
+#: the measures shown in a run's preview table, with their decimals
+PREVIEW = {n: m.preview for n, m in MEASURES.items() if m.preview is not None}
+
+
+def label(name: str) -> str:
+    """A measure's label, or the name itself for one this version does not declare (an older or
+    newer run's)."""
+    return LABELS.get(name, name)
+
+
+def score_row(row: Mapping) -> dict[str, float]:
+    """Every single-pass score of one generations row (a mapping with the fields they read)."""
+    return {n: MEASURES.get(n).score(row) for n in SINGLE_PASS}
+
+
+def _field(row, name: str):
+    """A row's field, or None where the row lacks it or holds a missing value (None, NaN)."""
+    try:
+        value = row[name]
+    except (KeyError, IndexError):
+        return None
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value
+
+
+def score_sampled_row(row: Mapping) -> dict[str, float]:
+    """Every sampled measure of one generations row (parquet's numpy arrays are accepted). A row
+    without samples (no or empty ``sample_token_logprobs`` and ``semantic_ids``) gives NaN for every
+    measure, p_true included (p(True) is asked with the samples); a measure whose field is missing
+    is NaN."""
+    samples, ids = _field(row, "sample_token_logprobs"), _field(row, "semantic_ids")
+    if len(samples if samples is not None else ()) == 0 and len(ids if ids is not None else ()) == 0:
+        return {n: NAN for n in SAMPLED}
+    out = {}
+    for n in SAMPLED:
+        m = MEASURES.get(n)
+        values = [_field(row, f) for f in m.fields]
+        out[n] = NAN if any(v is None for v in values) else m.fn(*values)
+    return out
