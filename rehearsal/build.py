@@ -9,7 +9,8 @@
 - ``datasets/`` with TriviaQA rc.nocontext and SQuAD v2 under their hub ids (``rehearsal.datasets_cache``).
 
 With ``HF_HOME=<root> HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1`` the study's model and dataset names run
-unchanged. Each part is built only when missing; a repository appears complete or not at all.
+unchanged. Each part is built only when missing (or trained by an earlier recipe,
+``rehearsal.models.recipe``); a repository appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 from rehearsal.datasets_cache import build_dataset_cache
-from rehearsal.models import STAND_INS, build_model
+from rehearsal.models import STAND_INS, build_model, recipe
 from rehearsal.tokenizers import build_tokenizer
 
 DEFAULT_STEPS = 300  # 1.5 minutes (Llama-3.2-1B) or more per model on an idle 2-core CPU
@@ -58,7 +59,8 @@ def build(root: Path, steps: int = DEFAULT_STEPS, log=print) -> dict:
         log(line)
     downloads = root / "downloads"  # the npm tarball of the Llama 3 tokenizer, kept for rebuilds
     for repo, stand_in in STAND_INS.items():
-        if snapshot(root, repo) is not None:
+        built = manifest["models"].get(repo, {})
+        if snapshot(root, repo) is not None and built.get("recipe", 1) == recipe(stand_in):
             log(f"{repo}: already there")
             continue
         t0 = time.perf_counter()

@@ -8,7 +8,8 @@ models, as registered (8-bit where the study quantizes), and for each repository
   log-prob and one entropy per token, no stop sequence inside an answer;
 - G-NLL against a teacher-forced recomputation (one forward pass over prompt and answer, batch 1);
 - batch 1 against batch ``N``: the share of changed answers and the largest G-NLL difference;
-- a second pass at the same batch size: identical records (reproducibility).
+- a second pass at the same batch size: identical records (reproducibility);
+- the share of answers whose first token starts a word, as the real models' answers do.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ def teacher_forced_nll(lm, prompt: list[int], answer: list[int]) -> float:
     return float(-lp.sum())
 
 
+def _share(flags: list[bool]) -> float:
+    return sum(flags) / len(flags) if flags else math.nan
+
+
 def check(spec, n: int) -> dict:
     from uqflow.generation.hf import HFEngine
     from uqflow.models.loading import load_model, unload
@@ -95,6 +100,10 @@ def check(spec, n: int) -> dict:
                             == [(g.token_ids, g.token_logprobs) for g in again],
             "stop_reasons": {r: reasons.count(r) for r in sorted(set(reasons))},
             "mean_answer_tokens": sum(len(g.token_ids) for g in batched) / len(ids),
+            # answers whose first token starts a word ("▁Leo", "ĠLeo"), as the real models' do after
+            # their prompt or chat turn: the path through the first token the study measures
+            "word_start_share": _share([tok.convert_ids_to_tokens(g.token_ids[0]).startswith(("▁", "Ġ"))
+                                        for g in batched if g.token_ids]),
             "examples": [g.text for g in batched[:3]],
         }
     finally:

@@ -88,6 +88,14 @@ STAND_INS: dict[str, StandIn] = {s.repo: s for s in [
 ]}
 
 
+def recipe(stand_in: StandIn) -> int:
+    """How ``stand_in`` is trained, as a number a cache records with it: a stand-in built by another
+    recipe is built again. 1: answers after the prompt; 2 (instruct models): the answer's turn as the
+    chat template renders it (:func:`answer_turn`; 1 trained "[/INST]Leo Tolstoy</s>" without the
+    template's space)."""
+    return 2 if stand_in.instruct else 1
+
+
 def study_cell():
     """The configuration of the study grid's first cell: its prompt protocol and few-shot settings,
     which every cell shares."""
@@ -106,7 +114,7 @@ def training_pairs(tokenizer, instruct: bool, seed: int = 0) -> dict[str, list[P
     short and cheap, most steps learn the answers from these) and all of them with 1 to 5 shots drawn
     from the train split (``shots``, the form the study prompts in)."""
     from uqflow.data import load_dataset
-    from uqflow.prompts import draw_few_shot, render
+    from uqflow.prompts import draw_few_shot
 
     cell = study_cell()
     opts, shots_max = cell.prompt_options, cell.num_few_shot
@@ -119,16 +127,39 @@ def training_pairs(tokenizer, instruct: bool, seed: int = 0) -> dict[str, list[P
                 continue  # greedy decoding takes the mode: trained on abstentions, a tiny model abstains always
             answer = ex.references[0]
             shots = [s for s in draw_few_shot(ds.few_shot_pool, shots_max + 1, rng.randrange(10**6)) if s.id != ex.id]
-            pools[name].append(_pair(tokenizer, render(ex, [], tokenizer, instruct, opts), answer, instruct))
+            pools[name].append(_pair(tokenizer, ex, [], answer, instruct, opts))
             k = rng.randint(1, shots_max)
-            pools["shots"].append(_pair(tokenizer, render(ex, shots[:k], tokenizer, instruct, opts), answer, instruct))
+            pools["shots"].append(_pair(tokenizer, ex, shots[:k], answer, instruct, opts))
     return pools
 
 
-def _pair(tokenizer, rendered: tuple[str, bool], answer: str, instruct: bool) -> Pair:
-    prompt, special = rendered
-    end = tokenizer.eos_token if instruct else "\n"
-    text = prompt + (answer if instruct else " " + answer) + end
+def answer_turn(tokenizer, messages: list[dict[str, str]], prompt: str, answer: str) -> str:
+    """``answer`` as the chat template renders an assistant turn after ``prompt`` (``messages``
+    rendered with the generation prompt), up to and including the EOS that ends it: Mistral's
+    template gives " Leo Tolstoy</s>" after "[/INST]", so the first answer token is SentencePiece's
+    word start ("▁Leo"), as the real model's answers and the prompt's own example turns begin."""
+    full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": answer}], tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template renders a conversation with an answer under another prefix than its "
+                         "generation prompt; the answer's turn cannot be told apart")
+    turn = full[len(prompt):]
+    cut = turn.find(tokenizer.eos_token) if tokenizer.eos_token else -1
+    return turn if cut < 0 else turn[:cut + len(tokenizer.eos_token)]
+
+
+def _pair(tokenizer, ex, shots, answer: str, instruct: bool, opts) -> Pair:
+    """The question prompted as the study prompts it, and after it the answer as the model is to
+    give it: a base model's " answer" and the newline that stops it, an instruct model's turn as its
+    chat template renders it (:func:`answer_turn`)."""
+    from uqflow.prompts import build_messages, render
+
+    prompt, special = render(ex, shots, tokenizer, instruct, opts)
+    if not instruct:
+        text = prompt + " " + answer + "\n"
+    elif special:  # an instruct model prompted without its chat template
+        text = prompt + answer + tokenizer.eos_token
+    else:
+        text = prompt + answer_turn(tokenizer, build_messages(ex, shots, opts), prompt, answer)
     prompt_ids = tokenizer(prompt, add_special_tokens=special)["input_ids"]
     ids = tokenizer(text, add_special_tokens=special)["input_ids"]
     n = len(prompt_ids)
@@ -193,6 +224,6 @@ def build_model(stand_in: StandIn, tokenizer_dir: Path, out: Path, steps: int = 
     model.generation_config = GenerationConfig(**stand_in.generation_config)
     out.mkdir(parents=True, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(out)  # config.json then names bfloat16, as the hub's do
-    return {"repo": stand_in.repo, "parameters": sum(p.numel() for p in model.parameters()),
+    return {"repo": stand_in.repo, "recipe": recipe(stand_in), "parameters": sum(p.numel() for p in model.parameters()),
             "examples": len(pools["shots"]), "loss_first": round(sum(losses[:10]) / 10, 3),
             "loss_last": round(sum(losses[-10:]) / 10, 3)}

@@ -1,7 +1,10 @@
 import os
+import shutil
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +32,7 @@ def free_port() -> int:
 #: `slow` (a real model or a whole experiment in this process) is marked by hand where it applies.
 SERVER_FIXTURES = {"postgres_server", "browser"}
 SUBPROCESS_FIXTURES = {"venv_env"}
-SUBPROCESS_CALLS = ("subprocess.", "Popen(", "sys.executable", "start_mlflow_ui(")
+SUBPROCESS_CALLS = ("subprocess.", "Popen(", "sys.executable", "*UQFLOW", "start_mlflow_ui(")
 CLUSTER_MODULES = {"test_cluster.py"}
 
 
@@ -81,6 +84,62 @@ def gemma():
     from uqflow.models import MODELS, load_model
 
     return load_model(MODELS.get("Gemma-3-270M"), "cpu")
+
+
+#: the shared run: SmolLM2 on trivia_mini, 3 sampled answers per question clustered by the model
+#: itself asked as the entailment judge (the LLM path: its choice among label words, its cache)
+FINISHED_RUN = {"num_samples": 10, "max_new_tokens": 24, "n_bootstrap": 100, "num_generations": 3,
+                "entailment": "llm:SmolLM2-135M-Instruct"}
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A real run, FINISHED in an MLflow store of its own (see :func:`finished_run`)."""
+
+    run_id: str
+    config: Any  # its RunConfig
+    store: Path  # its mlflow.db (the artifacts beside it)
+    cache: Path  # the judges' replies it cached
+    frame: Any  # its generations table, as the run returned it
+    metrics: dict[str, float]
+
+
+@pytest.fixture(scope="session")
+def finished_run(smollm, tmp_path_factory) -> FinishedRun:
+    """One real run with sampling, made once per session and read by the tests of what a finished
+    run holds, rescoring, aggregation and the report (through :func:`sampled_run`, which gives each
+    test a copy of its store)."""
+    import mlflow
+
+    from uqflow.config import RunConfig
+    from uqflow.experiment import run_experiment
+
+    root = tmp_path_factory.mktemp("finished-run")
+    uri, before = f"sqlite:///{root / 'mlflow.db'}", mlflow.get_tracking_uri()
+    cfg = RunConfig(**FINISHED_RUN)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+            mp.delenv(name, raising=False)
+        mp.setattr("uqflow.experiment.cache_root", lambda: root / "cache")
+        mlflow.set_tracking_uri(uri)
+        try:
+            result = run_experiment(cfg, lm=smollm)
+            metrics = dict(mlflow.get_run(result.run_id).data.metrics)
+        finally:
+            mlflow.set_tracking_uri(before)
+    return FinishedRun(result.run_id, cfg, root / "mlflow.db", root / "cache", result.frame, metrics)
+
+
+@pytest.fixture
+def sampled_run(finished_run, tracking, tmp_path, monkeypatch) -> FinishedRun:
+    """The session's finished run in this test's own MLflow store (a copy: what a test adds, such
+    as a rescored run, stays its own) and with a copy of the judges' cache it filled."""
+    shutil.copy(finished_run.store, tmp_path / "mlflow.db")
+    shutil.copytree(finished_run.cache, tmp_path / "cache")
+    monkeypatch.setattr("uqflow.experiment.cache_root", lambda: tmp_path / "cache")
+    return finished_run
 
 
 @pytest.fixture

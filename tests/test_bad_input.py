@@ -29,12 +29,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
 from conftest import ROOT, free_port
 from store_fixtures import generations, log_run
+from commands import invoke, UQFLOW
 from uqflow.scoring.measures import SINGLE_PASS
-from uqflow.cli import cli
 from uqflow.tracking import ERROR_TAG
 
 
@@ -45,9 +44,6 @@ def _in_tmp(tmp_path, monkeypatch):
     """Each test runs in its own folder (MLflow's artifacts and any default results.db land there)."""
     monkeypatch.chdir(tmp_path)
 
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def assert_clear_failure(res, phrase: str, exit_code: int | None = None) -> None:
@@ -786,7 +782,6 @@ HUB_ACCESS = [
 def test_hub_access(tracking, tmp_path, venv_env, offline, args, phrases):
     """In a process of its own, as a user meets it: with HF_HUB_OFFLINE=1, or with nothing set and
     the hub unreachable (HF_ENDPOINT at a closed port here), which uqflow finds out in one try."""
-    import sys
     import time
 
     env = {**venv_env, "MLFLOW_TRACKING_URI": tracking, "HF_HOME": str(tmp_path / "hf")}
@@ -797,7 +792,7 @@ def test_hub_access(tracking, tmp_path, venv_env, offline, args, phrases):
     else:
         env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "uqflow", "run", *args, "--num-samples", "2"], env=env, cwd=tmp_path,
+    out = subprocess.run([*UQFLOW, "run", *args, "--num-samples", "2"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     elapsed = time.perf_counter() - t0
     assert out.returncode == 1, out.stderr
@@ -834,14 +829,13 @@ TRACKING_SERVER = [
 def test_tracking_server_unreachable_is_said_in_seconds(tracking, tmp_path, venv_env):
     """MLflow's own retries (7, growing waits: 262 s seen) are bounded by uqflow's defaults
     (tracking.NETWORK_DEFAULTS) unless the user sets them."""
-    import sys
     import time
 
     uri = f"http://127.0.0.1:{free_port()}"
     env = {k: v for k, v in venv_env.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
     env["MLFLOW_TRACKING_URI"] = uri
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "uqflow", "run", "--num-samples", "1"], env=env, cwd=tmp_path,
+    out = subprocess.run([*UQFLOW, "run", "--num-samples", "1"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and UNREACHABLE.format(uri=uri) in out.stderr, out.stderr
     assert time.perf_counter() - t0 < 60  # a guard against MLflow's 4-minute retry schedule, not a benchmark

@@ -1,13 +1,10 @@
 """The command line as a user meets it."""
 
 import pytest
-from click.testing import CliRunner
 
+from commands import invoke
 from uqflow.cli import cli
 
-
-def invoke(*args):
-    return CliRunner().invoke(cli, list(args))
 
 
 def test_every_command_has_help_with_an_example():

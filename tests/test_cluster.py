@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from conftest import ROOT, free_port
+from commands import invoke, UQFLOW
 from uqflow import cluster
 from uqflow import tracking as tr
-from uqflow.cli import cli
 from uqflow.config import RunConfig
 from uqflow.errors import GridBusy
 from uqflow.models import MODELS
@@ -264,13 +263,13 @@ def test_claims_refuse_a_live_driver_and_take_over_a_stale_one(tracking, monkeyp
 def test_bad_ray_input_is_one_line(tracking, tmp_path, monkeypatch):
     f = _grid(tmp_path, ["SmolLM2-135M-Instruct"], ["trivia_mini"])
     t0 = time.perf_counter()
-    res = CliRunner().invoke(cli, ["grid", str(f), "--ray", f"127.0.0.1:{free_port()}"])
+    res = invoke("grid", str(f), "--ray", f"127.0.0.1:{free_port()}")
     assert res.exit_code == 1 and "Error: cannot reach the Ray cluster at 127.0.0.1:" in res.output
     assert "Traceback" not in res.output and time.perf_counter() - t0 < 30  # not Ray's minutes of retries
     monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
-    res = CliRunner().invoke(cli, ["grid", str(f), "--ray"])
+    res = invoke("grid", str(f), "--ray")
     assert res.exit_code == 1 and "pip install 'uqflow[cluster]'" in res.output
-    res = CliRunner().invoke(cli, ["grid", str(f), "--ray", "--isolate"])
+    res = invoke("grid", str(f), "--ray", "--isolate")
     assert res.exit_code == 2 and "--isolate and --ray do not go together" in res.output
 
 
@@ -282,7 +281,7 @@ def test_cpu_demo_grid_across_both_nodes_into_the_server(ray_cluster, on_server,
     tracking server over HTTP: one FINISHED run per cell, each linked to the grid's run, run by
     workers on both nodes; the driver prints the same lines and table as without Ray; run again,
     every cell is already done."""
-    cmd = [sys.executable, "-m", "uqflow", "grid", str(ROOT / "grids" / "cpu_demo.yaml"), "--ray", ray_cluster.address, *QUICK]
+    cmd = [*UQFLOW, "grid", str(ROOT / "grids" / "cpu_demo.yaml"), "--ray", ray_cluster.address, *QUICK]
     out = subprocess.run(cmd, env=_env(base_env), cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "[6/6]" in out.stderr and out.stdout.count("finished") == 6, out.stdout + out.stderr[-2000:]
@@ -310,7 +309,7 @@ def test_sigkill_of_the_second_node_mid_cell(ray_cluster, on_server, base_env, t
 
     ray_cluster.start_second_node()
     f = _grid(tmp_path, ["SmolLM2-135M-Instruct", "Gemma-3-270M"], ["trivia_mini"], name="kill")  # one model a node
-    cmd = [sys.executable, "-m", "uqflow", "grid", str(f), "--ray", ray_cluster.address, "--set", "num_samples=8",
+    cmd = [*UQFLOW, "grid", str(f), "--ray", ray_cluster.address, "--set", "num_samples=8",
            "--set", "max_new_tokens=16", "--set", "n_bootstrap=20"]
     proc = subprocess.Popen(cmd, env=_env(base_env), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = None
@@ -342,7 +341,7 @@ def test_two_drivers_at_once(ray_cluster, on_server, base_env, tmp_path):
     one line naming the first; each cell has exactly one run."""
     ray_cluster.start_second_node()
     f = _grid(tmp_path, ["SmolLM2-135M-Instruct"], ["trivia_mini", "squad_mini"], name="twice")
-    cmd = [sys.executable, "-m", "uqflow", "grid", str(f), "--ray", ray_cluster.address, *QUICK]
+    cmd = [*UQFLOW, "grid", str(f), "--ray", ray_cluster.address, *QUICK]
     procs = [subprocess.Popen(cmd, env=_env(base_env), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -370,7 +369,7 @@ def test_a_stop_signal_on_the_driver_ends_running_cells_killed(ray_cluster, on_s
 
     ray_cluster.start_second_node()
     f = _grid(tmp_path, ["SmolLM2-135M-Instruct", "Gemma-3-270M"], ["trivia_mini"], name="stop")
-    cmd = [sys.executable, "-m", "uqflow", "grid", str(f), "--ray", ray_cluster.address, "--set", "num_samples=40"]
+    cmd = [*UQFLOW, "grid", str(f), "--ray", ray_cluster.address, "--set", "num_samples=40"]
     proc = subprocess.Popen(cmd, env=_env(base_env), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -445,7 +444,7 @@ def test_no_credential_reaches_rays_logs_or_the_console_and_ray_without_address_
     try:
         f = _grid(tmp_path, ["SmolLM2-135M-Instruct"], ["trivia_mini"], name="secret")
         env = _env(base_env, RAY_TMPDIR=str(ray_tmp), RAY_ADDRESS=ray_cluster.address)
-        cmd = [sys.executable, "-m", "uqflow", "grid", str(f), "--ray", *QUICK, "--set", "num_samples=2"]
+        cmd = [*UQFLOW, "grid", str(f), "--ray", *QUICK, "--set", "num_samples=2"]
         out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         assert list(ray_tmp.rglob("session_*")), "no cluster of its own was started"
@@ -459,7 +458,7 @@ def test_no_credential_reaches_rays_logs_or_the_console_and_ray_without_address_
         shutil.rmtree(ray_tmp, ignore_errors=True)
     host = on_server_url(env)
     in_uri = {k: v for k, v in env.items() if k not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    dry = [sys.executable, "-m", "uqflow", "grid", str(f), "--dry-run"]
+    dry = [*UQFLOW, "grid", str(f), "--dry-run"]
     ok = subprocess.run(dry, env={**in_uri, "MLFLOW_TRACKING_URI": host.replace("://", f"://{ADMIN}:{ADMIN_PASSWORD}@")},
                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
@@ -479,7 +478,7 @@ def on_server_url(env: dict[str, str]) -> str:
 def test_a_write_without_credentials_or_permission_is_refused_in_one_line(on_server, base_env, tmp_path):
     """Without credentials, with a wrong password, and as a user who may only read the experiment:
     `uqflow run` exits non-zero with one line saying what is missing and what to do."""
-    cmd = [sys.executable, "-m", "uqflow", "run", "--model", "SmolLM2-135M-Instruct", "--dataset", "trivia_mini",
+    cmd = [*UQFLOW, "run", "--model", "SmolLM2-135M-Instruct", "--dataset", "trivia_mini",
            "--num-samples", "2"]
     env = _env(base_env)
     cases = {

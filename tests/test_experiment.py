@@ -185,9 +185,8 @@ def test_headline_command_offline_fails_fast_and_says_why(tracking, venv_env, tm
 
 
 @pytest.mark.slow
-def test_rescore_makes_a_linked_run_without_generating(tracking, smollm):
-    cfg = RunConfig(num_samples=8, max_new_tokens=16, n_bootstrap=50)
-    source = run_experiment(cfg, lm=smollm)
+def test_rescore_makes_a_linked_run_without_generating(sampled_run):
+    source = sampled_run  # the session's finished run (tests/conftest.py)
     new = rescore(source.run_id, {"correctness": "rouge_l", "n_bootstrap": "50"})
     run = mlflow.get_run(new.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["uqflow.source_run"] == source.run_id

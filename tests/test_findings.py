@@ -13,11 +13,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
 from store_fixtures import generations, log_run
+from commands import invoke
 from uqflow import tracking as tr
-from uqflow.cli import cli
 from uqflow.config import RunConfig
 from uqflow.scoring import pipeline
 from uqflow.scoring.correctness import contains_reference
@@ -25,9 +24,6 @@ from uqflow.scoring.cost import NEEDS
 from uqflow.scoring.judges import make_judge
 from uqflow.scoring.measures import SINGLE_PASS, score_row
 
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 # ---------------------------------------------------------------- length as a score

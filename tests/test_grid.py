@@ -3,15 +3,13 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
-from click.testing import CliRunner
 
-from uqflow.cli import cli
+from commands import invoke, UQFLOW
 from uqflow.errors import ConfigError
 from uqflow.grid import cell_states, checked_cells, load_grid
 
@@ -51,11 +49,11 @@ def test_bad_grid_files(tmp_path, text, message):
 
 
 def test_grid_cli_errors(tracking, tmp_path):
-    res = CliRunner().invoke(cli, ["grid", str(tmp_path / "none.yaml")])
+    res = invoke("grid", str(tmp_path / "none.yaml"))
     assert res.exit_code == 1 and "does not exist" in res.output and "Traceback" not in res.output
     f = tmp_path / "g.yaml"
     f.write_text("models: [Smol]\ndatasets: [trivia_mini]\n")
-    res = CliRunner().invoke(cli, ["grid", str(f)])
+    res = invoke("grid", str(f))
     assert res.exit_code == 1 and "unknown model 'Smol'" in res.output
     assert mlflow.search_experiments(filter_string="name = 'uqflow'") == []  # nothing started
 
@@ -136,7 +134,7 @@ def test_a_batch_dependent_models_identity_holds_its_batching():
 def test_sigkill_during_second_cell_then_resume(tracking, tmp_path, venv_env):
     """kill -9 in the middle of cell 2; the same command then completes the rest, no duplicates."""
     f = _grid_file(tmp_path, ["SmolLM2-135M-Instruct"], ["trivia_mini", "squad_mini"], num_samples=40, max_new_tokens=24, n_bootstrap=50)
-    cmd = [sys.executable, "-m", "uqflow", "grid", str(f)]
+    cmd = [*UQFLOW, "grid", str(f)]
     proc = subprocess.Popen(cmd, env=venv_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     killed_run = None
@@ -193,7 +191,7 @@ def test_failing_cell_is_recorded_and_the_grid_goes_on(tracking, tmp_path, monke
     monkeypatch.setenv("UQFLOW_MODEL_REGISTRY", str(reg))
     f = _grid_file(tmp_path, ["Broken", "SmolLM2-135M-Instruct"], ["trivia_mini"], num_samples=4,
                    max_new_tokens=8, n_bootstrap=20)
-    res = CliRunner().invoke(cli, ["grid", str(f)])
+    res = invoke("grid", str(f))
     assert res.exit_code == 1 and "1 of 2 cells failed" in res.output
     runs = _runs()
     by_model = dict(zip(runs["tags.model"], runs["status"]))
@@ -202,7 +200,7 @@ def test_failing_cell_is_recorded_and_the_grid_goes_on(tracking, tmp_path, monke
     assert "could not be loaded" in failed["tags.uqflow.error"]
     arts = [a.path for a in mlflow.MlflowClient().list_artifacts(failed["run_id"])]
     assert "cell.log" in arts
-    dry = CliRunner().invoke(cli, ["grid", str(f), "--dry-run"])
+    dry = invoke("grid", str(f), "--dry-run")
     assert dry.exit_code == 0 and "failed" in dry.output and "done" in dry.output
 
 
@@ -211,7 +209,7 @@ def test_failing_cell_is_recorded_and_the_grid_goes_on(tracking, tmp_path, monke
 def test_isolated_cells_are_linked_to_the_grid_run(tracking, tmp_path):
     f = _grid_file(tmp_path, ["SmolLM2-135M-Instruct"], ["trivia_mini"], num_samples=3, max_new_tokens=8,
                    n_bootstrap=20)
-    res = CliRunner().invoke(cli, ["grid", str(f), "--isolate"])
+    res = invoke("grid", str(f), "--isolate")
     assert res.exit_code == 0, res.output
     runs = mlflow.search_runs(experiment_names=["uqflow"])
     parent = runs[runs["tags.uqflow.grid"] == "t"].iloc[0]
@@ -228,11 +226,11 @@ def test_dry_run_offline_says_what_each_cell_needs(tracking):
     import time
 
     t0 = time.perf_counter()
-    dry = CliRunner().invoke(cli, ["grid", str(ROOT / "grids" / "multi_family.yaml"), "--dry-run"])
+    dry = invoke("grid", str(ROOT / "grids" / "multi_family.yaml"), "--dry-run")
     assert dry.exit_code == 0, dry.output
     assert dry.output.count("pending") == 12 and "needs" in dry.output
     assert "not in the local Hugging Face cache" in dry.output and "needs a CUDA GPU" not in dry.output  # 8bit/4bit run on a CPU too
-    res = CliRunner().invoke(cli, ["grid", str(ROOT / "grids" / "multi_family.yaml")])
+    res = invoke("grid", str(ROOT / "grids" / "multi_family.yaml"))
     assert res.exit_code == 1 and "12 of 12 cells of grid 'multi_family' cannot run on this machine" in res.output
     assert "Mistral-7B-v0.3-8bit x trivia_qa: model 'Mistral-7B-v0.3-8bit'" in res.output
     assert "Traceback" not in res.output

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from test_bad_input import assert_clear_failure, assert_runs_settled, invoke, jsonl, squad, trivia
+from commands import invoke
+from test_bad_input import assert_clear_failure, assert_runs_settled, jsonl, squad, trivia
 from uqflow.yamlfile import MAX_YAML_BYTES, MAX_YAML_NODES, read_yaml
 from uqflow.errors import short
 from uqflow.errors import ConfigError

@@ -15,18 +15,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
 from store_fixtures import generations, log_run
+from commands import invoke
 from uqflow import tracking as tr
-from uqflow.cli import cli
 from uqflow.config import RunConfig
 from uqflow.errors import ConfigError
 from uqflow.scoring import pipeline
 
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def artifact(run_id: str):

@@ -22,9 +22,8 @@ import threading
 import time
 
 import pytest
-from click.testing import CliRunner
 
-from uqflow.cli import cli
+from commands import invoke, UQFLOW
 from uqflow.errors import QueryError, UqflowError
 from uqflow.store import run_query
 from uqflow.store.query import _sqlite_heap_functions
@@ -73,7 +72,7 @@ def run_child(argv: list[str], cwd) -> Ran:
 
 
 def cli_query(cwd, url: str, sql: str, *options: str) -> Ran:
-    return run_child([sys.executable, "-m", "uqflow", "query", "--db", url, *options, sql], cwd)
+    return run_child([*UQFLOW, "query", "--db", url, *options, sql], cwd)
 
 
 def capped_query(cwd, url: str, sql: str, *, timeout: float, max_memory_mb: float) -> Ran:
@@ -91,7 +90,7 @@ def assert_stopped(ran: Ran, phrase: str, *, within_s: float, baseline_mb: float
 
 def new_store(url: str) -> str:
     """An empty results store with the schema, as `uqflow db upgrade` makes it."""
-    res = CliRunner().invoke(cli, ["db", "upgrade", "--db", url])
+    res = invoke("db", "upgrade", "--db", url)
     assert res.exit_code == 0, res.output
     return url
 

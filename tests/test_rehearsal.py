@@ -98,7 +98,7 @@ def test_rehearsal_models_keep_the_records_contract(rehearsal_env, tmp_path):
     """For each grid model as registered (8-bit where the study quantizes) and each repository
     unquantized: records agree with the tokens; G-NLL equals a teacher-forced recomputation; batch 1
     against 16 gives the same records unquantized; a second pass repeats them exactly; base models
-    stop at a newline, the instruct model at EOS after its chat turn."""
+    stop at a newline, the instruct model at EOS after its chat turn; answers begin with a word start."""
     out = _sh([sys.executable, "-m", "rehearsal.checks", "16"], rehearsal_env, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     results = {r["model"]: r for r in map(json.loads, out.stdout.splitlines())}
@@ -109,6 +109,7 @@ def test_rehearsal_models_keep_the_records_contract(rehearsal_env, tmp_path):
         if r["quantization"] == "none":
             assert r["max_teacher_forced_diff"] < 1e-3, r
             assert r["answers_changed_batch_1_vs_n"] == 0 and r["max_g_nll_diff_batch_1_vs_n"] < 1e-3, r
+        assert r["word_start_share"] > 0.5, r  # trained as the prompt or the chat template renders an answer
         ends = r["stop_reasons"]
         if "Instruct" in name:
             assert ends.get("eos", 0) > ends.get("length", 0), r

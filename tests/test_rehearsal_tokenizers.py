@@ -178,3 +178,29 @@ def test_npm_tarball_is_cached(built, tmp_path, monkeypatch):
 def test_unknown_kind(tmp_path):
     with pytest.raises(ValueError, match="unknown tokenizer kind 'gpt-2'"):
         build_tokenizer("gpt-2", tmp_path / "out", tmp_path / "cache")
+
+
+def test_mistral_instruct_stand_in_learns_answers_as_the_template_and_mistral_common_render_them(built):
+    """The stand-in's training text after the prompt is the assistant turn as the chat template (and
+    mistral-common) encode it: "[/INST] Paris</s>", whose first answer token is a word start."""
+    import mistral_common
+    from mistral_common.protocol.instruct.messages import AssistantMessage, UserMessage
+    from mistral_common.protocol.instruct.request import InstructRequest
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    from rehearsal.models import _pair, study_cell
+    from uqflow.data.examples import Example
+    from uqflow.prompts import build_messages
+
+    _, _, tok = built("mistral-v0.3-instruct")
+    opts = study_cell().prompt_options
+    ex = Example(id="q", question="What is the capital of France?", references=("Paris",))
+    shot = Example(id="s", question="Who wrote War and Peace?", references=("Leo Tolstoy",))
+    ids, n = _pair(tok, ex, [shot], "Paris", True, opts)
+    assert tok.convert_ids_to_tokens(ids[n:]) == ["▁Paris", "</s>"]
+    reference = MistralTokenizer.from_file(str(Path(mistral_common.__file__).parent / "data" / MISTRAL_V3_MODEL))
+    kinds = {"user": UserMessage, "assistant": AssistantMessage}
+    turns = [*build_messages(ex, [shot], opts), {"role": "assistant", "content": "Paris"}]
+    # mistral-common encodes a finished conversation's last assistant turn with its EOS
+    request = InstructRequest(messages=[kinds[m["role"]](content=m["content"]) for m in turns])
+    assert ids == reference.instruct_tokenizer.encode_instruct(request).tokens

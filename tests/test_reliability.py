@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT
 
 from store_fixtures import log_run
+from commands import UQFLOW
 from uqflow.scoring.measures import SINGLE_PASS
 from uqflow.errors import StoreError
 from uqflow.store import aggregate, run_query
@@ -42,7 +43,7 @@ def _consistent(url: str) -> int:
 
 
 def _aggregate_cmd(url: str) -> list[str]:
-    return [sys.executable, "-m", "uqflow", "aggregate", "--db", url]
+    return [*UQFLOW, "aggregate", "--db", url]
 
 
 def test_sigkill_during_aggregation_then_rerun(many_runs, tmp_path, venv_env):
@@ -162,7 +163,7 @@ def test_same_configuration_in_two_processes_is_identical(tracking, venv_env):
     import mlflow
     import pandas as pd
 
-    cmd = [sys.executable, "-m", "uqflow", "run", "--model", "SmolLM2-135M-Instruct", "--dataset", "squad_mini",
+    cmd = [*UQFLOW, "run", "--model", "SmolLM2-135M-Instruct", "--dataset", "squad_mini",
            "--num-samples", "8", "--set", "max_new_tokens=24", "--set", "n_bootstrap=100"]
     for _ in range(2):
         subprocess.run(cmd, env=venv_env, check=True, capture_output=True, timeout=600)
@@ -214,7 +215,7 @@ def test_a_stop_signal_ends_runs_killed_and_leaves_nothing_running(tracking, tmp
     Before, SIGTERM and SIGHUP left the run RUNNING for good."""
     import mlflow
 
-    proc = subprocess.Popen([sys.executable, "-m", "uqflow", *command], env=venv_env, cwd=tmp_path,
+    proc = subprocess.Popen([*UQFLOW, *command], env=venv_env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         started = _wait_for_running()

@@ -12,6 +12,7 @@ import mlflow
 import pytest
 
 from store_fixtures import log_run
+from commands import invoke
 from uqflow.scoring.measures import SINGLE_PASS
 from uqflow.report import build_report, load_study
 from uqflow.report.stats import answer_all
@@ -190,13 +191,11 @@ def test_report_is_logged_as_an_analysis_run(tracking, tmp_path):
 
 
 def test_report_on_an_empty_or_missing_store_says_so(tmp_path):
-    from click.testing import CliRunner
+    
 
-    from uqflow.cli import cli
-
-    res = CliRunner().invoke(cli, ["report", "--db", f"sqlite:///{tmp_path / 'none.db'}", "--no-mlflow"])
+    res = invoke("report", "--db", f"sqlite:///{tmp_path / 'none.db'}", "--no-mlflow")
     assert res.exit_code == 1 and "uqflow aggregate" in res.output and "Traceback" not in res.output
-    res = CliRunner().invoke(cli, ["report", "--measure", "nope", "--no-mlflow"])
+    res = invoke("report", "--measure", "nope", "--no-mlflow")
     assert res.exit_code == 1 and "unknown measure 'nope'" in res.output
 
 

@@ -3,16 +3,17 @@ bundled models (scoring/semantic.py's measures are checked against hand-computed
 test_semantic.py)."""
 
 import subprocess
-import sys
 
 import mlflow
 import pandas as pd
 import pytest
 
+from commands import UQFLOW
+from store_fixtures import log_run
 from uqflow.config import RunConfig
 from uqflow.data import load_dataset
 from uqflow.errors import ConfigError
-from uqflow.experiment import check, run_experiment
+from uqflow.experiment import check
 from uqflow.scoring.llm import p_true_inputs
 from uqflow.rescore import rescore
 from uqflow.generation import make_engine
@@ -107,7 +108,7 @@ def test_an_unknown_or_unreachable_entailment_model_is_refused_before_a_run(monk
 
 
 def test_the_cli_says_in_one_line_that_the_entailment_model_is_unknown(tracking, venv_env):
-    out = subprocess.run([sys.executable, "-m", "uqflow", "run", "--num-samples", "2", "--set", "num_generations=2",
+    out = subprocess.run([*UQFLOW, "run", "--num-samples", "2", "--set", "num_generations=2",
                           "--set", "entailment=nosuch"], capture_output=True, text=True, env=venv_env, timeout=300)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "unknown entailment model 'nosuch'" in out.stderr
@@ -118,12 +119,12 @@ def _costs(m, measure):
 
 
 @pytest.mark.slow
-def test_a_run_that_samples_logs_every_measure_with_its_cost_and_rescores(tracking, smollm, tmp_path, monkeypatch):
-    monkeypatch.setattr("uqflow.experiment.cache_root", lambda: tmp_path / "cache")  # the judge starts uncached
-    cfg = RunConfig(num_samples=8, max_new_tokens=24, n_bootstrap=100, num_generations=3, entailment=JUDGE)
-    result = run_experiment(cfg, lm=smollm)
-    m = mlflow.get_run(result.run_id).data.metrics
-    frame = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=result.run_id,
+def test_a_run_that_samples_logs_every_measure_with_its_cost_and_rescores(sampled_run):
+    """The session's finished run (tests/conftest.py: 3 samples, the model asked as entailment judge,
+    its judge cache empty at the start)."""
+    assert sampled_run.config.num_generations == 3 and sampled_run.config.entailment == JUDGE
+    m = mlflow.get_run(sampled_run.run_id).data.metrics
+    frame = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=sampled_run.run_id,
                                                                 artifact_path="generations.parquet"))
     # the samples and their clusters are stored, and every sampled measure is recomputable from its row
     assert all(len(s) == 3 and len(ids) == 3 and len(lp) == 3
@@ -156,7 +157,7 @@ def test_a_run_that_samples_logs_every_measure_with_its_cost_and_rescores(tracki
     assert ratio > 3, "three samples and their clustering cost more than three greedy passes"
 
     # rescoring reclusters the stored samples with other entailment settings, without sampling again
-    again = rescore(result.run_id, {"strict_entailment": "true"})
+    again = rescore(sampled_run.run_id, {"strict_entailment": "true"})
     m2 = mlflow.get_run(again.run_id).data.metrics
     for u in UNITS:  # the sampling and p(True) cost what they cost in the source run
         assert m2[part_metric("sampling", u)] == pytest.approx(m[part_metric("sampling", u)])
@@ -169,15 +170,12 @@ def test_a_run_that_samples_logs_every_measure_with_its_cost_and_rescores(tracki
 
 
 @pytest.mark.slow
-def test_sampled_measures_and_costs_reach_the_store_and_the_report(tracking, smollm, tmp_path, monkeypatch):
+def test_sampled_measures_and_costs_reach_the_store_and_the_report(sampled_run, tmp_path):
     from uqflow.report.build import build_report
     from uqflow.store.aggregation import aggregate
 
-    monkeypatch.setattr("uqflow.experiment.cache_root", lambda: tmp_path / "cache")
-    cfg = RunConfig(num_samples=10, max_new_tokens=24, n_bootstrap=100, num_generations=2,
-                    entailment="embedding:all-MiniLM-L6-v2")
-    result = run_experiment(cfg, lm=smollm)
-    run_experiment(RunConfig(num_samples=10, max_new_tokens=24, n_bootstrap=100, dataset="squad_mini"), lm=smollm)
+    result = sampled_run
+    log_run(dataset="squad_mini", n=10)  # a run that did not sample, beside it
     db = f"sqlite:///{tmp_path / 'results.db'}"
     aggregate(url=db)
     from sqlalchemy import create_engine, text
@@ -192,7 +190,7 @@ def test_sampled_measures_and_costs_reach_the_store_and_the_report(tracking, smo
                             {"r": result.run_id}).all()
         plain = conn.execute(text("SELECT num_generations, entailment FROM runs WHERE run_id != :r"),
                              {"r": result.run_id}).one()
-    assert tuple(run) == (2, "embedding:all-MiniLM-L6-v2") and tuple(plain) == (0, None)
+    assert tuple(run) == (3, JUDGE) and tuple(plain) == (0, None)
     assert set(SAMPLED) <= set(rows) or mlflow.get_run(result.run_id).data.metrics["accuracy"] in (0, 1)
     assert rows["g_nll"].cost_seconds == 0 and rows["rw_g_nll"].cost_passes > 0
     if "semantic_entropy" in rows:

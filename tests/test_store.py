@@ -10,12 +10,11 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import select
 
 from store_fixtures import log_grid_parent, log_run
+from commands import invoke
 from uqflow.scoring.measures import SINGLE_PASS
-from uqflow.cli import cli
 from uqflow.errors import QueryError, StoreError, UqflowError
 from uqflow.store import SLICE_VIEWS, Generation, Run, Score, aggregate, connect, run_query, upgrade
 from uqflow.store.db import downgrade, head_revision, row_counts
@@ -284,20 +283,19 @@ def test_query_errors_are_clear(tmp_path, tracking):
 def test_cli_aggregate_then_query(tracking, tmp_path):
     url = f"sqlite:///{tmp_path / 'r.db'}"
     log_run(n=12)
-    runner = CliRunner()
-    r = runner.invoke(cli, ["aggregate", "--db", url])
+    r = invoke("aggregate", "--db", url)
     assert r.exit_code == 0, r.output
     assert "1 added, 0 updated, 0 unchanged, 0 skipped, 0 removed" in r.output
-    r = runner.invoke(cli, ["aggregate", "--db", url])
+    r = invoke("aggregate", "--db", url)
     assert "0 added, 0 updated, 1 unchanged" in r.output
-    r = runner.invoke(cli, ["query", "--db", url, "--format", "csv",
-                            "SELECT family, measure, n_runs FROM v_auroc_by_family ORDER BY measure"])
+    r = invoke("query", "--db", url, "--format", "csv",
+                            "SELECT family, measure, n_runs FROM v_auroc_by_family ORDER BY measure")
     assert r.exit_code == 0, r.output
     assert r.output.splitlines()[0] == "family,measure,n_runs"
     assert "SmolLM2,g_nll,1" in r.output
-    r = runner.invoke(cli, ["query", "--db", url, "--format", "json", "SELECT n FROM runs"])
+    r = invoke("query", "--db", url, "--format", "json", "SELECT n FROM runs")
     assert r.exit_code == 0 and '"n":12' in r.output.replace(" ", "")
-    r = runner.invoke(cli, ["query", "--db", url, "DELETE FROM runs"])
+    r = invoke("query", "--db", url, "DELETE FROM runs")
     assert r.exit_code == 1 and "read-only" in r.output and "Traceback" not in r.output
 
 
@@ -308,12 +306,12 @@ def test_cli_aggregate_then_query(tracking, tmp_path):
     ("postgresql+psycopg://nobody@127.0.0.1:1/none", "cannot open the results store"),
 ])
 def test_bad_database_urls(tracking, url, message):
-    r = CliRunner().invoke(cli, ["db", "upgrade", "--db", url])
+    r = invoke("db", "upgrade", "--db", url)
     assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
 
 
 def test_aggregate_without_runs_says_so(tracking, tmp_path):
-    r = CliRunner().invoke(cli, ["aggregate", "--db", f"sqlite:///{tmp_path / 'r.db'}", "--experiment", "nope"])
+    r = invoke("aggregate", "--db", f"sqlite:///{tmp_path / 'r.db'}", "--experiment", "nope")
     assert r.exit_code == 1 and "no experiment 'nope'" in r.output
 
 
