@@ -55,21 +55,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def tracking(tmp_path, monkeypatch):
+def tracking(tmp_path):
     """A fresh MLflow tracking store (SQLite) for one test; its URI is returned. The test runs in
     its temporary folder, where MLflow puts the store's default artifact root (./mlruns)."""
-    import mlflow
+    from store_fixtures import mlflow_store
 
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # mlflow.set_experiment exports it
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
+    with mlflow_store(tmp_path) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="session")
@@ -114,21 +106,14 @@ def finished_run(smollm, tmp_path_factory) -> FinishedRun:
     from uqflow.config import RunConfig
     from uqflow.experiment import run_experiment
 
+    from store_fixtures import mlflow_store
+
     root = tmp_path_factory.mktemp("finished-run")
-    uri, before = f"sqlite:///{root / 'mlflow.db'}", mlflow.get_tracking_uri()
     cfg = RunConfig(**FINISHED_RUN)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
-            mp.delenv(name, raising=False)
+    with mlflow_store(root), pytest.MonkeyPatch.context() as mp:
         mp.setattr("uqflow.experiment.cache_root", lambda: root / "cache")
-        mlflow.set_tracking_uri(uri)
-        try:
-            result = run_experiment(cfg, lm=smollm)
-            metrics = dict(mlflow.get_run(result.run_id).data.metrics)
-        finally:
-            mlflow.set_tracking_uri(before)
+        result = run_experiment(cfg, lm=smollm)
+        metrics = dict(mlflow.get_run(result.run_id).data.metrics)
     return FinishedRun(result.run_id, cfg, root / "mlflow.db", root / "cache", result.frame, metrics)
 
 

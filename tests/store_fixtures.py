@@ -2,17 +2,54 @@
 columns, metrics computed by the real pipeline from the rows), without running a model: the store
 only reads what MLflow recorded, so these tell the truth about aggregation at a fraction of the
 cost. `tests/test_experiment.py::test_headline_command_then_aggregate_and_query` aggregates and
-queries a run made by a real model."""
+queries a run made by a real model. :func:`mlflow_store` points this process at a store of a
+test's own."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pytest
 
 from uqflow import tracking
 from uqflow.config import RunConfig
 from uqflow.models import MODELS
 from uqflow.scoring import pipeline
+
+
+#: what MLflow reads from the environment about where a run goes
+MLFLOW_RUN_VARIABLES = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
+
+
+@contextlib.contextmanager
+def mlflow_store(folder: Path, uri: str | None = None, env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """This process (and the processes it starts) logs to ``uri`` (by default a SQLite store in
+    ``folder``), in ``folder`` as its working directory, where MLflow puts a store's default
+    artifact root (./mlruns); no run or experiment is inherited. ``env``: more variables (a
+    server's credentials). Everything is as before on leaving. Yields the URI."""
+    import mlflow
+
+    uri = uri or f"sqlite:///{Path(folder) / 'mlflow.db'}"
+    before = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        for name in MLFLOW_RUN_VARIABLES:
+            mp.delenv(name, raising=False)
+        for name, value in {"MLFLOW_TRACKING_URI": uri, **(env or {})}.items():
+            mp.setenv(name, value)
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield uri
+        finally:
+            while mlflow.active_run():
+                mlflow.end_run()
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # mlflow.set_experiment exports it
+            mlflow.set_tracking_uri(before)
 
 
 def generations(n: int, seed: int) -> pd.DataFrame:

@@ -31,7 +31,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, free_port
-from store_fixtures import generations, log_run
+from store_fixtures import generations, log_run, mlflow_store
 from commands import invoke, UQFLOW
 from uqflow.scoring.measures import SINGLE_PASS
 from uqflow.tracking import ERROR_TAG
@@ -530,16 +530,9 @@ def filled_store(tmp_path_factory):
     from uqflow.store import aggregate
 
     folder = tmp_path_factory.mktemp("query-store")
-    previous = mlflow.get_tracking_uri()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
-        mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
-        try:
-            mlflow.create_experiment("uqflow", artifact_location=str(folder / "artifacts"))
-            log_run(n=10)
-            aggregate(url=f"sqlite:///{folder / 'results.db'}")
-        finally:
-            mlflow.set_tracking_uri(previous)
+    with mlflow_store(folder):
+        log_run(n=10)
+        aggregate(url=f"sqlite:///{folder / 'results.db'}")
     return folder / "results.db"
 
 

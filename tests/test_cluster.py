@@ -18,6 +18,7 @@ import pytest
 
 from conftest import ROOT, free_port
 from commands import invoke, UQFLOW
+from store_fixtures import mlflow_store
 from uqflow import cluster
 from uqflow import tracking as tr
 from uqflow.config import RunConfig
@@ -172,22 +173,16 @@ def mlflow_server(postgres_server, tmp_path_factory, base_env):
 
 
 @pytest.fixture
-def on_server(mlflow_server, monkeypatch, tmp_path):
+def on_server(mlflow_server, tmp_path):
     """This process (and the environment of the processes it starts) logs to the server as its admin,
     in an experiment of the test's own."""
     import mlflow
 
     experiment = f"t{time.time_ns()}"
-    monkeypatch.chdir(tmp_path)
-    for k, v in {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_TRACKING_USERNAME": ADMIN,
-                 "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "MLFLOW_EXPERIMENT_NAME": experiment}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    mlflow.set_tracking_uri(mlflow_server)
-    mlflow.set_experiment(experiment)
-    yield experiment
-    mlflow.set_tracking_uri(None)
+    login = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
+    with mlflow_store(tmp_path, mlflow_server, {**login, "MLFLOW_EXPERIMENT_NAME": experiment}):
+        mlflow.set_experiment(experiment)
+        yield experiment
 
 
 def _env(base_env, **extra) -> dict[str, str]:

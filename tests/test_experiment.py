@@ -26,15 +26,22 @@ def _artifact_frame(run_id):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model,dataset,fixture", [
-    ("SmolLM2-135M-Instruct", "trivia_mini", "smollm"),
-    ("Gemma-3-270M", "squad_mini", "gemma"),
-])
-def test_run_logs_the_contract(tracking, request, model, dataset, fixture):
-    lm = request.getfixturevalue(fixture)
-    cfg = RunConfig(model=model, dataset=dataset, num_samples=12, max_new_tokens=24, n_bootstrap=200)
-    result = run_experiment(cfg, lm=lm)
-    run = mlflow.get_run(result.run_id)
+def test_run_logs_the_contract(tracking, gemma):
+    cfg = RunConfig(model="Gemma-3-270M", dataset="squad_mini", num_samples=12, max_new_tokens=24, n_bootstrap=200)
+    assert_contract(run_experiment(cfg, lm=gemma).run_id, cfg, gemma)
+
+
+@pytest.mark.slow
+def test_a_finished_run_with_sampling_logs_the_contract(sampled_run, smollm):
+    """The session's finished run (tests/conftest.py): SmolLM2 on trivia_mini, with sampled answers."""
+    assert_contract(sampled_run.run_id, sampled_run.config, smollm)
+
+
+def assert_contract(run_id: str, cfg: RunConfig, lm) -> None:
+    """What every run logs: its tags, params and metrics, its plots, and a generations table whose
+    every score is recomputable from its row."""
+    model, n = cfg.model, cfg.num_samples
+    run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["family"] == lm.spec.family and run.data.tags["size_b"] == str(lm.spec.size_b)
     assert run.data.tags["instruct"] == str(lm.spec.instruct).lower()
@@ -44,15 +51,15 @@ def test_run_logs_the_contract(tracking, request, model, dataset, fixture):
 
     assert run.data.tags["mlflow.runColor"] == run_colour(cfg.model, cfg.dataset)
     assert run_colour(cfg.model, "squad_mini") != run_colour(cfg.model, "trivia_mini")
-    assert run.data.params["model"] == model and run.data.params["num_samples"] == "12"
+    assert run.data.params["model"] == model and run.data.params["num_samples"] == str(n)
     assert set(run.data.params) == set(cfg.to_dict())
     m = run.data.metrics
-    assert m["n"] == 12 and 0 <= m["accuracy"] <= 1
+    assert m["n"] == n and 0 <= m["accuracy"] <= 1
     assert {"accuracy", "generation_seconds", "peak_memory_mb", "aurac_g_nll", "acc_cov90_rw_g_nll"} <= set(m)
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "plots")}
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "plots")}
     assert artifacts == {"plots/roc.png", "plots/accuracy_rejection.png"}
-    frame = _artifact_frame(result.run_id)
-    assert CONTRACT_COLUMNS <= set(frame.columns) and len(frame) == 12
+    frame = _artifact_frame(run_id)
+    assert CONTRACT_COLUMNS <= set(frame.columns) and len(frame) == n
     assert m["accuracy"] == pytest.approx(frame["correct"].mean())
     # every score is recomputable from its row
     for _, row in frame.iterrows():

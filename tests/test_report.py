@@ -11,7 +11,7 @@ import re
 import mlflow
 import pytest
 
-from store_fixtures import log_run
+from store_fixtures import log_run, mlflow_store
 from commands import invoke
 from uqflow.scoring.measures import SINGLE_PASS
 from uqflow.report import build_report, load_study
@@ -27,20 +27,12 @@ def _logged_store(tmp_path_factory, name: str, cells):
     """A results store aggregated from synthetic runs shaped like uqflow's (no model is run): one
     run per (model, dataset, n, seed) in ``cells``."""
     tmp = tmp_path_factory.mktemp(name)
-    with pytest.MonkeyPatch.context() as mp:
-        uri = f"sqlite:///{tmp / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
-            mp.delenv(k, raising=False)
-        mlflow.set_tracking_uri(uri)
-        url = f"sqlite:///{tmp / 'results.db'}"
-        with pytest.MonkeyPatch.context() as here:
-            here.chdir(tmp)  # where MLflow puts the store's default artifact root (./mlruns), not the repository
-            for model, dataset, n, seed in cells:
-                log_run(model, dataset, n, seed=seed)
-            aggregate(url=url)
+    url = f"sqlite:///{tmp / 'results.db'}"
+    with mlflow_store(tmp) as uri:
+        for model, dataset, n, seed in cells:
+            log_run(model, dataset, n, seed=seed)
+        aggregate(url=url)
         yield {"url": url, "tracking": uri, "tmp": tmp}
-        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
 
 @pytest.fixture(scope="module")

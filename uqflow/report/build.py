@@ -20,6 +20,7 @@ from uqflow.report import tokens as T
 from uqflow.report.objections import objections
 from uqflow.report.data import Study, load_study
 from uqflow.report.stats import answer_all, answer_cost, best_performers, delong_table, format_p
+from uqflow.scoring.measures import MEASURES, label
 
 log = logging.getLogger(__name__)
 ANALYSIS_TAG = tracking.ANALYSIS_TAG
@@ -117,7 +118,7 @@ def render_html(study: Study, summary: dict, pngs: dict[str, bytes]) -> str:
     env = Environment(loader=PackageLoader("uqflow.report", "templates"), autoescape=True)
     images = [(k, TITLES[k], "data:image/png;base64," + base64.b64encode(v).decode()) for k, v in pngs.items()]
     return env.get_template("report.html").render(
-        s=summary, measures=study.measures, label=lambda m: F.LABELS.get(m, m), f=f, pval=format_p, images=images,
+        s=summary, measures=study.measures, label=label, f=f, pval=format_p, images=images,
         family_best=lambda m: fam_best.get(m, {"family": "–", "auroc": None}), figure_max_px=FIGURE_DISPLAY_MAX_PX,
         tokens=Markup(T.token_view_html(study, measure=summary.get("measure", "g_nll"))))
 
@@ -128,8 +129,7 @@ def build_report(url: str | None = None, out: str | Path = "reports", *, measure
     and (by default) log them as an ``analysis`` run in MLflow."""
     from uqflow.errors import UqflowError
 
-    if measure not in F.ALL_MEASURES:
-        raise UqflowError(f"unknown measure {measure!r}; choose one of {', '.join(F.ALL_MEASURES)}")
+    MEASURES.get(measure)  # an unknown name is refused with the known ones, before the store is read
     study = load_study(url)
     out = Path(out)
     try:
