@@ -208,6 +208,29 @@ def train(model, pools: dict[str, list[Pair]], steps: int, lr: float = 3e-3, see
     return losses
 
 
+#: the share of answers a trained stand-in must end with its stop token within STOP_WITHIN tokens, and
+#: how many more rounds of half the steps it may train to get there
+STOP_SHARE, STOP_WITHIN, EXTRA_ROUNDS = 0.9, 16, 2
+
+
+def stop_share(model, pools: dict[str, list[Pair]], n: int = 16) -> float:
+    """The share of the first ``n`` few-shot prompts (the form the study prompts in) that the model,
+    greedily, answers and ends with the token its training answers end with (the newline, or EOS)
+    within STOP_WITHIN tokens."""
+    import torch
+
+    pairs = pools["shots"][:n]
+    ends = sorted({ids[-1] for ids, _ in pools["shots"]})
+    stopped = 0
+    with torch.inference_mode():
+        for ids, prompt_len in pairs:
+            x = torch.tensor([ids[:prompt_len]])
+            out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=STOP_WITHIN, do_sample=False,
+                                 eos_token_id=ends, pad_token_id=ends[0])
+            stopped += any(t in ends for t in out[0, prompt_len:].tolist())
+    return stopped / max(len(pairs), 1)
+
+
 def build_model(stand_in: StandIn, tokenizer_dir: Path, out: Path, steps: int = 120, seed: int = 0) -> dict[str, Any]:
     """Train ``stand_in`` and save it into ``out`` as its hub repository has it (bf16 safetensors,
     config.json, generation_config.json); returns what was measured (loss before and after)."""
@@ -221,9 +244,16 @@ def build_model(stand_in: StandIn, tokenizer_dir: Path, out: Path, steps: int = 
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     pools = training_pairs(tokenizer, stand_in.instruct, seed)
     losses = train(model, pools, steps, seed=seed)
+    rounds = 1
+    # where training stops decides whether a stand-in ends in a loop ("1999999..." to the length
+    # limit) or stops: measured on Mistral-Instruct, seed 0 rambled on 9 of 16 questions after 300
+    # steps, seed 1 on none. So a stand-in that does not yet stop trains on until it does.
+    while stop_share(model, pools) < STOP_SHARE and rounds <= EXTRA_ROUNDS:
+        losses += train(model, pools, max(steps // 2, 1), seed=seed + rounds)
+        rounds += 1
     model.generation_config = GenerationConfig(**stand_in.generation_config)
     out.mkdir(parents=True, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(out)  # config.json then names bfloat16, as the hub's do
     return {"repo": stand_in.repo, "recipe": recipe(stand_in), "parameters": sum(p.numel() for p in model.parameters()),
             "examples": len(pools["shots"]), "loss_first": round(sum(losses[:10]) / 10, 3),
-            "loss_last": round(sum(losses[-10:]) / 10, 3)}
+            "loss_last": round(sum(losses[-10:]) / 10, 3), "rounds": rounds, "stops": stop_share(model, pools)}
