@@ -292,3 +292,32 @@ def test_config_rejects_one_generation_directly():
     with pytest.raises(ConfigError, match="between 2 and 256, got 1"):
         RunConfig(num_generations=1)
     assert RunConfig(num_generations=2).num_generations == 2 and RunConfig(num_generations=256).num_generations == 256
+
+
+def test_two_drivers_setting_the_experiment_tags_at_once_both_go_on(tracking, monkeypatch):
+    """Two processes starting on one new experiment both write its kind and runs-view tags; the SQL
+    store inserts a new tag, and the second insert fails on the key (PostgreSQL's UniqueViolation,
+    seen with two grid drivers on a tracking server). Simulated here: the other process's write lands
+    first, then this one's insert is refused; the run still starts and the tags are uqflow's."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from uqflow import tracking as tr
+
+    real = mlflow.MlflowClient.set_experiment_tag
+    refused = []
+
+    def raced(self, experiment_id, key, value):
+        if key not in refused:  # the first write of each tag: another process's wins the insert
+            refused.append(key)
+            real(self, experiment_id, key, value)
+            raise MlflowException('duplicate key value violates unique constraint "experiment_tag_pk"')
+        return real(self, experiment_id, key, value)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", raced)
+    with tr.tracked_run("r", {}) as run:
+        pass
+    tags = mlflow.MlflowClient().get_experiment(run.info.experiment_id).tags
+    assert refused == [tr.EXPERIMENT_KIND_TAG, tr.RUNS_VIEW_TAG]
+    assert tags[tr.RUNS_VIEW_TAG] == tr.runs_view_state() and tags[tr.EXPERIMENT_KIND_TAG] == tr.EXPERIMENT_KIND
+    assert mlflow.get_run(run.info.run_id).info.status == "FINISHED"

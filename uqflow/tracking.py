@@ -144,10 +144,27 @@ def _mark_experiment_kind(experiment_id: str) -> None:
     client = mlflow.MlflowClient()
     tags = client.get_experiment(experiment_id).tags
     if EXPERIMENT_KIND_TAG not in tags:  # a kind the user chose is kept
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        _set_experiment_tag(client, experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     view = runs_view_state()
     if tags.get(RUNS_VIEW_TAG) != view:
-        client.set_experiment_tag(experiment_id, RUNS_VIEW_TAG, view)
+        _set_experiment_tag(client, experiment_id, RUNS_VIEW_TAG, view)
+
+
+def _set_experiment_tag(client, experiment_id: str, key: str, value: str) -> None:
+    """Set a tag that another process may be setting at the same moment (two drivers starting on one
+    experiment): MLflow's SQL store inserts a new tag's row, and of two inserts at once one fails on
+    the key (PostgreSQL's UniqueViolation, as a BAD_REQUEST from a server). The tag is then there;
+    it is written once more, now as an update, unless it already holds ``value``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except MlflowException:
+        now = client.get_experiment(experiment_id).tags.get(key)
+        if now is None:
+            raise
+        if now != value:
+            client.set_experiment_tag(experiment_id, key, value)
 
 
 def ui_page(base: str, experiment_id: str, run_id: str | None = None) -> str:
