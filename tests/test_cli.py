@@ -58,3 +58,22 @@ def test_vllm_backend_absent_is_explained(tracking):
 def test_unknown_backend():
     res = invoke("run", "--backend", "tgi")
     assert res.exit_code == 1 and "Error: unknown backend 'tgi'. Known: hf, vllm" in res.output
+
+
+def test_uqflows_own_warnings_read_as_one_line(capsys):
+    """On the command line uqflow's warnings read "Warning: <what>", without Python's file, line and
+    source; a library's warning keeps Python's form."""
+    import warnings
+
+    from uqflow.cli import _one_line_warnings
+    from uqflow.scoring.evaluation import OneClassWarning
+
+    python_form = []
+    with warnings.catch_warnings():  # restores the showwarning before
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, category, *rest, **kw: python_form.append((category, str(message)))
+        _one_line_warnings()
+        warnings.warn("AUROC undefined: 0 incorrect of 25 scored answers", OneClassWarning)
+        warnings.warn("a library's", DeprecationWarning)
+    assert capsys.readouterr().err.splitlines() == ["Warning: AUROC undefined: 0 incorrect of 25 scored answers"]
+    assert python_form == [(DeprecationWarning, "a library's")]

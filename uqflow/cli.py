@@ -544,8 +544,26 @@ def _stop_on_signals() -> None:
             signal.signal(getattr(signal, name), handler)
 
 
+def _one_line_warnings() -> None:
+    """uqflow's own warnings (an AUROC undefined on one class, ...) as one line each, "Warning:
+    <what>", as the command line's other warnings read; a library's keep Python's form (its file
+    and line are what its maintainers would ask for)."""
+    import warnings
+
+    python_form = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("uqflow"):
+            click.echo(f"Warning: {message}", err=True)
+        else:
+            python_form(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main() -> None:
     _stop_on_signals()
+    _one_line_warnings()
     cli(prog_name="uqflow")
 
 

@@ -20,13 +20,14 @@ Every function returns plain rows (lists of dicts) for summary.json and the HTML
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
 from scipy.stats import spearmanr
 
 from uqflow.report.data import Study
-from uqflow.scoring.evaluation import auroc_with_ci
+from uqflow.scoring.evaluation import OneClassWarning, auroc_with_ci
 from uqflow.scoring.judges import agreement
 from uqflow.scoring.measures import BASELINES
 from uqflow.scoring.pipeline import verdict_list
@@ -64,7 +65,11 @@ def length_rows(study: Study) -> list[dict[str, Any]]:
 
 
 def _auroc(correct: np.ndarray, score: np.ndarray) -> float:
-    return auroc_with_ci(correct, score, n_resamples=0).auroc
+    """AUROC, NaN where one class is missing (a judge that calls every answer right): the tables say
+    "undefined" there, so the warning would only repeat it on the console."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OneClassWarning)
+        return auroc_with_ci(correct, score, n_resamples=0).auroc
 
 
 def length_summary(rows: list[dict[str, Any]], measure: str = "g_nll") -> str:
