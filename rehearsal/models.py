@@ -244,16 +244,16 @@ def build_model(stand_in: StandIn, tokenizer_dir: Path, out: Path, steps: int = 
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     pools = training_pairs(tokenizer, stand_in.instruct, seed)
     losses = train(model, pools, steps, seed=seed)
-    rounds = 1
     # where training stops decides whether a stand-in ends in a loop ("1999999..." to the length
     # limit) or stops: measured on Mistral-Instruct, seed 0 rambled on 9 of 16 questions after 300
     # steps, seed 1 on none. So a stand-in that does not yet stop trains on until it does.
-    while stop_share(model, pools) < STOP_SHARE and rounds <= EXTRA_ROUNDS:
+    rounds, stops = 1, stop_share(model, pools)
+    while stops < STOP_SHARE and rounds <= EXTRA_ROUNDS:
         losses += train(model, pools, max(steps // 2, 1), seed=seed + rounds)
-        rounds += 1
+        rounds, stops = rounds + 1, stop_share(model, pools)
     model.generation_config = GenerationConfig(**stand_in.generation_config)
     out.mkdir(parents=True, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(out)  # config.json then names bfloat16, as the hub's do
     return {"repo": stand_in.repo, "recipe": recipe(stand_in), "parameters": sum(p.numel() for p in model.parameters()),
             "examples": len(pools["shots"]), "loss_first": round(sum(losses[:10]) / 10, 3),
-            "loss_last": round(sum(losses[-10:]) / 10, 3), "rounds": rounds, "stops": stop_share(model, pools)}
+            "loss_last": round(sum(losses[-10:]) / 10, 3), "rounds": rounds, "stops": stops}

@@ -93,7 +93,6 @@ class FinishedRun:
     store: Path  # its mlflow.db (the artifacts beside it)
     cache: Path  # the judges' replies it cached
     frame: Any  # its generations table, as the run returned it
-    metrics: dict[str, float]
 
 
 @pytest.fixture(scope="session")
@@ -101,8 +100,6 @@ def finished_run(smollm, tmp_path_factory) -> FinishedRun:
     """One real run with sampling, made once per session and read by the tests of what a finished
     run holds, rescoring, aggregation and the report (through :func:`sampled_run`, which gives each
     test a copy of its store)."""
-    import mlflow
-
     from uqflow.config import RunConfig
     from uqflow.experiment import run_experiment
 
@@ -113,8 +110,7 @@ def finished_run(smollm, tmp_path_factory) -> FinishedRun:
     with mlflow_store(root), pytest.MonkeyPatch.context() as mp:
         mp.setattr("uqflow.experiment.cache_root", lambda: root / "cache")
         result = run_experiment(cfg, lm=smollm)
-        metrics = dict(mlflow.get_run(result.run_id).data.metrics)
-    return FinishedRun(result.run_id, cfg, root / "mlflow.db", root / "cache", result.frame, metrics)
+    return FinishedRun(result.run_id, cfg, root / "mlflow.db", root / "cache", result.frame)
 
 
 @pytest.fixture

@@ -108,7 +108,7 @@ def _print_results(results) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from uqflow.scoring.measures import LABELS
+    from uqflow.scoring.measures import label
     from uqflow.scoring.pipeline import measures_of, metric
     from uqflow.scoring.selective import small_sample_warning
 
@@ -125,7 +125,7 @@ def _print_results(results) -> None:
             v = m.get(metric("auroc", name), float("nan"))
             lo, hi = m.get(metric("ci_low", name), float("nan")), m.get(metric("ci_high", name), float("nan"))
             cost = m.get(metric("cost_seconds", name))
-            table.add_row(LABELS.get(name, name), "n/a (one class)" if v != v else f"{v:.3f} [{lo:.3f}, {hi:.3f}]",
+            table.add_row(label(name), "n/a (one class)" if v != v else f"{v:.3f} [{lo:.3f}, {hi:.3f}]",
                           "" if cost is None else f"{cost:.3f}")
         console.print(table)
         warning = small_sample_warning(len(decided), int((~decided).sum()), int(decided.sum()))

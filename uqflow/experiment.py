@@ -28,7 +28,7 @@ from uqflow.generation.base import token_pieces
 from uqflow.models import LoadedModel, ModelSpec, get_model, unload
 from uqflow.models.loading import (BATCHING, batch_dependence, cache_root, known_context_length, sampling_memory_problem,
                                    unavailable)
-from uqflow.models.registry import short_model_name
+from uqflow.models.registry import asked_model, short_model_name
 from uqflow.prompts import build_prompts, draw_few_shot, p_true_prompt
 from uqflow.scoring import pipeline
 from uqflow.scoring.cost import Cost
@@ -193,9 +193,9 @@ def check(cfg: RunConfig, memo: dict | None = None) -> tuple[ModelSpec | None, L
     if similarity:
         problems.append(ModelLoadError(similarity))
     for judge in (cfg.correctness, *cfg.judge_names):
-        if judge.startswith("llm:") and len(judge) > 4:
+        if asked := asked_model(judge):
             try:  # the judge model must exist too
-                _once(memo, ("model", judge[4:], registry), get_model, judge[4:], registry)
+                _once(memo, ("model", asked, registry), get_model, asked, registry)
             except UqflowError as e:
                 problems.append(e)
     try:
@@ -559,8 +559,8 @@ def _judges(cfg: RunConfig, lm: LoadedModel | None) -> dict:
     call, unless it is the run's model (``lm``)."""
     out = {}
     for name in (cfg.correctness, *cfg.judge_names):
-        generate = llm_judge_generate(name[4:], cfg.model_registry or None, cfg.device, lm) \
-            if name.startswith("llm:") else None
+        asked = asked_model(name)
+        generate = llm_judge_generate(asked, cfg.model_registry or None, cfg.device, lm) if asked else None
         threshold = cfg.correctness_threshold if name == cfg.correctness else 0.0
         out[name] = make_judge(name, threshold, generate=generate, cache_path=cache_root() / "judgments.sqlite")
     return out
@@ -582,9 +582,9 @@ def _score(cfg: RunConfig, frame, decode, lm: LoadedModel | None, judges: dict |
     if cfg.num_generations and pipeline.sampled(frame):
         judge_cost = Cost()
         entail_generate = None
-        if cfg.entailment.startswith("llm:"):
-            entail_generate = llm_choose(cfg.entailment[4:], ENTAILMENT_WORDS, cfg.model_registry or None, cfg.device,
-                                         lm, cost=judge_cost)
+        if asked := asked_model(cfg.entailment):
+            entail_generate = llm_choose(asked, ENTAILMENT_WORDS, cfg.model_registry or None, cfg.device, lm,
+                                         cost=judge_cost)
         embedding = parse_embedding_name(cfg.entailment)
         entailment = make_entailment(cfg.entailment, generate=entail_generate,
                                      cache_path=cache_root() / "judgments.sqlite", device=device,

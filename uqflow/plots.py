@@ -15,7 +15,7 @@ from sklearn.metrics import roc_curve
 
 from uqflow.models.registry import short_model_name
 from uqflow.scoring.evaluation import incorrect_and_scores as ranked, rejection_curve
-from uqflow.scoring.measures import LABELS
+from uqflow.scoring.measures import LABELS, label
 
 
 
@@ -35,7 +35,7 @@ def roc_figure(frame, scores: Sequence[str], title: str = "") -> Figure:
             continue
         fpr, tpr, _ = roc_curve(wrong, s)
         auc = np.trapezoid(tpr, fpr)
-        ax.plot(fpr, tpr, label=f"{LABELS.get(name, name)} (AUROC {auc:.3f})")
+        ax.plot(fpr, tpr, label=f"{label(name)} (AUROC {auc:.3f})")
     ax.plot([0, 1], [0, 1], ls=":", c="grey", label="chance")
     ax.set(xlabel="false positive rate (right answers flagged)", ylabel="true positive rate (wrong answers flagged)",
            title=title or "ROC: flagging wrong answers", xlim=(0, 1), ylim=(0, 1.01))
@@ -52,7 +52,7 @@ def rejection_figure(frame, scores: Sequence[str], title: str = "") -> Figure:
     if correct.size:
         for name in scores:
             cov, acc = rejection_curve(correct, d[name].to_numpy(dtype=np.float64))
-            ax.plot(1 - cov, acc, label=LABELS.get(name, name))
+            ax.plot(1 - cov, acc, label=label(name))
         cov, acc = rejection_curve(correct, (~correct).astype(float))
         ax.plot(1 - cov, acc, ls="--", c="k", label="oracle")
         ax.axhline(correct.mean(), ls=":", c="grey", label="random")
@@ -86,7 +86,7 @@ def comparison_frame(runs):
         for m in order:
             auroc, lo, hi = r["aurocs"].get(m, (None, None, None))
             text, low = num(auroc, ".3f"), num(lo, ".3f")
-            row[f"AUROC {LABELS.get(m, m)}"] = f"{text} [{low}, {num(hi, '.3f')}]" if text and low else text
+            row[f"AUROC {label(m)}"] = f"{text} [{low}, {num(hi, '.3f')}]" if text and low else text
         row.update({"family": r["family"], "size (B)": num(r["size_b"], "g"), "quantization": r["quantization"],
                     "model": r["model"], "dataset": r["dataset"]})
         rows.append(row)

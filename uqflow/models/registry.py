@@ -183,6 +183,15 @@ def get_model(name: str, registry_file: str | None = None) -> ModelSpec:
     return reg.get(name)  # raises UnknownModel with suggestions
 
 
+#: a judge (of correctness or of entailment) that asks a registry model is named llm:<model>
+LLM_JUDGE_PREFIX = "llm:"
+
+
+def asked_model(judge: str) -> str | None:
+    """The registry model the judge ``llm:<model>`` asks; None for any other judge name."""
+    return (judge[len(LLM_JUDGE_PREFIX):] or None) if judge.startswith(LLM_JUDGE_PREFIX) else None
+
+
 def short_model_name(name: str) -> str:
     """A model's name as the MLflow runs table and its tables show it: "-Instruct" left out where no
     registered model is left with the same name ("SmolLM2-135M-Instruct-8bit" -> "SmolLM2-135M-8bit";

@@ -14,8 +14,6 @@ from uqflow.store.db import connect, db_url, redact, require_schema, store_failu
 #: generations columns the report uses (the prompt and token ids stay in the store)
 GENERATION_COLUMNS = ("run_id", "example_id", "position", "question", "answer", "reference_answers", "correct", "verdicts",
                       "answerable", "num_tokens", "tokens", "token_logprobs", "relevance", *MEASURE_NAMES)
-#: measures in the order the report shows them: the single-pass scores, then the sampled ones
-MEASURE_ORDER = MEASURE_NAMES
 
 
 @dataclass
@@ -47,7 +45,7 @@ class Study:
     def measures(self) -> tuple[str, ...]:
         """The measures some run in the store has, in the report's order."""
         have = set(self.scores["measure"])
-        return tuple(m for m in MEASURE_ORDER if m in have) + tuple(sorted(have - set(MEASURE_ORDER)))
+        return tuple(m for m in MEASURE_NAMES if m in have) + tuple(sorted(have - set(MEASURE_NAMES)))
 
     def measure(self, name: str) -> pd.DataFrame:
         """Per-run scores of one measure, with the run's dimensions, ordered by family, size, dataset."""

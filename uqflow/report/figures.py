@@ -30,7 +30,7 @@ from uqflow.report.labels import label_points
 from uqflow.report.stats import format_p
 from uqflow.plots import rejection_figure, roc_figure  # noqa: F401  (re-exported for the notebook)
 from uqflow.scoring.evaluation import incorrect_and_scores as ranked, rejection_curve
-from uqflow.scoring.measures import LABELS, NAMES as ALL_MEASURES, SAMPLED, SHORT_LABELS, SINGLE_PASS as MEASURES
+from uqflow.scoring.measures import LABELS, NAMES, SAMPLED, SHORT_LABELS, SINGLE_PASS, label
 
 
 #: pixels per inch of the report's PNGs (``build._png`` saves at this resolution)
@@ -147,10 +147,10 @@ def auroc_heatmap(study: Study, measures=None) -> Figure:
                 color="white" if dark else "black")
     ax.xaxis.tick_top()
     if len(measures) > 8:  # the sampled measures too: slanted, so that the labels do not run together
-        ax.set_xticks(range(len(measures)), [LABELS.get(m, m) for m in measures], rotation=35, ha="left",
+        ax.set_xticks(range(len(measures)), [label(m) for m in measures], rotation=35, ha="left",
                       rotation_mode="anchor", fontsize=SMALL)
     elif len(measures) > 5:  # the length baselines beside the single-pass scores: upright labels, one line each
-        ax.set_xticks(range(len(measures)), [LABELS.get(m, m) for m in measures], rotation=90, ha="center",
+        ax.set_xticks(range(len(measures)), [label(m) for m in measures], rotation=90, ha="center",
                       va="bottom", fontsize=SMALL)
     else:
         ax.set_xticks(range(len(measures)), [_wrap(LABELS[m]) for m in measures])
@@ -287,7 +287,7 @@ def accuracy_vs_auroc(study: Study, measure: str = "g_nll") -> Figure:
 
 
 @_styled
-def family_radar(study: Study, measures=MEASURES) -> Figure:
+def family_radar(study: Study, measures=SINGLE_PASS) -> Figure:
     """One radar per family: the mean AUROC of the family's runs for each measure (spokes), one
     polygon per dataset; the centre is 0, the outer ring 1, the dotted ring 0.5 = chance."""
     fams = study.families
@@ -450,8 +450,8 @@ def auroc_vs_cost(study: Study) -> Figure:
     top = (positive.max() if len(positive) else 1.0) * DODGE ** 4
     fig = _figure(3.0 * rows + 1.3)
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
-    colours = {m: colormaps["tab20"](i % 20) for i, m in enumerate(ALL_MEASURES)}
-    order = {m: i for i, m in enumerate(ALL_MEASURES)}
+    colours = {m: colormaps["tab20"](i % 20) for i, m in enumerate(NAMES)}
+    order = {m: i for i, m in enumerate(NAMES)}
     for ax, r in zip(axes.flat, runs.itertuples()):
         points = sorted(finite[finite["run_id"] == r.run_id].itertuples(),
                         key=lambda s: (float(s.cost_seconds), order.get(s.measure, 99)))
@@ -475,7 +475,7 @@ def auroc_vs_cost(study: Study) -> Figure:
                 lo, hi = s.auroc - s.ci_low, s.ci_high - s.auroc
                 err = [[max(lo, 0)], [max(hi, 0)]] if math.isfinite(lo) and math.isfinite(hi) else None
                 colour = colours.get(s.measure, "grey")
-                ax.errorbar([x], [s.auroc], yerr=err, fmt="o" if s.measure in MEASURES else "s", ms=4, capsize=2,
+                ax.errorbar([x], [s.auroc], yerr=err, fmt="o" if s.measure in SINGLE_PASS else "s", ms=4, capsize=2,
                             color=colour)
                 bottom = s.ci_low if math.isfinite(s.ci_low) else s.auroc
                 ax.annotate(SHORT_LABELS.get(s.measure, s.measure), (x, bottom), xytext=(0, -3),
@@ -496,8 +496,8 @@ def auroc_vs_cost(study: Study) -> Figure:
         ax.set_ylabel("AUROC (0.5 = chance)", fontsize=SMALL)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    handles = [Line2D([], [], marker="o" if m in MEASURES else "s", ls="", color=colours[m], label=LABELS[m])
-               for m in ALL_MEASURES if m in set(sc_all["measure"])]
+    handles = [Line2D([], [], marker="o" if m in SINGLE_PASS else "s", ls="", color=colours[m], label=LABELS[m])
+               for m in NAMES if m in set(sc_all["measure"])]
     _legend_below(fig, handles, ncols=3)
     fig.suptitle("AUROC against extra seconds per question (log scale; 0: single pass)\n"
                  "circles: single pass; squares: sampled; near-equal costs spread sideways", fontsize=TEXT)

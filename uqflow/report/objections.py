@@ -33,8 +33,6 @@ from uqflow.scoring.measures import BASELINES
 from uqflow.scoring.pipeline import verdict_list
 from uqflow.scoring.selective import beyond_length, delong_min_detectable_difference, small_sample_warning
 
-#: the zero-cost length baselines, which are not tested against themselves
-LENGTH_MEASURES = BASELINES
 #: the reference study's questions per run, for the power line
 STUDY_N = 400
 ALPHA, POWER = 0.05, 0.8
@@ -53,7 +51,8 @@ def length_rows(study: Study) -> list[dict[str, Any]]:
         length = d["num_tokens"].to_numpy(dtype=float)
         length_auroc = _auroc(correct, length)
         for m in study.measures:
-            if m in LENGTH_MEASURES or m not in d.columns or d[m].isna().all():
+            # the length baselines are not tested against themselves
+            if m in BASELINES or m not in d.columns or d[m].isna().all():
                 continue
             r = beyond_length(correct, d[m].to_numpy(dtype=float), length)
             rows.append({"run_id": run.run_id, "label": run.label, "measure": m,

@@ -10,7 +10,7 @@ from matplotlib.lines import Line2D
 
 from uqflow.report.data import Study
 from uqflow.report.figures import SMALL, TEXT, _figure, _legend_below, _styled
-from uqflow.scoring.measures import LABELS
+from uqflow.scoring.measures import LABELS, label
 from uqflow.scoring.pipeline import CALIBRATION
 from uqflow.scoring.selective import confidence_probabilities, reliability_bins, risk_coverage
 
@@ -59,7 +59,7 @@ def reliability_diagram(study: Study, measure: str = "g_nll") -> Figure:
             ax.plot(b.confidence[ok], b.accuracy[ok], color="C0", lw=1)
         ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
     _label_panels(axes, runs, "predicted P(correct)", "accuracy")
-    fig.suptitle(f"Reliability of {LABELS.get(measure, measure)} mapped to P(correct)\n"
+    fig.suptitle(f"Reliability of {label(measure)} mapped to P(correct)\n"
                  f"({CALIBRATION} fit, 5-fold cross-fitted per run; dotted: perfect calibration)", fontsize=TEXT)
     return fig
 
@@ -80,11 +80,11 @@ def risk_coverage_curves(study: Study, measure: str = "g_nll") -> Figure:
         if len(correct):
             ax.axhline(1 - correct.mean(), ls=":", c="grey", lw=0.8)
     _label_panels(axes, runs, "coverage (share of answers kept)", "risk (error rate)")
-    handles = [Line2D([], [], color="C0", label=LABELS.get(measure, measure)),
+    handles = [Line2D([], [], color="C0", label=label(measure)),
                Line2D([], [], color="C1", ls="--", label=LABELS[BASELINE]),
                Line2D([], [], color="grey", ls=":", label="error rate of all answers")]
     _legend_below(fig, handles, ncols=3)
-    fig.suptitle(f"Risk against coverage: {LABELS.get(measure, measure)} and answer length", fontsize=TEXT)
+    fig.suptitle(f"Risk against coverage: {label(measure)} and answer length", fontsize=TEXT)
     return fig
 
 

@@ -9,14 +9,14 @@ import math
 import numpy as np
 import pandas as pd
 
-from uqflow.scoring.measures import LABELS
+from uqflow.scoring.measures import label
 from uqflow.report.data import Study
 
 
 def token_pick_rule(measure: str = "g_nll", per_run: int = 2) -> str:
     """How :func:`pick_token_examples` chooses, in words (printed above the examples)."""
-    what = (f"the wrong answer with the lowest {LABELS.get(measure, measure)} (its most confident wrong answer)"
-            + (f" and the right answer with the highest {LABELS.get(measure, measure)} (its least confident "
+    what = (f"the wrong answer with the lowest {label(measure)} (its most confident wrong answer)"
+            + (f" and the right answer with the highest {label(measure)} (its least confident "
                "right answer)" if per_run > 1 else ""))
     return (f"How these were chosen: for each run, in the order of the summary table (latest run of each "
             f"model × dataset), {what}, among the answers the judge decided whose tokens were stored. Ties go to "
@@ -82,7 +82,7 @@ def token_view_html(study: Study, rows: pd.DataFrame | None = None, measure: str
         ref_html = ("; ".join(f"<q>{html.escape(x)}</q>" for x in refs) if refs else "<i>none stored</i>")
         scores = f"G-NLL {r.g_nll:.2f}, RW-G-NLL {r.rw_g_nll:.2f}"
         if measure not in ("g_nll", "rw_g_nll") and measure in r:
-            scores += f", {LABELS.get(measure, measure)} {float(r[measure]):.2f}"
+            scores += f", {label(measure)} {float(r[measure]):.2f}"
         out.append(f'<div class="example"><p><b>{html.escape(str(labels.get(r.run_id, r.run_id)))}</b> — '
                    f'{html.escape(str(r.question))}</p>'
                    f'<p class="answer-line"><span class="verdict {verdict}">{verdict}</span> ({scores}): '

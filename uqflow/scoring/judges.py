@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from uqflow.errors import ConfigError, UnknownChoice
+from uqflow.models.registry import LLM_JUDGE_PREFIX
 from uqflow.registry import Registry
 from uqflow.scoring.cache import ReplyCache
 from uqflow.scoring.correctness import contains_reference, exact_match, max_f1, normalize_squad, normalize_triviaqa
@@ -201,7 +202,7 @@ JUDGES.add("em", _rule(exact_match, False))
 JUDGES.add("contains", _rule(contains_reference, False))
 JUDGES.add("alias", _rule(alias_match, False))
 JUDGES.add("rouge_l", _rule(rouge_l, True))
-JUDGES.add_pattern("llm:", "llm:<model>", _llm)
+JUDGES.add_pattern(LLM_JUDGE_PREFIX, f"{LLM_JUDGE_PREFIX}<model>", _llm)
 
 
 def make_judge(name: str, threshold: float = 0.0, generate: Callable[[list[str]], list[str]] | None = None,

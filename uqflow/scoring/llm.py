@@ -14,17 +14,31 @@ from uqflow.scoring.cost import Cost
 from uqflow.scoring.semantic import LABELS as ENTAILMENT_LABELS
 
 
+def _at_first_use(model: str, registry: str | None, device: str,
+                  lm: LoadedModel | None) -> Callable[[], LoadedModel]:
+    """The registry model ``model``, loaded when first asked for (a judge whose replies are all
+    cached loads nothing), unless ``lm`` is that model already (a run judged by the model it
+    evaluates)."""
+    loaded = lm if lm is not None and lm.spec.name == model and lm.backend == "hf" else None
+
+    def get() -> LoadedModel:
+        nonlocal loaded
+        if loaded is None:
+            loaded = load_model(get_model(model, registry), device)
+        return loaded
+
+    return get
+
+
 def llm_judge_generate(model: str, registry: str | None = None, device: str = "auto",
                        lm: LoadedModel | None = None) -> Callable[[list[str]], list[str]]:
     """Greedy replies of the registry model ``model`` to judge prompts (through its chat template
     when it is an instruct model), at most 8 tokens up to a newline. The model is loaded at the first
     call, unless ``lm`` is that model already (a run judged by the model it evaluates)."""
-    loaded = lm if lm is not None and lm.spec.name == model and lm.backend == "hf" else None
+    model_at_first_use = _at_first_use(model, registry, device, lm)
 
     def generate(prompts: list[str]) -> list[str]:
-        nonlocal loaded
-        if loaded is None:
-            loaded = load_model(get_model(model, registry), device)
+        loaded = model_at_first_use()
         engine = make_engine("hf", loaded, max_new_tokens=8, stop_sequences=("\n",))
         ids = []
         for text in prompts:
@@ -48,18 +62,12 @@ def llm_choose(model: str, options: Sequence[str], registry: str | None = None, 
     SmolLM2 does, for the entailment prompt); ranking the allowed words by likelihood always
     answers, and costs one pass per prompt. Options whose first tokens coincide are told apart by
     the log-probability of their whole text (one pass per option). ``cost`` adds up the passes."""
-    loaded = lm if lm is not None and lm.spec.name == model and lm.backend == "hf" else None
+    model_at_first_use = _at_first_use(model, registry, device, lm)
 
     def choose(prompts: list[str]) -> list[str]:
-        nonlocal loaded
-        if loaded is None:
-            loaded = load_model(get_model(model, registry), device)
+        loaded = model_at_first_use()
         engine = make_engine("hf", loaded)
-        ids, conts = [], []
-        for text in prompts:
-            base, per_option = answer_inputs(loaded.tokenizer, loaded.spec.instruct, [text], options)
-            ids.append(base[0])
-            conts.append(per_option[0])
+        ids, conts = answer_inputs(loaded.tokenizer, loaded.spec.instruct, prompts, options)
         firsts = [tuple(c[0] for c in per) for per in conts]
         scores: list[list[float]] = [[] for _ in prompts]
         passes = 0

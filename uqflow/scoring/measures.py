@@ -35,9 +35,9 @@ class Measure:
 
     ``fields``: the generations row's fields ``fn`` takes, in order. ``label``: its name in tables,
     legends and the CLI; ``short``: a few characters, to label a point in a crowded figure.
-    ``needs``: the cost parts beyond the greedy pass (``scoring.cost.PARTS``). ``sampled``: it needs
-    sampled answers (a run with num_generations > 0). ``baseline``: a zero-cost length baseline,
-    what a measure must beat. ``required``: every stored run holds it (the study's question, G-NLL
+    ``needs``: the cost parts beyond the greedy pass (``scoring.cost.PARTS``); a measure that needs
+    the sampling is a measure of sampled answers (:attr:`sampled`). ``baseline``: a zero-cost
+    length baseline, what a measure must beat. ``required``: every stored run holds it (the study's question, G-NLL
     against RW-G-NLL). ``preview``: decimals in the run's preview table (None: not shown there).
     """
 
@@ -47,10 +47,14 @@ class Measure:
     label: str
     short: str
     needs: tuple[str, ...] = ()
-    sampled: bool = False
     baseline: bool = False
     required: bool = False
     preview: int | None = None
+
+    @property
+    def sampled(self) -> bool:
+        """Whether it needs sampled answers (a run with num_generations > 0)."""
+        return "sampling" in self.needs
 
     def score(self, row: Mapping) -> float:
         """The measure of one generations row (the row holds every field in ``fields``)."""
@@ -78,17 +82,17 @@ declare(Measure("answer_tokens", U.answer_tokens, ("token_ids",), "answer length
 declare(Measure("answer_chars", U.answer_chars, ("answer",), "answer length (characters)", "chars", baseline=True))
 # measures of sampled answers (num_generations > 0)
 declare(Measure("predictive_entropy", S.predictive_entropy, ("sample_token_logprobs",), "predictive entropy", "PE",
-                needs=("sampling",), sampled=True))
+                needs=("sampling",)))
 declare(Measure("ln_predictive_entropy", S.ln_predictive_entropy, ("sample_token_logprobs",), "LN predictive entropy",
-                "LN-PE", needs=("sampling",), sampled=True))
+                "LN-PE", needs=("sampling",)))
 declare(Measure("semantic_entropy", S.semantic_entropy, ("semantic_ids", "sample_token_logprobs"), "semantic entropy",
-                "SE", needs=("sampling", "entailment"), sampled=True, preview=4))
+                "SE", needs=("sampling", "entailment"), preview=4))
 declare(Measure("discrete_semantic_entropy", S.discrete_semantic_entropy, ("semantic_ids",),
-                "discrete semantic entropy", "DSE", needs=("sampling", "entailment"), sampled=True))
+                "discrete semantic entropy", "DSE", needs=("sampling", "entailment")))
 declare(Measure("num_semantic_sets", S.num_semantic_sets, ("semantic_ids",), "number of semantic sets", "#sets",
-                needs=("sampling", "entailment"), sampled=True, preview=0))
+                needs=("sampling", "entailment"), preview=0))
 declare(Measure("p_true", S.p_true_score, ("log_p_true",), "p(True)", "p(T)", needs=("sampling", "p_true"),
-                sampled=True, preview=4))
+                preview=4))
 
 #: the names, in order: every measure, the single-pass ones (every run has them), the sampled ones
 NAMES = tuple(MEASURES)

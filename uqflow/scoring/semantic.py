@@ -21,6 +21,7 @@ import numpy as np
 
 from uqflow import hub
 from uqflow.errors import ConfigError, ModelLoadError, UnknownChoice, UqflowError
+from uqflow.models.registry import LLM_JUDGE_PREFIX, asked_model, get_model
 from uqflow.registry import Registry
 from uqflow.scoring.cache import ReplyCache
 
@@ -280,10 +281,8 @@ def _llm(name, *, generate=None, cache_path=None, **_) -> EntailmentModel:
 
 
 def _llm_problems(name: str, registry_file: str | None) -> list[UqflowError]:
-    from uqflow.models.registry import get_model
-
     try:
-        get_model(name[len("llm:"):], registry_file)
+        get_model(asked_model(name), registry_file)
     except UqflowError as e:
         return [e]
     return []
@@ -307,7 +306,7 @@ def _embedding_problems(name: str, registry_file: str | None) -> list[UqflowErro
 ENTAILMENT_JUDGES: Registry[EntailmentKind] = Registry("entailment model", UnknownChoice)
 for _name in ENTAILMENT_MODELS:
     ENTAILMENT_JUDGES.add(_name, EntailmentKind(_nli, _nli_problems))
-ENTAILMENT_JUDGES.add_pattern("llm:", "llm:<model>", EntailmentKind(_llm, _llm_problems))
+ENTAILMENT_JUDGES.add_pattern(LLM_JUDGE_PREFIX, f"{LLM_JUDGE_PREFIX}<model>", EntailmentKind(_llm, _llm_problems))
 ENTAILMENT_JUDGES.add_pattern("embedding:", "embedding:<similarity model>[@threshold]",
                        EntailmentKind(_embedding, _embedding_problems),
                        accepts=lambda rest: parse_embedding_name("embedding:" + rest) is not None)
