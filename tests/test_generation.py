@@ -1,5 +1,7 @@
 """Answer alignment at stop sequences, and greedy generation on the bundled models."""
 
+from pathlib import Path
+
 import pytest
 
 from uqflow.generation.base import align_answer
@@ -134,6 +136,89 @@ def test_waiting_prompts_join_a_running_batch_and_change_no_answer(smollm):
     assert same >= 15 and all(len(xs) == 3 for xs in grouped)
 
 
+def _same_records(got, ref, *, logp=1e-4, ent=1e-3):
+    for a, b in zip(got, ref, strict=True):
+        assert a.token_ids == b.token_ids and a.text == b.text and a.stop_reason == b.stop_reason
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=logp)
+        assert a.token_entropies == pytest.approx(b.token_entropies, abs=ent)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset,n,batch,way", [("trivia_mini", 24, 6, -1), ("squad_mini", 16, 4, 1)])
+def test_static_cache_layout_changes_no_answer(smollm, dataset, n, batch, way, monkeypatch):
+    """The static layout (fixed shapes, the step CUDA graphs capture): finished rows keep their
+    slots until waiting prompts take them, every row writes the same cache slot, and the slots are
+    shifted to make room: back as rows finish, on where a longer prompt joins (SQuAD's passages
+    differ in length by hundreds of tokens). Its
+    answers, log-probabilities, entropies and counters are the dynamic layout's, greedy and sampled."""
+    from uqflow.generation import batches
+    from uqflow.generation.hf import HFEngine
+
+    shifts = []
+    shift = batches.StaticBatch._shift
+    monkeypatch.setattr(batches.StaticBatch, "_shift", lambda self, d: shifts.append(d) or shift(self, d))
+    ids = _prompts(smollm, dataset, n)
+    dynamic = HFEngine(smollm, batch_size=batch, max_new_tokens=16, layout="dynamic")
+    static = HFEngine(smollm, batch_size=batch, max_new_tokens=16, layout="static")
+    assert static.layout == "static"
+    _same_records(static.generate(ids), dynamic.generate(ids))
+    assert static.passes == dynamic.passes and static.tokens == dynamic.tokens
+    assert any(d * way > 0 for d in shifts[1:])  # room made at admissions after the first
+    sampled = static.sample(ids[:6], 3, seed=3)
+    reference = dynamic.sample(ids[:6], 3, seed=3)
+    same = sum(a.token_ids == b.token_ids for xs, ys in zip(sampled, reference) for a, b in zip(xs, ys))
+    assert same >= 16 and static.passes == dynamic.passes  # a draw at a token boundary may differ (see sample)
+
+
+@pytest.mark.slow
+def test_static_layout_only_where_it_keeps_the_records(gemma, monkeypatch):
+    """A model whose caches cannot be stacked (Gemma 3's sliding-window layers) decodes dynamically
+    whatever UQFLOW_LAYOUT says; an unknown layout is refused by name."""
+    from uqflow.errors import ConfigError
+    from uqflow.generation.hf import HFEngine
+
+    monkeypatch.setenv("UQFLOW_LAYOUT", "graphs")
+    assert HFEngine(gemma, max_new_tokens=4).layout == "dynamic"
+    monkeypatch.setenv("UQFLOW_LAYOUT", "statc")
+    with pytest.raises(ConfigError, match="unknown decode layout 'statc'.*dynamic, static, graphs"):
+        HFEngine(gemma, max_new_tokens=4)
+
+
+@pytest.mark.slow
+def test_compiled_static_step_changes_no_answer(smollm, tmp_path):
+    """layout="graphs": the static step compiled by torch.compile (on a GPU captured as a CUDA graph;
+    here inductor's CPU code) gives the dynamic layout's answers. In a process of its own, its
+    compiler caches in the test's folder."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "graphs.py"
+    script.write_text(
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_generation import _prompts\n"
+        "from uqflow.models import MODELS, load_model\n"
+        "from uqflow.generation.hf import HFEngine\n"
+        "lm = load_model(MODELS.get('SmolLM2-135M-Instruct'), 'cpu')\n"
+        "ids = _prompts(lm, 'trivia_mini', 16)\n"
+        "out = {}\n"
+        "for layout in ('dynamic', 'graphs'):\n"
+        "    e = HFEngine(lm, batch_size=4, max_new_tokens=12, layout=layout)\n"
+        "    out[layout] = [(g.token_ids, g.token_logprobs, g.stop_reason) for g in e.generate(ids)]\n"
+        "    out[layout + '_passes'] = e.passes\n"
+        "print(json.dumps(out))\n")
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "TRITON_CACHE_DIR": str(tmp_path / "triton")}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["graphs_passes"] == out["dynamic_passes"]
+    for (ids_g, lp_g, why_g), (ids_d, lp_d, why_d) in zip(out["graphs"], out["dynamic"], strict=True):
+        assert ids_g == ids_d and why_g == why_d
+        assert lp_g == pytest.approx(lp_d, abs=1e-4)
+
+
 @pytest.mark.slow
 def test_stop_check_on_the_answers_tail_agrees_with_the_whole_answer(smollm):
     """The engine decodes only an answer's last tokens to look for a stop sequence; at every prefix of
@@ -219,6 +304,7 @@ def test_quantized_model_loads_on_a_cpu_and_its_records_agree(smollm_quantized):
     ids = _prompts(lm, "trivia_mini", 24)
     engine = HFEngine(lm, max_new_tokens=12)
     assert engine.batch_size == 64 and not engine.batch_invariant  # as on a GPU
+    assert HFEngine(lm, layout="graphs").layout == "dynamic"  # a static batch would change its batches
     gens = engine.generate(ids)
     _check_aligned(lm, gens)
     assert sum(bool(g.text) for g in gens) > len(ids) // 2  # the model answers

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 from uqflow.errors import ConfigError
 from uqflow.generation.base import Generation, align_answer, decoder
+from uqflow.generation.batches import DynamicBatch, StaticBatch, stack
 from uqflow.models.loading import BATCH_DEPENDENT_AUTO_BATCH, LoadedModel
 from uqflow.prompts import STOP_SEQUENCES
 
@@ -61,6 +62,12 @@ def eos_token_ids(lm: LoadedModel) -> set[int]:
 #: by float rounding. UQFLOW_SDPA=auto restores PyTorch's own choice (for comparison).
 SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 
+#: The decoding loop's cache layouts (``uqflow.generation.batches``): ``dynamic`` keeps the running
+#: rows alone in a cache that grows by a slot a step; ``static`` keeps fixed shapes (a StaticCache,
+#: finished rows' slots refilled in place); ``graphs`` is static with the step compiled by
+#: ``torch.compile`` (a CUDA graph on a GPU). UQFLOW_LAYOUT chooses for a process.
+LAYOUTS = ("dynamic", "static", "graphs")
+
 
 def _with_attention_kernels(method):
     """Run an engine method with the attention kernels of SDPA_BACKENDS on a CUDA model."""
@@ -83,7 +90,7 @@ class HFEngine:
     MIN_SHARED_PREFIX = 16
 
     def __init__(self, lm: LoadedModel, *, batch_size: int = 0, max_new_tokens: int = 50,
-                 stop_sequences: Sequence[str] = STOP_SEQUENCES, share_prefix: bool = True):
+                 stop_sequences: Sequence[str] = STOP_SEQUENCES, share_prefix: bool = True, layout: str = "auto"):
         self.lm = lm
         self.decode = decoder(lm.tokenizer)  # token ids -> stored answer text
         self.max_new_tokens = max_new_tokens
@@ -112,6 +119,9 @@ class HFEngine:
         #: whole, however its characters fall on tokens (bytes of one character split across several)
         self._stop_span = 2 * max((len(s) for s in self.stop_sequences), default=0) + 4
         self.share_prefix = share_prefix
+        self.layout = self._layout(layout)
+        self._compiled = None  # the static layout's decoding step (compiled for layout="graphs"), once per engine
+        self._static = None  # ((rows, slots), StaticCache): the static layout's cache, reused while its shape holds
         params = inspect.signature(lm.model.forward).parameters
         # transformers 5 renamed the forward argument `past_key_values` to `cache`
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -256,6 +266,66 @@ class HFEngine:
                             for k in range(group):
                                 sampling[0][i * group + k].reset()
 
+    def _layout(self, layout: str) -> str:
+        """The cache layout of the decoding loop (LAYOUTS); "auto" reads UQFLOW_LAYOUT and
+        defaults to dynamic. A static layout needs caches that can be stacked and answers that do not
+        depend on their batch (a finished row stays in the batch until its slot is refilled, which
+        would change the batches of a bitsandbytes model): other models decode dynamically."""
+        import os
+
+        if layout == "auto":
+            layout = os.environ.get("UQFLOW_LAYOUT", "").strip().lower() or "dynamic"
+        if layout not in LAYOUTS:
+            raise ConfigError(f"unknown decode layout {layout!r} (UQFLOW_LAYOUT); choose one of "
+                              f"{', '.join(LAYOUTS)}, or unset UQFLOW_LAYOUT for the default (dynamic)")
+        if layout != "dynamic" and not (self.refill and self.batch_invariant):
+            why = "its caches cannot be stacked (sliding-window layers)" if not self.refill else \
+                f"its answers depend on their batch ({self.lm.spec.quantization}, bitsandbytes)"
+            log.info("%s decodes with a dynamic cache, not %s: %s", self.lm.spec.name, layout, why)
+            return "dynamic"
+        return layout
+
+    def _logits(self, tokens, mask, positions, cache):
+        """One decoding step of every row: (b, 1) tokens -> the next token's logits (b, V) as the model gives them."""
+        out = self.lm.model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
+                            **{self._cache_kwarg: cache}, **self._last_logits)
+        return out.logits[:, -1, :]
+
+    def _forward(self, tokens, mask, positions, cache):
+        return self._logits(tokens, mask, positions, cache).float()
+
+    def _step_fn(self):
+        """The decoding step of a static batch, float32 logits in a tensor of their own: the model's
+        forward as it is (static), or compiled once per engine (graphs: ``torch.compile``, which on a
+        CUDA device captures the step in a CUDA graph, ``mode="reduce-overhead"``, and replays it
+        with one launch; a replay overwrites its output, hence the copy)."""
+        import torch
+
+        if self._compiled is None:
+            step = self._logits
+            if self.layout == "graphs":
+                cuda = str(self.lm.device).startswith("cuda")
+                step = torch.compile(step, mode="reduce-overhead" if cuda else None, dynamic=False)
+            self._compiled = lambda *args: step(*args).to(torch.float32, copy=True)
+        return self._compiled
+
+    def _static_cache(self, rows: int, capacity: int, like):
+        """A StaticCache of ``rows`` x ``capacity`` slots for the layers of the prefilled cache
+        ``like``; the engine's last one again where it has that shape (a captured step replays on
+        the tensors it was captured with)."""
+        import torch
+        from transformers import StaticCache
+
+        if self._static is not None and self._static[0] == (rows, capacity):
+            return self._static[1]
+        cache = StaticCache(config=self.lm.model.config, max_cache_len=capacity)
+        for layer, part in zip(cache.layers, like.layers):
+            k, v = part.keys, part.values
+            layer.lazy_initialization(torch.empty((rows, k.shape[1], 1, k.shape[3]), dtype=k.dtype, device=k.device),
+                                      torch.empty((rows, v.shape[1], 1, v.shape[3]), dtype=v.dtype, device=v.device))
+        self._static = ((rows, capacity), cache)
+        return cache
+
     def _attention_kernels(self):
         """The SDPA kernels this engine's forward passes may use (SDPA_BACKENDS) on a CUDA model; on
         any other device, or with UQFLOW_SDPA=auto, PyTorch's own choice."""
@@ -346,35 +416,7 @@ class HFEngine:
             out = model(input_ids=feed.to(dev), attention_mask=mask, position_ids=pos[:, P:].to(dev),
                         use_cache=True, **{self._cache_kwarg: cache}, **self._last_logits)
             parts.append((out.logits[:, -1, :].float(), cache, mask, pos[:, -1:].to(dev)))
-        return parts[0] if len(parts) == 1 else self._stack(parts)
-
-    @staticmethod
-    def _stack(parts):
-        """One decoding batch from several, each (logits (b, V), cache, mask (b, S_i), positions (b, 1)):
-        caches and masks are left-padded to the longest S_i and stacked. A padding slot is masked out
-        like any other, so each row attends to exactly what it attended to before."""
-        import torch
-        import torch.nn.functional as F
-
-        S = max(m.shape[1] for _, _, m, _ in parts)
-        merged = parts[0][1]
-        for i, layer in enumerate(merged.layers):
-            # (b, heads, S, head_dim)
-            layer.keys = torch.cat([F.pad(c.layers[i].keys, (0, 0, S - m.shape[1], 0)) for _, c, m, _ in parts])
-            layer.values = torch.cat([F.pad(c.layers[i].values, (0, 0, S - m.shape[1], 0)) for _, c, m, _ in parts])
-        mask = torch.cat([F.pad(m, (S - m.shape[1], 0)) for _, _, m, _ in parts])
-        return (torch.cat([lg for lg, _, _, _ in parts]), merged, mask, torch.cat([p for _, _, _, p in parts]))
-
-    @staticmethod
-    def _trim(cache, mask):
-        """Drop the leading cache slots that no row attends to (left by rows that have left)."""
-        used = mask.any(0)
-        first = int(used.int().argmax())
-        if first == 0:
-            return mask
-        for layer in cache.layers:
-            layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
-        return mask[:, first:]
+        return parts[0] if len(parts) == 1 else stack(parts)
 
     def _stream(self, prompts: Sequence[Sequence[int]], waiting: list[int], prefix: Sequence[int], prefix_cache,
                 sampling, group: int, results: list, progress) -> None:
@@ -409,8 +451,9 @@ class HFEngine:
             return logits, cache, mask, pos, [_Row(i, k) for i in idx for k in range(group)]
 
         with torch.inference_mode():
-            logits, cache, mask, last_pos, rows = admit(width)
-            while rows:
+            batch = self._batch(admit(width), prompts, len(waiting) * group, width)
+            while batch.rows:
+                rows, logits = batch.rows, batch.logits
                 logp = torch.log_softmax(logits, dim=-1)  # (b, V) from the raw logits
                 if sampling is None:
                     top, nxt = logp.max(dim=-1)  # greedy token and its log-probability, (b,)
@@ -427,27 +470,32 @@ class HFEngine:
                         keep.append(j)
                     else:
                         self._finish(row, prompts[row.prompt], group, done, results, progress, kind)
-                if len(keep) < len(rows):  # finished rows leave the batch and the cache
-                    rows = [rows[j] for j in keep]
-                    if not rows:
+                if len(keep) < len(rows):  # finished rows leave the batch
+                    if not keep:
                         if not queue:
                             break
-                        logits, cache, mask, last_pos, rows = admit(width)
+                        batch = self._batch(admit(width), prompts, len(waiting) * group, width)
                         continue
-                    sel = torch.tensor(keep, device=dev)
-                    cache.batch_select_indices(sel)
-                    mask, last_pos, nxt = mask[sel], last_pos[sel], nxt[sel]
-                    if self.refill:
-                        mask = self._trim(cache, mask)
-                mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)  # (b, past + 1)
-                last_pos = last_pos + 1
-                out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, use_cache=True,
-                            **{self._cache_kwarg: cache}, **self._last_logits)
-                logits = out.logits[:, -1, :].float()
-                if queue and width - len(rows) >= refill_at:
-                    new = admit(width - len(rows))
-                    logits, cache, mask, last_pos = self._stack([(logits, cache, mask, last_pos), new[:4]])
-                    rows = rows + new[4]
+                    batch.drop(keep)
+                    nxt = nxt[torch.tensor(keep, device=dev)]
+                batch.step(nxt)
+                if queue and width - len(batch.rows) >= refill_at:
+                    batch.admit(admit(width - len(batch.rows)))
+
+    def _batch(self, first, prompts, answers: int, width: int):
+        """The running batch that starts with the prefill ``first``, in the engine's cache layout:
+        a StaticBatch with ``layout`` static or graphs, else a DynamicBatch."""
+        if self.layout == "dynamic":
+            return DynamicBatch(self._forward, first, trim_unused=self.refill)
+        rows = min(width, answers)
+        # every row finishes in place: the longest prompt, then room for a running row's answer and
+        # a new one's (StaticBatch shifts its slots to keep within them); rounded, so that runs of
+        # similar prompts share one shape (and one captured graph)
+        longest = max(len(p) for p in prompts)
+        capacity = -(-(longest + 2 * self.max_new_tokens) // 128) * 128
+        cache = self._static_cache(rows, capacity, first[1])
+        return StaticBatch(self._step_fn(), cache, first, width=rows, capacity=capacity,
+                           max_new_tokens=self.max_new_tokens)
 
     def _row_done(self, row: _Row) -> bool:
         """Whether a row's answer is finished: its token budget spent or a stop met."""
