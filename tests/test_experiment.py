@@ -46,6 +46,9 @@ def assert_contract(run_id: str, cfg: RunConfig, lm) -> None:
     assert run.data.tags["family"] == lm.spec.family and run.data.tags["size_b"] == str(lm.spec.size_b)
     assert run.data.tags["instruct"] == str(lm.spec.instruct).lower()
     assert run.data.tags["config_hash"] == cfg.hash()
+    # how the engine decoded (speed and float rounding only, so not in the hash); kernels on a GPU only
+    assert run.data.tags["decode_layout"] == "dynamic" and int(run.data.tags["engine_batch_size"]) > 0
+    assert "sdpa_kernels" not in run.data.tags
     # its own colour in the UI's tables and charts: the model's hue, a shade per dataset
     from uqflow.plots import run_colour
 

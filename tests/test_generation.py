@@ -74,9 +74,10 @@ def test_generation_aligned_and_batch_invariant(fixture, dataset, n, request):
 @pytest.mark.parametrize("fixture", ["smollm", "gemma"])
 def test_the_engines_attention_kernels_change_no_answer(fixture, request):
     """The SDPA kernels the engine allows on a GPU (SDPA_BACKENDS: flash, memory-efficient, math;
-    not cuDNN), forced here on the CPU, give today's answers and G-NLL within float rounding, with
-    the engine's left-padded masks and shared prefix (Llama-style and Gemma 3 sliding-window
-    attention alike). A GPU applies them by itself (bench/gpu_check.sh measures the speed)."""
+    not cuDNN), forced here on the CPU for each of its calls (prefills and decode steps), give
+    today's answers and G-NLL within float rounding, with the engine's left-padded masks and shared
+    prefix (Llama-style and Gemma 3 sliding-window attention alike). A GPU applies them by itself
+    (bench/gpu_check.sh measures the speed)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from uqflow.generation.hf import SDPA_BACKENDS, HFEngine
@@ -85,10 +86,18 @@ def test_the_engines_attention_kernels_change_no_answer(fixture, request):
     ids = _prompts(lm, "trivia_mini", 24)
     default = HFEngine(lm, batch_size=12, max_new_tokens=16).generate(ids)
     chosen = HFEngine(lm, batch_size=12, max_new_tokens=16)
-    chosen._attention_kernels = lambda: sdpa_kernel([getattr(SDPBackend, n) for n in SDPA_BACKENDS])
+    assert chosen.sdpa == {"prefill": SDPA_BACKENDS, "decode": SDPA_BACKENDS}
+    phases = []
+
+    def kernels(phase):
+        phases.append(phase)
+        return sdpa_kernel([getattr(SDPBackend, n) for n in chosen.sdpa[phase]])
+
+    chosen._kernels = kernels
     for a, b in zip(chosen.generate(ids), default):
         assert a.token_ids == b.token_ids and a.text == b.text
         assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
+    assert {"prefill", "decode"} <= set(phases)  # each call under its phase's kernels
 
 
 @pytest.mark.slow

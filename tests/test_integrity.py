@@ -197,6 +197,37 @@ def test_num_generations_is_0_or_at_least_2_and_bounded(tracking, tmp_path, n, p
                                                                        output_format="list") == []
 
 
+@pytest.mark.parametrize("var,value,phrase", [
+    ("UQFLOW_LAYOUT", "graph", "unknown decode layout 'graph' (UQFLOW_LAYOUT); choose one of dynamic, static, graphs"),
+    ("UQFLOW_SDPA", "decode:flash,fast", "UQFLOW_SDPA='decode:flash,fast': 'flash,fast' is not a kernel list"),
+    ("UQFLOW_SDPA", "step:auto", "UQFLOW_SDPA='step:auto': unknown phase 'step'"),
+])
+def test_engine_settings_from_the_environment_are_checked_before_loading(tracking, tmp_path, monkeypatch, var,
+                                                                         value, phrase):
+    """A misspelt UQFLOW_LAYOUT or UQFLOW_SDPA stops a run and a grid's dry run before any model
+    loads, naming the variable and what it takes."""
+    monkeypatch.setenv(var, value)
+    monkeypatch.setattr("uqflow.experiment.load_for", lambda *a: pytest.fail("a model was loaded"))
+    res = invoke("run", "--set", "num_samples=2")
+    assert res.exit_code == 1 and f"Error: {phrase}" in res.output and "Traceback" not in res.output, res.output
+    grid = tmp_path / "g.yaml"
+    grid.write_text("models: [SmolLM2-135M-Instruct]\ndatasets: [trivia_mini]\n")
+    res = invoke("grid", grid, "--dry-run")
+    assert res.exit_code == 1 and phrase in res.output, res.output
+    assert not (tmp_path / "mlflow.db").exists() or mlflow.search_runs(search_all_experiments=True,
+                                                                       output_format="list") == []
+
+
+def test_sdpa_choice_per_phase():
+    from uqflow.generation.hf import SDPA_BACKENDS, sdpa_choice
+
+    assert sdpa_choice("") == {"prefill": SDPA_BACKENDS, "decode": SDPA_BACKENDS}
+    assert sdpa_choice("auto") == {"prefill": None, "decode": None}
+    assert sdpa_choice(" Flash, efficient ") == dict.fromkeys(("prefill", "decode"), ("FLASH_ATTENTION", "EFFICIENT_ATTENTION"))
+    assert sdpa_choice("prefill:cudnn; decode:auto") == {"prefill": ("CUDNN_ATTENTION",), "decode": None}
+    assert sdpa_choice("decode:math") == {"prefill": SDPA_BACKENDS, "decode": ("MATH",)}
+
+
 def test_sampling_memory_is_compared_with_the_machine_before_loading(monkeypatch):
     """On a machine of 1 GiB, 256 answers over Gemma 3's 262,144-token vocabulary (20 bytes a logit:
     1.25 GiB a step) do not fit; the way out names a number that does."""

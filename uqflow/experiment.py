@@ -25,6 +25,7 @@ from uqflow.data.examples import Example
 from uqflow.errors import ConfigError, ModelLoadError, UnknownChoice, UqflowError, short
 from uqflow.generation import ENGINES, load_for, make_engine
 from uqflow.generation.base import token_pieces
+from uqflow.generation.hf import settings_problems
 from uqflow.models import LoadedModel, ModelSpec, get_model, unload
 from uqflow.models.loading import (BATCHING, batch_dependence, cache_root, known_context_length, sampling_memory_problem,
                                    unavailable)
@@ -136,6 +137,20 @@ def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset | None = None) -
     return tags
 
 
+def engine_tags(engine) -> dict[str, str]:
+    """How the engine decodes, where it can choose (the HF engine): its batch size, its cache
+    layout and, on a GPU, the attention kernels of each phase. Only speed and float rounding
+    depend on them, so they are tags, not part of the run's identity."""
+    tags = {"engine_batch_size": str(getattr(engine, "batch_size", ""))} if getattr(engine, "batch_size", 0) else {}
+    if getattr(engine, "layout", None):
+        tags["decode_layout"] = engine.layout
+    sdpa = getattr(engine, "sdpa", None)
+    if sdpa and str(engine.lm.device).startswith("cuda"):
+        tags["sdpa_kernels"] = "; ".join(f"{phase}: {','.join(k.lower() for k in names) if names else 'auto'}"
+                                         for phase, names in sdpa.items())
+    return tags
+
+
 def name_problems(cfg: RunConfig) -> list[UqflowError]:
     """The engine, judges, abstention rule and entailment judge named by ``cfg`` that nothing registers."""
     named = [(ENGINES, cfg.backend), *((JUDGES, j) for j in (cfg.correctness, *cfg.judge_names))]
@@ -198,6 +213,8 @@ def check(cfg: RunConfig, memo: dict | None = None) -> tuple[ModelSpec | None, L
                 _once(memo, ("model", asked, registry), get_model, asked, registry)
             except UqflowError as e:
                 problems.append(e)
+    if cfg.backend == "hf":  # the engine's settings from the environment (decode layout, attention kernels)
+        problems += _once(memo, ("engine settings",), settings_problems)
     try:
         ds = _once(memo, ("dataset", cfg.dataset), _read_dataset, cfg)
     except UqflowError as e:
@@ -360,6 +377,7 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
     if not prompts:
         raise ConfigError("no prompt fits the model's context; lower num_few_shot or max_new_tokens")
     engine = make_engine(cfg.backend, lm, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens)
+    tracking.set_tags(engine_tags(engine))
     done = 0
 
     def step(k: int) -> None:

@@ -343,6 +343,13 @@ def log_dataset(frame, name: str, origin: Mapping[str, Any]) -> None:
     mlflow.log_input(dataset, context="evaluation")
 
 
+def set_tags(tags: Mapping[str, Any]) -> None:
+    """Tags of the active run, known only once it is under way (the engine's settings)."""
+    import mlflow
+
+    mlflow.set_tags(dict(tags))
+
+
 def set_description(markdown: str) -> None:
     """The active run's description, which MLflow's run page shows first."""
     import mlflow

@@ -59,7 +59,9 @@ def eos_token_ids(lm: LoadedModel) -> set[int]:
 #: 2,658). Qwen2.5-1.5B gained at 150 tokens (3.3 -> 10.4 and 6.1 -> 10.3 questions/s) but lost
 #: at 16 (134 -> 92): cuDNN was the faster kernel for its early decode steps, so a per-call choice
 #: would do better still. The math is the same attention in every kernel, so answers change only
-#: by float rounding. UQFLOW_SDPA=auto restores PyTorch's own choice (for comparison).
+#: by float rounding. UQFLOW_SDPA chooses others, per phase if need be (``sdpa_choice``); ``auto``
+#: restores PyTorch's own choice. `bash bench/gpu_check.sh --sdpa-probe` times each phase (a prefill, a
+#: decode step) under each kernel, which is what the choice per call is to be made from.
 SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 
 #: The decoding loop's cache layouts (``uqflow.generation.batches``): ``dynamic`` keeps the running
@@ -69,16 +71,61 @@ SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 LAYOUTS = ("dynamic", "static", "graphs")
 
 
-def _with_attention_kernels(method):
-    """Run an engine method with the attention kernels of SDPA_BACKENDS on a CUDA model."""
-    import functools
+#: UQFLOW_SDPA's names of PyTorch's SDPA kernels (torch.nn.attention.SDPBackend)
+SDPA_KERNELS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH", "cudnn": "CUDNN_ATTENTION"}
+#: the engine's calls by kind: a prefill (prompts, many query positions) and a decode step (one query a row)
+SDPA_PHASES = ("prefill", "decode")
 
-    @functools.wraps(method)
-    def wrapped(self, *args, **kwargs):
-        with self._attention_kernels():
-            return method(self, *args, **kwargs)
 
-    return wrapped
+def sdpa_choice(value: str) -> dict[str, tuple[str, ...] | None]:
+    """The SDPA kernels each phase may use on a GPU, from UQFLOW_SDPA: empty for the engine's own
+    (SDPA_BACKENDS), ``auto`` for PyTorch's own choice, kernels by name (``flash,efficient``) for
+    both phases, or per phase (``prefill:cudnn;decode:flash,efficient,math``; a phase left out keeps
+    the engine's). A kernel set maps to SDPBackend names; None is PyTorch's choice."""
+    choice: dict[str, tuple[str, ...] | None] = dict.fromkeys(SDPA_PHASES, SDPA_BACKENDS)
+    value = value.strip().lower()
+    if not value:
+        return choice
+    known = f"kernels {', '.join(SDPA_KERNELS)} or auto; phases {', '.join(SDPA_PHASES)}"
+    for part in filter(None, (p.strip() for p in value.split(";"))):
+        phase, _, names = part.rpartition(":")
+        phases = [phase.strip()] if phase else list(SDPA_PHASES)
+        if any(ph not in SDPA_PHASES for ph in phases):
+            raise ConfigError(f"UQFLOW_SDPA={value!r}: unknown phase {phase.strip()!r} ({known})")
+        kernels = [n.strip() for n in names.split(",") if n.strip()]
+        if kernels == ["auto"]:
+            chosen = None
+        elif kernels and all(k in SDPA_KERNELS for k in kernels):
+            chosen = tuple(SDPA_KERNELS[k] for k in kernels)
+        else:
+            raise ConfigError(f"UQFLOW_SDPA={value!r}: {names.strip()!r} is not a kernel list ({known}); "
+                              "unset it for the engine's own choice")
+        for ph in phases:
+            choice[ph] = chosen
+    return choice
+
+
+def layout_choice(value: str) -> str:
+    """The decode layout UQFLOW_LAYOUT asks for (LAYOUTS); empty: dynamic."""
+    layout = value.strip().lower() or "dynamic"
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown decode layout {value.strip()!r} (UQFLOW_LAYOUT); choose one of "
+                          f"{', '.join(LAYOUTS)}, or unset UQFLOW_LAYOUT for the default (dynamic)")
+    return layout
+
+
+def settings_problems() -> list[ConfigError]:
+    """What is wrong with the engine's settings from the environment (UQFLOW_LAYOUT, UQFLOW_SDPA),
+    found before a model loads."""
+    import os
+
+    problems = []
+    for parse, var in ((layout_choice, "UQFLOW_LAYOUT"), (sdpa_choice, "UQFLOW_SDPA")):
+        try:
+            parse(os.environ.get(var, ""))
+        except ConfigError as e:
+            problems.append(e)
+    return problems
 
 
 class HFEngine:
@@ -120,6 +167,10 @@ class HFEngine:
         self._stop_span = 2 * max((len(s) for s in self.stop_sequences), default=0) + 4
         self.share_prefix = share_prefix
         self.layout = self._layout(layout)
+        import os
+
+        #: the SDPA kernels of each phase on a GPU (sdpa_choice: UQFLOW_SDPA, else SDPA_BACKENDS)
+        self.sdpa = sdpa_choice(os.environ.get("UQFLOW_SDPA", ""))
         self._compiled = None  # the static layout's decoding step (compiled for layout="graphs"), once per engine
         self._static = None  # ((rows, slots), StaticCache): the static layout's cache, reused while its shape holds
         params = inspect.signature(lm.model.forward).parameters
@@ -133,7 +184,6 @@ class HFEngine:
         self.passes = {"greedy": 0, "sampled": 0}
         self.tokens = {"greedy": 0, "sampled": 0}
 
-    @_with_attention_kernels
     def generate(self, prompts: Sequence[Sequence[int]], progress=None, *, shuffle: int = 0) -> list[Generation]:
         """Greedy answers for tokenized prompts, in the order given. ``shuffle`` k > 0 batches the
         prompts in an order shuffled with seed k instead of by length: another batch composition,
@@ -144,7 +194,6 @@ class HFEngine:
         finally:
             self.generation_seconds += time.perf_counter() - start
 
-    @_with_attention_kernels
     def sample(self, prompts: Sequence[Sequence[int]], n: int, *, temperature: float = 1.0, seed: int = 0,
                progress=None) -> list[list[Generation]]:
         """``n`` sampled answers per prompt, decoded like greedy answers (the shared prefix computed
@@ -169,7 +218,6 @@ class HFEngine:
         rngs = [sample_rng(seed, p, k) for p in prompts for k in range(n)]  # answer k of prompt i: i * n + k
         return self._decode(prompts, (rngs, temperature), progress, group=n)  # progress counts answers
 
-    @_with_attention_kernels
     def continuation_logprobs(self, prompts: Sequence[Sequence[int]],
                               continuations: Sequence[Sequence[int]]) -> list[float]:
         """log p(continuation | prompt) for each pair (the sum over the continuation's tokens of the
@@ -197,8 +245,9 @@ class HFEngine:
                 dev = model.device
                 # only the last k + 1 positions' logits: the whole sequence's would be (b, T, vocab)
                 keep = {"logits_to_keep": k + 1} if self._last_logits else {}
-                logits = model(input_ids=enc["input_ids"].to(dev), attention_mask=mask.to(dev),
-                               position_ids=pos.to(dev), **keep).logits[:, -(k + 1):-1, :].float()
+                with self._kernels("prefill"):
+                    logits = model(input_ids=enc["input_ids"].to(dev), attention_mask=mask.to(dev),
+                                   position_ids=pos.to(dev), **keep).logits[:, -(k + 1):-1, :].float()
                 logp = torch.log_softmax(logits, dim=-1)  # (b, k, V): position j predicts token j + 1
                 for r, i in enumerate(idx):
                     cont = list(continuations[i])
@@ -206,7 +255,6 @@ class HFEngine:
                     out[i] = float(sum(logp[r, first + t, c].item() for t, c in enumerate(cont)))
         return out
 
-    @_with_attention_kernels
     def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
         """log p(token | prompt) of each of ``token_ids`` after each prompt: one prefill per prompt
         (batched, the shared prefix computed once), no decoding. A judge that picks one of a few
@@ -273,11 +321,7 @@ class HFEngine:
         would change the batches of a bitsandbytes model): other models decode dynamically."""
         import os
 
-        if layout == "auto":
-            layout = os.environ.get("UQFLOW_LAYOUT", "").strip().lower() or "dynamic"
-        if layout not in LAYOUTS:
-            raise ConfigError(f"unknown decode layout {layout!r} (UQFLOW_LAYOUT); choose one of "
-                              f"{', '.join(LAYOUTS)}, or unset UQFLOW_LAYOUT for the default (dynamic)")
+        layout = layout_choice(os.environ.get("UQFLOW_LAYOUT", "") if layout == "auto" else layout)
         if layout != "dynamic" and not (self.refill and self.batch_invariant):
             why = "its caches cannot be stacked (sliding-window layers)" if not self.refill else \
                 f"its answers depend on their batch ({self.lm.spec.quantization}, bitsandbytes)"
@@ -292,7 +336,8 @@ class HFEngine:
         return out.logits[:, -1, :]
 
     def _forward(self, tokens, mask, positions, cache):
-        return self._logits(tokens, mask, positions, cache).float()
+        with self._kernels("decode"):
+            return self._logits(tokens, mask, positions, cache).float()
 
     def _step_fn(self):
         """The decoding step of a static batch, float32 logits in a tensor of their own: the model's
@@ -306,7 +351,11 @@ class HFEngine:
             if self.layout == "graphs":
                 cuda = str(self.lm.device).startswith("cuda")
                 step = torch.compile(step, mode="reduce-overhead" if cuda else None, dynamic=False)
-            self._compiled = lambda *args: step(*args).to(torch.float32, copy=True)
+            def run(*args):
+                with self._kernels("decode"):
+                    return step(*args).to(torch.float32, copy=True)
+
+            self._compiled = run
         return self._compiled
 
     def _static_cache(self, rows: int, capacity: int, like):
@@ -326,17 +375,17 @@ class HFEngine:
         self._static = ((rows, capacity), cache)
         return cache
 
-    def _attention_kernels(self):
-        """The SDPA kernels this engine's forward passes may use (SDPA_BACKENDS) on a CUDA model; on
-        any other device, or with UQFLOW_SDPA=auto, PyTorch's own choice."""
+    def _kernels(self, phase: str):
+        """The SDPA kernels a ``phase`` (SDPA_PHASES) of this engine may use (``sdpa``) on a CUDA
+        model; on any other device, or where ``sdpa`` leaves it to PyTorch, PyTorch's own choice."""
         import contextlib
-        import os
 
-        if not str(self.lm.device).startswith("cuda") or os.environ.get("UQFLOW_SDPA", "").lower() == "auto":
+        names = self.sdpa[phase]
+        if names is None or not str(self.lm.device).startswith("cuda"):
             return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        return sdpa_kernel([getattr(SDPBackend, name) for name in SDPA_BACKENDS])
+        return sdpa_kernel([getattr(SDPBackend, name) for name in names])
 
     @staticmethod
     def _empty_cache() -> None:
@@ -376,7 +425,7 @@ class HFEngine:
         model = self.lm.model
         cache = DynamicCache(config=model.config)
         ids = torch.tensor([list(prefix)], device=model.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._kernels("prefill"):
             model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **{self._cache_kwarg: cache})
         return cache
 
@@ -413,8 +462,9 @@ class HFEngine:
                 cache = DynamicCache(config=model.config)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)  # real positions, padding ignored
             mask = mask.to(dev)
-            out = model(input_ids=feed.to(dev), attention_mask=mask, position_ids=pos[:, P:].to(dev),
-                        use_cache=True, **{self._cache_kwarg: cache}, **self._last_logits)
+            with self._kernels("prefill"):
+                out = model(input_ids=feed.to(dev), attention_mask=mask, position_ids=pos[:, P:].to(dev),
+                            use_cache=True, **{self._cache_kwarg: cache}, **self._last_logits)
             parts.append((out.logits[:, -1, :].float(), cache, mask, pos[:, -1:].to(dev)))
         return parts[0] if len(parts) == 1 else stack(parts)
 
