@@ -6,6 +6,10 @@ included) spent outside generation. Targets on a 2-core CPU with SmolLM2-135M-In
 trivia_mini (>= 128 questions): ratio >= 10, outside-generation share <= 15%.
 
     python bench/throughput.py --n 128
+    python bench/throughput.py --n 64 --batch-size 16 --max-new-tokens 40 --layouts dynamic,static,graphs
+
+``--layouts`` also times the engine in other decode layouts on the same prompts (each after a first
+call, which for ``graphs`` compiles), as ratios to the default layout, with the answers that differ.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--layouts", default="", help="decode layouts also timed (uqflow.generation.hf.LAYOUTS)")
     args = ap.parse_args()
 
     import mlflow
@@ -55,6 +60,17 @@ def main() -> None:
     t = time.perf_counter()
     gens = engine.generate([p.token_ids for p in prompts])
     t_engine = time.perf_counter() - t
+
+    layouts = []
+    for layout in filter(None, (x.strip() for x in args.layouts.split(","))):
+        alt = HFEngine(lm, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, layout=layout)
+        t = time.perf_counter()
+        alt.generate([p.token_ids for p in prompts])  # the first call: compiles for graphs
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        alt_gens = alt.generate([p.token_ids for p in prompts])
+        dt = time.perf_counter() - t
+        layouts.append((alt.layout, first, dt, sum(a.token_ids != b.token_ids for a, b in zip(alt_gens, gens))))
 
     reference_predict(lm.model, lm.tokenizer, prompts[0].text, STOP_SEQUENCES, cfg.max_new_tokens, special)
     t = time.perf_counter()
@@ -85,6 +101,9 @@ def main() -> None:
     print(f"uqflow engine           : {n / t_engine:8.2f} questions/s  ({t_engine:.1f} s)")
     print(f"speed-up (engine / loop): {t_loop / t_engine:8.2f}x")
     print(f"identical answers       : {same}/{n}")
+    for layout, first, dt, differ in layouts:
+        print(f"layout {layout:<16}: {n / dt:8.2f} questions/s  ({dt:.1f} s; first call {first:.1f} s), "
+              f"{t_engine / dt:.2f}x the default layout, {differ} of {n} answers differ")
     print(f"whole uqflow run        : {t_run:.1f} s, generation {gen_s:.1f} s, "
           f"outside generation {100 * (t_run - gen_s) / t_run:.1f}%")
     print(f"  of which relevance (TokenSAR) {rel_s:.1f} s, other scoring {score_s - rel_s:.1f} s, "
