@@ -194,6 +194,31 @@ def test_static_layout_only_where_it_keeps_the_records(gemma, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_step_that_fails_to_compile_decodes_on_uncompiled(smollm, monkeypatch, caplog):
+    """Where torch.compile cannot compile the step (no C++ compiler, no Triton), layout="graphs"
+    says so once and decodes on with the static layout uncompiled, with the same answers."""
+    import torch
+    from torch._dynamo.exc import TorchDynamoException
+
+    from uqflow.generation.hf import HFEngine
+
+    calls = []
+
+    def compile_that_fails(fn, **kwargs):
+        def call(*args):
+            calls.append(1)
+            raise TorchDynamoException("no working C++ compiler found")
+        return call
+
+    monkeypatch.setattr(torch, "compile", compile_that_fails)
+    ids = _prompts(smollm, "trivia_mini", 8)
+    with caplog.at_level("WARNING", logger="uqflow.generation.hf"):
+        got = HFEngine(smollm, batch_size=4, max_new_tokens=8, layout="graphs").generate(ids)
+    _same_records(got, HFEngine(smollm, batch_size=4, max_new_tokens=8).generate(ids))
+    assert len(calls) == 1 and caplog.text.count("the compiled decode step failed (no working C++ compiler") == 1
+
+
+@pytest.mark.slow
 def test_compiled_static_step_changes_no_answer(smollm, tmp_path):
     """layout="graphs": the static step compiled by torch.compile (on a GPU captured as a CUDA graph;
     here inductor's CPU code) gives the dynamic layout's answers. In a process of its own, its

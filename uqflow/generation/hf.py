@@ -347,13 +347,26 @@ class HFEngine:
         import torch
 
         if self._compiled is None:
-            step = self._logits
+            eager = self._logits
+            step, failures = {"call": eager}, ()
             if self.layout == "graphs":
+                from torch._dynamo.exc import TorchDynamoException
+
                 cuda = str(self.lm.device).startswith("cuda")
-                step = torch.compile(step, mode="reduce-overhead" if cuda else None, dynamic=False)
+                step["call"] = torch.compile(eager, mode="reduce-overhead" if cuda else None, dynamic=False)
+                failures = TorchDynamoException
+
             def run(*args):
                 with self._kernels("decode"):
-                    return step(*args).to(torch.float32, copy=True)
+                    try:
+                        logits = step["call"](*args)
+                    except failures as e:  # compiling failed (a machine without a C++ compiler or Triton)
+                        log.warning("%s: the compiled decode step failed (%s); decoding on with the static layout "
+                                    "uncompiled", self.lm.spec.name, str(e).strip().splitlines()[0][:200] if str(e).strip()
+                                    else type(e).__name__)
+                        step["call"] = eager
+                        logits = eager(*args)  # nothing was written: a step that failed to compile never ran
+                    return logits.to(torch.float32, copy=True)
 
             self._compiled = run
         return self._compiled
