@@ -180,6 +180,33 @@ def test_static_cache_layout_changes_no_answer(smollm, dataset, n, batch, way, m
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("layout", ["dynamic", "static"])
+def test_out_of_memory_halves_the_batch_and_keeps_every_answer(smollm, layout):
+    """On out-of-memory mid-way (here the third admission of waiting prompts) a batch-invariant
+    model's finished answers stand and the rest start again at half the batch, in either layout,
+    with the answers a run that never ran short gives."""
+    from uqflow.generation.hf import HFEngine
+
+    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError, by name as the engine sees it
+        pass
+
+    ids = _prompts(smollm, "trivia_mini", 16)
+    engine = HFEngine(smollm, batch_size=4, max_new_tokens=12, layout=layout)
+    prefill, calls = engine._prefill, []
+
+    def short_once(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OutOfMemoryError("CUDA out of memory")
+        return prefill(*args)
+
+    engine._prefill = short_once
+    got = engine.generate(ids)
+    assert engine.batch_size == 2 and len(calls) > 3
+    _same_records(got, HFEngine(smollm, batch_size=4, max_new_tokens=12).generate(ids))
+
+
+@pytest.mark.slow
 def test_static_layout_only_where_it_keeps_the_records(gemma, monkeypatch):
     """A model whose caches cannot be stacked (Gemma 3's sliding-window layers) decodes dynamically
     whatever UQFLOW_LAYOUT says; an unknown layout is refused by name."""

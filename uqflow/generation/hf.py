@@ -307,6 +307,7 @@ class HFEngine:
                 # finished answers stand; the unfinished ones start again in smaller batches
                 self.batch_size = max(1, self.batch_size // 2)
                 log.warning("out of memory; retrying with batch size %d", self.batch_size)
+                self._static = None  # the static layout's cache, sized for the larger batch
                 self._empty_cache()
                 if sampling is not None:  # their streams were advanced by the failed attempt: restart them
                     for i in order:
