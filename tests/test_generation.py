@@ -153,13 +153,14 @@ def _same_records(got, ref, *, logp=1e-4, ent=1e-3):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dataset,n,batch,way", [("trivia_mini", 24, 6, -1), ("squad_mini", 16, 4, 1)])
+@pytest.mark.parametrize("dataset,n,batch,way", [("trivia_mini", 24, 6, -1), ("squad_mini", 10, 3, 1)])
 def test_static_cache_layout_changes_no_answer(smollm, dataset, n, batch, way, monkeypatch):
     """The static layout (fixed shapes, the step CUDA graphs capture): finished rows keep their
     slots until waiting prompts take them, every row writes the same cache slot, and the slots are
     shifted to make room: back as rows finish, on where a longer prompt joins (SQuAD's passages
     differ in length by hundreds of tokens). Its
-    answers, log-probabilities, entropies and counters are the dynamic layout's, greedy and sampled."""
+    answers, log-probabilities, entropies and counters are the dynamic layout's, greedy and (on
+    TriviaQA) sampled."""
     from uqflow.generation import batches
     from uqflow.generation.hf import HFEngine
 
@@ -173,6 +174,8 @@ def test_static_cache_layout_changes_no_answer(smollm, dataset, n, batch, way, m
     _same_records(static.generate(ids), dynamic.generate(ids))
     assert static.passes == dynamic.passes and static.tokens == dynamic.tokens
     assert any(d * way > 0 for d in shifts[1:])  # room made at admissions after the first
+    if dataset != "trivia_mini":
+        return
     sampled = static.sample(ids[:6], 3, seed=3)
     reference = dynamic.sample(ids[:6], 3, seed=3)
     same = sum(a.token_ids == b.token_ids for xs, ys in zip(sampled, reference) for a, b in zip(xs, ys))
