@@ -20,6 +20,11 @@ bitsandbytes' models: LLM.int8 (``8bit``) chooses its outlier columns over the w
 (``4bit``) rounds in bf16 (``uqflow.models.loading.batch_dependence``). For those the batches are
 kept a function of the configuration alone: the automatic batch size is the same on every device
 and an out-of-memory error is not answered by shrinking the batch.
+
+The running batch lives in one of two cache layouts (``uqflow.generation.batches``; ``UQFLOW_LAYOUT``):
+dynamic, the default, where shapes follow the running rows, or static, where they are fixed so that a
+GPU can replay each decode step as one captured CUDA graph (``graphs``). The attention kernels of
+prefills and decode steps on a GPU are chosen apart (``UQFLOW_SDPA``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import os
 import time
 from collections.abc import Sequence
 
@@ -117,8 +123,6 @@ def layout_choice(value: str) -> str:
 def settings_problems() -> list[ConfigError]:
     """What is wrong with the engine's settings from the environment (UQFLOW_LAYOUT, UQFLOW_SDPA),
     found before a model loads."""
-    import os
-
     problems = []
     for parse, var in ((layout_choice, "UQFLOW_LAYOUT"), (sdpa_choice, "UQFLOW_SDPA")):
         try:
@@ -167,8 +171,6 @@ class HFEngine:
         self._stop_span = 2 * max((len(s) for s in self.stop_sequences), default=0) + 4
         self.share_prefix = share_prefix
         self.layout = self._layout(layout)
-        import os
-
         #: the SDPA kernels of each phase on a GPU (sdpa_choice: UQFLOW_SDPA, else SDPA_BACKENDS)
         self.sdpa = sdpa_choice(os.environ.get("UQFLOW_SDPA", ""))
         self._compiled = None  # the static layout's decoding step (compiled for layout="graphs"), once per engine
@@ -320,8 +322,6 @@ class HFEngine:
         defaults to dynamic. A static layout needs caches that can be stacked and answers that do not
         depend on their batch (a finished row stays in the batch until its slot is refilled, which
         would change the batches of a bitsandbytes model): other models decode dynamically."""
-        import os
-
         layout = layout_choice(os.environ.get("UQFLOW_LAYOUT", "") if layout == "auto" else layout)
         if layout != "dynamic" and not (self.refill and self.batch_invariant):
             why = "its caches cannot be stacked (sliding-window layers)" if not self.refill else \
