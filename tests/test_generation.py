@@ -241,6 +241,7 @@ def test_a_step_that_fails_to_compile_decodes_on_uncompiled(smollm, monkeypatch,
         return call
 
     monkeypatch.setattr(torch, "compile", compile_that_fails)
+    monkeypatch.setattr("uqflow.generation.hf._COMPILED_STEPS", {})  # none compiled before, none kept after
     ids = _prompts(smollm, "trivia_mini", 8)
     with caplog.at_level("WARNING", logger="uqflow.generation.hf"):
         got = HFEngine(smollm, batch_size=4, max_new_tokens=8, layout="graphs").generate(ids)
@@ -251,8 +252,9 @@ def test_a_step_that_fails_to_compile_decodes_on_uncompiled(smollm, monkeypatch,
 @pytest.mark.slow
 def test_compiled_static_step_changes_no_answer(smollm, tmp_path):
     """layout="graphs": the static step compiled by torch.compile (on a GPU captured as a CUDA graph;
-    here inductor's CPU code) gives the dynamic layout's answers. In a process of its own, its
-    compiler caches in the test's folder."""
+    here inductor's CPU code) gives the dynamic layout's answers, and a second engine over the same
+    model reuses what the first compiled. In a process of its own, its compiler caches in the
+    test's folder."""
     import json
     import os
     import subprocess
@@ -267,17 +269,21 @@ def test_compiled_static_step_changes_no_answer(smollm, tmp_path):
         "from uqflow.generation.hf import HFEngine\n"
         "lm = load_model(MODELS.get('SmolLM2-135M-Instruct'), 'cpu')\n"
         "ids = _prompts(lm, 'trivia_mini', 16)\n"
+        "from torch._dynamo.utils import counters\n"
         "out = {}\n"
-        "for layout in ('dynamic', 'graphs'):\n"
+        "for layout in ('dynamic', 'graphs', 'graphs'):\n"
         "    e = HFEngine(lm, batch_size=4, max_new_tokens=12, layout=layout)\n"
         "    out[layout] = [(g.token_ids, g.token_logprobs, g.stop_reason) for g in e.generate(ids)]\n"
         "    out[layout + '_passes'] = e.passes\n"
+        "    out.setdefault('graphs_compiled', []).append(counters['stats']['unique_graphs'])\n"
         "print(json.dumps(out))\n")
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "TRITON_CACHE_DIR": str(tmp_path / "triton")}
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["graphs_passes"] == out["dynamic_passes"]
+    # compiled by the first engine; the second over the same model and shapes compiles nothing more
+    assert out["graphs_compiled"][0] == 0 < out["graphs_compiled"][1] == out["graphs_compiled"][2]
     for (ids_g, lp_g, why_g), (ids_d, lp_d, why_d) in zip(out["graphs"], out["dynamic"], strict=True):
         assert ids_g == ids_d and why_g == why_d
         assert lp_g == pytest.approx(lp_d, abs=1e-4)

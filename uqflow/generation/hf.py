@@ -132,6 +132,30 @@ def settings_problems() -> list[ConfigError]:
     return problems
 
 
+def _decode_step(model, tokens, mask, positions, cache, cache_kwarg: str, last_logits: bool):
+    """One decoding step of ``model``: (b, 1) tokens -> the next token's logits (b, V)."""
+    out = model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
+                **{cache_kwarg: cache}, **({"logits_to_keep": 1} if last_logits else {}))
+    return out.logits[:, -1, :]
+
+
+_COMPILED_STEPS: dict[bool, object] = {}
+
+
+def compiled_decode_step(cuda: bool):
+    """``_decode_step`` compiled by ``torch.compile`` once per process (on a CUDA device with
+    ``mode="reduce-overhead"``: CUDA graphs), shared by every engine: its guards tell models and
+    shapes apart, so engines over one model reuse what was compiled for a shape. A study compiles a
+    shape per model, batch width and cache length; the recompile limit is raised to hold them."""
+    if cuda not in _COMPILED_STEPS:
+        import torch
+        import torch._dynamo.config as dynamo
+
+        dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
+        _COMPILED_STEPS[cuda] = torch.compile(_decode_step, mode="reduce-overhead" if cuda else None, dynamic=False)
+    return _COMPILED_STEPS[cuda]
+
+
 class HFEngine:
     """Greedy generation engine over a loaded transformers model."""
 
@@ -332,9 +356,7 @@ class HFEngine:
 
     def _logits(self, tokens, mask, positions, cache):
         """One decoding step of every row: (b, 1) tokens -> the next token's logits (b, V) as the model gives them."""
-        out = self.lm.model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
-                            **{self._cache_kwarg: cache}, **self._last_logits)
-        return out.logits[:, -1, :]
+        return _decode_step(self.lm.model, tokens, mask, positions, cache, self._cache_kwarg, bool(self._last_logits))
 
     def _forward(self, tokens, mask, positions, cache):
         with self._kernels("decode"):
@@ -342,9 +364,9 @@ class HFEngine:
 
     def _step_fn(self):
         """The decoding step of a static batch, float32 logits in a tensor of their own: the model's
-        forward as it is (static), or compiled once per engine (graphs: ``torch.compile``, which on a
-        CUDA device captures the step in a CUDA graph, ``mode="reduce-overhead"``, and replays it
-        with one launch; a replay overwrites its output, hence the copy)."""
+        forward as it is (static), or compiled (graphs: ``compiled_decode_step``, which on a CUDA
+        device captures the step in a CUDA graph and replays it with one launch; a replay
+        overwrites its output, hence the copy)."""
         import torch
 
         if self._compiled is None:
@@ -353,8 +375,9 @@ class HFEngine:
             if self.layout == "graphs":
                 from torch._dynamo.exc import TorchDynamoException
 
-                cuda = str(self.lm.device).startswith("cuda")
-                step["call"] = torch.compile(eager, mode="reduce-overhead" if cuda else None, dynamic=False)
+                compiled = compiled_decode_step(str(self.lm.device).startswith("cuda"))
+                model, kwarg, last = self.lm.model, self._cache_kwarg, bool(self._last_logits)
+                step["call"] = lambda *args: compiled(model, *args, kwarg, last)
                 failures = TorchDynamoException
 
             def run(*args):
