@@ -206,19 +206,36 @@ def heap_limit_is_put_back(sqlite_store: str) -> None:
 def test_heap_limit_is_put_back_after_queries_in_threads(sqlite_store, heap_limit_available):
     """Queries in threads at once share the limit; the last to finish puts the previous one back."""
     before = _heap_limits()
+    unexpected = []
 
     def work():
         for _ in range(5):
-            with contextlib.suppress(UqflowError):  # stopped, or starved by the others' blobs: either is fine
+            try:
                 run_query("SELECT " + ", ".join(["randomblob(10000000)"] * 10), sqlite_store, max_memory_mb=64)
+            except UqflowError:  # stopped, or starved by the others' blobs (opening included): either is fine
+                pass
+            except BaseException as e:  # noqa: BLE001 - a thread's own error would pass unseen
+                unexpected.append(repr(e))
 
     threads = [threading.Thread(target=work) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert unexpected == []
     assert _heap_limits() == before
     assert run_query("SELECT length(randomblob(50000000))", sqlite_store).rows == [(50000000,)]
+
+
+def test_a_store_sqlite_has_no_memory_to_open_says_so(sqlite_store, monkeypatch):
+    """SQLite's heap limit is process-wide: a query opening the store while another caps it can
+    find no memory to open a connection. That is a one-line error, not a MemoryError."""
+    def starved(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(sqlite3.dbapi2, "connect", starved)  # what SQLAlchemy opens SQLite with
+    with pytest.raises(UqflowError, match=r"SQLite ran out of memory \(a query running in this process caps "):
+        run_query("SELECT 1", sqlite_store)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -100,7 +100,7 @@ def connect(url: str | None = None, *, readonly: bool = False) -> Engine:
     try:
         with engine.connect():
             pass
-    except SQLAlchemyError as e:
+    except (SQLAlchemyError, MemoryError) as e:  # MemoryError: SQLite's heap, capped by a query running beside
         engine.dispose()
         raise StoreError(store_failure("open", url, e)) from None
     return engine
@@ -167,6 +167,9 @@ def store_failure(verb: str, url: str, e: BaseException) -> str:
     """A one-line message for a database error, with the way out where there is one."""
     msg = _first_line(e)
     low = msg.lower()
+    if isinstance(getattr(e, "orig", None) or e, MemoryError):
+        return (f"cannot {verb} the results store {redact(url)}: SQLite ran out of memory (a query running in this "
+                "process caps SQLite's memory, --max-memory); try again when it has finished")
     if "locked" in low or "busy" in low:
         return (f"the results store {redact(url)} is locked by another process (waited {SQLITE_BUSY_SECONDS} s); "
                 "try again when it has finished")
