@@ -173,7 +173,7 @@ def test_static_cache_layout_changes_no_answer(smollm, dataset, n, batch, way, m
     assert static.layout == "static"
     _same_records(static.generate(ids), dynamic.generate(ids))
     assert static.passes == dynamic.passes and static.tokens == dynamic.tokens
-    assert any(d * way > 0 for d in shifts[1:])  # room made at admissions after the first
+    assert any(d * way > 0 for d in shifts)  # room made beside running rows (a new batch needs none)
     if dataset != "trivia_mini":
         return
     sampled = static.sample(ids[:6], 3, seed=3)

@@ -145,8 +145,7 @@ class StaticBatch:
         self.tokens.index_copy_(0, self._active_slots(), tokens)
         self.mask[:, self.cur] = 1
         self.pos += 1
-        for layer in self.cache.layers:
-            layer.cumulative_length.fill_(self.cur)  # the slot this step writes, in every row
+        # the step writes slot cur and advances every layer's write slot by one, as cur here
         self.all_logits = self.forward(self.tokens[:, None], self.mask, self.pos, self.cache)
         self.cur += 1
 
@@ -160,9 +159,11 @@ class StaticBatch:
         if len(free) < n:
             raise ValueError(f"{n} rows admitted into a batch with {len(free)} free slots")
         running = [self.start[s] for s, r in enumerate(self.slots) if r is not None]
-        target = max(S, self.cur - min(running)) if running else S
-        if target != self.cur:
-            self._shift(target - self.cur)
+        if not running:  # nothing to keep (a new batch): the prefill fills the first S slots
+            self.mask.zero_()
+            self._write_at(S)
+        elif max(S, self.cur - min(running)) != self.cur:
+            self._shift(max(S, self.cur - min(running)) - self.cur)
         if self.cur + self.max_new_tokens > self.capacity:
             raise ValueError(f"a batch of {self.capacity} cache slots cannot hold a prefill of {S} and "
                              f"{self.max_new_tokens} new tokens beside its running rows")
@@ -194,4 +195,11 @@ class StaticBatch:
         else:
             self.mask[:, delta:] = 0
         self.start = [s + delta for s in self.start]
-        self.cur += delta
+        self._write_at(self.cur + delta)
+
+    def _write_at(self, slot: int) -> None:
+        """Make ``slot`` the cache slot the next step writes, in every layer (a step then advances
+        them itself)."""
+        self.cur = slot
+        for layer in self.cache.layers:
+            layer.cumulative_length.fill_(slot)
