@@ -36,6 +36,14 @@ def _check_aligned(lm, gens):
         assert all(h >= 0 for h in g.token_entropies)
 
 
+def _same_records(got, ref):
+    """The same answers and stop reasons, log-probabilities within 1e-4, entropies within 1e-3."""
+    for a, b in zip(got, ref, strict=True):
+        assert a.token_ids == b.token_ids and a.text == b.text and a.stop_reason == b.stop_reason
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
+        assert a.token_entropies == pytest.approx(b.token_entropies, abs=1e-3)
+
+
 def _prompts(lm, dataset, n):
     from uqflow.data import load_dataset
     from uqflow.prompts import PromptOptions, build_prompts, draw_few_shot
@@ -108,10 +116,7 @@ def test_shared_prefix_cache_changes_nothing(smollm):
     shared = HFEngine(smollm, batch_size=12, max_new_tokens=16)
     assert len(shared._shared_prefix(ids)) > 100  # instruction and five examples
     plain = HFEngine(smollm, batch_size=12, max_new_tokens=16, share_prefix=False).generate(ids)
-    for a, b in zip(shared.generate(ids), plain):
-        assert a.token_ids == b.token_ids and a.text == b.text
-        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
-        assert a.token_entropies == pytest.approx(b.token_entropies, abs=1e-3)
+    _same_records(shared.generate(ids), plain)
 
 
 @pytest.mark.slow
@@ -132,10 +137,7 @@ def test_waiting_prompts_join_a_running_batch_and_change_no_answer(smollm):
     alone_engine = HFEngine(smollm, batch_size=1, max_new_tokens=16)
     alone = alone_engine.generate(ids)
     _check_aligned(smollm, joined)
-    for a, b in zip(joined, alone):
-        assert a.token_ids == b.token_ids and a.text == b.text and a.stop_reason == b.stop_reason
-        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
-        assert a.token_entropies == pytest.approx(b.token_entropies, abs=1e-3)
+    _same_records(joined, alone)
     assert engine.passes == alone_engine.passes and engine.tokens == alone_engine.tokens
     # sampled answers: each prompt's group joins together; with one answer drawn per stream the
     # same tokens as a batch of one (a draw near a boundary between two tokens may differ: see sample)
@@ -143,13 +145,6 @@ def test_waiting_prompts_join_a_running_batch_and_change_no_answer(smollm):
     single = HFEngine(smollm, batch_size=1, max_new_tokens=10).sample(ids[:6], 3, seed=3)
     same = sum(a.token_ids == b.token_ids for xs, ys in zip(grouped, single) for a, b in zip(xs, ys))
     assert same >= 15 and all(len(xs) == 3 for xs in grouped)
-
-
-def _same_records(got, ref, *, logp=1e-4, ent=1e-3):
-    for a, b in zip(got, ref, strict=True):
-        assert a.token_ids == b.token_ids and a.text == b.text and a.stop_reason == b.stop_reason
-        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=logp)
-        assert a.token_entropies == pytest.approx(b.token_entropies, abs=ent)
 
 
 @pytest.mark.slow
