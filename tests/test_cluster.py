@@ -5,6 +5,7 @@ two drivers at once, aggregation over HTTP, and writes the server refuses."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -427,31 +428,60 @@ def _rounded(rows):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_no_credential_reaches_rays_logs_or_the_console_and_ray_without_address_starts_its_own(
-        ray_cluster, on_server, base_env, tmp_path):
-    """A grid on `--ray` with no address, run as a user of the authenticating server, while
-    RAY_ADDRESS names the running test cluster: the driver starts a cluster of its own (in its own
-    RAY_TMPDIR), the cell runs there, and the password appears nowhere in Ray's session folder (its
-    runtime-environment log included) nor in anything uqflow printed. Then the password inside
-    MLFLOW_TRACKING_URI: printed nowhere, and a wrong one told as a refused login."""
+        ray_cluster, on_server, postgres_server, base_env, tmp_path):
+    """A grid on `--ray` with no address, while RAY_ADDRESS names the running test cluster: the
+    driver starts a cluster of its own (in its own RAY_TMPDIR) and the cell runs there. It runs as a
+    user whose password holds `/#?@:`, percent-encoded inside MLFLOW_TRACKING_URI (whose login wins
+    over MLFLOW_TRACKING_USERNAME/PASSWORD, which hold the admin's), with UQFLOW_RESULTS_DB holding
+    a password too: no password, raw or percent-encoded, appears in Ray's session folder (its
+    runtime-environment log and workers' logs included), in anything printed (MLflow's own "View
+    run" line included), in the runs' params and tags, or in the cell's log. Then the store's URL
+    is shown masked by `uqflow aggregate`, and a wrong password inside the URI is told as such."""
+    import mlflow
+    from urllib.parse import quote
+
+    from mlflow.server import get_app_client
+
+    host = on_server_url(_env(base_env))
+    user, password, db_password = "secretive", "p/a#s?s@w:rd-9071", "d/b#p?w@x:yz-4410"
+    auth = get_app_client("basic-auth", tracking_uri=host)
+    with contextlib.suppress(Exception):  # made by an earlier run of this test in the module
+        auth.create_user(user, password)
+    auth.update_user_admin(user, True)  # may write to the admin's experiment
+    secrets = [p for s in (password, db_password, ADMIN_PASSWORD) for p in (s, quote(s, safe=""), quote(s))]
+    results = postgres_server().replace("://uqflow@", f"://uqflow:{quote(db_password, safe='')}@")  # trust: any password
     ray_tmp = Path(tempfile.mkdtemp(prefix="uqo"))  # short: Ray's socket paths must fit 107 characters
     try:
         f = _grid(tmp_path, ["SmolLM2-135M-Instruct"], ["trivia_mini"], name="secret")
-        env = _env(base_env, RAY_TMPDIR=str(ray_tmp), RAY_ADDRESS=ray_cluster.address)
+        env = _env(base_env, RAY_TMPDIR=str(ray_tmp), RAY_ADDRESS=ray_cluster.address, UQFLOW_RESULTS_DB=results,
+                   MLFLOW_TRACKING_URI=host.replace("://", f"://{user}:{quote(password, safe='')}@"))
         cmd = [*UQFLOW, "grid", str(f), "--ray", *QUICK, "--set", "num_samples=2"]
         out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         assert list(ray_tmp.rglob("session_*")), "no cluster of its own was started"
         runs = _cell_runs(on_server)
         _one_finished_run_per_cell(runs, 1)
-        leaks = [str(p) for p in ray_tmp.rglob("*") if p.is_file() and not p.is_socket()
-                 and ADMIN_PASSWORD.encode() in p.read_bytes()]
-        assert leaks == [] and ADMIN_PASSWORD not in out.stdout + out.stderr, leaks
+        leaks = [(str(p), s) for p in ray_tmp.rglob("*") if p.is_file() and not p.is_socket()
+                 for s in secrets if s.encode() in p.read_bytes()]
+        assert leaks == [] and not [s for s in secrets if s in out.stdout + out.stderr], leaks
         assert any(p.name == "runtime_env_agent.log" for p in ray_tmp.rglob("*.log"))  # the log that once held it
+        assert f"View run grid:secret at: {host}/#/experiments/" in out.stdout, out.stdout  # MLflow's own line
+        assert f"Tracking store: http://{user}:***@" in out.stdout, out.stdout
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    host = on_server_url(env)
+    grid_run = mlflow.search_runs(experiment_names=[on_server], filter_string="tags.`uqflow.grid` = 'secret'",
+                                  output_format="list")[0]
+    for run in [*runs, grid_run]:
+        stored = repr(run.data.params) + repr(run.data.tags)
+        assert not [s for s in secrets if s in stored], stored
+    cell_log = Path(mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="cell.log",
+                                                        dst_path=str(tmp_path / "artifacts"))).read_text()
+    assert not [s for s in secrets if s in cell_log], cell_log[-2000:]
+    agg = subprocess.run([*UQFLOW, "aggregate"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert agg.returncode == 0, agg.stderr[-2000:]
+    assert "resultsstorepostgresql+psycopg://uqflow:***@127.0.0.1:" in "".join(agg.stdout.split()), agg.stdout  # wrapped
+    assert not [s for s in secrets if s in agg.stdout + agg.stderr]
     in_uri = {k: v for k, v in env.items() if k not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     dry = [*UQFLOW, "grid", str(f), "--dry-run"]
     ok = subprocess.run(dry, env={**in_uri, "MLFLOW_TRACKING_URI": host.replace("://", f"://{ADMIN}:{ADMIN_PASSWORD}@")},
@@ -459,9 +489,11 @@ def test_no_credential_reaches_rays_logs_or_the_console_and_ray_without_address_
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert ADMIN_PASSWORD not in ok.stdout + ok.stderr and f"Tracking store: http://{ADMIN}:***@" in ok.stdout, ok.stdout
     assert f"Open: {host}/#/experiments/" in ok.stdout
-    bad = subprocess.run(dry, env={**in_uri, "MLFLOW_TRACKING_URI": host.replace("://", f"://{READER}:wrong-pw-77@")},
+    # a wrong password in the URI, while the variables hold a good login: the URI's is the one sent
+    bad = subprocess.run(dry, env={**env, "MLFLOW_TRACKING_URI": host.replace("://", f"://{READER}:wrong%2F-pw-77@")},
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1 and "wrong-pw-77" not in bad.stdout + bad.stderr, bad.stderr[-2000:]
+    assert bad.returncode == 1 and "wrong/-pw-77" not in bad.stdout + bad.stderr, bad.stderr[-2000:]
+    assert "wrong%2F-pw-77" not in bad.stdout + bad.stderr
     assert (f"refused the login of user '{READER}' (wrong name or password); check the user and password in "
             "MLFLOW_TRACKING_URI") in bad.stderr, bad.stderr[-2000:]
 

@@ -9,10 +9,16 @@ for what its model needs (:func:`cell_resources`, from the registry's size and q
 
 Workers log their runs straight to the tracking store: they get its URI and the experiment in the
 job's runtime environment, and each cell's run is linked to the grid's run as an in-process cell's
-is. Credentials (a password, a token, a password inside the tracking URI) never enter the runtime
+is. Credentials (a password, a token, a password inside the tracking URI or inside any forwarded
+URL such as ``UQFLOW_RESULTS_DB``, whatever the variable's name) never enter the runtime
 environment, which Ray writes to its session logs (``runtime_env_agent.log``) and shows on its
 dashboard: each actor receives them as an argument of its constructor (:class:`Secrets`, whose
-``repr`` hides them) and puts them in its own process's environment. ``--ray`` without an address
+``repr`` hides them) and puts them in its own process's environment. An argument travels in Ray's
+own protocol to the worker and is written to no log; a file readable only by the user would have
+to be on a filesystem every node shares, and would outlive a killed driver. The tracking URI
+reaches workers without its login, which travels as MLFLOW_TRACKING_USERNAME and
+MLFLOW_TRACKING_PASSWORD, so MLflow's own "View run ... at: <url>" line in a worker's log shows no
+password. ``--ray`` without an address
 always starts a cluster of its own for the grid (Ray's ``local``), so credentials go only where an
 address (or ``auto``) sends them. Three kinds of stop end with nothing left RUNNING:
 
@@ -41,7 +47,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from uqflow import tracking
+from uqflow import credentials, tracking
 from uqflow.config import RunConfig
 from uqflow.errors import ClusterError, GridBusy, clip, stop_signal
 from uqflow.grid import Cell, CellState, ModelSlot, cell_states, close_abandoned, run_cell
@@ -77,10 +83,10 @@ HEARTBEAT_S, STALE_S, SETTLE_S = 10.0, 60.0, 3.0
 FORWARDED = ("MLFLOW_", "UQFLOW_", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
 #: the driver's own run and experiment id (under ``mlflow run``) are not the cells'
 NOT_FORWARDED = {"MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"}
-#: variables that hold a secret: handed to each actor (:class:`Secrets`), never put in the runtime
-#: environment; HF_TOKEN lets workers load gated hub models (Llama) as the driver could
-SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL")
-SECRET_EXTRA = ("HF_TOKEN",)
+#: variables handed to each actor (:class:`Secrets`), never put in the runtime environment: those
+#: named as credentials (:func:`uqflow.credentials.is_secret_name`) and those holding a URL with a
+#: credential; HF_TOKEN lets workers load gated hub models (Llama) as the driver could
+SECRET_EXTRA = credentials.SECRET_NAMES
 
 
 class Secrets:
@@ -98,14 +104,17 @@ class Secrets:
         import sys
 
         os.environ.update(self._values)
-        if "MLFLOW_TRACKING_URI" in self._values and "mlflow" in sys.modules:
-            import mlflow
+        if "MLFLOW_TRACKING_URI" in self._values:  # a credential in its query: MLflow is not to print it
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+            if "mlflow" in sys.modules:
+                import mlflow
 
-            mlflow.set_tracking_uri(self._values["MLFLOW_TRACKING_URI"])
+                mlflow.set_tracking_uri(self._values["MLFLOW_TRACKING_URI"])
 
 
-def _is_secret(name: str) -> bool:
-    return name in SECRET_EXTRA or any(word in name for word in SECRET_WORDS)
+def _is_secret(name: str, value: str = "") -> bool:
+    """Whether a variable is a credential: by its name, or by its value (a URL holding one)."""
+    return credentials.is_secret_name(name) or credentials.holds_secret(value)
 
 
 # --- resources ---------------------------------------------------------------------------------
@@ -163,10 +172,13 @@ def worker_env() -> dict[str, str]:
     URI, since workers run elsewhere), the experiment, and the FORWARDED variables that are set
     here, less every credential (:func:`worker_secrets`)."""
     env = {k: v for k, v in os.environ.items()
-           if k.startswith(FORWARDED) and k not in NOT_FORWARDED and not _is_secret(k)}
+           if k.startswith(FORWARDED) and k not in NOT_FORWARDED and not _is_secret(k, v)}
     env.update({k: v for k, v in tracking.NETWORK_DEFAULTS.items() if k not in env})
-    uri = _absolute_uri(tracking.tracking_uri())
-    env["MLFLOW_TRACKING_URI"] = tracking.shown_uri(uri)  # the real one, with its password, is a secret
+    bare = credentials.split_login(_absolute_uri(tracking.tracking_uri()))[0]  # its login is a secret
+    if credentials.holds_secret(bare):  # a credential in its query: the whole URI is a secret
+        env.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        env["MLFLOW_TRACKING_URI"] = bare
     env["MLFLOW_EXPERIMENT_NAME"] = tracking.experiment_name()
     if "HF_HOME" in env:
         env["HF_HOME"] = str(Path(env["HF_HOME"]).resolve())
@@ -175,12 +187,17 @@ def worker_env() -> dict[str, str]:
 
 def worker_secrets() -> Secrets:
     """The credentials the workers need, kept out of the runtime environment: the FORWARDED
-    variables that hold a secret, HF_TOKEN, and the tracking URI when it carries a password."""
+    variables that hold a secret (by name or value), HF_TOKEN, the login inside the tracking URI
+    (as MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, which win over the variables as
+    requests lets a URL's login win), and the whole URI when its query holds a credential."""
     values = {k: v for k, v in os.environ.items()
-              if _is_secret(k) and (k.startswith(FORWARDED) or k in SECRET_EXTRA) and k not in NOT_FORWARDED}
-    uri = _absolute_uri(tracking.tracking_uri())
-    if tracking.shown_uri(uri) != uri:
-        values["MLFLOW_TRACKING_URI"] = uri
+              if _is_secret(k, v) and (k.startswith(FORWARDED) or k in SECRET_EXTRA) and k not in NOT_FORWARDED}
+    values.pop("MLFLOW_TRACKING_URI", None)
+    bare, user, password = credentials.split_login(_absolute_uri(tracking.tracking_uri()))
+    if password is not None:
+        values.update(zip(tracking.LOGIN_VARIABLES, (user or "", password)))
+    if credentials.holds_secret(bare):
+        values["MLFLOW_TRACKING_URI"] = bare
     return Secrets(values)
 
 
@@ -556,5 +573,5 @@ def _latest_run(parent_id: str, identity: str) -> str:
 
 def _first_line(error: BaseException) -> str:
     """Ray's error as "Type: its first line", cut to 300 characters."""
-    text = str(error).strip()
+    text = credentials.hide(str(error).strip())
     return f"{type(error).__name__}: " + clip(text.splitlines()[0] if text else "", 300)

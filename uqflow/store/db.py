@@ -16,6 +16,7 @@ from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from uqflow.credentials import hide, mask
 from uqflow.errors import StoreError
 
 DEFAULT_URL = "sqlite:///results.db"
@@ -36,20 +37,20 @@ def db_url(url: str | None = None) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL with any password hidden, for messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    """The URL as it may be shown: its password and its query's credentials (``?password=``,
+    ``sslpassword``, ...) hidden, whatever characters they hold, even in text SQLAlchemy cannot
+    parse (:func:`uqflow.credentials.mask`)."""
+    return mask(url)
 
 
 def parse_url(url: str):
     """The SQLAlchemy URL object, or a clear error for text that is not a database URL."""
     try:
         return make_url(url)
-    except ArgumentError:
-        raise StoreError(f"{url!r} is not a database URL; expected e.g. sqlite:///results.db or "
-                         "postgresql+psycopg://user@host/dbname") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number (a raw '@' in a password)
+        hint = " (an @ inside a password is written %40)" if url.count("@") > 1 else ""
+        raise StoreError(f"{redact(url)!r} is not a database URL; expected e.g. sqlite:///results.db or "
+                         f"postgresql+psycopg://user@host/dbname{hint}") from None
 
 
 def preflight(url: str, *, readonly: bool = False) -> None:
@@ -165,7 +166,7 @@ _READ_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.S
 
 def store_failure(verb: str, url: str, e: BaseException) -> str:
     """A one-line message for a database error, with the way out where there is one."""
-    msg = _first_line(e)
+    msg = hide(_first_line(e))  # a driver's message may quote the URL
     low = msg.lower()
     if isinstance(getattr(e, "orig", None) or e, MemoryError):
         return (f"cannot {verb} the results store {redact(url)}: SQLite ran out of memory (a query running in this "
