@@ -33,6 +33,7 @@ import pytest
 from conftest import ROOT, free_port
 from store_fixtures import generations, log_run, mlflow_store
 from commands import invoke, UQFLOW
+from uqflow.config import BOUNDS, OPEN_BELOW, RunConfig
 from uqflow.scoring.measures import SINGLE_PASS
 from uqflow.tracking import ERROR_TAG
 
@@ -125,14 +126,14 @@ def artifact_path(run_id: str) -> Path:
 # its reason), test_unknown_backend. tests/test_experiment.py::test_rescore_rejects_unknown_run_and_fields.
 
 CLI_OPTIONS = [
-    ("num_samples_negative", ["run", "--num-samples", "-5"], "num_samples must be at least 1, got -5", 1),
+    ("num_samples_negative", ["run", "--num-samples", "-5"], "num_samples must lie in [1, 10000000] (questions evaluated; no dataset has more), got -5", 1),
     ("num_samples_fraction", ["run", "--num-samples", "2.5"], "num_samples must be a whole number, got '2.5'", 1),
     ("num_samples_empty", ["run", "--num-samples", ""], "num_samples must be a whole number, got ''", 1),
-    ("batch_size_negative", ["run", "--batch-size", "-1"], "batch_size must be 0 (automatic) or a positive number", 1),
+    ("batch_size_negative", ["run", "--batch-size", "-1"], "batch_size must lie in [0, 4096] (0 = automatic", 1),
     ("batch_size_word", ["run", "--batch-size", "auto"], "batch_size must be a whole number, got 'auto'", 1),
     ("max_new_tokens_zero", ["run", "--set", "max_new_tokens=0"], "max_new_tokens must lie in [1, 131072] (no model answers longer), got 0", 1),
-    ("num_few_shot_negative", ["run", "--set", "num_few_shot=-1"], "num_few_shot must be 0 or more, got -1", 1),
-    ("n_bootstrap_negative", ["run", "--set", "n_bootstrap=-1"], "n_bootstrap must be 0 or more, got -1", 1),
+    ("num_few_shot_negative", ["run", "--set", "num_few_shot=-1"], "num_few_shot must lie in [0, 256]", 1),
+    ("n_bootstrap_negative", ["run", "--set", "n_bootstrap=-1"], "n_bootstrap must lie in [0, 10000]", 1),
     ("seed_infinite", ["run", "--set", "seed=inf"], "seed must be a whole number, got 'inf'", 1),
     ("threshold_above_one", ["run", "--set", "correctness_threshold=2"], "correctness_threshold must lie in [0, 1]", 1),
     ("threshold_nan", ["run", "--set", "correctness_threshold=nan"], "correctness_threshold must lie in [0, 1]", 1),
@@ -172,6 +173,77 @@ def test_cli_options(tracking, tmp_path, args, phrase, code):
     assert_runs_settled(started=0)  # every one of these is refused before a run starts
 
 
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    """A run that gets as far as starting fails the test: the settings must be refused first."""
+    import uqflow.experiment
+    import uqflow.models
+
+    def never(*_a, **_k):
+        raise AssertionError("a run started or a model loaded")
+
+    monkeypatch.setattr(uqflow.experiment, "run_experiment", never)
+    monkeypatch.setattr(uqflow.models, "load_model", never)
+
+
+def test_a_billion_bootstrap_resamples_are_refused_before_anything_loads(tracking, nothing_loads):
+    """Before: every question answered, then a MemoryError. After: one line at once."""
+    res = invoke("run", "--set", "n_bootstrap=1000000000")
+    assert_clear_failure(res, "Error: n_bootstrap must lie in [0, 10000] (resamples for AUROC intervals, 0 = none; "
+                              "more take gigabytes and change no digit the report prints), got 1000000000\n", 1)
+    assert res.output.count("\n") == 1
+    assert_runs_settled(started=0)
+
+
+def _beyond(lo, hi):
+    """A value just past each end of [lo, hi], and one far past its top."""
+    step = 1 if isinstance(hi, int) else 0.5
+    return [lo - step, hi + step, hi * 10**9]
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDS))
+def test_every_numeric_setting_is_bounded(tracking, nothing_loads, name):
+    """Each bound names the setting, the value, the range and why, as one line, before a model loads."""
+    lo, hi, why = BOUNDS[name]
+    extra = ["--set", "num_generations=2"] if name == "p_true_few_shot" else []  # p(True) examples need samples
+    for value in _beyond(lo, hi) + ([lo] if name in OPEN_BELOW else []):
+        res = invoke("run", "--set", f"{name}={value}", *extra)
+        assert_clear_failure(res, f"Error: {name} must lie in {'(' if name in OPEN_BELOW else '['}{lo}, {hi}] "
+                                  f"({why}), got ", 1)
+        assert res.output.count("\n") == 1, res.output
+    for value in ([] if name in OPEN_BELOW else [lo]) + [hi]:  # the ends themselves are allowed
+        extra_values = {"num_generations": 2} if name == "p_true_few_shot" else {}
+        assert getattr(RunConfig(**{name: value, **extra_values}), name) == value
+    assert_runs_settled(started=0)
+
+
+def test_settings_out_of_range_are_told_together(tracking, nothing_loads):
+    res = invoke("run", "--set", "n_bootstrap=1e9", "--set", "seed=-1", "--set", "num_samples=many",
+                 "--set", "top_k=5", "--batch-size", "100000")
+    assert_clear_failure(res, "Error: 5 settings cannot be used:\n", 1)
+    for phrase in ("  - n_bootstrap must lie in [0, 10000]", "  - seed must lie in [0, 2147483647]",
+                   "  - num_samples must be a whole number, got 'many'", "  - unknown setting 'top_k'",
+                   "  - batch_size must lie in [0, 4096]"):
+        assert phrase in res.output
+    assert_runs_settled(started=0)
+
+
+def test_a_batch_spread_of_sampled_answers_is_refused(tracking, nothing_loads):
+    """The spread is measured by answering greedily again; it says nothing of a sampled answer."""
+    res = invoke("run", "--set", "batch_compositions=3", "--set", "most_likely=sampled")
+    assert_clear_failure(res, "Error: batch_compositions measures how the greedy answers move with the batch; "
+                              "with most_likely=sampled the judged answer is a sample", 1)
+    assert_runs_settled(started=0)
+
+
+def test_a_grid_setting_out_of_range_is_refused_with_its_file(tracking, tmp_path, nothing_loads):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("models: [SmolLM2-135M-Instruct]\ndatasets: [trivia_mini]\nsettings: {n_bootstrap: 1000000000}\n")
+    res = invoke("grid", grid, "--dry-run")
+    assert_clear_failure(res, f"Error: {grid}: n_bootstrap must lie in [0, 10000]", 1)
+    assert_runs_settled(started=0)
+
+
 # ================================================================= mlproject_parameters
 # `mlflow run . -P key=value` runs the entry point's command with the values substituted; these
 # cases build that command with MLflow's own project loader and run it. A grid_file that does not
@@ -179,9 +251,9 @@ def test_cli_options(tracking, tmp_path, args, phrase, code):
 
 MLPROJECT = [
     ("num_samples_word", "main", {"num_samples": "all"}, "num_samples must be a whole number, got 'all'", 1),
-    ("num_samples_zero", "main", {"num_samples": "0"}, "num_samples must be at least 1, got 0", 1),
-    ("num_samples_negative", "main", {"num_samples": "-3"}, "num_samples must be at least 1, got -3", 1),
-    ("batch_size_negative", "main", {"batch_size": "-2"}, "batch_size must be 0 (automatic) or a positive number", 1),
+    ("num_samples_zero", "main", {"num_samples": "0"}, "num_samples must lie in [1, 10000000] (questions evaluated; no dataset has more), got 0", 1),
+    ("num_samples_negative", "main", {"num_samples": "-3"}, "num_samples must lie in [1, 10000000] (questions evaluated; no dataset has more), got -3", 1),
+    ("batch_size_negative", "main", {"batch_size": "-2"}, "batch_size must lie in [0, 4096] (0 = automatic", 1),
     ("max_new_tokens_zero", "main", {"max_new_tokens": "0"}, "max_new_tokens must lie in [1, 131072] (no model answers longer), got 0", 1),
     ("seed_fraction", "main", {"seed": "1.5"}, "seed must be a whole number, got '1.5'", 1),
     ("num_few_shot_word", "main", {"num_few_shot": "five"}, "num_few_shot must be a whole number, got 'five'", 1),
@@ -248,7 +320,7 @@ GRID_FILES = [
     ("dataset_file_malformed", "models: [SmolLM2-135M-Instruct]\ndatasets: ['{bad_jsonl}']\n", [],
      "bad.jsonl:2: invalid JSON", 1),
     ("override_out_of_range", "models: [SmolLM2-135M-Instruct]\ndatasets: [trivia_mini]\n",
-     ["--set", "num_samples=0"], "num_samples must be at least 1, got 0", 1),
+     ["--set", "num_samples=0"], "num_samples must lie in [1, 10000000] (questions evaluated; no dataset has more), got 0", 1),
     ("override_unknown", "models: [SmolLM2-135M-Instruct]\ndatasets: [trivia_mini]\n",
      ["--set", "top_p=1"], "unknown setting 'top_p'", 1),
     ("a_directory", None, [], "is a directory", 2),
@@ -663,17 +735,18 @@ def _runtime_non_finite_rows_aggregate(tmp_path):
     from uqflow.experiment import _log_outputs, run_tags
     from uqflow.models import MODELS
     from uqflow.scoring import pipeline
+    from uqflow.scoring.judges import make_judge
     from uqflow.store import aggregate, run_query
 
     frame = generations(12, 8)
     _set_tokens(frame, 0, [])
     _set_tokens(frame, 1, [-0.3, -math.inf])
     _set_tokens(frame, 2, [math.nan])
-    frame = _scored(frame)
+    frame = _scored(pipeline.add_correctness(frame, make_judge("f1")))  # the new answers judged as a run judges them
     cfg = RunConfig(num_samples=12, n_bootstrap=20)
     with tr.tracked_run("non-finite", run_tags(cfg, MODELS.get(cfg.model))) as run:
         tr.log_params(cfg.to_dict())
-        _log_outputs(cfg, frame, pipeline.evaluate(frame, n_bootstrap=20), [])
+        _log_outputs(cfg, frame, pipeline.evaluate(frame, n_bootstrap=20, seed=cfg.seed), [])
     url = f"sqlite:///{tmp_path / 'r.db'}"
     assert [o.action for o in aggregate(url=url)] == ["added"]
     rows = run_query(f"SELECT position, num_tokens FROM generations WHERE run_id = '{run.info.run_id}' "
@@ -1060,7 +1133,8 @@ def test_artifacts_rescore(tracking, tmp_path, monkeypatch, damage, phrase, new_
 # noted), "elsewhere" the cases other modules already cover (named at each class above, and below).
 
 CASES = {
-    "cli_options": {"here": len(CLI_OPTIONS), "elsewhere": 12},  # test_cli 9, test_experiment 3
+    # + the bounds of every numeric setting, several told together, and a grid's
+    "cli_options": {"here": len(CLI_OPTIONS) + len(BOUNDS) + 2, "elsewhere": 12},  # test_cli 9, test_experiment 3
     "mlproject_parameters": {"here": len(MLPROJECT), "elsewhere": 0},
     # elsewhere also: test_hostile_inputs' YAML bombs (2) and bounds (5) and a long value cut (1);
     # test_grid's edited local dataset (a stale cell) and offline dry run

@@ -32,7 +32,7 @@ def test_datasets_lists_registry():
 @pytest.mark.parametrize("args,message", [
     (["run", "--model", "Smollm2"], "Error: unknown model 'Smollm2'. Did you mean 'SmolLM2-135M-Instruct'"),
     (["run", "--dataset", "squad_min"], "Error: unknown dataset 'squad_min'. Did you mean 'squad_mini'"),
-    (["run", "--num-samples", "0"], "Error: num_samples must be at least 1, got 0"),
+    (["run", "--num-samples", "0"], "Error: num_samples must lie in [1, 10000000] (questions evaluated; no dataset has more), got 0"),
     (["run", "--num-samples", "ten"], "Error: num_samples must be a whole number, got 'ten'"),
     (["run", "--set", "colour=blue"], "Error: unknown setting 'colour'"),
     (["run", "--set", "seed"], "expected KEY=VALUE"),

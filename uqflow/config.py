@@ -63,41 +63,7 @@ class RunConfig:
     #   not both neutral, as the semantic-entropy code's default)
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1:
-            raise ConfigError(f"num_samples must be at least 1, got {self.num_samples}")
-        if self.num_few_shot < 0:
-            raise ConfigError(f"num_few_shot must be 0 or more, got {self.num_few_shot}")
-        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
-            raise ConfigError(f"max_new_tokens must lie in [1, {MAX_NEW_TOKENS}] (no model answers longer), "
-                              f"got {self.max_new_tokens}")
-        if self.batch_size < 0:
-            raise ConfigError(f"batch_size must be 0 (automatic) or a positive number, got {self.batch_size}")
-        if not 0.0 <= self.correctness_threshold <= 1.0:
-            raise ConfigError(f"correctness_threshold must lie in [0, 1] (0 = the judge's default), got {self.correctness_threshold}")
-        if self.n_bootstrap < 0:
-            raise ConfigError(f"n_bootstrap must be 0 or more, got {self.n_bootstrap}")
-        if not _DEVICE.fullmatch(self.device):
-            raise ConfigError(f"unknown device {short(self.device)}. Known: auto, cpu, cuda, cuda:N, mps")
-        if self.num_generations == 1 or not 0 <= self.num_generations <= MAX_GENERATIONS:
-            raise ConfigError(f"num_generations must be 0 (no sampling) or between 2 and {MAX_GENERATIONS}, got "
-                              f"{self.num_generations}" + (": with one sampled answer semantic entropy and the number "
-                                                           "of sets are constant" if self.num_generations == 1 else ""))
-        if not 0.0 < self.temperature <= 10.0:
-            raise ConfigError(f"temperature must lie in (0, 10], got {self.temperature}")
-        if not 1 <= self.batch_compositions <= MAX_BATCH_COMPOSITIONS:
-            raise ConfigError(f"batch_compositions must lie in [1, {MAX_BATCH_COMPOSITIONS}], got {self.batch_compositions}")
-        if self.most_likely not in MOST_LIKELY:
-            raise ConfigError(f"most_likely must be one of {', '.join(MOST_LIKELY)}, got {short(self.most_likely)}")
-        if not 0 <= self.p_true_few_shot <= MAX_P_TRUE_FEW_SHOT:
-            raise ConfigError(f"p_true_few_shot must lie in [0, {MAX_P_TRUE_FEW_SHOT}], got {self.p_true_few_shot}")
-        if self.p_true_few_shot and not self.num_generations:
-            raise ConfigError("p_true_few_shot needs sampled answers to show as brainstorm: set num_generations "
-                              "(2 or more) too")
-        listed = [j.strip() for j in self.judges.split(",")] if self.judges.strip() else []
-        if "" in listed or len(set(listed)) != len(listed):
-            raise ConfigError(f"judges must be judge names separated by commas, each once, got {short(self.judges)}")
-        if not self.similarity.strip():
-            raise ConfigError("similarity must name a similarity model, e.g. all-MiniLM-L6-v2 (the default)")
+        _raise_together(problems(self.to_dict()))
 
     @property
     def judge_names(self) -> tuple[str, ...]:
@@ -136,12 +102,19 @@ class RunConfig:
         """Build from string values (CLI ``--set``, MLproject parameters), coercing each to its type."""
         known = {f.name: f for f in fields(cls)}
         kwargs: dict[str, Any] = {}
+        found: list[str] = []  # every unknown name, unreadable value and value out of range, told together
         for key, raw in values.items():
             if key not in known:
                 close = difflib.get_close_matches(str(key), list(known), n=1)
                 hint = f"; did you mean {close[0]}?" if close else "."
-                raise ConfigError(f"unknown setting {short(key)}{hint} Known: {', '.join(known)}")
-            kwargs[key] = _coerce(key, known[key].type, raw)
+                found.append(f"unknown setting {short(key)}{hint} Known: {', '.join(known)}")
+                continue
+            try:
+                kwargs[key] = _coerce(key, known[key].type, raw)
+            except ConfigError as e:
+                found.append(str(e))
+        if found:  # the values that were read are checked too (the others keep their defaults)
+            _raise_together(found + problems({**cls().to_dict(), **kwargs}))
         return cls(**kwargs)
 
 
@@ -166,9 +139,52 @@ def settings_help() -> list[tuple[str, str, str]]:
             notes.setdefault(current, []).append(text)
         elif tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string == "def":
             break
+    for name, (lo, hi, _) in BOUNDS.items():  # the range a value is checked against, as the error says it
+        notes.setdefault(name, []).append(f"(range {'(' if name in OPEN_BELOW else '['}{lo}, {hi}])")
     defaults = RunConfig()
     return [(f.name, repr(getattr(defaults, f.name)) if isinstance(getattr(defaults, f.name), str)
              else str(getattr(defaults, f.name)), " ".join(notes.get(f.name, []))) for f in fields(RunConfig)]
+
+
+def problems(values: dict[str, Any]) -> list[str]:
+    """What is wrong with a configuration's ``values`` (every field), each problem once: a number
+    outside its :data:`BOUNDS`, and the rules that tie settings together."""
+    found = []
+    for name, (lo, hi, why) in BOUNDS.items():
+        v = values[name]
+        if not (lo < v if name in OPEN_BELOW else lo <= v) or not v <= hi:  # NaN fails both
+            found.append(f"{name} must lie in {'(' if name in OPEN_BELOW else '['}{lo}, {hi}] ({why}), got {v}")
+    k = values["num_generations"]
+    if k == 1 or not 0 <= k <= MAX_GENERATIONS:
+        found.append(f"num_generations must be 0 (no sampling) or between 2 and {MAX_GENERATIONS}, got {k}"
+                     + (": with one sampled answer semantic entropy and the number of sets are constant" if k == 1 else ""))
+    if not _DEVICE.fullmatch(values["device"]):
+        found.append(f"unknown device {short(values['device'])}. Known: auto, cpu, cuda, cuda:N, mps")
+    if values["most_likely"] not in MOST_LIKELY:
+        found.append(f"most_likely must be one of {', '.join(MOST_LIKELY)}, got {short(values['most_likely'])}")
+    if values["batch_compositions"] > 1 and values["most_likely"] != "greedy":
+        # the spread is measured by answering greedily again in other batches; a sampled answer's
+        # spread would mix the batch's effect with the sampler's, so the two are not combined
+        found.append("batch_compositions measures how the greedy answers move with the batch; with most_likely="
+                     f"{values['most_likely']} the judged answer is a sample: leave batch_compositions at 1, "
+                     "or use most_likely=greedy")
+    if values["p_true_few_shot"] and not k:
+        found.append("p_true_few_shot needs sampled answers to show as brainstorm: set num_generations (2 or more) too")
+    judges = values["judges"]
+    listed = [j.strip() for j in judges.split(",")] if judges.strip() else []
+    if "" in listed or len(set(listed)) != len(listed):
+        found.append(f"judges must be judge names separated by commas, each once, got {short(judges)}")
+    if not values["similarity"].strip():
+        found.append("similarity must name a similarity model, e.g. all-MiniLM-L6-v2 (the default)")
+    return found
+
+
+def _raise_together(found: list[str]) -> None:
+    """One ConfigError naming every problem found (one line when there is one)."""
+    if len(found) == 1:
+        raise ConfigError(found[0])
+    if found:
+        raise ConfigError(f"{len(found)} settings cannot be used:\n" + "\n".join(f"  - {p}" for p in found))
 
 
 NON_RESULT_FIELDS = {"batch_size", "device", "backend"}
@@ -185,6 +201,45 @@ SAMPLING_FIELDS = ("num_generations", "temperature", "entailment", "strict_entai
 MAX_GENERATIONS = 256
 #: longer than any context in the registry (128k); a model's own context is checked before a run
 MAX_NEW_TOKENS = 131072
+#: a run holds every question's record (prompt, tokens, scores) in memory; ten million is more
+#: questions than any QA dataset has, so the bound refuses only a typo
+MAX_QUESTIONS = 10_000_000
+#: the studies this follows use 0-10 few-shot blocks (G-NLL's 5); 256 TriviaQA blocks (~25 tokens
+#: each) nearly fill SmolLM2's 8,192-token context and 256 SQuAD blocks with their passages (~200
+#: tokens each) pass Gemma 3's 32,768 (the fit itself is checked once the model's tokenizer is loaded)
+MAX_FEW_SHOT = 256
+#: a batch is one padded tensor and its key/value cache: SmolLM2-135M's cache is ~23 KB a token in
+#: bfloat16, so 4,096 rows of 1,000-token few-shot prompts already hold ~94 GB, more than an
+#: accelerator has (0 lets the engine choose from the device's memory)
+MAX_BATCH_SIZE = 4096
+#: the bootstrap resamples all answers at once per measure (scipy.stats.bootstrap, vectorized):
+#: at 400 answers 100,000 resamples held 3 GB and took 14 s a measure, and memory grows with the
+#: answers too; at 10,000 the Monte Carlo error of a 95% percentile bound is below 0.001 AUROC at
+#: 400 answers, under the third decimal the report prints
+MAX_BOOTSTRAP = 10_000
+#: a 32-bit signed seed is what every library a run seeds accepts (NumPy's legacy seeding and
+#: vLLM's engine take 32 bits), with room for the fixed offsets added to it for the other streams
+MAX_SEED = 2**31 - 1
+#: at 10 the sampling distribution is already close to uniform over the vocabulary: the answers are noise
+MAX_TEMPERATURE = 10
+#: the range of every numeric setting, (lowest, highest, why) as the error message says it;
+#: checked when a configuration is built (``--set``, a grid file, MLproject parameters), before
+#: anything loads. num_generations, whose range has a hole at 1, is checked beside them.
+BOUNDS: dict[str, tuple[float, float, str]] = {
+    "num_samples": (1, MAX_QUESTIONS, "questions evaluated; no dataset has more"),
+    "num_few_shot": (0, MAX_FEW_SHOT, "few-shot blocks; the study uses 5, and longer prompts outgrow most contexts"),
+    "seed": (0, MAX_SEED, "a 32-bit seed, which every library the run seeds accepts"),
+    "max_new_tokens": (1, MAX_NEW_TOKENS, "no model answers longer"),
+    "batch_size": (0, MAX_BATCH_SIZE, "0 = automatic; a larger batch's cache fits no accelerator"),
+    "correctness_threshold": (0, 1, "0 = the judge's default"),
+    "n_bootstrap": (0, MAX_BOOTSTRAP, "resamples for AUROC intervals, 0 = none; more take gigabytes and "
+                                      "change no digit the report prints"),
+    "temperature": (0, MAX_TEMPERATURE, "sampling temperature; above 10 the answers are noise"),
+    "batch_compositions": (1, MAX_BATCH_COMPOSITIONS, "each composition answers every question again"),
+    "p_true_few_shot": (0, MAX_P_TRUE_FEW_SHOT, "p(True) examples; more rarely fit a context"),
+}
+#: settings whose lowest value is excluded: a temperature of 0 is greedy decoding, not sampling
+OPEN_BELOW = {"temperature"}
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 

@@ -371,6 +371,8 @@ def write(result: QueryResult, fmt: str, out) -> None:
     import json
     import math
 
+    from uqflow.console import inert_json  # csv keeps every character: it is data for a program
+
     if fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(result.columns)
@@ -386,8 +388,8 @@ def write(result: QueryResult, fmt: str, out) -> None:
 
         out.write("[")
         for i, row in enumerate(result.rows):
-            out.write(("," if i else "") + "\n " + json.dumps({c: value(v) for c, v in zip(result.columns, row)},
-                                                            ensure_ascii=False))
+            out.write(("," if i else "") + "\n " + inert_json(json.dumps(
+                {c: value(v) for c, v in zip(result.columns, row)}, ensure_ascii=False)))
         out.write("\n]\n")
         return
     raise QueryError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
