@@ -33,7 +33,7 @@ def test_shipped_grids_load(name):
     ("models: [a]\ndatasets: [b]\ncolour: red\n", "unknown key(s) colour"),
     ("models: [a]\ndatasets: [b]\nsettings: {num_samples: many}\n", "num_samples must be a whole number"),
     ("models: [a]\ndatasets: [b]\nsettings: {num_samples: [1]}\n", "num_samples must be of type int"),
-    ("models: [a]\ndatasets: [b]\nsettings: {num_samples: -3}\n", "num_samples must be at least 1"),
+    ("models: [a]\ndatasets: [b]\nsettings: {num_samples: -3}\n", "num_samples must lie in [1, 10000000]"),
     ("models: [a]\ndatasets: [b]\nsettings: {top_p: 1}\n", "unknown setting 'top_p'"),
     ("models: [a]\ndatasets: [b]\nsettings: {model: x}\n", "settings.model is set by the grid"),
     ("- just a list\n", "expected a mapping"),

@@ -95,3 +95,8 @@ class ClusterError(UqflowError):
 
 class GridBusy(UqflowError):
     """Another driver holds the claim on cells of this grid in the tracking store."""
+
+
+class CellTaken(UqflowError):
+    """Another live process runs (or has finished) the cell a grid was about to run; the run started
+    for it ends KILLED with this reason."""

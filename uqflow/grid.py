@@ -6,11 +6,20 @@ already has a FINISHED run in the experiment is skipped, so after any interrupti
 ends FAILED with its error and the grid goes on. Cells run in one process, each model loaded once
 for all its datasets and freed before the next; ``isolate`` runs each cell in its own process, and
 a ``runner`` (``uqflow.cluster.RayCells``) runs them on a Ray cluster.
+
+Two grids on one experiment share the work (``uqflow.lease``): a cell whose run another live
+process is writing (a fresh heartbeat) is left to it. The grid runs its other cells first, then
+waits for those, polling every few seconds: a cell that FINISHED there is done here too; one that
+ended FAILED or KILLED there, or whose process stopped (its lease expired), is taken over. Each
+cell's run claims its cell before it loads anything, so two grids that start the same cell at the
+same moment do not both run it. A run left RUNNING by a vanished process is closed (KILLED, with
+the reason) before its cell runs again.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -21,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uqflow import tracking
+from uqflow import lease, tracking
 from uqflow.config import RunConfig
 from uqflow.yamlfile import read_yaml
-from uqflow.errors import ConfigError, Terminated, UqflowError, clip
+from uqflow.errors import CellTaken, ConfigError, Terminated, UqflowError, clip
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +103,15 @@ class Cell:
 
 @dataclass
 class CellState:
-    """A cell and where it stands: done | failed | pending in the tracking store, or finished |
-    error after this invocation ran it."""
+    """A cell and where it stands: done | failed | pending | running (another live process writes
+    its run) in the tracking store, or finished | error after this invocation ran it."""
 
     cell: Cell
     state: str
     run_id: str = ""
     error: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    running: list = field(default_factory=list, repr=False)  # its RUNNING runs, as last read (MLflow Run)
 
     @property
     def config(self) -> RunConfig:
@@ -148,8 +158,9 @@ SEARCH_PER_CELL = 50
 
 
 def cell_states(cells: list[Cell]) -> list[CellState]:
-    """Each cell's state in the tracking store: done (a FINISHED run with its identity), failed (its
-    latest run FAILED or KILLED) or pending."""
+    """Each cell's state in the tracking store: done (a FINISHED run with its identity), running
+    (another live process writes its run: uqflow.lease), failed (its latest run FAILED or KILLED) or
+    pending. A run given up to another process (lease.TAKEN) says nothing of how the cell went."""
     import mlflow
 
     runs: dict[str, list] = {}
@@ -168,25 +179,37 @@ def cell_states(cells: list[Cell]) -> list[CellState]:
     for c in cells:
         mine = sorted(runs.get(c.identity, []), key=lambda r: r.info.start_time or 0)
         done = [r for r in mine if r.info.status == "FINISHED" and tracking.SOURCE_RUN_TAG not in r.data.tags]
+        running = [r for r in mine if r.info.status == "RUNNING"]
+        live = [r for r in running if not lease.abandoned(r)]
+        tried = [r for r in mine if not r.data.tags.get(tracking.ERROR_TAG, "").startswith(lease.TAKEN)] or mine
         if done:
             out.append(CellState(c, "done", done[-1].info.run_id, metrics=dict(done[-1].data.metrics)))
-        elif mine and mine[-1].info.status in ("FAILED", "KILLED"):
-            out.append(CellState(c, "failed", mine[-1].info.run_id, mine[-1].data.tags.get(tracking.ERROR_TAG, "")))
+        elif live:
+            out.append(CellState(c, "running", live[0].info.run_id, f"another process: {lease.describe(live[0])}",
+                                 running=running))
+        elif tried and tried[-1].info.status in ("FAILED", "KILLED"):
+            out.append(CellState(c, "failed", tried[-1].info.run_id, tried[-1].data.tags.get(tracking.ERROR_TAG, ""),
+                                 running=running))
         else:
-            out.append(CellState(c, "pending", mine[-1].info.run_id if mine else ""))
+            out.append(CellState(c, "pending", tried[-1].info.run_id if tried else "", running=running))
     return out
 
 
-def close_abandoned(states: list[CellState], reason: str = "abandoned: the process running it stopped") -> None:
-    """Runs left RUNNING by a killed grid process are marked KILLED, with ``reason``, before their
-    cells run again."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
+def close_abandoned(states: list[CellState], reason: str = "abandoned: the process running it stopped", *,
+                    claimed: bool = True) -> None:
+    """Close the runs that cells not done left RUNNING, before the cells run again: each run whose
+    process is gone (uqflow.lease) is marked KILLED with its process and when it was last seen.
+    ``claimed``: the caller holds the cells' claim (a Ray driver, cluster.GridClaim), so a run that
+    still looks live is abandoned too, and marked KILLED with ``reason``; a local grid leaves it
+    to its process."""
     for s in states:
-        if s.state == "pending" and s.run_id and client.get_run(s.run_id).info.status == "RUNNING":
-            client.set_tag(s.run_id, tracking.ERROR_TAG, reason)
-            client.set_terminated(s.run_id, "KILLED")
+        if s.state in ("done", "finished"):
+            continue
+        for r in s.running:
+            if lease.abandoned(r):
+                lease.close(r)
+            elif claimed:
+                lease.close(r, reason)
 
 
 class CellLog:
@@ -252,6 +275,10 @@ def run_cell(s: CellState, parent_run_id: str, slot: ModelSlot,
             result = run_experiment(cfg, lm=slot.loader(cfg), progress=progress, artifact_log=cell_log.path,
                                     parent_run_id=parent_run_id, resolved=s.cell.resolved)
         s.state, s.run_id, s.metrics = "finished", result.run_id, result.metrics
+    except CellTaken as e:  # another live process runs it (its run says which): the grid waits for it
+        s.state, s.error = "running", str(e)
+        log.info("cell %s x %s left to %s", cfg.model, cfg.dataset, s.error)
+        return
     except (UqflowError, RuntimeError, ValueError, OSError, MemoryError) as e:
         # recorded on the cell's run (FAILED, with the error); the grid goes on
         s.state, s.error = "error", f"{type(e).__name__}: {e}"
@@ -281,7 +308,7 @@ def run_grid(grid: Grid, overrides: dict[str, Any] | None = None, *, isolate: bo
             mlflow.set_experiment(tracking.experiment_name())
         if runner is None:
             states = cell_states(cells)
-            close_abandoned(states)
+            close_abandoned(states, claimed=False)  # a cell another live process runs is left to it
     # the grid's run is not MLflow's active run, so its cells are top-level runs (rows of the runs
     # table) linked to it by a tag, not folded under it
     with tracking.tracked_run(f"grid:{grid.name}", {tracking.GRID_TAG: grid.name, tracking.GRID_CELLS_TAG: len(cells)},
@@ -321,21 +348,80 @@ def _run_here(states: list[CellState], parent_id: str, isolate: bool,
               on_cell: Callable[[int, int, CellState], None] | None,
               progress: Callable[..., None] | None) -> None:
     """The cells in turn on this machine: in this process, each model loaded once for its cells,
-    or each cell in a process of its own (``isolate``)."""
+    or each cell in a process of its own (``isolate``). A cell that another live process runs is
+    left to it until the others are done, then waited for (:func:`_wait_for_others`)."""
     slot = ModelSlot()
+
+    def run(s: CellState) -> None:
+        if isolate:
+            t0 = time.perf_counter()
+            _run_isolated(s.config, parent_id, s)
+            s.metrics.setdefault("cell_seconds", time.perf_counter() - t0)
+        else:
+            run_cell(s, parent_id, slot, progress)
+
+    elsewhere: list[tuple[int, CellState]] = []
     try:
         for i, s in enumerate(states, 1):
-            if s.state != "done":
-                if isolate:
-                    t0 = time.perf_counter()
-                    _run_isolated(s.config, parent_id, s)
-                    s.metrics.setdefault("cell_seconds", time.perf_counter() - t0)
-                else:
-                    run_cell(s, parent_id, slot, progress)
-            if on_cell:
+            if s.state not in ("done", "running"):
+                run(s)
+            if s.state == "running":
+                elsewhere.append((i, s))
+            elif on_cell:
                 on_cell(i, len(states), s)
+        if elsewhere:
+            slot.free()  # nothing of this grid's own is left to run: the model's memory is not held while waiting
+            _wait_for_others(elsewhere, len(states), run, on_cell)
     finally:
         slot.free()
+
+
+def poll_seconds() -> float:
+    """How often a grid looks again at the cells another process runs: every few seconds, and at
+    least once per heartbeat."""
+    return max(0.5, min(5.0, tracking.heartbeat_seconds()))
+
+
+#: a grid waiting for another process says so again after this many seconds
+WAIT_NOTICE_S = 60.0
+
+
+def _wait_for_others(elsewhere: list[tuple[int, CellState]], total: int, run: Callable[[CellState], None],
+                     on_cell: Callable[[int, int, CellState], None] | None) -> None:
+    """Wait for the cells (numbered as the grid counts them) that another live process runs: one that
+    FINISHED there is done; one that ended FAILED or KILLED there, or whose process stopped (its run
+    abandoned, then closed), is taken over and run here."""
+    said: dict[str, float] = {}
+    while elsewhere:
+        now = time.time()
+        for _, s in elsewhere:
+            if now - said.get(s.cell.identity, -math.inf) >= WAIT_NOTICE_S:
+                said[s.cell.identity] = now
+                log.info("waiting for %s x %s: %s", s.config.model, s.config.dataset, s.error or "another process runs it")
+        time.sleep(poll_seconds())
+        with tracking.reaching_store():
+            fresh = {f.cell.identity: f for f in cell_states([s.cell for _, s in elsewhere])}
+            close_abandoned(list(fresh.values()), claimed=False)
+        still = []
+        for i, s in elsewhere:
+            f = fresh[s.cell.identity]
+            if f.state == "running":
+                s.run_id, s.error = f.run_id, f.error
+                still.append((i, s))
+                continue
+            if f.state == "done":  # counted as done: the other process ran it
+                s.state, s.run_id, s.error, s.metrics = "done", f.run_id, "", f.metrics
+            else:
+                log.info("taking over %s x %s: its run %s %s", s.config.model, s.config.dataset, f.run_id,
+                         "ended " + (f.error or f.state) if f.state == "failed" else "was abandoned")
+                s.state, s.error = f.state, ""
+                run(s)
+                if s.state == "running":  # yet another process claimed it first
+                    still.append((i, s))
+                    continue
+            if on_cell:
+                on_cell(i, total, s)
+        elsewhere = still
 
 
 def _last_child_run_id(parent_id: str, identity: str | None = None) -> str:
@@ -357,6 +443,7 @@ def _run_isolated(cfg: RunConfig, parent_id: str, s: CellState) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
     env["MLFLOW_TRACKING_URI"] = tracking.tracking_uri()
     env["MLFLOW_EXPERIMENT_NAME"] = tracking.experiment_name()
+    started_ms = int(time.time() * 1000) - 1000
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate()
@@ -364,13 +451,19 @@ def _run_isolated(cfg: RunConfig, parent_id: str, s: CellState) -> None:
         proc.send_signal(e.signum)
         proc.communicate(timeout=120)
         raise
-    s.run_id = _last_child_run_id(parent_id)
     import mlflow
 
-    if s.run_id:  # the cell's own output, as in-process cells keep their log
+    latest = _last_child_run_id(parent_id, s.cell.identity)
+    mine = mlflow.get_run(latest) if latest else None
+    if mine is not None and (mine.info.start_time or 0) < started_ms:
+        mine = None  # an earlier try's run: this process made none
+    if mine is not None:  # the cell's own output, as in-process cells keep their log
+        s.run_id = mine.info.run_id
         mlflow.MlflowClient().log_text(s.run_id, out + err, "cell.log")
     if proc.returncode == 0:
-        s.state, s.metrics = "finished", dict(mlflow.get_run(s.run_id).data.metrics) if s.run_id else {}
+        s.state, s.metrics = "finished", dict(mine.data.metrics) if mine is not None else {}
+    elif mine is not None and mine.data.tags.get(tracking.ERROR_TAG, "").startswith(lease.TAKEN):
+        s.state, s.error = "running", mine.data.tags[tracking.ERROR_TAG]  # given up to another process, as run_cell does
     else:
         lines = [ln for ln in err.strip().splitlines() if ln.strip()]
         s.state, s.error = "error", lines[-1] if lines else f"exit code {proc.returncode}"
