@@ -84,6 +84,42 @@ def assert_contract(run_id: str, cfg: RunConfig, lm) -> None:
 
 
 @pytest.mark.slow
+def test_a_run_records_its_machine_as_tags_outside_its_configuration_hash(sampled_run, tmp_path):
+    """The CPU, its kernel level and flags, torch's threads, the library versions and their
+    fingerprint are tags of the run and of its row in the results store; no param, and the
+    configuration hash is the configuration's alone."""
+    import json
+
+    import bitsandbytes
+    import torch
+    import transformers
+
+    from uqflow import machine
+    from uqflow.store import aggregate, run_query
+
+    run = mlflow.get_run(sampled_run.run_id)
+    tags = run.data.tags
+    assert tags[machine.DEVICE_TAG] == "cpu" and tags[machine.CPU_TAG] and tags[machine.CPU_FLAGS_TAG]
+    assert tags[machine.CPU_CAPABILITY_TAG] == torch.backends.cpu.get_cpu_capability()
+    assert tags[machine.THREADS_TAG] == str(torch.get_num_threads())
+    assert (tags["torch_version"], tags["transformers_version"], tags[machine.BNB_VERSION_TAG]) == (
+        torch.__version__, transformers.__version__, bitsandbytes.__version__)
+    here = machine.machine_tags("cpu")[machine.FINGERPRINT_TAG]  # the same machine, so the same fingerprint
+    assert tags[machine.FINGERPRINT_TAG] == machine.fingerprint(tags) == here
+    assert not any(k.startswith("machine_") or k == machine.BNB_VERSION_TAG for k in run.data.params)
+    assert tags["config_hash"] == sampled_run.config.hash()
+    assert not machine.machine_dependent(tags)  # full precision: the same figures on any machine
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    aggregate(url=url)
+    [row] = run_query(f"SELECT tags FROM runs WHERE run_id = '{sampled_run.run_id}'", url=url).rows
+    stored = json.loads(row[0])
+    assert {k: stored[k] for k in machine.FINGERPRINT_FACTS if k in tags} == {
+        k: tags[k] for k in machine.FINGERPRINT_FACTS if k in tags}
+    assert stored[machine.FINGERPRINT_TAG] == tags[machine.FINGERPRINT_TAG]
+
+
+@pytest.mark.slow
 def test_same_config_twice_gives_identical_results(tracking, smollm):
     cfg = RunConfig(num_samples=6, max_new_tokens=16, n_bootstrap=50)
     a, b = run_experiment(cfg, lm=smollm), run_experiment(cfg, lm=smollm)

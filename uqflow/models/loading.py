@@ -241,7 +241,9 @@ def batch_dependence(spec: ModelSpec, batch_size: int = 0) -> str | None:
     how = ("LLM.int8 (8bit): outlier columns are chosen over the whole batch" if spec.quantization == "8bit"
            else "NF4 (4bit): bf16 arithmetic rounds differently with the batch's shape")
     return (f"{how}, so answers may depend on which questions share a batch ({size}, prompts batched in order "
-            f"of length, {BATCHING}); the same configuration gives the same batches and records")
+            f"of length, {BATCHING}); the same configuration gives the same batches everywhere, and the same "
+            f"records only on the same machine (its kernels differ with the CPU's instruction set, threads and "
+            f"library versions: tags machine_*)")
 
 
 def _config_value(spec: ModelSpec, key: str) -> int | None:
