@@ -9,29 +9,32 @@ the stored answers: answer length, the correctness judge, calibration, and stati
   with the run's judge (Cohen's kappa) and each measure's AUROC under each judge, so a ranking that
   flips with the judge shows; a few answers the judges disagree on.
 - **Calibration and selective prediction.** ECE, Brier and the area under the risk-coverage curve,
-  as the runs logged them (the measure mapped to P(correct) by a cross-validated isotonic fit).
+  as the runs logged them (the measure mapped to P(correct) by a cross-fitted isotonic fit, its
+  folds drawn with the run's seed); beside the logged ECE, its median and range over 20 fold
+  assignments, recomputed from the stored answers, since one assignment's ECE is one draw.
 - **Power.** A warning on every run whose AUROCs rest on fewer than 100 answers or 10 of a class,
   and the smallest AUROC difference DeLong's test detects at 80% power with each run's n (and with
-  the reference study's 400), from the observed correlation of G-NLL and RW-G-NLL.
+  the reference study's 400), from DeLong's correlation of the AUROC estimates of G-NLL and RW-G-NLL.
 
 Every function returns plain rows (lists of dicts) for summary.json and the HTML.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from typing import Any
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from uqflow.report.data import Study
-from uqflow.scoring.evaluation import OneClassWarning, auroc_with_ci
+from uqflow.scoring.evaluation import OneClassWarning, auroc_with_ci, delong_covariance
 from uqflow.scoring.judges import agreement
 from uqflow.scoring.measures import BASELINES
-from uqflow.scoring.pipeline import verdict_list
-from uqflow.scoring.selective import beyond_length, delong_min_detectable_difference, small_sample_warning
+from uqflow.scoring.pipeline import CALIBRATION, verdict_list
+from uqflow.scoring.selective import (ECE_FOLD_SEEDS, beyond_length, delong_min_detectable_difference,
+                                      ece_over_fold_seeds, small_sample_warning)
 
 #: the reference study's questions per run, for the power line
 STUDY_N = 400
@@ -44,7 +47,8 @@ DISAGREEMENTS_PER_RUN = 3
 
 def length_rows(study: Study) -> list[dict[str, Any]]:
     """Per run and measure: the measure's AUROC, answer length's, the AUROC within length
-    quartiles, and the likelihood-ratio test's p that the measure adds nothing beyond length."""
+    quartiles with the share of the answers it covers (the quartiles holding both classes), and the
+    likelihood-ratio test's p that the measure adds nothing beyond length."""
     rows = []
     for _, run in study.runs.iterrows():
         d, correct = study.decided(run.run_id)
@@ -57,7 +61,8 @@ def length_rows(study: Study) -> list[dict[str, Any]]:
             r = beyond_length(correct, d[m].to_numpy(dtype=float), length)
             rows.append({"run_id": run.run_id, "label": run.label, "measure": m,
                          "auroc": _auroc(correct, d[m].to_numpy(dtype=float)), "length_auroc": length_auroc,
-                         "auroc_within_length": r["auroc_within_length"], "p_value": r["p_value"],
+                         "auroc_within_length": r["auroc_within_length"],
+                         "within_length_share": r["within_length_share"], "p_value": r["p_value"],
                          "coef": r["coef"], "n": r["n"],
                          "beyond": bool(math.isfinite(r["p_value"]) and r["p_value"] < ALPHA and r["coef"] > 0)})
     return rows
@@ -131,29 +136,59 @@ def ranking_flips(aurocs: list[dict[str, Any]], a: str = "g_nll", b: str = "answ
 
 
 def calibration_rows(study: Study, measures: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-    """Per run and measure, as logged: ECE and Brier of the measure mapped to P(correct), AURC."""
+    """Per run and measure: ECE and Brier of the measure mapped to P(correct) and AURC, as logged
+    (``ece``: one fold assignment, drawn with the run's seed, ``fold_seed``); and ECE's ``ece_median``,
+    ``ece_low`` and ``ece_high`` (smallest, largest) over the fold seeds ``ECE_FOLD_SEEDS``,
+    recomputed from the run's stored, decided answers (selective.ece_over_fold_seeds)."""
     s = study.scores
+    if "ece" not in s.columns:
+        return []
     keep = s["measure"].isin(measures or study.measures)
-    return [{"label": r.label, "measure": r.measure, "ece": r.ece, "brier": r.brier, "aurc": r.aurc, "aurac": r.aurac}
-            for r in s[keep].itertuples() if "ece" in s.columns]
+    seeds = {run.run_id: _run_seed(run) for run in study.runs.itertuples()}
+    decided: dict[str, tuple] = {}
+    rows = []
+    for r in s[keep].itertuples():
+        if r.run_id not in decided:
+            decided[r.run_id] = study.decided(r.run_id)
+        d, correct = decided[r.run_id]
+        spread = (ece_over_fold_seeds(correct, d[r.measure].to_numpy(dtype=float), method=CALIBRATION)
+                  if r.measure in d.columns else ece_over_fold_seeds([], []))
+        rows.append({"label": r.label, "measure": r.measure, "ece": r.ece, "fold_seed": seeds.get(r.run_id),
+                     "ece_median": spread["median"], "ece_low": spread["low"], "ece_high": spread["high"],
+                     "ece_seeds": spread["seeds"], "brier": r.brier, "aurc": r.aurc, "aurac": r.aurac})
+    return rows
+
+
+def _run_seed(run) -> int | None:
+    """The run's ``seed`` setting (which drew its calibration folds), from its stored params; None if absent."""
+    params = getattr(run, "params", None)
+    try:
+        if isinstance(params, str):
+            params = json.loads(params)
+        return int(params["seed"])
+    except (TypeError, KeyError, ValueError):
+        return None
 
 
 def power_rows(study: Study, a: str = "g_nll", b: str = "rw_g_nll") -> list[dict[str, Any]]:
     """Per run: its small-n warning (or None), and the smallest difference between the AUROCs of
     ``a`` and ``b`` that a two-sided DeLong test detects at 80% power with this run's answers and
-    with the study's 400 at the same accuracy, from the Spearman correlation of the two scores
-    over the answers (standing in for the correlation of the two AUROC estimates)."""
+    with the study's 400 at the same accuracy (selective.delong_min_detectable_difference).
+
+    ``correlation`` is DeLong's correlation of the two AUROC estimates over the run's decided
+    answers, r = S_ab / sqrt(S_aa S_bb) from DeLong's covariance S = S10/m + S01/n
+    (evaluation.delong_covariance), not a correlation of the scores themselves. Where it is
+    undefined (fewer than 2 answers of a class, or an AUROC estimate without variance) it is NaN
+    and the detectable difference assumes 0, the uncorrelated case."""
     rows = []
     for _, run in study.runs.iterrows():
         d, correct = study.decided(run.run_id)
         n, wrong = len(correct), int((~correct).sum())
         auroc = _auroc(correct, d[a].to_numpy(dtype=float)) if a in d else float("nan")
         r = float("nan")
-        if a in d and b in d and n > 2:
-            x, y = d[a].to_numpy(dtype=float), d[b].to_numpy(dtype=float)
-            ok = np.isfinite(x) & np.isfinite(y)
-            if ok.sum() > 2:
-                r = float(spearmanr(x[ok], y[ok]).statistic)
+        if a in d and b in d:
+            dc = delong_covariance(correct, d[a].to_numpy(dtype=float), d[b].to_numpy(dtype=float))
+            r = dc.correlation if dc is not None else float("nan")
         # the variance vanishes at an AUROC of 1 (a small run's perfect ranking): the design point is
         # the observed AUROC held inside [0.6, 0.95], 0.75 where undefined
         at = min(max(auroc, AUROC_RANGE[0]), AUROC_RANGE[1]) if math.isfinite(auroc) else 0.75
@@ -176,4 +211,5 @@ def objections(study: Study, measure: str = "g_nll") -> dict[str, Any]:
     return {"length": lengths, "length_summary": length_summary(lengths, measure),
             "judges": agreement, "judge_aurocs": judge_aurocs, "judge_disagreements": disagreements,
             "judge_flips": ranking_flips(judge_aurocs, measure, "answer_tokens"),
-            "calibration": calibration_rows(study), "power": power_rows(study)}
+            "calibration": calibration_rows(study), "ece_fold_seeds": list(ECE_FOLD_SEEDS),
+            "power": power_rows(study)}

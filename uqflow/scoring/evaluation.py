@@ -149,6 +149,44 @@ def _placements(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return v10, v01
 
 
+@dataclass(frozen=True)
+class DeLongCovariance:
+    """Two AUROCs of the same answers and DeLong's covariance matrix of their estimates."""
+
+    auroc: np.ndarray  # (2,): AUROC of score a, of score b
+    cov: np.ndarray  # (2, 2): S = S10 / m + S01 / n
+    n_pos: int  # m, wrong answers
+    n_neg: int  # n, right answers
+
+    @property
+    def correlation(self) -> float:
+        """Correlation of the two AUROC estimates, r = S_ab / sqrt(S_aa S_bb); NaN where a variance is zero."""
+        den = float(np.sqrt(self.cov[0, 0] * self.cov[1, 1]))
+        return float(self.cov[0, 1] / den) if den > 0 else float("nan")
+
+
+def delong_covariance(correct, score_a, score_b) -> DeLongCovariance | None:
+    """DeLong's covariance of the AUROC estimates of two scores of the same answers (positive class:
+    incorrect): with the structural components V10 (one per wrong answer) and V01 (one per right
+    answer) of each score, S10 and S01 their 2 x 2 sample covariances (ddof 1) and m, n the numbers
+    of wrong and right answers, S = S10 / m + S01 / n. Answers where either score is NaN are left
+    out; None when fewer than 2 answers of either class remain."""
+    y = ~np.asarray(correct, dtype=bool)
+    a = np.asarray(score_a, dtype=np.float64)
+    b = np.asarray(score_b, dtype=np.float64)
+    keep = ~np.isnan(a) & ~np.isnan(b)
+    y, a, b = y[keep], a[keep], b[keep]
+    m, n = int(y.sum()), int((~y).sum())
+    if m < 2 or n < 2:
+        return None
+    v10a, v01a = _placements(a[y], a[~y])
+    v10b, v01b = _placements(b[y], b[~y])
+    auc = np.array([v10a.mean(), v10b.mean()])
+    s10 = np.cov(np.vstack([v10a, v10b]))  # (2, 2) covariance over positives
+    s01 = np.cov(np.vstack([v01a, v01b]))  # (2, 2) covariance over negatives
+    return DeLongCovariance(auc, s10 / m + s01 / n, m, n)
+
+
 def delong_test(correct, score_a, score_b) -> DeLongResult:
     """DeLong, DeLong & Clarke-Pearson (1988) test that two scores of the same answers have equal
     AUROC (positive class: incorrect), with the midrank computation of Sun & Xu (2014).
@@ -157,21 +195,11 @@ def delong_test(correct, score_a, score_b) -> DeLongResult:
     the published Hanley & McNeil (1982) rating data and against a direct O(m n) computation.
     NaN results when AUROC is undefined (one class) or the variance of the difference is zero.
     """
-    y = ~np.asarray(correct, dtype=bool)
-    a = np.asarray(score_a, dtype=np.float64)
-    b = np.asarray(score_b, dtype=np.float64)
-    keep = ~np.isnan(a) & ~np.isnan(b)
-    y, a, b = y[keep], a[keep], b[keep]
-    m, n = int(y.sum()), int((~y).sum())
-    if m < 2 or n < 2:
+    dc = delong_covariance(correct, score_a, score_b)
+    if dc is None:
         nan = float("nan")
         return DeLongResult(nan, nan, nan, nan, nan)
-    v10a, v01a = _placements(a[y], a[~y])
-    v10b, v01b = _placements(b[y], b[~y])
-    auc = np.array([v10a.mean(), v10b.mean()])
-    s10 = np.cov(np.vstack([v10a, v10b]))  # (2, 2) covariance over positives
-    s01 = np.cov(np.vstack([v01a, v01b]))  # (2, 2) covariance over negatives
-    cov = s10 / m + s01 / n
+    auc, cov = dc.auroc, dc.cov
     var_diff = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
     if var_diff <= 0:
         return DeLongResult(float(auc[0]), float(auc[1]), float("nan"), float("nan"), 0.0)

@@ -177,6 +177,30 @@ def expected_calibration_error(correct, prob, bins: int = 10) -> float:
     return float(np.sum(r.count[full] / n * np.abs(r.accuracy[full] - r.confidence[full])))
 
 
+#: the fold seeds over which :func:`ece_over_fold_seeds` states the spread of ECE
+ECE_FOLD_SEEDS = tuple(range(20))
+
+
+def ece_over_fold_seeds(correct, score, *, seeds=ECE_FOLD_SEEDS, method: str = "isotonic", folds: int = 5,
+                        bins: int = 10) -> dict:
+    """ECE of the score mapped to P(correct), once per fold assignment, and its spread.
+
+    The cross-fitted probabilities of :func:`confidence_probabilities` depend on which answers share
+    a fold, so one seed's ECE is one draw: at n = 100 it moves by about 0.1 with the seed. For each
+    seed in ``seeds`` the answers are split by that seed, mapped to P(correct) out of fold and
+    their ECE (:func:`expected_calibration_error`, ``bins`` equal-width bins) taken. Returns
+    ``median``, ``low`` and ``high`` (the smallest and largest ECE over the seeds) and ``seeds``
+    (how many); NaN (and 0 seeds) where the ECE is undefined (fewer than 2 answers of a class).
+    """
+    values = np.array([expected_calibration_error(
+        correct, confidence_probabilities(correct, score, method=method, folds=folds, seed=s), bins) for s in seeds])
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return {"median": math.nan, "low": math.nan, "high": math.nan, "seeds": 0}
+    return {"median": float(np.median(values)), "low": float(values.min()), "high": float(values.max()),
+            "seeds": int(values.size)}
+
+
 # ---------------------------------------------------------------- selective prediction
 
 def risk_coverage(correct, score) -> tuple[np.ndarray, np.ndarray]:
@@ -223,8 +247,9 @@ def _length_strata(length: np.ndarray, q: int = 4) -> np.ndarray:
     return np.asarray(pd.qcut(length, q, labels=False, duplicates="drop"), dtype=int)
 
 
-def _auroc_within(wrong: np.ndarray, score: np.ndarray, strata: np.ndarray) -> tuple[float, int]:
-    """Size-weighted mean AUROC of score for wrong answers over strata with both classes, and their number."""
+def _auroc_within(wrong: np.ndarray, score: np.ndarray, strata: np.ndarray) -> tuple[float, int, int]:
+    """Size-weighted mean AUROC of score for wrong answers over strata with both classes, their
+    number, and the number of answers in them (a one-class stratum has no AUROC and is left out)."""
     aurocs, sizes = [], []
     for k in np.unique(strata):
         w, s = wrong[strata == k], score[strata == k]
@@ -232,8 +257,8 @@ def _auroc_within(wrong: np.ndarray, score: np.ndarray, strata: np.ndarray) -> t
             aurocs.append(roc_auc_score(w, s))
             sizes.append(w.size)
     if not sizes:
-        return math.nan, 0
-    return float(np.average(aurocs, weights=sizes)), len(sizes)
+        return math.nan, 0, 0
+    return float(np.average(aurocs, weights=sizes)), len(sizes), int(sum(sizes))
 
 
 def _affine_in(s: np.ndarray, x: np.ndarray) -> bool:
@@ -257,7 +282,9 @@ def beyond_length(correct, score, length) -> dict:
       positive is the expected sign (more uncertain, more often wrong)
     - ``auroc_within_length``: AUROC of the score for wrong answers within strata of length (up
       to 4, by quantiles), the size-weighted mean over strata holding both classes; NaN if none
-    - ``n``: answers used; ``strata``: number of strata that entered ``auroc_within_length``
+    - ``n``: answers used; ``strata``: number of strata that entered ``auroc_within_length``;
+      ``within_length_share``: the share of the ``n`` answers in those strata (the answers
+      ``auroc_within_length`` covers, a fraction in [0, 1]; NaN when n is 0)
 
     Length enters as log1p(length), linearly on the log-odds: a score that is another function of
     length (length itself, say) can still test significant when that form does not fit. Likewise
@@ -273,9 +300,10 @@ def beyond_length(correct, score, length) -> dict:
     x_len = np.log1p(length)
     keep = np.isfinite(s) & np.isfinite(x_len)
     wrong, s, x_len, length = (~c[keep]).astype(int), s[keep], x_len[keep], length[keep]
-    auroc_within, n_strata = _auroc_within(wrong, s, _length_strata(length)) if wrong.size else (math.nan, 0)
+    auroc_within, n_strata, covered = _auroc_within(wrong, s, _length_strata(length)) if wrong.size else (math.nan, 0, 0)
     out = {"lr_stat": math.nan, "p_value": math.nan, "coef": math.nan,
-           "auroc_within_length": auroc_within, "n": int(wrong.size), "strata": n_strata}
+           "auroc_within_length": auroc_within, "n": int(wrong.size), "strata": n_strata,
+           "within_length_share": covered / wrong.size if wrong.size else math.nan}
     if min(wrong.sum(), wrong.size - wrong.sum()) < 5:
         return out
     if _affine_in(s, x_len):
