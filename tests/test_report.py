@@ -51,6 +51,24 @@ def two_model_store(tmp_path_factory):
         ("Gemma-3-270M", "trivia_mini", 60, 5), ("Gemma-3-270M", "squad_mini", 60, 6)])
 
 
+DEMO = ["SmolLM2-135M-Instruct", "Gemma-3-270M", "SmolLM2-135M-Instruct-8bit"]
+
+
+@pytest.fixture(scope="module")
+def demo_and_quick_store(tmp_path_factory):
+    """`make demo`'s six cells (its three models x both datasets, 100 questions each, one seed, as
+    grids/cpu_demo.yaml runs them), then README's first example: Gemma-3-270M x squad_mini again
+    with 50 questions, the latest run in the store. Runs shaped like uqflow's (no model is run)."""
+    tmp = tmp_path_factory.mktemp("demo_and_quick")
+    url = f"sqlite:///{tmp / 'results.db'}"
+    with mlflow_store(tmp) as uri:
+        demo = {(m, d): log_run(m, d, 100, seed=10 * i + j + 1, settings={"seed": 10})
+                for i, m in enumerate(DEMO) for j, d in enumerate(DATASETS)}
+        quick = log_run("Gemma-3-270M", "squad_mini", 50, seed=99, settings={"seed": 10})
+        aggregate(url=url)
+        yield {"url": url, "tracking": uri, "tmp": tmp, "demo": demo, "quick": quick}
+
+
 def test_the_study_answers_what_it_can(study_store):
     answers = {a.key: a for a in answer_all(load_study(study_store["url"]))}
     assert answers["size"].answerable and answers["size"].numbers["comparisons"] == 4  # Llama, Qwen x 2 datasets
@@ -281,7 +299,7 @@ def _figures(url):
         yield name, fig, int.from_bytes(png[16:20], "big")  # the PNG's width, from its IHDR chunk
 
 
-@pytest.mark.parametrize("store", ["study_store", "two_model_store"])
+@pytest.mark.parametrize("store", ["study_store", "two_model_store", "demo_and_quick_store"])
 def test_figure_text_is_legible_at_its_displayed_size(store, request):
     """No text in any figure is under 9 px as report.html shows it: points x DPI / 72, scaled by how
     the page's CSS sizes the image (at most FIGURE_DISPLAY_MAX_PX wide, never enlarged)."""
@@ -299,7 +317,7 @@ def test_figure_text_is_legible_at_its_displayed_size(store, request):
         assert width <= FIGURE_DISPLAY_MAX_PX, f"{name} is {width} px wide: report.html would shrink it"
 
 
-@pytest.mark.parametrize("store", ["study_store", "two_model_store"])
+@pytest.mark.parametrize("store", ["study_store", "two_model_store", "demo_and_quick_store"])
 def test_figure_texts_neither_overlap_nor_leave_the_figure(store, request):
     from itertools import combinations
 
@@ -440,3 +458,127 @@ def test_comparison_table_orders_measures_and_leaves_undefined_values_blank():
     row = frame.iloc[0].to_dict()
     assert row["AUROC G-NLL"] == "" and row["AUROC RW-G-NLL"] == "0.600 [0.410, 0.800]"
     assert (row["n"], row["accuracy"], row["size (B)"]) == ("12", "0.250", "0.27")
+
+
+# ---------------------------------------------------------------- one run per cell
+
+def test_the_report_compares_one_run_per_cell_and_lists_the_run_it_set_aside(demo_and_quick_store, tmp_path):
+    """After `make demo` and README's quick Gemma x SQuAD run of 50 questions, the report compares
+    the demo's six runs (the quick one is the latest of its cell, but its settings are not the
+    study's) and names the quick run as set aside, with why; nothing else in it uses that run."""
+    store = demo_and_quick_store
+    r = build_report(store["url"], tmp_path / "rep", log_to_mlflow=False)
+    summary = json.loads(r.summary.read_text())
+    assert summary["n_runs"] == 6
+    assert {x["run_id"] for x in summary["runs"]} == set(store["demo"].values())
+    assert all(x["n"] == 100 and x["settings_differ"] == "" for x in summary["runs"])
+    [aside] = summary["set_aside"]
+    assert aside["run_id"] == store["quick"] and (aside["model"], aside["dataset"], aside["n"]) == (
+        "Gemma-3-270M", "squad_mini", 50)
+    assert aside["reason"] == "its settings differ from the study's: num_samples=50 against 100"
+    assert aside["compared_run_id"] == store["demo"]["Gemma-3-270M", "squad_mini"] and aside["start_time"]
+    assert summary["selection"]["study_settings"]["num_samples"] == "100"
+    assert "seed" in summary["selection"]["study_settings"] and "model" not in summary["selection"]["study_settings"]
+    rest = json.dumps({k: v for k, v in summary.items() if k != "set_aside"})
+    assert store["quick"] not in rest  # no answer, table or mean draws on it
+    html = r.html.read_text()
+    assert "6 runs compared" in html and "1 set aside" in html and 'id="runs"' in html
+    row = re.search(rf"<tr><td>[^<]*</td><td>{store['quick']}</td>.*?</tr>", html)
+    assert row and "num_samples=50 against 100" in row.group(0) and "<td>50</td>" in row.group(0)
+
+
+def test_no_two_runs_in_the_report_share_a_label(demo_and_quick_store, tmp_path):
+    from uqflow.report import figures as F
+
+    r = build_report(demo_and_quick_store["url"], tmp_path / "rep", log_to_mlflow=False)
+    summary = json.loads(r.summary.read_text())
+    html = r.html.read_text()
+    table = re.search(r'<table class="summary"><tr><th>measure</th>(.*?)</tr>', html).group(1)
+    columns = re.findall(r"<th>(.*?)</th>", table)
+    assert len(columns) == len(set(columns)) == 6, columns
+    delong = [d["label"] for d in summary["delong_g_nll_vs_rw_g_nll"]]
+    assert len(delong) == len(set(delong)) == 6
+    labels = [x["label"] for x in summary["runs"]]
+    assert sorted(labels) == sorted(delong)
+    study = load_study(demo_and_quick_store["url"])
+    figs = F.draw_all(study)
+    for name in ("auroc_heatmap", "family_bars", "gnll_vs_rwgnll"):
+        ticks = [t.get_text() for t in figs[name].axes[0].get_yticklabels()]
+        assert len(ticks) == len(set(ticks)) == 6, (name, ticks)
+    for name in ("roc_overlay", "rejection_overlay"):
+        entries = [t.get_text() for t in figs[name].legends[0].get_texts()]
+        assert len(entries) == len(set(entries)), (name, entries)
+    assert "1 run set aside" in figs["auroc_heatmap"].axes[0].get_title()
+
+
+def test_a_family_mean_counts_each_dataset_once(demo_and_quick_store, tmp_path):
+    """Gemma's family mean is the mean of its two compared runs (one per dataset), not of three
+    runs with SQuAD counted twice; the slice views in summary.json count each run once too."""
+    store = demo_and_quick_store
+    auroc = dict(run_query("SELECT run_id, auroc FROM scores WHERE measure = 'g_nll'", store["url"]).rows)
+    trivia, squad = (auroc[store["demo"]["Gemma-3-270M", d]] for d in DATASETS)
+    r = build_report(store["url"], tmp_path / "rep", log_to_mlflow=False)
+    summary = json.loads(r.summary.read_text())
+    means = summary["answers"]["family"]["numbers"]["mean_auroc_by_family"]
+    assert means["Gemma"] == pytest.approx((trivia + squad) / 2, rel=1e-12)
+    assert means["Gemma"] != pytest.approx((trivia + squad + auroc[store["quick"]]) / 3)  # the fixture tells apart
+    gemma = [v for v in summary["slices"]["family"] if v["family"] == "Gemma" and v["measure"] == "g_nll"]
+    assert [(v["n_runs"], v["n_questions"]) for v in gemma] == [(2, 200)]
+    [best] = [b for b in summary["best"]["family_per_measure"] if b["measure"] == "g_nll"]
+    assert best["auroc"] == pytest.approx(max(means.values()), rel=1e-12)
+
+
+def _runs(*rows):
+    """A runs table as the results store holds it: (run_id, model, quantization, dataset, started, params)."""
+    import pandas as pd
+
+    return pd.DataFrame([{"run_id": rid, "model": m, "quantization": q, "dataset": d, "start_time": pd.Timestamp(t),
+                          "end_time": pd.Timestamp(t), "params": json.dumps(p)} for rid, m, q, d, t, p in rows])
+
+
+def test_selection_takes_the_latest_run_with_the_study_settings_else_flags_the_latest():
+    from uqflow.report.data import select_runs
+
+    common = {"num_samples": "100", "seed": "10", "correctness": "f1", "device": "cpu"}
+    runs = _runs(
+        ("a1", "M", "none", "trivia", "2026-01-01", common),
+        ("a2", "M", "none", "trivia", "2026-01-02", {**common, "device": "cuda"}),  # where it ran: not a setting
+        ("b1", "M", "none", "squad", "2026-01-01", common),
+        ("b2", "M", "none", "squad", "2026-01-03", {**common, "num_samples": "50"}),
+        ("c1", "N", "none", "trivia", "2026-01-01", {**common, "correctness": "em"}),
+        ("c2", "N", "none", "trivia", "2026-01-02", {**common, "correctness": "em", "seed": "11"}),
+        ("d1", "N", "8bit", "trivia", "2026-01-01", common))
+    selected, aside, settings = select_runs(runs)
+    assert settings == {"correctness": "f1", "num_samples": "100", "seed": "10"}
+    assert sorted(selected["run_id"]) == ["a2", "b1", "c2", "d1"]
+    flagged = selected.set_index("run_id")["settings_differ"]
+    assert flagged["c2"] == "correctness=em against f1, seed=11 against 10" and flagged["a2"] == ""
+    why = aside.set_index("run_id")["reason"].to_dict()
+    assert why == {"a1": "an earlier run of the cell",
+                   "b2": "its settings differ from the study's: num_samples=50 against 100",
+                   "c1": "an earlier run of the cell (its settings differ from the study's too: correctness=em "
+                         "against f1)"}
+    assert aside.set_index("run_id")["compared_run_id"].to_dict() == {"a1": "a2", "b2": "b1", "c1": "c2"}
+
+
+def test_a_setting_most_cells_do_not_share_is_not_the_study_setting():
+    """Every cell with a seed of its own: no seed is the study's, so none is flagged; a run that does
+    not record a setting (older than it) is not flagged for it either."""
+    from uqflow.report.data import select_runs
+
+    runs = _runs(("a", "M", "none", "trivia", "2026-01-01", {"seed": "1", "judges": "em"}),
+                 ("b", "M", "none", "squad", "2026-01-01", {"seed": "2", "judges": "em"}),
+                 ("c", "N", "none", "squad", "2026-01-01", {"seed": "3"}))
+    selected, aside, settings = select_runs(runs)
+    assert settings == {"judges": "em"} and aside.empty
+    assert (selected["settings_differ"] == "").all()
+
+
+def test_labels_tell_apart_one_model_name_at_two_precisions():
+    import pandas as pd
+
+    from uqflow.report.data import run_labels
+
+    runs = pd.DataFrame({"run_id": ["r1", "r2", "r3"], "model": ["M", "M", "N"],
+                         "quantization": ["none", "8bit", "none"], "dataset": ["trivia"] * 3})
+    assert list(run_labels(runs)) == ["M (none) × trivia", "M (8bit) × trivia", "N × trivia"]

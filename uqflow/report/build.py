@@ -18,7 +18,8 @@ from uqflow.report import figures as F
 from uqflow.report import selective_figures as SF
 from uqflow.report import tokens as T
 from uqflow.report.objections import objections
-from uqflow.report.data import Study, load_study
+from uqflow.report.publish import REPORT_FILES, publish, staging
+from uqflow.report.data import SELECTION_RULE, Study, load_study
 from uqflow.report.stats import answer_all, answer_cost, best_performers, delong_table, format_p
 from uqflow.scoring.measures import MEASURES, label
 
@@ -66,27 +67,43 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _when(t) -> str | None:
+    """A run's start time as summary.json and report.html write it (UTC, to the second)."""
+    import pandas as pd
+
+    t = pd.to_datetime(t, errors="coerce")
+    return None if pd.isna(t) else t.strftime("%Y-%m-%d %H:%M:%S")
+
+
 def summarise(study: Study, measure: str = "g_nll") -> dict:
-    """The numbers behind the report, as data: per-run figures from the store, its slice views, the
-    five answers, the best performers and the G-NLL/RW-G-NLL tests."""
+    """The numbers behind the report, as data: per-run figures from the store (the runs compared, one
+    per cell, and the runs set aside with why), its slice views over the compared runs, the five
+    answers, the best performers and the G-NLL/RW-G-NLL tests."""
     from uqflow.report.stats import _clean
 
     runs = []
     for _, r in study.runs.iterrows():
         sc = study.scores[study.scores.run_id == r.run_id]
         runs.append({
-            "run_id": r.run_id, "model": r.model, "family": r.family, "size_b": r.size_b, "size_class": r.size_class,
+            "run_id": r.run_id, "label": r.label, "run_name": r.run_name, "start_time": _when(r.start_time),
+            "model": r.model, "family": r.family, "size_b": r.size_b, "size_class": r.size_class,
             "quantization": r.quantization, "instruct": bool(r.instruct), "dataset": r.dataset, "n": int(r.n),
             "accuracy": r.accuracy, "delong_z": r.delong_z, "delong_p": r.delong_p,
+            "settings_differ": r.settings_differ,  # "" where it shares the study's settings
             "scores": {s.measure: {"auroc": s.auroc, "ci_low": s.ci_low, "ci_high": s.ci_high, "aurac": s.aurac,
                                    "prr": s.prr, "aurc": s.aurc, "ece": s.ece, "brier": s.brier,
                                    "cost_seconds": s.cost_seconds, "cost_passes": s.cost_passes,
                                    "cost_tokens": s.cost_tokens} for s in sc.itertuples()},
         })
     slices = {key: view.to_dict("records") for key, view in study.slices.items()}
+    set_aside = [{"run_id": r.run_id, "run_name": r.run_name, "label": r.label, "model": r.model,
+                  "quantization": r.quantization, "dataset": r.dataset, "n": int(r.n),
+                  "start_time": _when(r.start_time), "reason": r.reason, "compared_run_id": r.compared_run_id}
+                 for r in study.set_aside.itertuples()]
     return _clean({
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "store": study.url, "measure": measure,
         "n_runs": len(study.runs), "families": study.families, "datasets": study.datasets, "runs": runs,
+        "selection": {"rule": SELECTION_RULE, "study_settings": study.settings}, "set_aside": set_aside,
         "slices": slices, "answers": {a.key: a.to_dict() for a in answer_all(study, measure)},
         "answers_rw_g_nll": {a.key: a.to_dict() for a in answer_all(study, "rw_g_nll")} if measure != "rw_g_nll" else {},
         "best": best_performers(study), "delong_g_nll_vs_rw_g_nll": delong_table(study).to_dict("records"),
@@ -126,32 +143,31 @@ def render_html(study: Study, summary: dict, pngs: dict[str, bytes]) -> str:
 def build_report(url: str | None = None, out: str | Path = "reports", *, measure: str = "g_nll",
                  log_to_mlflow: bool = True) -> ReportResult:
     """Read the store, write ``out/report.html``, ``out/summary.json`` and ``out/figures/*.png``,
-    and (by default) log them as an ``analysis`` run in MLflow."""
-    from uqflow.errors import UqflowError
-
+    and (by default) log them as an ``analysis`` run in MLflow. The report is written whole into a
+    staging folder first and then replaces the last one's files, so an interrupted report leaves
+    the last one as it was (report/publish.py); other files in ``out`` are left alone."""
     MEASURES.get(measure)  # an unknown name is refused with the known ones, before the store is read
     study = load_study(url)
     out = Path(out)
-    try:
-        (out / "figures").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UqflowError(f"cannot write the report to {out}: {e.strerror}") from None
-    pngs, paths = {}, {}
-    figures = {**F.draw_all(study, measure), **{name: fn(study, measure) for name, fn in SF.FIGURES.items()}}
-    for name, fig in figures.items():
-        pngs[name] = _png(fig)
-        paths[name] = out / "figures" / f"{name}.png"
-        paths[name].write_bytes(pngs[name])
-    summary = summarise(study, measure)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n", encoding="utf-8")
-    (out / "report.html").write_text(render_html(study, summary, pngs), encoding="utf-8")
+    pngs = {}
+    with staging(out) as tmp:
+        (tmp / "figures").mkdir()
+        figures = {**F.draw_all(study, measure), **{name: fn(study, measure) for name, fn in SF.FIGURES.items()}}
+        for name, fig in figures.items():
+            pngs[name] = _png(fig)
+            (tmp / "figures" / f"{name}.png").write_bytes(pngs[name])
+        summary = summarise(study, measure)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n", encoding="utf-8")
+        (tmp / "report.html").write_text(render_html(study, summary, pngs), encoding="utf-8")
+        publish(tmp, out)
+    paths = {name: out / "figures" / f"{name}.png" for name in pngs}
     run_id = log_analysis_run(out, study.url, summary["runs"]) if log_to_mlflow else None
     return ReportResult(out / "report.html", out / "summary.json", paths, run_id)
 
 
 def log_analysis_run(out: Path, store: str, runs: list[dict]) -> str:
-    """Log the report folder as the artifacts of a run named ``analysis``, with the study's runs
-    side by side as a table (``comparison.json``) that the MLflow UI shows as one."""
+    """Log the report's files in ``out`` as the artifacts of a run named ``analysis``, with the
+    study's runs side by side as a table (``comparison.json``) that the MLflow UI shows as one."""
     import mlflow
 
     from uqflow.plots import comparison_frame
@@ -159,7 +175,12 @@ def log_analysis_run(out: Path, store: str, runs: list[dict]) -> str:
     rows = [{**r, "aurocs": {m: (s.get("auroc"), s.get("ci_low"), s.get("ci_high")) for m, s in r["scores"].items()}}
             for r in runs]
     with tracking.tracked_run("analysis", {ANALYSIS_TAG: "true", "uqflow.results_store": store}) as run:
-        mlflow.log_artifacts(str(out))
+        for name in REPORT_FILES:  # the report's own: the user's other files in ``out`` stay private
+            path = out / name
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), name)
+            elif path.is_file():
+                mlflow.log_artifact(str(path))
         if rows:
             tracking.log_table(comparison_frame(rows), "comparison.json")
     return run.info.run_id

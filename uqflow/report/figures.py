@@ -96,13 +96,20 @@ def _model_markers(study: Study) -> dict[str, str]:
 
 
 def _scores(study: Study, measure: str) -> pd.DataFrame:
-    """:meth:`Study.measure` for the latest run of each model x dataset."""
+    """:meth:`Study.measure` for the compared runs (one per model x dataset)."""
     s = study.measure(measure)
     return s[s["run_id"].isin(set(study.latest()["run_id"]))].reset_index(drop=True)
 
 
 def _repeated_note(study: Study) -> str:
-    return " (latest run of each model × dataset)" if study.runs["label"].duplicated().any() else ""
+    """Where the store holds runs the study does not compare (:data:`~uqflow.report.data.SELECTION_RULE`), how many."""
+    k = len(study.set_aside)
+    return f" ({k} run{'s' if k != 1 else ''} set aside)" if k else ""
+
+
+def _name(label: str) -> str:
+    """A run's label as the figures write it: "model · dataset" (labels are unique among the compared runs)."""
+    return label.replace(" × ", " · ")
 
 
 def _yerr(g: pd.DataFrame) -> np.ndarray:
@@ -154,7 +161,7 @@ def auroc_heatmap(study: Study, measures=None) -> Figure:
                       va="bottom", fontsize=SMALL)
     else:
         ax.set_xticks(range(len(measures)), [_wrap(LABELS[m]) for m in measures])
-    ax.set_yticks(range(len(runs)), [f"{r.model} · {r.dataset}" for r in runs.itertuples()])
+    ax.set_yticks(range(len(runs)), [_name(r.label) for r in runs.itertuples()])
     ax.tick_params(length=0)
     fig.colorbar(im, ax=ax, location="bottom", shrink=0.8, aspect=30, fraction=0.6 / (0.3 * len(runs) + 2.4),
                  label="AUROC, colour scale 0 to 1 (white = 0.5 = chance)")
@@ -187,7 +194,7 @@ def family_bars(study: Study, measure: str = "g_nll") -> Figure:
             elif not ok:
                 ax.text(0.01, pos, "AUROC undefined (one class)", va="center", fontsize=SMALL)
             ys.append(pos)
-            ticks.append(f"{r.model} · {r.dataset}")
+            ticks.append(_name(r.label))
             pos += 1
         pos += 0.5
     ax.set_yticks(ys, ticks)
@@ -326,7 +333,7 @@ def family_radar(study: Study, measures=SINGLE_PASS) -> Figure:
 
 
 def _decided_per_run(study: Study, measure: str):
-    """(run row, correct, score) of every run's decided answers (latest run of each model x
+    """(run row, correct, score) of every compared run's decided answers (one per model x
     dataset), in the runs' order."""
     for _, r in study.latest().iterrows():
         g, correct = study.decided(r.run_id)
@@ -354,7 +361,7 @@ def roc_overlay(study: Study, measure: str = "g_nll") -> Figure:
         if wrong.all() or not wrong.any():
             continue
         fpr, tpr, _ = roc_curve(wrong, s)
-        (line,) = ax.plot(fpr, tpr, markevery=0.2, lw=1.3, label=r.label.replace(" × ", " · "), **style(r))
+        (line,) = ax.plot(fpr, tpr, markevery=0.2, lw=1.3, label=_name(r.label), **style(r))
         handles.append(line)
     (chance,) = ax.plot([0, 1], [0, 1], label="chance", **_CHANCE)
     ax.set(xlabel="false positive rate (right answers flagged)", ylabel="true positive rate (wrong answers flagged)",
@@ -373,7 +380,7 @@ def rejection_overlay(study: Study, measure: str = "g_nll") -> Figure:
     for r, correct, score in _decided_per_run(study, measure):
         if correct.size:
             cov, acc = rejection_curve(correct, score)
-            (line,) = ax.plot(1 - cov, acc, markevery=0.2, lw=1.3, label=r.label.replace(" × ", " · "), **style(r))
+            (line,) = ax.plot(1 - cov, acc, markevery=0.2, lw=1.3, label=_name(r.label), **style(r))
             handles.append(line)
     ax.set(xlabel="rejection rate (most uncertain first)", ylabel="accuracy of kept answers", xlim=(0, 1),
            ylim=(0, 1.02), title=f"Accuracy-rejection, {LABELS[measure]}, every run" + _repeated_note(study))
@@ -398,7 +405,7 @@ def gnll_vs_rwgnll(study: Study) -> Figure:
         if b is not None:
             ax.plot([b.ci_low, b.ci_high], [i + 0.14] * 2, c="C1", lw=1.2)
             ax.plot(b.auroc, i + 0.14, "s", c="C1", ms=5)
-    ax.set_yticks(range(len(runs)), [f"{r.model} · {r.dataset}" for r in runs.itertuples()])
+    ax.set_yticks(range(len(runs)), [_name(r.label) for r in runs.itertuples()])
     ax.set_ylim(len(runs) - 0.5, -0.5)
     ax.axvline(0.5, **_CHANCE)
     ax.set(xlim=(0, 1), title="G-NLL against RW-G-NLL, per run" + _repeated_note(study),
@@ -488,7 +495,7 @@ def auroc_vs_cost(study: Study) -> Figure:
         decades = [10.0 ** e for e in range(math.ceil(math.log10(divider)), math.floor(math.log10(top)) + 1)]
         ax.set_xticks([zero_x, *decades], ["0", *(f"{d:g}" for d in decades)])
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_title(f"{r.model}\n{r.dataset}", fontsize=SMALL)
+        ax.set_title(r.label.replace(" × ", "\n"), fontsize=SMALL)
         ax.tick_params(labelsize=SMALL)
     for ax in axes[-1]:
         ax.set_xlabel("extra seconds per question", fontsize=SMALL)

@@ -81,11 +81,14 @@ def _p(p: float) -> str:
 
 
 def _slice_means(study: Study, key: str, measure: str) -> pd.Series:
-    """Mean AUROC per family (or dataset, ...) from the store's slice view, like with like: the
-    views are keyed by precision too (full, 8bit, 4bit), and the slices are compared at one
-    precision they all have (full where every slice has full-precision runs; the study's large models
-    are all 8-bit); only where they share none is each slice's mean pooled, weighted by runs."""
-    v = study.slices[key]
+    """Mean AUROC per family (or dataset, ...) over the compared runs (the study's slice views), like
+    with like: the views are keyed by precision too (full, 8bit, 4bit), and the slices are compared at
+    one precision they all have (full where every slice has full-precision runs; the study's large
+    models are all 8-bit); only where they share none is each slice's mean pooled, weighted by runs.
+    A family's mean is the mean over datasets of its runs' mean on each dataset, so each dataset
+    counts once however many of the family's models ran on it."""
+    per_dataset = key == "family"
+    v = study.slices["family_dataset" if per_dataset else key]
     v = v[v["measure"] == measure]
     if "precision" in v.columns:
         shared = [q for q, g in v.groupby("precision") if g[key].nunique() == v[key].nunique()]
@@ -93,9 +96,10 @@ def _slice_means(study: Study, key: str, measure: str) -> pd.Series:
             q = "full" if "full" in shared else max(shared, key=lambda q: v.loc[v["precision"] == q, "n_runs"].sum())
             v = v[v["precision"] == q]
         else:
-            v = v.assign(w=v["mean_auroc"] * v["n_runs"]).groupby(key)[["w", "n_runs"]].sum()
-            return (v["w"] / v["n_runs"]).sort_index()
-    return v.set_index(key)["mean_auroc"].sort_index()
+            v = v.assign(w=v["mean_auroc"] * v["n_runs"]).groupby([key, "dataset"] if per_dataset else key)[
+                ["w", "n_runs"]].sum()
+            v = (v["w"] / v["n_runs"]).rename("mean_auroc").reset_index()
+    return v.groupby(key)["mean_auroc"].mean().sort_index()  # per family: the mean of its datasets' means
 
 
 def compare_runs(study: Study, run_a: str, run_b: str, measure: str, *, seed: int = 0,
@@ -283,7 +287,62 @@ def answer_quantization(study: Study, measure: str = "g_nll") -> Answer:
     if a.answerable and gguf:
         a.answer += (f" Here full precision means weights read from a GGUF file and de-quantized to float "
                      f"({', '.join(gguf)}); the quantized runs quantize those same weights with bitsandbytes.")
+    if a.answerable:
+        machines = quantization_machines(study, pairs)
+        a.numbers["machines"] = machines
+        a.answer += _machines_text(machines)
     return a
+
+
+def quantization_machines(study: Study, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """The machines behind the compared runs, from their tags (uqflow/machine.py): each run's
+    machine fingerprint (None where the run predates the record), the quantized runs whose figures
+    hold for their machine only (bitsandbytes on a CPU) with that machine's facts, and the distinct
+    fingerprints among all the runs compared."""
+    import json
+
+    from uqflow import machine
+
+    by_id = study.runs.set_index("run_id")
+
+    def tags(run_id: str) -> dict[str, str]:
+        t = by_id.loc[run_id, "tags"] if "tags" in by_id.columns else None
+        return json.loads(t) if isinstance(t, str) else (t if isinstance(t, dict) else {})
+
+    runs = list(dict.fromkeys(r for pair in pairs for r in pair))
+    fingerprints = {by_id.loc[r, "label"]: tags(r).get(machine.FINGERPRINT_TAG) for r in runs}
+    dependent = {}
+    for _, quant in pairs:
+        t = tags(quant)
+        if machine.machine_dependent(t):
+            dependent[by_id.loc[quant, "label"]] = {
+                "fingerprint": t.get(machine.FINGERPRINT_TAG), "cpu": t.get(machine.CPU_TAG),
+                "cpu_capability": t.get(machine.CPU_CAPABILITY_TAG), "threads": t.get(machine.THREADS_TAG),
+                "bitsandbytes": t.get(machine.BNB_VERSION_TAG)}
+    return {"fingerprints": fingerprints, "machine_dependent": dependent,
+            "distinct": sorted({f for f in fingerprints.values() if f})}
+
+
+def _machines_text(m: dict[str, Any]) -> str:
+    text = ""
+    if m["machine_dependent"]:
+        where = sorted({f"machine {d['fingerprint']}: {d['cpu']}, {d['cpu_capability']} kernels, {d['threads']} "
+                        f"threads, bitsandbytes {d['bitsandbytes']}" if d["fingerprint"] else "not recorded: the runs predate uqflow's machine tags"
+                        for d in m["machine_dependent"].values()})
+        text += (f" The quantized figures hold for the machine{'s' if len(where) > 1 else ''} that made them "
+                 f"({'; '.join(where)}): bitsandbytes' int8 and NF4 kernels on a CPU answer differently with the "
+                 "instruction set, the threads and the library versions, as they do with the batch's composition, so "
+                 "another machine gives other quantized figures, by about as much as the batch-composition spread; "
+                 "the full-precision figures agree across machines up to float rounding.")
+    distinct, unknown = m["distinct"], [label for label, f in m["fingerprints"].items() if not f]
+    if len(distinct) > 1:
+        groups = "; ".join(f"{fp}: {', '.join(label for label, f in m['fingerprints'].items() if f == fp)}"
+                           for fp in distinct)
+        text += (f" The runs compared come from {len(distinct)} different machines ({groups}), so their differences "
+                 "include the machines'.")
+    if unknown and distinct:
+        text += f" {len(unknown)} of the runs compared record no machine ({', '.join(unknown)})."
+    return text
 
 
 def quantization_spread(study: Study, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -455,14 +514,18 @@ def answer_all(study: Study, measure: str = "g_nll") -> list[Answer]:
 
 
 def best_performers(study: Study) -> dict[str, Any]:
-    """The best run per measure, the best measure per run, and the best family per measure."""
+    """The best run per measure, the best measure per run, and the best family per measure (by the
+    family means the family question gives: like with like, each dataset counted once)."""
     s = study.scores.dropna(subset=["auroc"])
     best_run = s.loc[s.groupby("measure")["auroc"].idxmax(), ["measure", "label", "auroc", "ci_low", "ci_high"]]
     best_measure = s.loc[s.groupby("run_id")["auroc"].idxmax(), ["label", "measure", "auroc"]]
-    fam = s.groupby(["measure", "family"])["auroc"].mean().reset_index()
-    best_family = fam.loc[fam.groupby("measure")["auroc"].idxmax()]
+    best_family = []
+    for m in sorted(s["measure"].unique()):
+        means = _slice_means(study, "family", m).dropna()
+        if len(means):
+            best_family.append({"measure": m, "family": means.idxmax(), "auroc": float(means.max())})
     return _clean({"run_per_measure": best_run.to_dict("records"), "measure_per_run": best_measure.to_dict("records"),
-                   "family_per_measure": best_family.to_dict("records")})
+                   "family_per_measure": best_family})
 
 
 def delong_table(study: Study) -> pd.DataFrame:
@@ -484,7 +547,7 @@ def cheapest_adequate(study: Study, alpha: float = 0.05) -> list[dict[str, Any]]
     from uqflow.scoring.measures import SAMPLED
 
     rows = []
-    latest = study.runs.drop_duplicates("label", keep="last")
+    latest = study.latest()  # one run per cell
     for r in latest.itertuples():
         sc = study.scores[(study.scores["run_id"] == r.run_id) & study.scores["auroc"].notna()]
         if sc.empty or not set(sc["measure"]) & set(SAMPLED):
@@ -529,7 +592,7 @@ def sampled_against_g_nll(study: Study) -> list[dict[str, Any]]:
     from uqflow.scoring.measures import SAMPLED
 
     rows = []
-    for r in study.runs.drop_duplicates("label", keep="last").itertuples():
+    for r in study.latest().itertuples():  # one run per cell
         sc = study.scores[study.scores["run_id"] == r.run_id]
         sampled = sc[sc["measure"].isin(SAMPLED)]
         gn = sc[sc["measure"] == "g_nll"]
