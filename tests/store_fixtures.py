@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +59,15 @@ def generations(n: int, seed: int) -> pd.DataFrame:
         k = int(rng.integers(1, 6))
         correct = bool(rng.random() < 0.5)
         lp = -rng.exponential(0.2 if correct else 1.0, size=k)
+        answer = " ".join(f"w{j}" for j in range(k))
         rows.append({
             "example_id": f"q{i}", "question": f"question {i}?", "context": None, "prompt": f"Q: question {i}?\nA:",
-            "prompt_token_ids": [1, 2, 3], "num_shots": 0, "answer": " ".join(f"w{j}" for j in range(k)),
+            "prompt_token_ids": [1, 2, 3], "num_shots": 0, "answer": answer,
             "token_ids": list(range(10, 10 + k)), "tokens": [f" w{j}" for j in range(k)],
             "token_logprobs": lp.tolist(), "token_entropies": rng.random(k).tolist(), "stop_reason": "eos",
-            "dropped_text": "", "references": [f"answer {i}"], "answerable": True,
+            # a right answer's reference is the answer itself, a wrong one's another text: the
+            # verdict is what the run's judge (token F1) gives, as aggregation recomputes it
+            "dropped_text": "", "references": [answer if correct else f"answer {i}"], "answerable": True,
             "relevance": rng.random(k).tolist(), "correct": correct, "correctness_score": float(correct),
             "judge_reply": "",
         })
@@ -74,15 +77,22 @@ def generations(n: int, seed: int) -> pd.DataFrame:
 
 
 def log_run(model: str = "SmolLM2-135M-Instruct", dataset: str = "trivia_mini", n: int = 30, seed: int = 0,
-            parent_run_id: str | None = None) -> str:
+            parent_run_id: str | None = None, settings: Mapping[str, object] | None = None,
+            transform: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> str:
     """Log one finished run the way `uqflow run` does (tags, params, dataset input, metrics, the
-    generations and their preview); returns its run id."""
+    generations and their preview); returns its run id. ``seed`` draws the synthetic answers and is
+    the run's seed setting unless ``settings`` (more RunConfig fields, by name) sets another.
+    ``transform`` changes the scored table before its metrics are computed and it is logged (extra
+    judges' verdicts, say), so the run stays what its rows imply."""
     from uqflow.data import load_dataset
     from uqflow.experiment import _log_dataset, preview, run_name, run_tags
 
-    cfg = RunConfig(model=model, dataset=dataset, num_samples=n, seed=seed, n_bootstrap=50)
+    cfg = RunConfig(**{"model": model, "dataset": dataset, "num_samples": n, "seed": seed, "n_bootstrap": 50,
+                       **(settings or {})})
     spec = MODELS.get(model)
     frame = generations(n, seed)
+    if transform is not None:
+        frame = transform(frame)
     tags = run_tags(cfg, spec)
     if parent_run_id:
         tags[tracking.GRID_RUN_TAG] = parent_run_id
@@ -91,7 +101,7 @@ def log_run(model: str = "SmolLM2-135M-Instruct", dataset: str = "trivia_mini", 
         tracking.log_params(cfg.to_dict())
         ds = load_dataset(dataset)
         _log_dataset(cfg, ds, ds.examples[:n])
-        tracking.log_metrics(pipeline.evaluate(frame, n_bootstrap=50, seed=seed))
+        tracking.log_metrics(pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed))
         tracking.log_frame(frame)
         tracking.log_table(preview(frame), "generations_preview.json")
     return run.info.run_id

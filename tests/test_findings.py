@@ -87,20 +87,19 @@ def test_verdicts_are_stored_and_checked_like_correct(tracking, tmp_path):
     are refused like `correct` written as text."""
     from uqflow.store import run_query
 
+    judge = "llm:SmolLM2-135M-Instruct"  # a model's verdicts: undecided ones are kept as such
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    good = log_run(n=10, seed=1)
-    path = mlflow.get_run(good).info.artifact_uri.removeprefix("file://") + "/generations.parquet"
-    frame = pd.read_parquet(path)
-    frame["judge.contains"] = pd.array([True, None] + [False] * 8, dtype="boolean")
-    frame.to_parquet(path, index=False)
+    good = log_run(n=10, seed=1, settings={"judges": judge}, transform=lambda frame: frame.assign(
+        **{f"judge.{judge}": pd.array([True, None] + [False] * 8, dtype="boolean")}))
     assert invoke("aggregate", "--db", url).exit_code == 0
     stored = run_query("SELECT verdicts FROM generations ORDER BY position LIMIT 2", url).rows
-    assert [json.loads(v) if isinstance(v, str) else v for (v,) in stored] == [{"contains": True}, {"contains": None}]
-    frame["judge.contains"] = frame["judge.contains"].astype(str)
-    frame.to_parquet(path, index=False)
-    mlflow.MlflowClient().set_tag(good, "touched", "1")  # a changed run is aggregated again
+    assert [json.loads(v) if isinstance(v, str) else v for (v,) in stored] == [{judge: True}, {judge: None}]
+    path = mlflow.get_run(good).info.artifact_uri.removeprefix("file://") + "/generations.parquet"
+    frame = pd.read_parquet(path)
+    frame[f"judge.{judge}"] = frame[f"judge.{judge}"].astype(str)
+    frame.to_parquet(path, index=False)  # the changed file is read again (its checksum is in the run's digest)
     res = invoke("aggregate", "--db", url)
-    assert res.exit_code == 1 and "column 'judge.contains' holds text, expected true/false" in res.output, res.output
+    assert res.exit_code == 1 and f"column 'judge.{judge}' holds text, expected true/false" in res.output, res.output
 
 
 def test_unknown_extra_judge_is_refused_before_loading(tracking):
@@ -120,16 +119,23 @@ def small_store(tracking, tmp_path):
     """Three runs as `uqflow run` logs them, one with extra judges' verdicts, aggregated."""
     from uqflow.store import aggregate
 
+    from uqflow.scoring import pipeline
+    from uqflow.scoring.judges import make_judge
+
+    def em_disagrees_thrice(frame):
+        """The first three answers' reference gains a word: token F1 still counts them right, exact
+        match does not, so em disagrees with the run's judge on those three, as a real em would."""
+        frame = frame.copy()
+        frame["references"] = [[f"{a} x"] if i < 3 else list(r)
+                               for i, (a, r) in enumerate(zip(frame["answer"], frame["references"]))]
+        frame = pipeline.add_correctness(frame, make_judge("f1"))
+        return pipeline.add_verdicts(frame, {"em": make_judge("em")})
+
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    judged = log_run("SmolLM2-135M-Instruct", "trivia_mini", 30, 1)
+    judged = log_run("SmolLM2-135M-Instruct", "trivia_mini", 30, 1, settings={"judges": "em"},
+                     transform=em_disagrees_thrice)
     log_run("Gemma-3-270M", "trivia_mini", 120, 2)
     log_run("SmolLM2-135M-Instruct-8bit", "trivia_mini", 30, 3)
-    path = mlflow.get_run(judged).info.artifact_uri.removeprefix("file://") + "/generations.parquet"
-    frame = pd.read_parquet(path)
-    flipped = frame["correct"].astype(bool).to_numpy().copy()
-    flipped[:3] = ~flipped[:3]  # em disagrees with the run's judge on the first three answers
-    frame["judge.em"] = pd.array(flipped, dtype="boolean")
-    frame.to_parquet(path, index=False)
     aggregate(url=url)
     return url, judged
 

@@ -43,9 +43,15 @@ def sampled_frame(n: int, k: int, seed: int = 0) -> pd.DataFrame:
     frame["samples"] = [[f"s{j}" for j in range(k)] for _ in range(n)]
     frame["sample_token_ids"] = [[[5, 6][: 1 + j % 2] for j in range(k)] for _ in range(n)]
     frame["sample_token_logprobs"] = [[(-rng.exponential(1.0, 1 + j % 2)).tolist() for j in range(k)] for _ in range(n)]
-    frame["semantic_ids"] = [rng.integers(0, 2, k).tolist() for _ in range(n)]
+    frame["semantic_ids"] = [canonical(rng.integers(0, 2, k).tolist()) for _ in range(n)]
     frame["log_p_true"] = (-rng.exponential(1.0, n)).tolist()
     return pipeline.add_scores(frame)
+
+
+def canonical(ids: list[int]) -> list[int]:
+    """Cluster ids renumbered 0, 1, 2... in order of first appearance, as clustering numbers them."""
+    first: dict[int, int] = {}
+    return [first.setdefault(i, len(first)) for i in ids]
 
 
 def log_sampled_run(n: int = 12, k: int = 3) -> str:
@@ -53,7 +59,7 @@ def log_sampled_run(n: int = 12, k: int = 3) -> str:
     from uqflow.experiment import run_name, run_tags
     from uqflow.models import MODELS
 
-    cfg = RunConfig(num_samples=n, num_generations=k, entailment="embedding:all-MiniLM-L6-v2", n_bootstrap=20)
+    cfg = RunConfig(num_samples=n, num_generations=k, entailment="embedding:all-MiniLM-L6-v2", n_bootstrap=20, seed=0)
     frame = sampled_frame(n, k)
     with tr.tracked_run(run_name(cfg), run_tags(cfg, MODELS.get(cfg.model))) as run:
         tr.log_params(cfg.to_dict())
@@ -166,9 +172,11 @@ def test_the_check_recomputes_g_nll_exactly_and_allows_an_infinite_one():
     from uqflow.scoring.consistency import check_run_table
 
     def table(lps, g):
-        frame = generations(1, 0).assign(token_logprobs=[lps], token_ids=[list(range(len(lps)))],
+        frame = generations(1, 0).assign(token_logprobs=[lps], token_ids=[list(range(len(lps)))], answer="x" * len(lps),
+                                         references=[["x" * len(lps)]], correct=True, correctness_score=1.0,
                                          tokens=[["x"] * len(lps)], token_entropies=[[0.1] * len(lps)],
-                                         relevance=[[0.5] * len(lps)], g_nll=[g])
+                                         relevance=[[0.5] * len(lps)])
+        frame = pipeline.add_scores(frame).assign(g_nll=[g])  # every other score as the row implies it
         return pa.Table.from_pandas(frame, preserve_index=False)
 
     check_run_table(table([-0.5, -1.25], 1.75), {}, {"n": 1})

@@ -18,13 +18,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "uqflow"
 
 #: layer of each module or subpackage, lowest first; a module may import its own layer and below
 LAYERS = [
-    ("uqflow.errors", "uqflow.registry", "uqflow.yamlfile", "uqflow.hub", "uqflow.artifact"),
+    ("uqflow.errors", "uqflow.registry", "uqflow.yamlfile", "uqflow.hub", "uqflow.artifact", "uqflow.console",
+     "uqflow.credentials"),
     ("uqflow.data", "uqflow.models.registry", "uqflow.prompts"),
     ("uqflow.config",),
-    ("uqflow.models",),
+    ("uqflow.models", "uqflow.machine"),
     ("uqflow.generation",),
     ("uqflow.scoring",),
-    ("uqflow.tracking", "uqflow.plots"),
+    ("uqflow.tracking", "uqflow.plots", "uqflow.lease"),
     ("uqflow.experiment", "uqflow.rescore"),
     ("uqflow.grid",),
     ("uqflow.cluster",),

@@ -143,8 +143,8 @@ def test_a_failed_write_leaves_no_partial_rows(tracking, tmp_path, monkeypatch):
     log_run(n=20, seed=1)
     real = agg._generation_rows
 
-    def broken(run):
-        rows = real(run)
+    def broken(*args):
+        rows = real(*args)
         rows[-1]["question"] = None  # NOT NULL: the insert fails after the run and scores rows went in
         return rows
 

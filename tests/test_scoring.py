@@ -329,7 +329,7 @@ def test_a_wrong_type_in_a_measure_column_is_refused():
     from uqflow.scoring.consistency import check_run_table
 
     row = {"example_id": "q1", "question": "q", "answer": "a", "token_ids": [1], "token_logprobs": [-0.5],
-           "references": ["a"], "answerable": True, "correct": True, "g_nll": 0.5, "rw_g_nll": 0.5}
+           "references": ["a"], "answerable": True, "correct": True, "relevance": [1.0], "g_nll": 0.5, "rw_g_nll": 0.5}
     check_run_table(pa.Table.from_pylist([row]), {}, {"n": 1})
     with pytest.raises(ArtifactError, match="column 'semantic_entropy' holds text"):
         check_run_table(pa.Table.from_pylist([{**row, "semantic_entropy": "high"}]), {}, {"n": 1})

@@ -326,7 +326,9 @@ def test_nan_metrics_are_null(tracking, tmp_path):
 
     frame = generations(10, 0)
     frame["correct"] = pd.array([True] * 10, dtype="boolean")
-    cfg = RunConfig(num_samples=10)
+    frame["references"] = [[a] for a in frame["answer"]]  # every answer right, as its judge finds it
+    frame["correctness_score"] = 1.0
+    cfg = RunConfig(num_samples=10, n_bootstrap=20, seed=0)
     with pytest.warns(Warning):
         metrics = pipeline.evaluate(frame, n_bootstrap=20)
     with tr.tracked_run("one-class", run_tags(cfg, MODELS.get(cfg.model))):

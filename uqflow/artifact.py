@@ -14,6 +14,8 @@ from typing import Any
 from uqflow.errors import UqflowError, short
 
 GENERATIONS_FILE = "generations.parquet"
+#: + an artifact's name: the run's tag holding the SHA-256 of the file it wrote (tracking.log_frame)
+CHECKSUM_TAG_PREFIX = "uqflow.sha256."
 
 
 class ArtifactError(UqflowError):

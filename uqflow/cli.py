@@ -21,7 +21,9 @@ class UqflowGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UqflowError as e:
-            raise click.ClickException(str(e)) from None
+            from uqflow.console import inert  # a message may quote a name or value from the user's data
+
+            raise click.ClickException(inert(e)) from None
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP raised as Terminated
             name, signum = stop_signal(e)
             click.echo("Interrupted." if name == "KeyboardInterrupt" else f"Terminated by {name}.", err=True)
@@ -39,6 +41,7 @@ def cli(verbose: bool) -> None:
     from uqflow import tracking
 
     tracking.bound_network_waits()
+    click.get_current_context().with_resource(tracking.login_out_of_uri())  # no password in what MLflow prints
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("uqflow").setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -106,8 +109,8 @@ def _print_results(results) -> None:
     """Each run's every measure: AUROC with its interval and what it cost beyond the greedy pass,
     then a warning where the run is too small for its AUROCs to rank anything."""
     from rich.console import Console
-    from rich.table import Table
 
+    from uqflow.console import DataTable
     from uqflow.scoring.measures import label
     from uqflow.scoring.pipeline import measures_of, metric
     from uqflow.scoring.selective import small_sample_warning
@@ -117,8 +120,8 @@ def _print_results(results) -> None:
         m = r.metrics
         acc = m.get("accuracy", float("nan"))
         decided = r.frame["correct"].dropna().astype(bool)
-        table = Table(title=f"{r.config.model} x {r.config.dataset}: n = {int(m['n'])}, accuracy "
-                            f"{'n/a' if acc != acc else f'{acc:.3f}'} (run {r.run_id})")
+        table = DataTable(title=f"{r.config.model} x {r.config.dataset}: n = {int(m['n'])}, accuracy "
+                                f"{'n/a' if acc != acc else f'{acc:.3f}'} (run {r.run_id})")
         for col in ("measure", "AUROC [95% CI] (wrong answer = positive)", "extra seconds per question"):
             table.add_column(col)
         for name in measures_of(r.frame):
@@ -180,6 +183,7 @@ def run(model, dataset, num_samples, batch_size, backend, correctness, sets, par
     Example: uqflow run --model Gemma-3-270M --dataset squad_mini --num-samples 50
     """
     from uqflow.config import RunConfig
+    from uqflow.console import inert
     from uqflow.experiment import run_experiment
 
     values = _parse_sets(sets)
@@ -188,13 +192,13 @@ def run(model, dataset, num_samples, batch_size, backend, correctness, sets, par
         if val is not None:
             values[key] = val
     cfg = RunConfig.from_strings(values)
-    bar, update = _progress_bar(f"{cfg.model} x {cfg.dataset}")
+    bar, update = _progress_bar(inert(f"{cfg.model} x {cfg.dataset}", one_line=True))
     try:
         result = run_experiment(cfg, progress=update, parent_run_id=parent_run_id)
     finally:
         bar.close()
     for note in result.notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {inert(note)}", err=True)
     _print_results([result])
     _where_to_look(result.run_id)
 
@@ -218,6 +222,7 @@ def grid(grid_file, sets, isolate, dry_run, ray_address) -> None:
     from rich.console import Console
     from tqdm import tqdm
 
+    from uqflow.console import inert
     from uqflow.grid import cell_states, checked_cells, load_grid, run_grid
 
     if isolate and ray_address:
@@ -234,8 +239,8 @@ def grid(grid_file, sets, isolate, dry_run, ray_address) -> None:
             cells_bar.update(1)
             verb = {"done": "already done", "finished": "finished", "error": "FAILED"}[s.state]
             secs = f" in {s.metrics['cell_seconds']:.0f} s" if s.state == "finished" else ""
-            tqdm.write(f"[{i}/{n}] {s.config.model} x {s.config.dataset}: {verb}{secs}"
-                       + (f" ({s.error})" if s.error else ""), file=sys.stderr)
+            tqdm.write(inert(f"[{i}/{n}] {s.config.model} x {s.config.dataset}: {verb}{secs}"
+                             + (f" ({s.error})" if s.error else "")), file=sys.stderr)
 
         try:
             runner = None
@@ -264,10 +269,10 @@ def _grid_table(name: str, states):
     by state and what this machine lacks to run them."""
     from collections import Counter
 
-    from rich.table import Table
+    from uqflow.console import DataTable
 
     needs = any(s.needs for s in states)
-    table = Table(title=f"grid {name}")
+    table = DataTable(title=f"grid {name}")
     if len(states) > GRID_TABLE_CELLS:
         by_model: dict[str, list] = {}
         for s in states:
@@ -299,8 +304,10 @@ def _grid_table(name: str, states):
 @click.option("--similarity", default=None, help="Similarity model for RW-G-NLL's token relevance.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="correctness_threshold, n_bootstrap, answerable_only, abstention, entailment or strict_entailment (a run that sampled); repeatable.")
-def rescore(run_id, correctness, similarity, sets) -> None:
-    """Recompute scores and correctness from a run's stored generations, as a new linked run.
+@click.option("--experiment", default=None, help="Experiment of the new run (default: the source run's).")
+def rescore(run_id, correctness, similarity, sets, experiment) -> None:
+    """Recompute scores and correctness from a run's stored generations, as a new linked run in
+    the source run's experiment.
 
     Example: uqflow rescore 0123abcd --correctness rouge_l
     """
@@ -311,7 +318,7 @@ def rescore(run_id, correctness, similarity, sets) -> None:
         values["correctness"] = correctness
     if similarity is not None:
         values["similarity"] = similarity
-    result = rescore_run(run_id, values)
+    result = rescore_run(run_id, values, experiment)
     _print_results([result])
     click.echo(f"Rescored run {result.run_id} from source run {run_id}.")
     _where_to_look(result.run_id)
@@ -326,13 +333,13 @@ def models(registry) -> None:
     Example: uqflow models --registry my_models.yaml
     """
     from rich.console import Console
-    from rich.table import Table
 
+    from uqflow.console import DataTable
     from uqflow.models.registry import all_models
 
     MODELS = all_models(registry)
 
-    table = Table(title="models")
+    table = DataTable(title="models")
     for col in ("name", "family", "size (B)", "quantization", "instruct", "source"):
         table.add_column(col)
     for name, s in MODELS.items():
@@ -347,11 +354,11 @@ def datasets() -> None:
     Example: uqflow datasets
     """
     from rich.console import Console
-    from rich.table import Table
 
+    from uqflow.console import DataTable
     from uqflow.data import DATASETS
 
-    table = Table(title="datasets")
+    table = DataTable(title="datasets")
     for col in ("name", "schema", "evaluated split", "few-shot pool", "context", "source"):
         table.add_column(col)
     for name, s in DATASETS.items():
@@ -376,22 +383,22 @@ def aggregate(experiment, filter_string, db) -> None:
     Example: uqflow aggregate --db sqlite:///results.db
     """
     from rich.console import Console
-    from rich.table import Table
 
+    from uqflow.console import DataTable, inert
     from uqflow.store import ACTIONS, aggregate as aggregate_runs, db_url
     from uqflow.store.db import redact
     from uqflow.store.db import row_counts
 
     def on_run(o) -> None:
         if o.action in ("added", "updated", "skipped", "removed"):
-            click.echo(f"{o.action:>9}  {o.run_id}  {o.label}" + (f"  ({o.reason})" if o.reason else ""), err=True)
+            click.echo(inert(f"{o.action:>9}  {o.run_id}  {o.label}" + (f"  ({o.reason})" if o.reason else "")), err=True)
 
     url = db_url(db)
     outcomes = aggregate_runs(experiment or None, filter_string, url, on_run=on_run)
     problems = [o for o in outcomes if o.problem]
     counts = {a: sum(o.action == a for o in outcomes) for a in ACTIONS}
     click.echo(", ".join(f"{counts[a]} {a}" for a in ACTIONS) + f" (of {len(outcomes)} runs looked at)")
-    table = Table(title=f"results store {redact(url)}")
+    table = DataTable(title=f"results store {redact(url)}")
     for col in ("table", "rows"):
         table.add_column(col)
     for name, count in row_counts(url).items():
@@ -422,21 +429,21 @@ def query(sql, show_schema, fmt, timeout, max_memory, max_rows, db) -> None:
 
     Example: uqflow query "SELECT family, mean_auroc FROM v_auroc_by_family WHERE measure = 'g_nll'"
     """
+    from uqflow.console import DataTable, inert
     from uqflow.store.query import TABLE_ROWS, run_query, schema, write
 
     if show_schema:
         for name, kind, columns in schema(db):
-            click.echo(f"{name} ({kind}): " + ", ".join(f"{c} {t}" for c, t in columns))
+            click.echo(inert(f"{name} ({kind}): " + ", ".join(f"{c} {t}" for c, t in columns), one_line=True))
         return
     if not sql:
         raise click.UsageError("give one SQL statement, or --schema to list the tables, views and columns")
     result = run_query(sql, db, timeout=timeout, max_memory_mb=max_memory)
     if fmt == "table":
         from rich.console import Console
-        from rich.table import Table
 
         limit = TABLE_ROWS if max_rows is None else max_rows or len(result.rows)
-        table = Table(show_lines=False)
+        table = DataTable(show_lines=False)  # values shown as stored: no markup, no terminal controls
         for col in result.columns:
             table.add_column(col)
         for row in result.rows[:limit]:
@@ -554,7 +561,9 @@ def _one_line_warnings() -> None:
 
     def show(message, category, filename, lineno, file=None, line=None):
         if category.__module__.startswith("uqflow"):
-            click.echo(f"Warning: {message}", err=True)
+            from uqflow.console import inert
+
+            click.echo(f"Warning: {inert(message)}", err=True)
         else:
             python_form(message, category, filename, lineno, file, line)
 

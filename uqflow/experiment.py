@@ -18,14 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from uqflow import hub, tracking
+from uqflow import hub, lease, tracking
 from uqflow.config import RunConfig
+from uqflow.console import inert
 from uqflow.data import DATASETS, LoadedDataset, load_dataset
 from uqflow.data.examples import Example
 from uqflow.errors import ConfigError, ModelLoadError, UnknownChoice, UqflowError, short
 from uqflow.generation import ENGINES, load_for, make_engine
 from uqflow.generation.base import token_pieces
 from uqflow.generation.hf import settings_problems
+from uqflow.machine import machine_tags
 from uqflow.models import LoadedModel, ModelSpec, get_model, unload
 from uqflow.models.loading import (BATCHING, batch_dependence, cache_root, known_context_length, sampling_memory_problem,
                                    unavailable)
@@ -99,8 +101,10 @@ def _dataset_label(cfg: RunConfig) -> str:
 
 def run_name(cfg: RunConfig) -> str:
     """The run's name in MLflow: the model first, short, then the dataset ("SmolLM2-135M-8bit ·
-    trivia_mini"); the full names are the run's ``model`` and ``dataset`` tags."""
-    return f"{short_model_name(cfg.model)} · {_dataset_label(cfg)}"
+    trivia_mini"); the full names are the run's ``model`` and ``dataset`` tags. A control or
+    bidirectional character of a name (a file's right-to-left override) is shown as its escape, so
+    the name reads in MLflow's UI and on a terminal as it is stored."""
+    return inert(f"{short_model_name(cfg.model)} · {_dataset_label(cfg)}", one_line=True)
 
 
 def run_identity(cfg: RunConfig, fingerprint: str | None, spec: ModelSpec | None = None) -> str:
@@ -131,6 +135,9 @@ def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset | None = None) -
         tracking.VERSION_TAG: __version__, "torch_version": torch.__version__,
         "transformers_version": transformers.__version__, "python_version": platform.python_version(),
         RUN_COLOUR_TAG: run_colour(spec.name, cfg.dataset),
+        # what its figures depend on beyond the configuration (an 8-bit model on a CPU: the CPU's
+        # instruction set, threads, library versions), as tags, so the hash above stays the same
+        **machine_tags(cfg.device),
     }
     if ds is not None:
         tags["dataset_fingerprint"] = ds.fingerprint
@@ -338,11 +345,17 @@ def run_experiment(cfg: RunConfig, lm: LoadedModel | Callable[[], LoadedModel] |
         log.warning(n)
     t0 = time.perf_counter()
     tags = run_tags(cfg, spec, ds)
-    experiment_id = None
+    experiment_id, exclusive = None, False
     if parent_run_id:  # a grid's cell: a run of its own beside the grid's run, linked by a tag
         tags[tracking.GRID_RUN_TAG] = parent_run_id
-        experiment_id = tracking.get_run(parent_run_id).info.experiment_id
+        grid_run = tracking.get_run(parent_run_id)
+        experiment_id = grid_run.info.experiment_id
+        # a local grid claims each cell; a Ray driver already holds its grid's cells (cluster.GridClaim)
+        exclusive = tracking.CLAIMS_TAG not in grid_run.data.tags
     with tracking.tracked_run(run_name(cfg), tags, experiment_id=experiment_id) as run:
+        # runs of this configuration left RUNNING by a vanished process are closed; a grid's cell
+        # that another live process holds is given up (CellTaken) before anything is loaded
+        lease.claim(run, tags["config_hash"], exclusive=exclusive)
         own = lm is None
         try:
             tracking.log_params(cfg.to_dict())

@@ -6,6 +6,10 @@ recomputes relevance, correctness, the sampled answers' clusters and every score
 result as a new run tagged with its source. Only what can be recomputed from the stored rows may
 change (``RESCORE_FIELDS``); a setting that would change nothing for this run (the entailment judge
 of a run that sampled no answers) is refused rather than recorded as if it had been applied.
+
+Only FINISHED runs that are not deleted are rescored. The new run goes into its source's experiment
+(unless another is named), and names both its source (``uqflow.source_run``) and the first run of
+the chain (``uqflow.origin_run``): a rescore of a rescore names the run that generated the answers.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from uqflow.experiment import RunResult, _log_outputs, _score, entailment_proble
 from uqflow.generation.base import decoder
 from uqflow.models import get_model
 from uqflow.scoring import pipeline
-from uqflow.scoring.consistency import check_run_table, num_generations
+from uqflow.scoring.consistency import check_checksum, check_run_table, num_generations
 from uqflow.scoring.cost import Cost, parts_from_metrics
 
 #: the settings a rescore may change: those that act on stored rows only
@@ -39,6 +43,9 @@ def _source(run_id: str):
     """The run to rescore, refused unless it is a FINISHED uqflow model x dataset run: a failed or
     killed run's table is partial, and rescoring would turn it into a FINISHED one."""
     source = tracking.get_run(run_id)
+    if source.info.lifecycle_stage == "deleted":
+        raise RescoreError(f"run {run_id} is deleted; restore it first (`mlflow runs restore --run-id {run_id}`, "
+                           "or the MLflow UI's trash) to rescore it")
     status = source.info.status
     if status != "FINISHED":
         why = source.data.tags.get(tracking.ERROR_TAG)
@@ -58,9 +65,30 @@ def _check_overrides(run_id: str, overrides: dict[str, str], params: dict[str, s
                            "--set num_generations=N (N >= 2) to sample")
 
 
-def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
+def _experiment_id(source, experiment: str | None) -> str:
+    """Where the rescored run goes: the experiment named ``experiment`` (made if missing), else its
+    source's, refused if that experiment was deleted."""
+    import mlflow
+
+    if experiment:
+        return mlflow.set_experiment(experiment).experiment_id
+    exp = mlflow.MlflowClient().get_experiment(source.info.experiment_id)
+    if exp.lifecycle_stage == "deleted":
+        raise RescoreError(f"run {source.info.run_id}'s experiment {exp.name!r} is deleted; restore it, or name "
+                           "another with --experiment")
+    return exp.experiment_id
+
+
+def origin_of(source) -> str:
+    """The first run of ``source``'s chain of rescores: the run that generated its answers."""
+    tags = source.data.tags
+    return tags.get(tracking.ORIGIN_RUN_TAG) or tags.get(tracking.SOURCE_RUN_TAG) or source.info.run_id
+
+
+def rescore(run_id: str, overrides: dict[str, str], experiment: str | None = None) -> RunResult:
     """Recompute relevance, correctness, scores and metrics from a FINISHED run's stored
-    generations, without generating again; logged as a new run tagged with its source run.
+    generations, without generating again; logged as a new run tagged with its source run, in the
+    source's experiment unless ``experiment`` names another.
     Everything is checked before the new run starts, so a refusal leaves nothing behind."""
     import pandas as pd
 
@@ -75,9 +103,10 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
     problems = name_problems(cfg) + entailment_problems_of(cfg)
     if problems:
         raise problems[0]
-    table = tracking.load_table(run_id)
+    table, checksum = tracking.load_table_and_checksum(run_id)
     try:  # the check aggregation makes: types, row count against n, every field against its row and run
         check_run_table(table, source.data.params, source.data.metrics, required=RESCORE_COLUMNS)
+        check_checksum(source.data.tags, checksum)
     except ArtifactError as e:
         raise ArtifactError(f"run {run_id}: {e}; it cannot be rescored") from None
     frame = table.to_pandas()
@@ -89,11 +118,13 @@ def rescore(run_id: str, overrides: dict[str, str]) -> RunResult:
     from uqflow.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(spec)
-    tags = {**source.data.tags, tracking.SOURCE_RUN_TAG: run_id,
+    tags = {**source.data.tags, tracking.SOURCE_RUN_TAG: run_id, tracking.ORIGIN_RUN_TAG: origin_of(source),
             "config_hash": run_identity(cfg, source.data.tags.get("dataset_fingerprint"), spec)}
-    tags = {k: v for k, v in tags.items() if not k.startswith("mlflow.") and k != tracking.ERROR_TAG}
+    tags = {k: v for k, v in tags.items()
+            if not k.startswith(("mlflow.", tracking.CHECKSUM_TAG_PREFIX)) and k != tracking.ERROR_TAG}
+    experiment_id = _experiment_id(source, experiment)
     t0 = time.perf_counter()
-    with tracking.tracked_run(f"{run_name(cfg)} (rescored)", tags) as run:
+    with tracking.tracked_run(f"{run_name(cfg)} (rescored)", tags, experiment_id=experiment_id) as run:
         tracking.log_params(cfg.to_dict())
         try:
             frame, rel_s, parts = _score(cfg, pd.DataFrame(frame), decoder(tokenizer), None)

@@ -14,7 +14,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from uqflow.errors import TrackingError, UqflowError, stop_signal
+from uqflow import credentials
+from uqflow.errors import CellTaken, ConfigError, TrackingError, UqflowError, stop_signal
+from uqflow.artifact import CHECKSUM_TAG_PREFIX  # + an artifact's name: the SHA-256 of the file the run wrote
 
 DEFAULT_EXPERIMENT = "uqflow"
 
@@ -28,8 +30,9 @@ GRID_RUN_TAG = "uqflow.grid_run"  # on a grid's cell: the id of the grid's run t
 VERSION_TAG = "uqflow_version"  # on every model x dataset run (and only those): how aggregation finds them
 WORKER_TAG = "uqflow.worker"  # on a cell run on Ray: the host, process and Ray node that ran it
 CLAIMS_TAG = "uqflow.claims"  # on a grid's run on Ray: the configuration hashes of the cells it claims
-HEARTBEAT_TAG = "uqflow.heartbeat"  # on a grid's run on Ray: unix time of its driver's last sign of life
-DRIVER_TAG = "uqflow.driver"  # on a grid's run on Ray: the host and process id of its driver
+HEARTBEAT_TAG = "uqflow.heartbeat"  # on every run uqflow starts: unix time of its writer's last sign of life (uqflow.lease)
+DRIVER_TAG = "uqflow.driver"  # on every run uqflow starts: "host pid" of the process writing it (on Ray, a grid's driver)
+ORIGIN_RUN_TAG = "uqflow.origin_run"  # on a rescored run: the first run of its chain of rescores (never a rescore)
 
 
 #: MLflow's HTTP client retries a failed request 7 times with growing waits (about 4 minutes) before
@@ -61,6 +64,9 @@ def tracked_run(run_name: str, tags: Mapping[str, Any], *, experiment_id: str | 
     cells started meanwhile are top-level runs, each a row of MLflow's runs table, not folded under
     it. No run is ever left RUNNING by an exception that passes through here. A tracking store that
     cannot be reached, or that refuses a request, is reported as a ``TrackingError`` naming its URI.
+    While it is open the run holds a lease (``uqflow.lease``): its writer's host and process, and a
+    heartbeat that a daemon thread refreshes, so that a run whose process vanished can be told from
+    a live one. A run given up to another process (``CellTaken``) ends KILLED with the reason.
     """
     import mlflow
 
@@ -86,11 +92,17 @@ def tracked_run(run_name: str, tags: Mapping[str, Any], *, experiment_id: str | 
     try:
         from mlflow.entities import RunTag
 
-        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        # its lease (writer and first heartbeat) in the same write as its own tags
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in {**tags, **lease_tags()}.items()])
         _mark_experiment_kind(run.info.experiment_id)
-        yield run
+        with Heartbeat(run_id):  # stopped before the run ends, however it ends
+            yield run
     except KeyboardInterrupt as e:
         tag_error(run_id, f"interrupted ({stop_signal(e)[0]})")
+        end("KILLED")
+        raise
+    except CellTaken as e:  # given up before any work, to the process that runs its cell
+        tag_error(run_id, str(e))
         end("KILLED")
         raise
     except BaseException as e:
@@ -105,6 +117,69 @@ def tracked_run(run_name: str, tags: Mapping[str, Any], *, experiment_id: str | 
                 mlflow.end_run("FINISHED")
             else:
                 client.set_terminated(run_id, "FINISHED")
+
+
+#: the lease of a run (uqflow.lease says what it decides), in seconds, unless UQFLOW_LEASE_SECONDS
+#: says otherwise; its heartbeat beats three times per lease, so two missed beats lose nothing
+LEASE_S = 90.0
+LEASE_ENV = "UQFLOW_LEASE_SECONDS"
+
+
+def lease_seconds() -> float:
+    """How long after its last heartbeat a RUNNING run is still taken to be alive."""
+    text = os.environ.get(LEASE_ENV, "").strip()
+    if not text:
+        return LEASE_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{LEASE_ENV} must be a positive number of seconds, got {text[:40]!r}")
+    return value
+
+
+def heartbeat_seconds() -> float:
+    """Seconds between two heartbeats of a run: a third of its lease."""
+    return lease_seconds() / 3
+
+
+def lease_tags() -> dict[str, str]:
+    """The tags a run starts with: its writer ("host pid") and a first heartbeat (unix time)."""
+    import socket
+    import time
+
+    return {DRIVER_TAG: f"{socket.gethostname()} {os.getpid()}", HEARTBEAT_TAG: f"{time.time():.0f}"}
+
+
+class Heartbeat:
+    """Refreshes a run's heartbeat tag from a daemon thread while the ``with`` block runs. A write
+    that fails is skipped (a lease spans three beats): it never fails the run. The thread stops when
+    the block ends, however it ends."""
+
+    def __init__(self, run_id: str, interval: float | None = None):
+        import threading
+
+        self.run_id, self.interval = run_id, heartbeat_seconds() if interval is None else interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"uqflow-heartbeat-{run_id[:8]}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)  # a beat in flight to a slow server finishes on its own
+
+    def _beat(self) -> None:
+        import time
+
+        import mlflow
+
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(Exception):
+                mlflow.MlflowClient().set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
 
 
 #: MLflow 3's UI opens an experiment on its GenAI traces view unless the experiment says it holds
@@ -187,10 +262,7 @@ def ui_hint(run_id: str | None = None, experiment_id: str | None = None) -> list
     uri = shown_uri()
     lines = [f"Tracking store: {uri}" + (f" (experiment '{exp.name}')" if exp else "")]
     if uri.startswith(("http://", "https://")):
-        from urllib.parse import urlsplit, urlunsplit
-
-        parts = urlsplit(uri)  # a link for the browser, which asks for the login itself
-        base = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
+        base = credentials.site(tracking_uri())  # a link for the browser, which asks for the login itself
     else:
         lines.append(f"Browse the runs: mlflow ui --backend-store-uri {uri}")
         base = "http://127.0.0.1:5000"
@@ -221,9 +293,8 @@ _UNREACHABLE = (("connection refused", "connection refused"), ("timed out", "no 
 
 
 def _store_message(e: BaseException) -> str:
-    text = str(e).strip()
-    uri, secret = shown_uri(), tracking_uri()
-    text = text.replace(secret, uri)  # requests names the URL it failed on
+    uri = shown_uri()
+    text = credentials.hide(str(e).strip().replace(tracking_uri(), uri))  # requests names the URL it failed on
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
     refused = _access_message(getattr(e, "error_code", ""), uri, text)
     if refused:
@@ -245,8 +316,8 @@ def _access_message(error_code: str, uri: str, text: str) -> str | None:
         if not user:
             return (f"the MLflow tracking server {uri} needs a login: set MLFLOW_TRACKING_USERNAME and "
                     "MLFLOW_TRACKING_PASSWORD to a user of that server")
-        where = ("MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" if os.environ.get("MLFLOW_TRACKING_USERNAME")
-                 else "the user and password in MLFLOW_TRACKING_URI")
+        where = ("the user and password in MLFLOW_TRACKING_URI" if login_source() == "uri"
+                 else "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
         return (f"the MLflow tracking server {uri} refused the login of user {user!r} (wrong name or password); "
                 f"check {where}")
     if error_code == "PERMISSION_DENIED":
@@ -278,7 +349,7 @@ def tag_error(run_id: str, message: str) -> None:
     import mlflow
 
     with contextlib.suppress(Exception):  # the message matters more; the run ends FAILED either way
-        mlflow.MlflowClient().set_tag(run_id, ERROR_TAG, message[:5000])
+        mlflow.MlflowClient().set_tag(run_id, ERROR_TAG, credentials.hide(message)[:5000])
 
 
 def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
@@ -310,13 +381,26 @@ def log_metrics(metrics: Mapping[str, float], run_id: str | None = None) -> None
 
 
 def log_frame(frame, name: str = "generations.parquet") -> None:
-    """Write a DataFrame as a Parquet artifact at the run's artifact root."""
+    """Write a DataFrame as a Parquet artifact at the run's artifact root, and its SHA-256 as the
+    run's tag ``uqflow.sha256.<name>``: aggregation refuses a file that is not the one the run wrote."""
     import mlflow
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         frame.to_parquet(path, index=False)
         mlflow.log_artifact(str(path))
+        mlflow.set_tag(CHECKSUM_TAG_PREFIX + name, file_sha256(path))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def log_dataset(frame, name: str, origin: Mapping[str, Any]) -> None:
@@ -373,33 +457,84 @@ def log_text(text: str, name: str) -> None:
 
 def shown_uri(uri: str | None = None) -> str:
     """The tracking URI (``uri``, else the current one) as it may be printed, logged or stored: a
-    password in its user part (``http://user:secret@host``) replaced by ``***``, the user kept."""
-    from urllib.parse import urlsplit, urlunsplit
+    password in its user part (``http://user:secret@host``) and credentials in its query replaced
+    by ``***``, the user kept (:func:`uqflow.credentials.mask`). While :func:`login_out_of_uri`
+    holds the URI's login, the current URI is shown as it was given."""
+    if uri is None:
+        uri = tracking_uri()
+        if _given_uri is not None and uri == _given_uri[0]:
+            return _given_uri[1]
+    return credentials.mask(uri)
 
-    uri = tracking_uri() if uri is None else uri
+
+#: while :func:`login_out_of_uri` holds: the URI MLflow is given, the URI as given (masked), and the
+#: user whose login it moved into MLflow's variables (None: it moved none)
+_given_uri: tuple[str, str, str | None] | None = None
+LOGIN_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+@contextlib.contextmanager
+def login_out_of_uri() -> Iterator[None]:
+    """For the duration, a login inside the tracking URI (``http://user:password@host``) travels in
+    MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (which MLflow's HTTP client sends as basic
+    auth) and MLflow is given the URI without it. MLflow prints the URI it has ("View run ... at:"
+    when a run ends) and passes it to every process started from here (a grid's cells, Ray's
+    workers), so no password inside it reaches a console, a log or a cell's log. The URI's login
+    replaces the variables, as requests lets a URL's login win over MLflow's header. A credential
+    in the URI's query stays in the URI (the server reads it there), and MLflow's "View run" line
+    is then turned off."""
+    import sys
+
+    global _given_uri
+    # before MLflow is imported (a command that never needs it), its URI can only be the variable
+    uri = tracking_uri() if "mlflow" in sys.modules else os.environ.get("MLFLOW_TRACKING_URI", "")
+    bare, user, password = credentials.split_login(uri)
+    if password is None and not credentials.holds_secret(uri):
+        yield
+        return
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in (*LOGIN_VARIABLES, "MLFLOW_TRACKING_URI", _QUIET_URL)}
+    before = _given_uri
+    if password is not None:
+        os.environ.update(zip(LOGIN_VARIABLES, (user or "", password)))
+        mlflow.set_tracking_uri(bare)
+    if credentials.holds_secret(bare):
+        os.environ[_QUIET_URL] = "true"
+    _given_uri = (bare, credentials.mask(uri), user if password is not None else None)
     try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri
-    if parts.password is None:
-        return uri
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+        yield
+    finally:
+        _given_uri = before
+        mlflow.set_tracking_uri(uri)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+#: MLflow's switch for its "View run ... at: <url>" line
+_QUIET_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+
+
+def login_source() -> str | None:
+    """Where the login the tracking server is sent comes from: ``"uri"`` (the user part of
+    MLFLOW_TRACKING_URI, which requests sends in preference to MLflow's variables), ``"env"``
+    (MLFLOW_TRACKING_USERNAME), or None."""
+    uri = tracking_uri()
+    if (_given_uri is not None and _given_uri[0] == uri and _given_uri[2] is not None) or credentials.user_of(uri):
+        return "uri"
+    return "env" if os.environ.get("MLFLOW_TRACKING_USERNAME") else None
 
 
 def login_user() -> str | None:
-    """The user name the tracking server is sent: MLFLOW_TRACKING_USERNAME, else the user part of
-    the tracking URI (which requests sends as basic auth when no other credentials are set)."""
-    from urllib.parse import unquote, urlsplit
-
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    if user:
-        return user
-    try:
-        name = urlsplit(tracking_uri()).username
-    except ValueError:
-        return None
-    return unquote(name) if name else None
+    """The user name the tracking server is sent: the user part of the tracking URI (which requests
+    sends as basic auth in preference to MLflow's variables), else MLFLOW_TRACKING_USERNAME."""
+    uri = tracking_uri()
+    if _given_uri is not None and _given_uri[0] == uri and _given_uri[2] is not None:
+        return _given_uri[2]
+    return credentials.user_of(uri) or os.environ.get("MLFLOW_TRACKING_USERNAME") or None
 
 
 def tracking_uri() -> str:
@@ -453,13 +588,18 @@ def download_artifact(run_id: str, name: str) -> Path:
 
 def load_table(run_id: str, name: str = "generations.parquet"):
     """A run's per-example table as a pyarrow Table, read back from its artifact."""
+    return load_table_and_checksum(run_id, name)[0]
+
+
+def load_table_and_checksum(run_id: str, name: str = "generations.parquet"):
+    """A run's per-example table as a pyarrow Table, and the SHA-256 of the file it was read from."""
     import pyarrow.parquet as pq
 
     from uqflow.artifact import ArtifactError
 
     path = download_artifact(run_id, name)
     try:
-        return pq.read_table(path)
+        return pq.read_table(path), file_sha256(path)
     except Exception as e:  # a damaged Parquet file: pyarrow raises ArrowInvalid, OSError, ...
         raise ArtifactError(f"run {run_id}: cannot read its {name} ({_said(e)})") from None
 

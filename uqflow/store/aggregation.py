@@ -9,8 +9,14 @@ Which runs: uqflow's runs carry the tag ``uqflow_version``; they are found in ev
 tracking store (``mlflow run .`` puts them in whichever experiment it was given, ``Default`` when
 none), or in one experiment with ``experiment``.
 
-Idempotent: a run whose params, tags, metrics and end time are unchanged since it was stored (their
-digest) is left alone; a changed one is replaced. A stored run that the tracking store no longer has
+What is stored is what the run's rows imply (scoring/consistency.py): every score, rule verdict and
+per-run metric is recomputed from the rows of ``generations.parquet`` and compared with what the run
+stored and logged; a run that disagrees is refused with the column (or metric), row and both values
+named, and a copy stored earlier is kept as it was.
+
+Idempotent: a run whose params, tags, metrics, end time and ``generations.parquet`` (its SHA-256) are
+unchanged since it was stored (their digest) is left alone; a changed one is read again and replaced,
+so an edited or repaired artifact is never left stale. A stored run that the tracking store no longer has
 as FINISHED is removed, unless ``filter_string`` narrows the search. Removal is scoped to the
 experiments that were searched, each identified by its id *and* its creation time: two tracking
 stores (a laptop's and a cluster's) both number their first experiment 1, and one store's runs are
@@ -38,11 +44,11 @@ from typing import Any
 from sqlalchemy import and_, delete, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from uqflow import tracking
+from uqflow import lease, tracking
 from uqflow.artifact import GENERATIONS_FILE
 from uqflow.errors import StoreError, UqflowError
 from uqflow.store.db import _first_line, connect, db_url, preflight, store_failure, upgrade
-from uqflow.scoring.consistency import check_run_table
+from uqflow.scoring.consistency import Derived, check_checksum, check_run_table
 from uqflow.scoring.pipeline import DELONG_PAIR, MEASURE_METRICS, metric, verdict_columns
 from uqflow.scoring.measures import NAMES
 from uqflow.store.schema import Generation, Run, Score
@@ -79,6 +85,7 @@ def aggregate(experiment: str | None = None, filter_string: str = "", url: str |
     active = [e for e in scope if e.lifecycle_stage == "active"]
     runs = []
     with tracking.reaching_store():
+        lease.close_abandoned_in([e.experiment_id for e in active])  # runs left RUNNING by a vanished process end KILLED
         try:
             runs = tracking.search_runs([e.experiment_id for e in active], search) if active else []
         except MlflowException as e:
@@ -128,11 +135,12 @@ def _label(run) -> str:
     return f"{t.get('model', '?')} x {t.get('dataset', '?')}"
 
 
-def digest(run) -> str:
-    """A fingerprint of what MLflow recorded for a run; a change in it means the stored copy is stale."""
+def digest(run, artifact_sha256: str = "") -> str:
+    """A fingerprint of what MLflow recorded for a run and of its artifact's bytes; a change in it
+    means the stored copy is stale."""
     d = run.data
     payload = {"params": d.params, "tags": d.tags, "metrics": d.metrics,
-               "end_time": run.info.end_time}
+               "end_time": run.info.end_time, "generations_sha256": artifact_sha256}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -144,7 +152,11 @@ def _aggregate_run(engine, exp, tracking_uri: str, run) -> Outcome:
         return Outcome(run_id, "skipped", f"not a uqflow model x dataset run (no {', '.join(missing)})", label)
     if "size_b" not in tags:
         return Outcome(run_id, "skipped", "its tags lack size_b", label, problem=True)
-    dig = digest(run)
+    try:
+        table, checksum = tracking.load_table_and_checksum(run_id, GENERATIONS_FILE)
+    except UqflowError as e:
+        return Outcome(run_id, "skipped", str(e), label, problem=True)
+    dig = digest(run, checksum)
     identity = {"tracking_uri": tracking_uri, "experiment_creation_time": exp.creation_time}
     stored = _stored(engine, run_id)
     if stored is not None and stored.mlflow_digest == dig:
@@ -153,9 +165,10 @@ def _aggregate_run(engine, exp, tracking_uri: str, run) -> Outcome:
                 conn.execute(update(Run).where(Run.run_id == run_id).values(**identity))
         return Outcome(run_id, "unchanged", "", label)
     try:
-        row = {**_run_row(exp.name, run, dig), **identity}
-        score_rows = _score_rows(run_id, metrics)
-        gen_rows = _generation_rows(run)
+        derived = _derived(run, table, checksum)
+        row = {**_run_row(exp.name, run, dig, derived.metrics), **identity}
+        score_rows = _score_rows(run_id, derived.metrics)
+        gen_rows = _generation_rows(run_id, table, derived)
     except UqflowError as e:
         return Outcome(run_id, "skipped", str(e), label, problem=True)
     for attempt in (1, 2):
@@ -250,8 +263,9 @@ def _time(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None)
 
 
-def _run_row(experiment_name: str, run, dig: str) -> dict[str, Any]:
-    info, p, t, m = run.info, run.data.params, run.data.tags, run.data.metrics
+def _run_row(experiment_name: str, run, dig: str, metrics: dict[str, float]) -> dict[str, Any]:
+    """The run's row of ``runs``; ``metrics``: the run's metrics as its rows imply them."""
+    info, p, t, m = run.info, run.data.params, run.data.tags, metrics
     try:
         size_b = float(t["size_b"])
     except ValueError:
@@ -299,13 +313,19 @@ def _floats(values) -> list[float | None]:
     return [_json_num(v) for v in values]
 
 
-def _generation_rows(run) -> list[dict[str, Any]]:
-    """The run's generations as rows of ``generations``, every value checked by type and against
-    the rest of its row and its run first (scoring/consistency.py)."""
-    run_id = run.info.run_id
-    table = tracking.load_table(run_id, GENERATIONS_FILE)
-    check_run_table(table, run.data.params, run.data.metrics)
+def _derived(run, table, checksum: str) -> Derived:
+    """What the run's rows imply, after every field was checked against its row and its run
+    (scoring/consistency.py) and the file against the checksum the run recorded."""
+    derived = check_run_table(table, run.data.params, run.data.metrics)
+    check_checksum(run.data.tags, checksum)
+    return derived
+
+
+def _generation_rows(run_id: str, table, derived: Derived) -> list[dict[str, Any]]:
+    """The run's generations as rows of ``generations``: the stored fields, and every measure as
+    recomputed from them (``derived``)."""
     judges = verdict_columns(table)
+    measures = {s: derived.frame[s].tolist() for s in NAMES if s in derived.frame.columns}
     rows = []
     for i, r in enumerate(table.to_pylist()):
         token_ids = r["token_ids"]
@@ -315,7 +335,8 @@ def _generation_rows(run) -> list[dict[str, Any]]:
             "correct": r["correct"], "correctness_score": _num(r.get("correctness_score")),
             "verdicts": {name: r[col] for name, col in judges.items()} or None,
             "num_tokens": len(token_ids), "stop_reason": r.get("stop_reason"),
-            **{s: _num(r.get(s)) for s in NAMES},  # one column each (scoring/measures.py); null where not measured
+            # one column each (scoring/measures.py), as the row implies it; null where not measured
+            **{s: _num(measures[s][i]) if s in measures else None for s in NAMES},
             "tokens": r.get("tokens"), "token_ids": token_ids, "token_logprobs": _floats(r["token_logprobs"]),
             "relevance": _floats(r["relevance"]) if r.get("relevance") is not None else None,
             "samples": r.get("samples"),
