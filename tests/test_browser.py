@@ -89,7 +89,7 @@ def test_mlflow_ui_as_a_researcher_meets_it(tracking, browser, tmp_path, monkeyp
     logged dataset input, the run page's tags, and the generations preview rendered as a table."""
     import mlflow
 
-    from store_fixtures import log_grid_parent, log_run
+    from store_fixtures import generations, log_grid_parent, log_run
     from uqflow import tracking as uq_tracking
     from uqflow.report import build_report
     from uqflow.store import aggregate
@@ -136,7 +136,8 @@ def test_mlflow_ui_as_a_researcher_meets_it(tracking, browser, tmp_path, monkeyp
 
         preview_url = run_url.replace("?", "/artifacts/generations_preview.json?")
         preview = _settled(browser, page_report(browser, preview_url), ["generations_preview.json", "question", "g_nll"])
-        assert "question 0?" in preview["text"] and "answer 0" in preview["text"]  # rows of the table, not raw JSON
+        first = generations(10, 0).iloc[0]  # the SmolLM2 run's first row (seed 0)
+        assert "question 0?" in preview["text"] and first["references"][0] in preview["text"]  # rows, not raw JSON
         assert '"columns"' not in preview["text"]
         # the report's analysis run: the study in one table, one click from its page
         url = f"sqlite:///{tmp_path / 'results.db'}"
