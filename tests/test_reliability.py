@@ -15,7 +15,7 @@ from conftest import ROOT
 from store_fixtures import log_run
 from commands import UQFLOW
 from uqflow.scoring.measures import SINGLE_PASS
-from uqflow.errors import StoreError
+from uqflow.errors import StoreError, Terminated
 from uqflow.store import aggregate, run_query
 from uqflow.store.db import row_counts
 
@@ -258,3 +258,19 @@ def test_readers_recover_after_a_writer_killed_mid_transaction(tracking, tmp_pat
     assert (tmp_path / "results.db-journal").stat().st_size > 0  # a hot journal is there to play back
     assert row_counts(url) == before
     assert run_query("SELECT model FROM runs", url).rows == [("SmolLM2-135M-Instruct",)]
+
+
+@pytest.mark.parametrize("signame,raised", [("SIGINT", KeyboardInterrupt), ("SIGTERM", Terminated)])
+def test_a_stop_signal_a_library_swallowed_is_raised_again_once(signame, raised):
+    """A signal's exception raised inside a weakref callback or __del__ is printed and lost; the
+    signal is remembered, so the next long loop raises it, once."""
+    import signal
+
+    from uqflow.errors import note_stop, raise_if_stopped
+
+    raise_if_stopped()  # nothing pending: nothing raised
+    note_stop(getattr(signal, signame))
+    with pytest.raises(raised) as caught:
+        raise_if_stopped()
+    assert type(caught.value) is raised
+    raise_if_stopped()  # acted on once

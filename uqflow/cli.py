@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from uqflow.errors import Terminated, UqflowError, stop_signal
+from uqflow.errors import Terminated, UqflowError, clear_stop, stop_signal
 # the names in option help come from where they are registered
 from uqflow.generation import ENGINES
 from uqflow.scoring.judges import JUDGES
@@ -25,6 +25,7 @@ class UqflowGroup(click.Group):
 
             raise click.ClickException(inert(e)) from None
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP raised as Terminated
+            clear_stop()
             name, signum = stop_signal(e)
             click.echo("Interrupted." if name == "KeyboardInterrupt" else f"Terminated by {name}.", err=True)
             sys.exit(128 + signum)
@@ -538,17 +539,37 @@ STOP_SIGNALS = ("SIGTERM", "SIGHUP")
 
 def _stop_on_signals() -> None:
     """Turn SIGTERM and SIGHUP into :class:`Terminated`, so they end runs KILLED as Ctrl-C does.
-    The first one starts the orderly stop; repeats are ignored while it finishes recording."""
+    The first one starts the orderly stop; repeats are ignored while it finishes recording. Every
+    stop signal, Ctrl-C's too, is also remembered (``errors.note_stop``), so that one a library
+    swallowed is raised again by the next long loop (``errors.raise_if_stopped``)."""
     import signal
+
+    from uqflow.errors import note_stop
 
     def handler(signum, _frame):
         for name in STOP_SIGNALS:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
+        note_stop(signum)
         raise Terminated(signum)
+
+    def interrupt(signum, _frame):
+        note_stop(signum)
+        raise KeyboardInterrupt
 
     for name in STOP_SIGNALS:
         if hasattr(signal, name):  # SIGHUP does not exist on Windows
             signal.signal(getattr(signal, name), handler)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the shell ignores it
+        signal.signal(signal.SIGINT, interrupt)
+    default_hook = sys.unraisablehook
+
+    def unraisable(info):
+        # the stop lost inside a weakref callback or __del__ is raised again (raise_if_stopped):
+        # its "Exception ignored" traceback would only alarm
+        if not (info.exc_type and issubclass(info.exc_type, KeyboardInterrupt)):
+            default_hook(info)
+
+    sys.unraisablehook = unraisable
 
 
 def _one_line_warnings() -> None:

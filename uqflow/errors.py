@@ -30,6 +30,39 @@ class Terminated(KeyboardInterrupt):
         super().__init__(self.signame)
 
 
+#: a stop signal received and not yet acted on (see :func:`raise_if_stopped`)
+_pending_stop: int | None = None
+
+
+def note_stop(signum: int) -> None:
+    """Remember that a stop signal arrived (the CLI's signal handlers call this before raising)."""
+    global _pending_stop
+    _pending_stop = signum
+
+
+def clear_stop() -> None:
+    """The stop was acted on (the interruption reached the command's boundary)."""
+    global _pending_stop
+    _pending_stop = None
+
+
+def raise_if_stopped() -> None:
+    """Raise again a stop that a library swallowed. Python runs a signal's handler wherever the main
+    thread is, and an exception raised inside a weakref callback or ``__del__`` (SQLAlchemy's
+    class registry has one, run by the garbage collector) is printed as "Exception ignored" and
+    lost, so Ctrl-C or SIGTERM would be ignored; loops that run long (the decoding loop, a grid's
+    cells) call this to act on it."""
+    import signal
+
+    signum = _pending_stop
+    if signum is None:
+        return
+    clear_stop()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
+
+
 def stop_signal(interruption: BaseException) -> tuple[str, int]:
     """The name and number of the signal behind an interruption: the one a :class:`Terminated`
     carries, else one raised as Terminated that a library turned into a plain KeyboardInterrupt,

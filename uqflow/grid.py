@@ -33,7 +33,7 @@ from typing import Any
 from uqflow import lease, tracking
 from uqflow.config import RunConfig
 from uqflow.yamlfile import read_yaml
-from uqflow.errors import CellTaken, ConfigError, Terminated, UqflowError, clip
+from uqflow.errors import CellTaken, ConfigError, Terminated, UqflowError, clip, raise_if_stopped
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +353,7 @@ def _run_here(states: list[CellState], parent_id: str, isolate: bool,
     slot = ModelSlot()
 
     def run(s: CellState) -> None:
+        raise_if_stopped()  # a stop signal a library swallowed during the last cell ends the grid here
         if isolate:
             t0 = time.perf_counter()
             _run_isolated(s.config, parent_id, s)

@@ -36,7 +36,7 @@ import os
 import time
 from collections.abc import Sequence
 
-from uqflow.errors import ConfigError
+from uqflow.errors import ConfigError, raise_if_stopped
 from uqflow.generation.base import Generation, align_answer, decoder
 from uqflow.generation.batches import DynamicBatch, StaticBatch, stack
 from uqflow.models.loading import BATCH_DEPENDENT_AUTO_BATCH, LoadedModel
@@ -540,6 +540,7 @@ class HFEngine:
         with torch.inference_mode():
             batch = self._batch(admit(width), prompts, len(waiting) * group, width)
             while batch.rows:
+                raise_if_stopped()  # a stop signal a library swallowed is acted on within a step
                 rows, logits = batch.rows, batch.logits
                 logp = torch.log_softmax(logits, dim=-1)  # (b, V) from the raw logits
                 if sampling is None:
