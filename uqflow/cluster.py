@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from uqflow import credentials, tracking
+from uqflow import credentials, lease, tracking
 from uqflow.config import RunConfig
 from uqflow.errors import ClusterError, GridBusy, clip, stop_signal
 from uqflow.grid import Cell, CellState, ModelSlot, cell_states, close_abandoned, run_cell
@@ -120,9 +120,11 @@ def _is_secret(name: str, value: str = "") -> bool:
 # --- resources ---------------------------------------------------------------------------------
 
 def uses_gpu(cfg: RunConfig, cluster_has_gpus: bool) -> bool:
-    """Whether a cell runs on a GPU: asked for (``cuda``, or the vLLM engine), or ``auto`` on a
-    cluster that has GPUs."""
-    if cfg.backend == "vllm" or cfg.device.startswith("cuda"):
+    """Whether a cell runs on a GPU: asked for (``cuda``, or an engine that runs on a GPU only), or
+    ``auto`` on a cluster that has GPUs."""
+    from uqflow.generation import ENGINES
+
+    if ENGINES.get(cfg.backend).gpu_only or cfg.device.startswith("cuda"):
         return True
     return cfg.device == "auto" and cluster_has_gpus
 
@@ -323,7 +325,7 @@ class GridClaim:
             if not common:
                 continue
             age, driver = claim_age(other), other.data.tags.get(tracking.DRIVER_TAG, "?")
-            if age > STALE_S or not _driver_alive(driver):
+            if age > STALE_S or lease.writer_gone(driver):
                 tracking.tag_error(other.info.run_id, f"abandoned: its driver ({driver}) stopped {age:.0f} s after its "
                                                       f"last heartbeat; its cells were taken over by grid run {self.run_id}")
                 client.set_terminated(other.info.run_id, "KILLED")
@@ -341,20 +343,6 @@ def claim_age(run) -> float:
         return time.time() - float(run.data.tags.get(tracking.HEARTBEAT_TAG, ""))
     except ValueError:
         return math.inf
-
-
-def _driver_alive(driver: str) -> bool:
-    """False only for a driver known to be gone: its process no longer exists on this very host."""
-    host, _, pid = driver.rpartition(" ")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 # --- workers -----------------------------------------------------------------------------------

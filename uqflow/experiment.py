@@ -24,9 +24,8 @@ from uqflow.console import inert
 from uqflow.data import DATASETS, LoadedDataset, load_dataset
 from uqflow.data.examples import Example
 from uqflow.errors import ConfigError, ModelLoadError, UnknownChoice, UqflowError, short
-from uqflow.generation import ENGINES, load_for, make_engine
+from uqflow.generation import ENGINES, engine_problems, load_for, make_engine
 from uqflow.generation.base import token_pieces
-from uqflow.generation.hf import settings_problems
 from uqflow.machine import machine_tags
 from uqflow.models import LoadedModel, ModelSpec, get_model, unload
 from uqflow.models.loading import (BATCHING, batch_dependence, cache_root, known_context_length, sampling_memory_problem,
@@ -220,8 +219,8 @@ def check(cfg: RunConfig, memo: dict | None = None) -> tuple[ModelSpec | None, L
                 _once(memo, ("model", asked, registry), get_model, asked, registry)
             except UqflowError as e:
                 problems.append(e)
-    if cfg.backend == "hf":  # the engine's settings from the environment (decode layout, attention kernels)
-        problems += _once(memo, ("engine settings",), settings_problems)
+    if cfg.backend in ENGINES:  # an unknown backend is among the name problems; its settings from the environment
+        problems += _once(memo, ("engine settings", cfg.backend), engine_problems, cfg.backend)
     try:
         ds = _once(memo, ("dataset", cfg.dataset), _read_dataset, cfg)
     except UqflowError as e:

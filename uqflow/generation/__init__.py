@@ -14,20 +14,34 @@ from uqflow.generation.base import Engine, Generation, align_answer
 from uqflow.registry import Registry
 
 
+def _no_problems() -> list:
+    return []
+
+
 @dataclass(frozen=True)
 class Backend:
     """A generation engine: ``load(spec, device)`` gives the loaded model it runs over (a
     ``models.loading.LoadedModel`` whose ``backend`` is this one's name), ``build(lm, **settings)``
-    the engine itself (batch size, answer length, stop sequences)."""
+    the engine itself (batch size, answer length, stop sequences). ``gpu_only``: it runs on a GPU
+    whatever the ``device`` setting says. ``problems()``: what is wrong with its settings from the
+    environment, found before a model loads."""
 
     load: Callable
     build: Callable[..., Engine]
+    gpu_only: bool = False
+    problems: Callable[[], list] = _no_problems
 
 
 def _load_hf(spec, device: str):
     from uqflow.models.loading import load_model
 
     return load_model(spec, device)
+
+
+def _hf_problems() -> list:
+    from uqflow.generation.hf import settings_problems
+
+    return settings_problems()  # the decode layout and attention kernels (UQFLOW_LAYOUT, UQFLOW_SDPA)
 
 
 def _build_hf(lm, **settings) -> Engine:
@@ -53,14 +67,19 @@ def _build_vllm(lm, **settings) -> Engine:
 
 #: backend name -> its engine: transformers (any device) and vLLM (GPU only)
 ENGINES: Registry[Backend] = Registry("backend", UnknownChoice)
-ENGINES.add("hf", Backend(_load_hf, _build_hf))
-ENGINES.add("vllm", Backend(_load_vllm, _build_vllm))
+ENGINES.add("hf", Backend(_load_hf, _build_hf, problems=_hf_problems))
+ENGINES.add("vllm", Backend(_load_vllm, _build_vllm, gpu_only=True))
 
 
 def load_for(spec, device: str = "auto", backend: str = "hf"):
     """The model ``spec`` loaded for ``backend``: its transformers weights for ``hf``, a vLLM
     engine (GPU only) for ``vllm``."""
     return ENGINES.get(backend).load(spec, device)
+
+
+def engine_problems(backend: str) -> list:
+    """What is wrong with ``backend``'s settings from the environment (before a model loads)."""
+    return ENGINES.get(backend).problems()
 
 
 def make_engine(backend: str, lm, **settings) -> Engine:
@@ -71,4 +90,4 @@ def make_engine(backend: str, lm, **settings) -> Engine:
     return kind.build(lm, **settings)
 
 
-__all__ = ["ENGINES", "Backend", "Engine", "Generation", "align_answer", "load_for", "make_engine"]
+__all__ = ["ENGINES", "Backend", "Engine", "Generation", "align_answer", "engine_problems", "load_for", "make_engine"]

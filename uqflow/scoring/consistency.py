@@ -33,7 +33,7 @@ as derived (:class:`Derived`), so a store holds what the rows imply and nothing 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,11 +73,7 @@ class Derived:
 
 def num_generations(params: Mapping[str, Any]) -> int:
     """The run's ``num_generations`` param as a number (0 when absent: runs from before sampling)."""
-    raw = params.get("num_generations", "0")
-    try:
-        return int(float(raw))
-    except (TypeError, ValueError):
-        raise ArtifactError(f"its param num_generations={raw!r} is not a whole number") from None
+    return _int_param(params, "num_generations", 0)
 
 
 def _int_param(params: Mapping[str, Any], name: str, default: int) -> int:
@@ -233,7 +229,7 @@ def _rule_judge(name: str, threshold: float):
 def _check_verdicts(rows: list[dict[str, Any]], names: set[str], params: Mapping[str, Any]) -> None:
     """Every verdict a rule decides, recomputed from the row's answer and references under the
     run's judge, threshold and abstention rule."""
-    from uqflow.scoring.judges import ABSTENTION_RULES, judge_examples
+    from uqflow.scoring.judges import ABSTENTION_RULES, Verdict, judge_examples
 
     if "correct" not in names:
         return
@@ -255,10 +251,8 @@ def _check_verdicts(rows: list[dict[str, Any]], names: set[str], params: Mapping
     for col, (name, thr) in columns.items():
         judge = _rule_judge(name, thr)
         if judge is None:  # an LLM judge: only the abstention rule's verdicts can be recomputed
-            todo = [i for i, ok in enumerate(answerable) if not ok]
-            verdicts = dict(zip(todo, judge_examples(_NeverAsked(), [questions[i] for i in todo],
-                                                     [answers[i] for i in todo], [references[i] for i in todo],
-                                                     [False] * len(todo), abstention)))
+            abstains = ABSTENTION_RULES[abstention]
+            verdicts = {i: Verdict(abstains(answers[i])) for i, ok in enumerate(answerable) if not ok}
         else:
             verdicts = dict(enumerate(judge_examples(judge, questions, answers, references, answerable, abstention)))
         for i, v in verdicts.items():
@@ -273,15 +267,6 @@ def _check_verdicts(rows: list[dict[str, Any]], names: set[str], params: Mapping
                 raise ArtifactError(f"its {GENERATIONS_FILE} row {i} has correctness_score "
                                     f"{_num(rows[i].get('correctness_score')):.6g}, but judge {name!r} gives "
                                     f"{v.score:.6g}")
-
-
-class _NeverAsked:
-    """A judge for unanswerable questions only, which the abstention rule decides without it."""
-
-    def judge_many(self, items: Sequence) -> list:
-        if items:
-            raise AssertionError("only unanswerable questions are judged here")
-        return []
 
 
 def _derived_metrics(frame, params: Mapping[str, Any], metrics: Mapping[str, float]) -> dict[str, float]:
