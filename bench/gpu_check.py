@@ -592,10 +592,21 @@ def sdpa_probe(lm, ids, args) -> list[dict]:
         engine._kernels = kernels
         return engine
 
+    def steady(engines) -> list[float]:
+        """Each engine's best of three timed passes over ``batch``, taken in turn after one warm-up
+        pass each: a decode step is the difference of two such times, and a single cold or
+        interrupted pass on a busy machine would make it meaningless (even negative)."""
+        for engine in engines:
+            _timed_generate(engine, batch)
+        best = [math.inf] * len(engines)
+        for _ in range(3):
+            for i, engine in enumerate(engines):
+                best[i] = min(best[i], _timed_generate(engine, batch)[0])
+        return best
+
     batch = ids[: fixed_length_engine(lm, 1).batch_size]
     tokens = args.probe_tokens
     default = dict.fromkeys(("prefill", "decode"), SDPA_BACKENDS)
-    base, _ = _timed_generate(forced(fixed_length_engine(lm, 1), default), batch)
     rows = []
     for name in PROBE_KERNELS:
         names = None if name == "auto" else SDPA_BACKENDS if name == "default" else (SDPA_KERNELS[name],)
@@ -606,12 +617,14 @@ def sdpa_probe(lm, ids, args) -> list[dict]:
         except RuntimeError as e:
             row["prefill_s"], row["prefill_error"] = None, str(e).splitlines()[0][:120]
         for layout in ("dynamic", "static"):
-            engine = forced(fixed_length_engine(lm, tokens, layout=layout), {**default, "decode": names})
-            if engine.layout != layout:
+            # the same kernels and layout answering one token and ``tokens`` tokens: their difference
+            # is the decode steps alone
+            one, many = (forced(fixed_length_engine(lm, n, layout=layout), {**default, "decode": names})
+                         for n in (1, tokens))
+            if many.layout != layout:
                 continue
             try:
-                _timed_generate(engine, batch[:2])  # the kernel's first call
-                dt, _ = _timed_generate(engine, batch)
+                base, dt = steady([one, many])
                 row[f"step_ms_{layout}"] = _step_ms(dt, base, tokens, len(batch), len(batch))
             except RuntimeError as e:
                 row[f"step_ms_{layout}"], row["decode_error"] = None, str(e).splitlines()[0][:120]
