@@ -226,7 +226,7 @@ def _untracked(root: Path) -> set[str]:
                          capture_output=True, text=True)
     if out.returncode:  # not a git checkout (an installed copy of the tests): nothing to compare
         return set()
-    own = (".venv/", ".pytest_cache/", "uqflow.egg-info/", ".study-cache/", ".whl/", ".gl/")
+    own = (".venv/", ".pytest_cache/", "uqflow.egg-info/", ".study-cache/", ".whl/", ".gl/", ".polygraph-venv/")
     paths = {line[3:] for line in out.stdout.splitlines() if line[:2] in ("??", "!!")}
     # a new source file is someone writing code, not a test's output
     return {p for p in paths if not p.startswith(own) and "__pycache__/" not in p and not p.endswith((".py", ".md"))}

@@ -55,6 +55,11 @@ GENERATION_COLUMNS = (
     Column("sample_token_logprobs", "list[list[float]]"),
     Column("semantic_ids", "list[int]"),
     Column("log_p_true", "float"),
+    # its pairwise record (scoring/pipeline.add_pairwise): what the measures of sample consistency read
+    Column("sample_entailment", "list[list[float]]"),  # N x N: P(sample i entails sample j), the judge's
+    Column("sample_similarity", "list[list[float]]"),  # N x N: the similarity model's, every pair of samples
+    Column("greedy_similarity", "list[float]"),  # N: the greedy answer against each sample
+    Column("sample_relevance", "list[list[float]]"),  # per sample, per token: SAR's token relevance
 )
 REQUIRED_COLUMNS = tuple(c.name for c in GENERATION_COLUMNS if c.required)
 #: an extra judge's verdicts (the ``judges`` setting): one column ``judge.<name>`` each, like ``correct``

@@ -61,6 +61,10 @@ class RunConfig:
     #   first, as the reference code's few-shot p(True)); 0 = zero-shot p(True). Needs num_generations
     strict_entailment: bool = False  # same meaning = entailment both ways (else: no contradiction and
     #   not both neutral, as the semantic-entropy code's default)
+    pair_similarity: str = "auto"  # the similarity model of the pairwise record that SAR, CoCoA and
+    #   greedy-vs-sample dissimilarity read: auto = SAR's cross-encoder/stsb-roberta-large where it can be
+    #   loaded (local cache or hub), else the bundled all-MiniLM-L6-v2 (the run logs which, as
+    #   pair_similarity_model); or any similarity model name
 
     def __post_init__(self) -> None:
         _raise_together(problems(self.to_dict()))
@@ -176,6 +180,8 @@ def problems(values: dict[str, Any]) -> list[str]:
         found.append(f"judges must be judge names separated by commas, each once, got {short(judges)}")
     if not values["similarity"].strip():
         found.append("similarity must name a similarity model, e.g. all-MiniLM-L6-v2 (the default)")
+    if not values["pair_similarity"].strip():
+        found.append("pair_similarity must name a similarity model, or auto (the default)")
     return found
 
 
@@ -189,12 +195,13 @@ def _raise_together(found: list[str]) -> None:
 
 NON_RESULT_FIELDS = {"batch_size", "device", "backend"}
 #: settings added after runs were first recorded, left out of the hash while at their default
-OMITTED_AT_DEFAULT = {"judges": "", "most_likely": "greedy", "p_true_few_shot": 0, "batch_compositions": 1}
+OMITTED_AT_DEFAULT = {"judges": "", "most_likely": "greedy", "p_true_few_shot": 0, "batch_compositions": 1,
+                      "pair_similarity": "auto"}
 MAX_BATCH_COMPOSITIONS = 16
 MOST_LIKELY = ("greedy", "sampled")
 #: the reference code's few-shot p(True) uses 20 examples; more rarely fit a context
 MAX_P_TRUE_FEW_SHOT = 64
-SAMPLING_FIELDS = ("num_generations", "temperature", "entailment", "strict_entailment")
+SAMPLING_FIELDS = ("num_generations", "temperature", "entailment", "strict_entailment", "pair_similarity")
 #: sampled answers per question: the measures of sampled answers are studied with 5-20 (the
 #: semantic-entropy paper's 10); a question's answers share one batch, so memory bounds it too
 #: (experiment.check compares it with the machine's before a model loads)

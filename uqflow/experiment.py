@@ -38,7 +38,7 @@ from uqflow.scoring.judges import ABSTENTION_RULES, JUDGES, make_judge
 from uqflow.scoring.llm import ENTAILMENT_WORDS, llm_choose, llm_judge_generate, p_true_inputs
 from uqflow.scoring.measures import PREVIEW, SAMPLED, SINGLE_PASS
 from uqflow.scoring.semantic import ENTAILMENT_JUDGES, entailment_problems, make_entailment, parse_embedding_name
-from uqflow.scoring.relevance import load_similarity, similarity_problem
+from uqflow.scoring.relevance import load_similarity, pair_similarity_model, similarity_problem
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,15 @@ def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset | None = None) -
     return tags
 
 
+def run_params(cfg: RunConfig) -> dict[str, Any]:
+    """The params a run logs: its settings, and for a run that samples the similarity model its
+    ``pair_similarity`` resolves to here (``pair_similarity_model``)."""
+    params = cfg.to_dict()
+    if cfg.num_generations:
+        params["pair_similarity_model"] = pair_similarity_model(cfg.pair_similarity)
+    return params
+
+
 def engine_tags(engine) -> dict[str, str]:
     """How the engine decodes, where it can choose (the HF engine): its batch size, its cache
     layout and, on a GPU, the attention kernels of each phase. Only speed and float rounding
@@ -213,6 +222,11 @@ def check(cfg: RunConfig, memo: dict | None = None) -> tuple[ModelSpec | None, L
     similarity = _once(memo, ("similarity", cfg.similarity), similarity_problem, cfg.similarity)
     if similarity:
         problems.append(ModelLoadError(similarity))
+    if cfg.num_generations and cfg.pair_similarity != cfg.similarity:
+        pairs = _once(memo, ("similarity", cfg.pair_similarity), similarity_problem,
+                      pair_similarity_model(cfg.pair_similarity))
+        if pairs:
+            problems.append(ModelLoadError(f"pair_similarity: {pairs}"))
     for judge in (cfg.correctness, *cfg.judge_names):
         if asked := asked_model(judge):
             try:  # the judge model must exist too
@@ -357,7 +371,7 @@ def run_experiment(cfg: RunConfig, lm: LoadedModel | Callable[[], LoadedModel] |
         lease.claim(run, tags["config_hash"], exclusive=exclusive)
         own = lm is None
         try:
-            tracking.log_params(cfg.to_dict())
+            tracking.log_params(run_params(cfg))
             _log_dataset(cfg, ds, examples)
             log.info("run %s: %s x %s, %d questions", run.info.run_id, cfg.model, cfg.dataset, len(examples))
             if own:
@@ -623,6 +637,9 @@ def _score(cfg: RunConfig, frame, decode, lm: LoadedModel | None, judges: dict |
         if entail_generate is not None:  # an LLM judge: its passes and tokens, not its number of pairs
             clustering = Cost(judge_cost.passes, judge_cost.tokens, clustering.seconds)
         parts["entailment"] = clustering
+        frame, pairwise = pipeline.add_pairwise(frame, decode, _similarity(pair_similarity_model(cfg.pair_similarity),
+                                                                            device))
+        parts.update(pairwise)
     return pipeline.add_scores(frame), relevance_seconds, parts
 
 

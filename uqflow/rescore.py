@@ -20,7 +20,8 @@ from uqflow import tracking
 from uqflow.artifact import ArtifactError
 from uqflow.config import SAMPLING_FIELDS, RunConfig
 from uqflow.errors import ConfigError, UqflowError, clip
-from uqflow.experiment import RunResult, _log_outputs, _score, entailment_problems_of, name_problems, run_identity, run_name
+from uqflow.experiment import (RunResult, _log_outputs, _score, entailment_problems_of, name_problems, run_identity,
+                               run_name, run_params)
 from uqflow.generation.base import decoder
 from uqflow.models import get_model
 from uqflow.scoring import pipeline
@@ -29,7 +30,7 @@ from uqflow.scoring.cost import Cost, parts_from_metrics
 
 #: the settings a rescore may change: those that act on stored rows only
 RESCORE_FIELDS = ("correctness", "correctness_threshold", "judges", "similarity", "n_bootstrap", "answerable_only", "abstention",
-                  "entailment", "strict_entailment")
+                  "entailment", "strict_entailment", "pair_similarity")
 #: the generations columns that rescoring reads
 RESCORE_COLUMNS = ("example_id", "question", "answer", "token_ids", "token_logprobs", "token_entropies",
                    "references", "answerable")
@@ -125,7 +126,7 @@ def rescore(run_id: str, overrides: dict[str, str], experiment: str | None = Non
     experiment_id = _experiment_id(source, experiment)
     t0 = time.perf_counter()
     with tracking.tracked_run(f"{run_name(cfg)} (rescored)", tags, experiment_id=experiment_id) as run:
-        tracking.log_params(cfg.to_dict())
+        tracking.log_params(run_params(cfg))
         try:
             frame, rel_s, parts = _score(cfg, pd.DataFrame(frame), decoder(tokenizer), None)
         except (TypeError, ValueError, KeyError) as e:

@@ -44,8 +44,14 @@ from uqflow.scoring.uncertainty import g_nll
 
 #: what a stored run's table must hold: the artifact's required fields and the study's two measures
 REQUIRED_COLUMNS = REQUIRED_FIELDS + REQUIRED
-#: the per-sample columns of a run that sampled, each one list entry per sampled answer
-SAMPLE_LISTS = ("samples", "sample_token_ids", "sample_token_logprobs", "semantic_ids")
+#: the per-sample columns of a run that sampled, each one list entry per sampled answer (the
+#: pairwise record's are absent in runs from before it was kept)
+SAMPLE_LISTS = ("samples", "sample_token_ids", "sample_token_logprobs", "semantic_ids", "greedy_similarity",
+                "sample_entailment", "sample_similarity", "sample_relevance")
+#: the pairwise record's N x N matrices, and the range their values lie in
+SAMPLE_MATRICES = {"sample_entailment": (0.0, 1.0), "sample_similarity": (-1.0, 1.0)}
+#: a similarity or probability a hair outside its range (float32 rounding of a cosine or softmax)
+RANGE_ATOL = 1e-4
 #: a stored score against the score recomputed from its row: float64 sums of the same numbers, in
 #: the same order, agree exactly; the tolerance admits a tool that summed them in another order
 G_NLL_RTOL, G_NLL_ATOL = 1e-6, 1e-6
@@ -313,8 +319,8 @@ def _check_samples(table, names: set[str], n_generations: int) -> None:
     for i in range(table.num_rows):
         for c in present:
             value = columns[c][i]
-            if c == "semantic_ids" and value is None:
-                continue  # clustering was not done (a run from before clustering was stored)
+            if c != "samples" and c != "sample_token_ids" and c != "sample_token_logprobs" and value is None:
+                continue  # not made (a run from before clustering, or the pairwise record, was stored)
             length = 0 if value is None else len(value)
             if length != n_generations:
                 raise ArtifactError(f"its {GENERATIONS_FILE} row {i} has {length} {c} but the run's "
@@ -325,6 +331,41 @@ def _check_samples(table, names: set[str], n_generations: int) -> None:
                 if len(a or []) != len(b or []):
                     raise ArtifactError(f"its {GENERATIONS_FILE} row {i}, sample {k}, has {len(a or [])} token ids "
                                         f"but {len(b or [])} token log-probabilities")
+        relevance = columns.get("sample_relevance")
+        if ids is not None and relevance is not None and relevance[i] is not None:
+            for k, (a, b) in enumerate(zip(ids[i] or [], relevance[i])):
+                if len(a or []) != len(b or []):
+                    raise ArtifactError(f"its {GENERATIONS_FILE} row {i}, sample {k}, has {len(a or [])} token ids "
+                                        f"but {len(b or [])} relevance weights")
+        _check_pairwise(i, {c: columns[c][i] for c in (*SAMPLE_MATRICES, "greedy_similarity") if c in columns},
+                        n_generations)
+
+
+def _check_pairwise(i: int, values: Mapping[str, Any], n: int) -> None:
+    """The pairwise record of row ``i``: each matrix N x N, its values in range (a similarity in
+    [-1, 1], a probability in [0, 1]), the similarity matrix symmetric with 1 on its diagonal, and
+    the entailment matrix 1 on its diagonal (a text entails itself)."""
+    for c, value in values.items():
+        if value is None:
+            continue
+        lo, hi = SAMPLE_MATRICES.get(c, (-1.0, 1.0))
+        rows = value if c in SAMPLE_MATRICES else [value]
+        for r, row in enumerate(rows):
+            if c in SAMPLE_MATRICES and len(row or []) != n:
+                raise ArtifactError(f"its {GENERATIONS_FILE} row {i} column {c!r} has a row of {len(row or [])} values "
+                                    f"in an {n} x {n} matrix")
+            bad = next((v for v in row if v is None or math.isnan(v) or not lo - RANGE_ATOL <= v <= hi + RANGE_ATOL),
+                       "ok")
+            if bad != "ok":
+                raise ArtifactError(f"its {GENERATIONS_FILE} row {i} column {c!r} holds {bad}, outside [{lo:g}, {hi:g}]")
+        if c in SAMPLE_MATRICES:
+            m = value
+            if any(abs(m[k][k] - 1.0) > RANGE_ATOL for k in range(n)):
+                raise ArtifactError(f"its {GENERATIONS_FILE} row {i} column {c!r} has a diagonal other than 1 "
+                                    "(each sample against itself)")
+            if c == "sample_similarity" and any(abs(m[a][b] - m[b][a]) > RANGE_ATOL
+                                                for a in range(n) for b in range(a + 1, n)):
+                raise ArtifactError(f"its {GENERATIONS_FILE} row {i} column 'sample_similarity' is not symmetric")
 
 
 def _check_g_nll(logprobs: list, stored: list) -> None:

@@ -17,7 +17,12 @@ They add up from the parts a measure needs (its ``needs``, :mod:`uqflow.scoring.
 mean token entropy come from the greedy pass itself and cost nothing more; RW-G-NLL needs its
 relevance passes; predictive entropy needs the sampled answers; semantic entropy, its discrete
 form and the number of semantic sets need the samples and the entailment judge's clustering;
-p(True) needs the samples (shown as brainstorm) and one more pass over its prompt.
+p(True) needs the samples (shown as brainstorm) and one more pass over its prompt. The measures of
+sample consistency (scoring/pairwise.py) need the samples and, as each reads them, the entailment
+judge's probabilities (from the clustering's judgments), the pairwise similarity record
+(``pairwise``: every pair of samples and the greedy answer against each, by the similarity model)
+and SAR's token relevance of every sample (``sample_relevance``); the lexical ones (Jaccard,
+ROUGE-L) need the samples alone.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 from uqflow.scoring.measures import NEEDS
 
 #: the parts a measure's cost is made of
-PARTS = ("relevance", "sampling", "entailment", "p_true")
+PARTS = ("relevance", "sampling", "entailment", "pairwise", "sample_relevance", "p_true")
 UNITS = ("passes", "tokens", "seconds")
 
 

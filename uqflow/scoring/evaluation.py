@@ -115,6 +115,35 @@ def prr(correct, score) -> float:
     return float((ar_score - ar_random) / (ar_oracle - ar_random))
 
 
+#: the field's headline metric rejects up to half of the answers (LM-Polygraph's
+#: PredictionRejectionArea(max_rejection=0.5), normalised; CoCoA's prr_0.5_normalized)
+PRR_MAX_REJECTION = 0.5
+
+
+def prr_at(correct, score, max_rejection: float = PRR_MAX_REJECTION) -> float:
+    """PRR as the field reports it (LM-Polygraph, CoCoA): the prediction-rejection area up to
+    ``max_rejection`` of the answers rejected, normalised against random and oracle rejection,
+
+        PRR@r = (A(score) - A(random)) / (A(oracle) - A(random)),
+        A(s)  = 1/m sum_{k = n-m+1}^{n} accuracy of the k answers s finds most confident,
+
+    with m = floor(r n) the rejection levels counted. 1 = the oracle, 0 = random. A(random) is the
+    exact expectation, the accuracy itself (LM-Polygraph estimates it from 1,000 random orders;
+    the two differ by that estimate's noise); ties keep their order (a stable sort). NaN when
+    every answer is right or wrong, or when m = 0."""
+    c = _by_confidence(correct, score)
+    m = int(max_rejection * c.size)
+    if c.size == 0 or m == 0 or c.min() == c.max():
+        return float("nan")
+    k = np.arange(c.size - m + 1, c.size + 1)
+
+    def area(order: np.ndarray) -> float:
+        return float((np.cumsum(order)[k - 1] / k).mean())
+
+    random = float(c.mean())
+    return (area(c) - random) / (area(np.sort(c)[::-1]) - random)
+
+
 def accuracy_at_coverage(correct, score, coverage: float) -> float:
     """Accuracy of the ceil(coverage * n) most confident answers."""
     c = _by_confidence(correct, score)

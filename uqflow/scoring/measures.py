@@ -5,7 +5,7 @@ beyond the greedy pass (the parts of :mod:`uqflow.scoring.cost`) and whether it 
 answers. Everything else reads the measures from :data:`MEASURES`: the scores a run computes and
 evaluates (``scoring.pipeline``), the costs it logs, its preview table, the results store's score
 columns, the CLI's help, and the report's labels and order. Adding a measure is one
-:func:`declare` here (and, for a new stored column, an Alembic migration of the results store).
+:func:`declare` here: the results store gains its column by itself (``uqflow.store.db.sync_measure_columns``).
 
 The functions are pure (:mod:`uqflow.scoring.uncertainty` for one pass, :mod:`uqflow.scoring.sampled`
 for sampled answers) and follow one sign convention: **higher means more uncertain**.
@@ -20,7 +20,7 @@ import numpy as np
 
 from uqflow.errors import UnknownName
 from uqflow.registry import Registry
-from uqflow.scoring import sampled as S, uncertainty as U
+from uqflow.scoring import pairwise as P, sampled as S, uncertainty as U
 
 NAN = float("nan")
 
@@ -93,6 +93,34 @@ declare(Measure("num_semantic_sets", S.num_semantic_sets, ("semantic_ids",), "nu
                 needs=("sampling", "entailment"), preview=0))
 declare(Measure("p_true", S.p_true_score, ("log_p_true",), "p(True)", "p(T)", needs=("sampling", "p_true"),
                 preview=4))
+# measures of sample consistency (scoring/pairwise.py), from the samples and their pairwise record:
+# the entailment judge's probabilities (the clustering's judgments), the similarity model's scores,
+# SAR's token relevance of each sample; the lexical ones from the texts alone
+declare(Measure("sar", P.sar, ("sample_token_logprobs", "sample_relevance", "sample_similarity"), "SAR", "SAR",
+                needs=("sampling", "pairwise", "sample_relevance")))
+declare(Measure("sentence_sar", P.sentence_sar, ("sample_token_logprobs", "sample_similarity"), "sentence SAR",
+                "sSAR", needs=("sampling", "pairwise")))
+declare(Measure("degmat", P.degmat, ("sample_entailment",), "DegMat (entailment)", "Deg",
+                needs=("sampling", "entailment")))
+declare(Measure("eigval_laplacian", P.eigval_laplacian, ("sample_entailment",), "EigValLaplacian (entailment)",
+                "EigV", needs=("sampling", "entailment")))
+declare(Measure("eccentricity", P.eccentricity, ("sample_entailment",), "Eccentricity (entailment)", "Ecc",
+                needs=("sampling", "entailment")))
+declare(Measure("kle", P.kernel_language_entropy, ("sample_entailment",), "kernel language entropy", "KLE",
+                needs=("sampling", "entailment")))
+declare(Measure("degmat_jaccard", P.degmat_jaccard, ("samples",), "DegMat (Jaccard)", "DegJ", needs=("sampling",)))
+declare(Measure("eigval_jaccard", P.eigval_jaccard, ("samples",), "EigValLaplacian (Jaccard)", "EigVJ",
+                needs=("sampling",)))
+declare(Measure("eccentricity_jaccard", P.eccentricity_jaccard, ("samples",), "Eccentricity (Jaccard)", "EccJ",
+                needs=("sampling",)))
+declare(Measure("lexical_similarity", P.lexical_similarity, ("samples",), "lexical similarity (ROUGE-L)", "LexSim",
+                needs=("sampling",)))
+declare(Measure("greedy_dissimilarity", P.greedy_dissimilarity, ("greedy_similarity",),
+                "greedy-vs-sample dissimilarity", "Dis", needs=("sampling", "pairwise")))
+declare(Measure("cocoa_msp", P.cocoa_msp, ("token_logprobs", "greedy_similarity"), "CoCoA-MSP", "CoCoA",
+                needs=("sampling", "pairwise"), preview=4))
+declare(Measure("cocoa_ppl", P.cocoa_ppl, ("token_logprobs", "greedy_similarity"), "CoCoA-PPL", "CoCoA-P",
+                needs=("sampling", "pairwise")))
 
 #: the names, in order: every measure, the single-pass ones (every run has them), the sampled ones
 NAMES = tuple(MEASURES)

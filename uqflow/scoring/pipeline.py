@@ -7,6 +7,7 @@ correctness, then every score; :func:`evaluate` turns the table into the run's m
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -15,13 +16,13 @@ import pandas as pd
 
 from uqflow.artifact import VERDICT_PREFIX
 from uqflow.scoring.evaluation import (OneClassWarning, accuracy_at_coverage, aurac, auroc_with_ci, delong_test,
-                                       prr)
+                                       prr, prr_at)
 from uqflow.scoring.judges import Judge, agreement, judge_examples
 from uqflow.scoring.measures import SAMPLED, SINGLE_PASS, score_row, score_sampled_row
 from uqflow.scoring.cost import Cost, measure_costs, part_metrics
-from uqflow.scoring.relevance import token_relevance
+from uqflow.scoring.relevance import similarity_passes, token_relevance
 from uqflow.scoring.selective import aurc, brier_score, confidence_probabilities, expected_calibration_error
-from uqflow.scoring.semantic import semantic_clusters
+from uqflow.scoring.semantic import cluster_samples
 
 #: the columns of a generations table that hold a run's sampled answers
 SAMPLE_COLUMNS = ("samples", "sample_token_ids", "sample_token_logprobs", "log_p_true")
@@ -34,7 +35,7 @@ DELONG_PAIR = ("g_nll", "rw_g_nll")
 #: the metrics a run logs for each measure, by name (the results store's ``scores`` columns), as
 #: patterns of the measure's name; evaluation and aggregation both read them from here
 MEASURE_METRICS = {"auroc": "auroc_{m}", "ci_low": "auroc_{m}_ci_low", "ci_high": "auroc_{m}_ci_high",
-                   "aurac": "aurac_{m}", "prr": "prr_{m}",
+                   "aurac": "aurac_{m}", "prr": "prr_{m}", "prr50": "prr50_{m}",
                    **{f"acc_cov{round(c * 100)}": f"acc_cov{round(c * 100)}_{{m}}" for c in COVERAGES},
                    # calibration (the measure mapped to P(correct), cross-validated) and risk-coverage
                    "ece": "ece_{m}", "brier": "brier_{m}", "aurc": "aurc_{m}",
@@ -114,13 +115,63 @@ def measures_of(frame: pd.DataFrame) -> tuple[str, ...]:
 
 def add_semantic_ids(frame: pd.DataFrame, entailment, strict: bool = False) -> tuple[pd.DataFrame, Cost]:
     """``semantic_ids``: each question's sampled answers clustered by bidirectional entailment
-    (scoring/semantic.py); returns the table and what the clustering cost."""
+    (scoring/semantic.py), and ``sample_entailment``, the judge's probability that each sample
+    entails each other (the same judgments); returns the table and what the clustering cost."""
     frame = frame.copy()
-    ids, stats = semantic_clusters(list(frame["question"]), [list(s) for s in frame["samples"]], entailment, strict)
+    ids, matrices, stats = cluster_samples(list(frame["question"]), [list(s) for s in frame["samples"]], entailment,
+                                           strict)
     frame["semantic_ids"] = ids
+    frame["sample_entailment"] = matrices
     judge_tokens = getattr(entailment, "tokens", 0)  # an LLM judge's generated tokens
     passes = getattr(entailment, "passes", None)
     return frame, Cost(stats.model_calls if passes is None else passes, judge_tokens, stats.seconds)
+
+
+def add_pairwise(frame: pd.DataFrame, decode: Callable[[Sequence[int]], str], similarity) -> tuple[pd.DataFrame,
+                                                                                                   dict[str, Cost]]:
+    """The pairwise record of a table that sampled, from the similarity model ``similarity``
+    (pairs of texts -> scores): ``sample_similarity``, each question's N x N similarity of every
+    pair of sampled answers (symmetric, 1 on the diagonal); ``greedy_similarity``, the greedy
+    answer's similarity to each sample; and ``sample_relevance``, the TokenSAR relevance of each
+    sample's tokens as RW-G-NLL's (:func:`~uqflow.scoring.relevance.token_relevance`). Every
+    measure of sample consistency (scoring/pairwise.py) is a function of these and the samples, so
+    a rescore with another similarity model recomputes them without sampling again. Returns the
+    table and the cost of its two parts: ``pairwise`` (both similarities, one call) and
+    ``sample_relevance``."""
+    frame = frame.copy()
+    t = time.perf_counter()
+    pairs: list[tuple[str, str]] = []
+    for answer, texts in zip(frame["answer"], frame["samples"]):
+        texts = [str(x).strip() for x in texts]
+        pairs.extend((texts[i], texts[j]) for i in range(len(texts)) for j in range(i + 1, len(texts)))
+        pairs.extend((str(answer).strip(), x) for x in texts)
+    sims = np.asarray(similarity(pairs), dtype=np.float64) if pairs else np.zeros(0)
+    matrices, greedy, pos = [], [], 0
+    for texts in frame["samples"]:
+        n = len(texts)
+        m = np.eye(n)
+        upper = np.triu_indices(n, 1)
+        m[upper] = sims[pos:pos + len(upper[0])]
+        m.T[upper] = m[upper]
+        pos += len(upper[0])
+        matrices.append(m.tolist())
+        greedy.append(sims[pos:pos + n].tolist())
+        pos += n
+    frame["sample_similarity"], frame["greedy_similarity"] = matrices, greedy
+    parts = {"pairwise": Cost(float(similarity_passes(similarity, pairs)), 0, time.perf_counter() - t)}
+    t = time.perf_counter()
+    counts = [len(ids) for ids in frame["sample_token_ids"]]
+    flat_questions = [q for q, k in zip(frame["question"], counts) for _ in range(k)]
+    flat_ids = [list(ids) for row in frame["sample_token_ids"] for ids in row]
+    flat = token_relevance(flat_questions, flat_ids, decode, similarity)
+    grouped, pos = [], 0
+    for k in counts:
+        grouped.append(flat[pos:pos + k])
+        pos += k
+    frame["sample_relevance"] = grouped
+    # as RW-G-NLL's relevance is counted: one pass per text embedded, each sample whole and without each token
+    parts["sample_relevance"] = Cost(float(sum(len(ids) + 1 for ids in flat_ids)), 0, time.perf_counter() - t)
+    return frame, parts
 
 
 def add_scores(frame: pd.DataFrame) -> pd.DataFrame:
@@ -170,6 +221,7 @@ def evaluate(frame: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0) -> 
             m[metric("auroc", name)], m[metric("ci_low", name)], m[metric("ci_high", name)] = r.auroc, r.ci_low, r.ci_high
             m[metric("aurac", name)] = aurac(correct, s)
             m[metric("prr", name)] = prr(correct, s)
+            m[metric("prr50", name)] = prr_at(correct, s)
             for c in COVERAGES:
                 m[metric(f"acc_cov{round(c * 100)}", name)] = accuracy_at_coverage(correct, s, c)
             prob = confidence_probabilities(correct, s, method=CALIBRATION, seed=seed)

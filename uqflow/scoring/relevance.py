@@ -16,7 +16,7 @@ import numpy as np
 from uqflow.errors import ModelLoadError
 
 DEFAULT_SIMILARITY = "all-MiniLM-L6-v2"
-CROSS_ENCODERS = {"cross-encoder/stsb-roberta-large"}
+CROSS_ENCODERS = {"cross-encoder/stsb-roberta-large"}  # SAR_CROSS_ENCODER
 
 
 class EmbeddingSimilarity:
@@ -54,6 +54,28 @@ class CrossEncoderSimilarity:
             return np.zeros(0)
         return np.asarray(self.model.predict(list(pairs), batch_size=self.batch_size,
                                              show_progress_bar=False), dtype=np.float64)
+
+
+#: the pairwise record's default: SAR's cross-encoder where it loads, else the bundled embedding
+AUTO = "auto"
+SAR_CROSS_ENCODER = "cross-encoder/stsb-roberta-large"
+
+
+def pair_similarity_model(name: str) -> str:
+    """The similarity model ``pair_similarity=name`` means: ``auto`` is SAR's cross-encoder where it
+    can be loaded (in the local Hugging Face cache, or the hub reachable), else the bundled
+    all-MiniLM-L6-v2; any other name is itself."""
+    if name != AUTO:
+        return name
+    return SAR_CROSS_ENCODER if similarity_problem(SAR_CROSS_ENCODER) is None else DEFAULT_SIMILARITY
+
+
+def similarity_passes(similarity, pairs: Sequence[tuple[str, str]]) -> int:
+    """Forward passes a similarity call over ``pairs`` costs: a cross-encoder reads each pair once;
+    an embedding model embeds each distinct text once (:class:`EmbeddingSimilarity`)."""
+    if isinstance(similarity, CrossEncoderSimilarity):
+        return len(pairs)
+    return len({t for pair in pairs for t in pair})
 
 
 def bundled_minilm() -> str:

@@ -81,6 +81,13 @@ class EntailmentModel:
     def classify(self, items: Sequence[tuple[str, str, str]]) -> list[int]:
         raise NotImplementedError
 
+    def judge(self, items: Sequence[tuple[str, str, str]]) -> tuple[list[int], list[float]]:
+        """Each item's label and the judge's probability that the premise entails the hypothesis
+        (the pairwise record's ``sample_entailment``). A judge that gives only labels: 1.0 for
+        ENTAILMENT, else 0.0 (an LLM judge's chosen word)."""
+        labels = self.classify(items)
+        return labels, [1.0 if label == ENTAILMENT else 0.0 for label in labels]
+
 
 # ---------------------------------------------------------------- LLM entailment
 
@@ -186,12 +193,18 @@ class NLIEntailment(EntailmentModel):
         self._tokenizer, self._model, self.device = tokenizer, model.to(device).eval(), device
 
     def classify(self, items):
+        return self.judge(items)[0]
+
+    def judge(self, items):
+        """The argmax class of each pair, and its softmax probability of entailment."""
         if not items:
-            return []
+            return [], []
         self._load()
         import torch
 
         out: list[int] = []
+        p_entail: list[float] = []
+        entail = self._labels.index(ENTAILMENT)
         for start in range(0, len(items), self.batch_size):
             batch = items[start : start + self.batch_size]
             if self.with_question:
@@ -202,10 +215,11 @@ class NLIEntailment(EntailmentModel):
             enc = self._tokenizer(premises, hypotheses, padding=True, truncation=True, return_tensors="pt")
             enc = enc.to(self.device)
             with torch.inference_mode():
-                best = self._model(**enc).logits.argmax(-1).tolist()  # (batch,) class indices
-            out.extend(self._labels[i] for i in best)
+                logits = self._model(**enc).logits.float()  # (batch, 3)
+            out.extend(self._labels[i] for i in logits.argmax(-1).tolist())
+            p_entail.extend(logits.softmax(-1)[:, entail].tolist())
         self.calls += len(items)
-        return out
+        return out, p_entail
 
 
 #: entailment model name -> hub id of its NLI classifier (``llm:<model>`` names a registry LLM)
@@ -232,11 +246,17 @@ class EmbeddingEquivalence(EntailmentModel):
         self.cache_hits = 0
 
     def classify(self, items):
+        return self.judge(items)[0]
+
+    def judge(self, items):
+        """Labels by the threshold, and as the probability of entailment the cosine similarity
+        itself, clipped to [0, 1]: the judge's own degree of "same meaning"."""
         if not items:
-            return []
+            return [], []
         sims = np.asarray(self.similarity([(p, h) for _, p, h in items]), dtype=np.float64)
         self.calls += len({t for _, p, h in items for t in (p, h)})  # texts embedded
-        return [ENTAILMENT if s >= self.threshold else NEUTRAL for s in sims]
+        return ([ENTAILMENT if s >= self.threshold else NEUTRAL for s in sims],
+                np.clip(sims, 0.0, 1.0).tolist())
 
 
 def parse_embedding_name(name: str) -> tuple[str, float] | None:
@@ -369,16 +389,27 @@ class ClusterStats:
 
 def semantic_clusters(questions: Sequence[str], samples: Sequence[Sequence[str]], model: EntailmentModel,
                       strict: bool = False) -> tuple[list[list[int]], ClusterStats]:
+    """Semantic cluster ids of every question's samples and what they cost (:func:`cluster_samples`
+    without the entailment matrices)."""
+    ids, _, stats = cluster_samples(questions, samples, model, strict)
+    return ids, stats
+
+
+def cluster_samples(questions: Sequence[str], samples: Sequence[Sequence[str]], model: EntailmentModel,
+                    strict: bool = False) -> tuple[list[list[int]], list[list[list[float]]], ClusterStats]:
     """Semantic cluster ids of every question's samples (:func:`cluster` with bidirectional
-    entailment, :func:`equivalent_labels`), and what they cost.
+    entailment, :func:`equivalent_labels`), each question's entailment matrix (entry [i][j]: the
+    judge's probability that sample i entails sample j, :meth:`EntailmentModel.judge`; 1 where the
+    two have the same normalised text, the diagonal included), and what they cost.
 
     Samples with the same normalised text (:func:`normalise_answer`) are equivalent without asking
     the model: a text entails itself, and it saves model calls. For the remaining pairs the model is
-    asked once, in one ``classify`` call over all questions: both directions of every pair of
+    asked once, in one ``judge`` call over all questions: both directions of every pair of
     distinct normalised texts of a question (at most N(N-1) items for N samples; each text is sent
     as its first sample's, stripped). The reference algorithm asks sequentially and may skip pairs
     whose texts already have an id; asking all pairs trades those few extra items for one batched
-    call, and gives the same ids, since :func:`cluster` then runs locally on the labels.
+    call, and gives the same ids, since :func:`cluster` then runs locally on the labels; the same
+    call gives the entailment matrices that the graph measures read (scoring/pairwise.py).
     """
     if len(questions) != len(samples):
         raise ValueError(f"{len(questions)} questions for {len(samples)} lists of samples")
@@ -394,12 +425,25 @@ def semantic_clusters(questions: Sequence[str], samples: Sequence[Sequence[str]]
         stats.exact_matches += len(forms) - len(first)
         plans.append((forms, len(items), list(first)))
         items.extend((question, first[a], first[b]) for a in first for b in first if a != b)
-    labels = model.classify(items) if items else []
-    if len(labels) != len(items):
+    labels, p_entail = model.judge(items) if items else ([], [])
+    if len(labels) != len(items) or len(p_entail) != len(items):
         raise RuntimeError(f"entailment model {model.name!r} gave {len(labels)} labels for {len(items)} pairs")
-    out = [cluster(forms, _pair_equivalence(forms, distinct, labels, offset, strict))
+    ids = [cluster(forms, _pair_equivalence(forms, distinct, labels, offset, strict))
            for forms, offset, distinct in plans]
+    matrices = [_entailment_matrix(forms, distinct, p_entail, offset) for forms, offset, distinct in plans]
     stats.pairs_classified = len(items)
     stats.model_calls = model.calls - calls_before
     stats.seconds = time.perf_counter() - start
-    return out, stats
+    return ids, matrices, stats
+
+
+def _entailment_matrix(forms: list[str], distinct: list[str], p_entail: list[float], offset: int) -> list[list[float]]:
+    """One question's N x N entailment probabilities from those of its distinct texts' pairs
+    (laid out as in :func:`_pair_equivalence`)."""
+    pos = {form: i for i, form in enumerate(distinct)}
+    u = len(distinct)
+
+    def p(a: int, b: int) -> float:
+        return 1.0 if a == b else float(p_entail[offset + a * (u - 1) + (b if b < a else b - 1)])
+
+    return [[p(pos[fi], pos[fj]) for fj in forms] for fi in forms]

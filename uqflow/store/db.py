@@ -210,6 +210,42 @@ def downgrade(url: str | None, revision: str) -> str:
     return _migrate("downgrade", url, revision)
 
 
+#: the revision from which the per-example measure columns follow the declarations
+MEASURE_SYNC_REVISION = "c2f0d5a1e7b3"
+
+
+def sync_measure_columns(conn) -> list[str]:
+    """Add to ``generations`` a nullable float column for every declared measure it lacks
+    (``schema.add_measure_columns``), on an open connection; returns the names added. Rows stored
+    before keep NULL there until their runs are aggregated again. Run by the migration
+    ``MEASURE_SYNC_REVISION`` and by every upgrade to head after it, so declaring a measure is all
+    a new measure needs."""
+    import sqlalchemy as sa
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
+
+    from uqflow.store.schema import Generation, add_measure_columns
+
+    add_measure_columns()
+    have = {c["name"] for c in inspect(conn).get_columns("generations")}
+    from uqflow.scoring.measures import MEASURES
+
+    missing = [name for name in MEASURES if name not in have]
+    ops = Operations(MigrationContext.configure(conn))
+    for name in missing:  # plain ADD COLUMN: a batch copy on SQLite would drop the tables that refer to it
+        ops.add_column("generations", sa.Column(name, Generation.__table__.c[name].type, nullable=True))
+    return missing
+
+
+def missing_measure_columns(engine: Engine) -> list[str]:
+    """The declared measures the store's ``generations`` has no column for (a measure declared
+    since the store was last upgraded)."""
+    from uqflow.scoring.measures import MEASURES
+
+    have = {c["name"] for c in inspect(engine).get_columns("generations")}
+    return [name for name in MEASURES if name not in have]
+
+
 def _migrate(direction: str, url: str | None, revision: str) -> str:
     from alembic import command
     from alembic.util import CommandError
@@ -224,6 +260,8 @@ def _migrate(direction: str, url: str | None, revision: str) -> str:
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
             cfg.attributes["connection"] = conn
             getattr(command, direction)(cfg, revision)
+            if direction == "upgrade" and _at_or_after_sync(conn):
+                sync_measure_columns(conn)
         return current_revision(engine) or "base"
     except CommandError as e:
         raise StoreError(f"cannot {direction} the results store to {revision!r}: {e}") from None
@@ -231,6 +269,18 @@ def _migrate(direction: str, url: str | None, revision: str) -> str:
         raise StoreError(store_failure("migrate", url, e)) from None
     finally:
         engine.dispose()
+
+
+def _at_or_after_sync(conn) -> bool:
+    """Whether the store's revision is the measure-sync revision or a later one."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    current = MigrationContext.configure(conn).get_current_revision()
+    if current is None:
+        return False
+    script = ScriptDirectory.from_config(alembic_config(DEFAULT_URL))
+    return any(r.revision == MEASURE_SYNC_REVISION for r in script.iterate_revisions(current, "base"))
 
 
 def head_revision() -> str:
@@ -257,6 +307,10 @@ def require_schema(engine: Engine, url: str) -> None:
     if cur != head:
         raise StoreError(f"the results store {redact(url)} is at schema revision {cur}, this uqflow needs {head}; "
                          f"run `uqflow db upgrade --db {redact(url)}`")
+    missing = missing_measure_columns(engine)
+    if missing:
+        raise StoreError(f"the results store {redact(url)} has no column for the measure(s) {', '.join(missing)}; "
+                         f"run `uqflow db upgrade --db {redact(url)}` (or `uqflow aggregate`, which upgrades it)")
 
 
 def row_counts(url: str | None = None) -> dict[str, int]:

@@ -1,6 +1,8 @@
 """The results store's tables, as SQLAlchemy 2.0 typed models.
 
-The schema is created and changed only through the Alembic migrations in ``migrations/``;
+The schema is created and changed through the Alembic migrations in ``migrations/``, except the
+per-example measure columns of ``generations``: one per measure declared in ``scoring/measures.py``,
+added to the database by ``uqflow.store.db.sync_measure_columns`` whenever the store is upgraded;
 ``tests/test_store.py`` checks that autogenerate finds nothing to do between these models and the
 migrations. One row of ``runs`` per FINISHED MLflow run; its ``scores`` (one row per uncertainty
 measure) and ``generations`` (one row per example) are replaced together, in one transaction,
@@ -94,7 +96,8 @@ class Score(Base):
     ci_low: Mapped[float | None] = mapped_column(Float)
     ci_high: Mapped[float | None] = mapped_column(Float)
     aurac: Mapped[float | None] = mapped_column(Float)
-    prr: Mapped[float | None] = mapped_column(Float)
+    prr: Mapped[float | None] = mapped_column(Float)  # over every rejection level
+    prr50: Mapped[float | None] = mapped_column(Float)  # up to 50% rejected, normalised: the field's PRR
     acc_cov80: Mapped[float | None] = mapped_column(Float)
     acc_cov90: Mapped[float | None] = mapped_column(Float)
     acc_cov95: Mapped[float | None] = mapped_column(Float)
@@ -132,29 +135,32 @@ class Generation(Base):
     verdicts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     num_tokens: Mapped[int] = mapped_column(Integer)
     stop_reason: Mapped[str | None] = mapped_column(String(32))
-    g_nll: Mapped[float | None] = mapped_column(Float)
-    ln_g_nll: Mapped[float | None] = mapped_column(Float)
-    max_nll: Mapped[float | None] = mapped_column(Float)
-    mean_entropy: Mapped[float | None] = mapped_column(Float)
-    rw_g_nll: Mapped[float | None] = mapped_column(Float)
-    # zero-cost baselines: answer length in tokens and in characters, scored like the measures
-    answer_tokens: Mapped[float | None] = mapped_column(Float)
-    answer_chars: Mapped[float | None] = mapped_column(Float)
     tokens: Mapped[list[str] | None] = mapped_column(JSON)  # each answer token as text, for token-level views
     token_ids: Mapped[list[int]] = mapped_column(JSON)
     token_logprobs: Mapped[list[float]] = mapped_column(JSON)
     relevance: Mapped[list[float] | None] = mapped_column(JSON)
-    # a run that sampled: the measures of its sampled answers, the answers and their semantic clusters
-    predictive_entropy: Mapped[float | None] = mapped_column(Float)
-    ln_predictive_entropy: Mapped[float | None] = mapped_column(Float)
-    semantic_entropy: Mapped[float | None] = mapped_column(Float)
-    discrete_semantic_entropy: Mapped[float | None] = mapped_column(Float)
-    num_semantic_sets: Mapped[float | None] = mapped_column(Float)
-    p_true: Mapped[float | None] = mapped_column(Float)  # -log p(True)
+    # a run that sampled: its sampled answers and their semantic clusters
     samples: Mapped[list[str] | None] = mapped_column(JSON)
     semantic_ids: Mapped[list[int] | None] = mapped_column(JSON)
 
     run: Mapped[Run] = relationship(back_populates="generations")
+    # and one nullable float column per declared measure (scoring/measures.py), added below
 
+
+def add_measure_columns() -> list[str]:
+    """Give ``generations`` a column for every declared measure it lacks (a measure declared after
+    this module was imported: a plugin's, a test's); returns the names added. The database follows
+    with :func:`uqflow.store.db.sync_measure_columns`, so a new measure needs no migration."""
+    from uqflow.scoring.measures import MEASURES
+
+    added = []
+    for name in MEASURES:
+        if name not in Generation.__table__.c:
+            setattr(Generation, name, mapped_column(name, Float, nullable=True))
+            added.append(name)
+    return added
+
+
+add_measure_columns()
 
 MEASURE_COLUMNS = tuple(c.name for c in Score.__table__.columns if c.name not in ("run_id", "measure"))
