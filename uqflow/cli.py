@@ -8,10 +8,14 @@ import sys
 import click
 
 from uqflow.errors import Terminated, UqflowError, clear_stop, stop_signal
-# the names in option help come from where they are registered
-from uqflow.generation import ENGINES
-from uqflow.scoring.judges import JUDGES
-from uqflow.scoring.measures import SINGLE_PASS
+
+try:
+    # the names in option help come from where they are registered
+    from uqflow.generation import ENGINES
+    from uqflow.scoring.judges import JUDGES
+    from uqflow.scoring.measures import SINGLE_PASS
+except UqflowError as e:  # a module of measures of one's own ($UQFLOW_MEASURES) that cannot be imported
+    sys.exit(f"Error: {e}")
 
 
 class UqflowGroup(click.Group):

@@ -10,7 +10,8 @@ oracle, as LM-Polygraph and CoCoA report it; ``v_run_scores`` shows it. From thi
 revision adds those it lacks (the measures of sample consistency, the first declared after it), and
 every later ``uqflow db upgrade`` (and ``uqflow aggregate``) adds a newly declared measure's column
 the same way (``uqflow.store.db.sync_measure_columns``), so a new measure needs no migration. Rows
-stored before keep NULL there until their runs are aggregated again.
+stored before keep NULL there until the next ``uqflow aggregate``, which reads every stored run again
+(they are marked stale).
 """
 from collections.abc import Sequence
 
@@ -68,12 +69,13 @@ def _replace_views(old: dict[str, str], new: dict[str, str]) -> None:
 
 
 def upgrade() -> None:
-    from uqflow.store.db import sync_measure_columns
+    from uqflow.store.db import mark_stale, sync_measure_columns
 
     for name in reversed(_views(False)):  # they read scores, which gains a column
         op.execute(f"DROP VIEW IF EXISTS {name}")
     op.add_column('scores', sa.Column('prr50', sa.Float(), nullable=True))
     sync_measure_columns(op.get_bind())
+    mark_stale(op.get_bind())  # the next aggregation reads every run again and fills the new columns
     for name, sql in _views(True).items():
         op.execute(f"CREATE VIEW {name} AS {sql}")
 

@@ -49,7 +49,7 @@ REQUIRED_COLUMNS = REQUIRED_FIELDS + REQUIRED
 SAMPLE_LISTS = ("samples", "sample_token_ids", "sample_token_logprobs", "semantic_ids", "greedy_similarity",
                 "sample_entailment", "sample_similarity", "sample_relevance")
 #: the pairwise record's N x N matrices, and the range their values lie in
-SAMPLE_MATRICES = {"sample_entailment": (0.0, 1.0), "sample_similarity": (-1.0, 1.0)}
+SAMPLE_MATRICES = {"sample_entailment": (0.0, 1.0), "sample_similarity": (0.0, 1.0)}
 #: a similarity or probability a hair outside its range (float32 rounding of a cosine or softmax)
 RANGE_ATOL = 1e-4
 #: a stored score against the score recomputed from its row: float64 sums of the same numbers, in
@@ -342,13 +342,13 @@ def _check_samples(table, names: set[str], n_generations: int) -> None:
 
 
 def _check_pairwise(i: int, values: Mapping[str, Any], n: int) -> None:
-    """The pairwise record of row ``i``: each matrix N x N, its values in range (a similarity in
-    [-1, 1], a probability in [0, 1]), the similarity matrix symmetric with 1 on its diagonal, and
+    """The pairwise record of row ``i``: each matrix N x N, its values in [0, 1] (similarities as
+    recorded, probabilities), the similarity matrix symmetric with 1 on its diagonal, and
     the entailment matrix 1 on its diagonal (a text entails itself)."""
     for c, value in values.items():
         if value is None:
             continue
-        lo, hi = SAMPLE_MATRICES.get(c, (-1.0, 1.0))
+        lo, hi = SAMPLE_MATRICES.get(c, (0.0, 1.0))
         rows = value if c in SAMPLE_MATRICES else [value]
         for r, row in enumerate(rows):
             if c in SAMPLE_MATRICES and len(row or []) != n:

@@ -122,6 +122,35 @@ declare(Measure("cocoa_msp", P.cocoa_msp, ("token_logprobs", "greedy_similarity"
 declare(Measure("cocoa_ppl", P.cocoa_ppl, ("token_logprobs", "greedy_similarity"), "CoCoA-PPL", "CoCoA-P",
                 needs=("sampling", "pairwise")))
 
+#: the environment variable naming modules (comma-separated) that declare more measures
+PLUGINS_VAR = "UQFLOW_MEASURES"
+#: the entry-point group under which an installed package declares more measures
+ENTRY_POINT_GROUP = "uqflow.measures"
+
+
+def _load_plugins() -> None:
+    """Import the modules that declare more measures with :func:`declare`: those named by
+    ``$UQFLOW_MEASURES`` and those installed under the entry-point group ``uqflow.measures``, before
+    the name lists below are made, so a measure of one's own is one file: its function and its
+    ``declare()``. Everything downstream (runs, the store's columns, the report) reads it from here."""
+    import importlib
+    import os
+    from importlib.metadata import entry_points
+
+    for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_VAR, "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            from uqflow.errors import ConfigError
+
+            raise ConfigError(f"{PLUGINS_VAR} names the module {module!r}, which cannot be imported ({e}); "
+                              "put its folder on PYTHONPATH, or unset the variable") from None
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
+
+
+_load_plugins()
+
 #: the names, in order: every measure, the single-pass ones (every run has them), the sampled ones
 NAMES = tuple(MEASURES)
 SINGLE_PASS = tuple(n for n, m in MEASURES.items() if not m.sampled)

@@ -130,8 +130,8 @@ def add_semantic_ids(frame: pd.DataFrame, entailment, strict: bool = False) -> t
 def add_pairwise(frame: pd.DataFrame, decode: Callable[[Sequence[int]], str], similarity) -> tuple[pd.DataFrame,
                                                                                                    dict[str, Cost]]:
     """The pairwise record of a table that sampled, from the similarity model ``similarity``
-    (pairs of texts -> scores): ``sample_similarity``, each question's N x N similarity of every
-    pair of sampled answers (symmetric, 1 on the diagonal); ``greedy_similarity``, the greedy
+    (pairs of texts -> scores, clipped to [0, 1]): ``sample_similarity``, each question's N x N
+    similarity of every pair of sampled answers (symmetric, 1 on the diagonal); ``greedy_similarity``, the greedy
     answer's similarity to each sample; and ``sample_relevance``, the TokenSAR relevance of each
     sample's tokens as RW-G-NLL's (:func:`~uqflow.scoring.relevance.token_relevance`). Every
     measure of sample consistency (scoring/pairwise.py) is a function of these and the samples, so
@@ -145,7 +145,9 @@ def add_pairwise(frame: pd.DataFrame, decode: Callable[[Sequence[int]], str], si
         texts = [str(x).strip() for x in texts]
         pairs.extend((texts[i], texts[j]) for i in range(len(texts)) for j in range(i + 1, len(texts)))
         pairs.extend((str(answer).strip(), x) for x in texts)
-    sims = np.asarray(similarity(pairs), dtype=np.float64) if pairs else np.zeros(0)
+    # in [0, 1], as SAR's cross-encoder scores lie: an embedding's negative cosine (two unrelated
+    # texts) would make SAR's log of relevance-weighted probabilities undefined
+    sims = np.clip(np.asarray(similarity(pairs), dtype=np.float64), 0.0, 1.0) if pairs else np.zeros(0)
     matrices, greedy, pos = [], [], 0
     for texts in frame["samples"]:
         n = len(texts)

@@ -12,7 +12,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text as sa_text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
@@ -234,7 +234,20 @@ def sync_measure_columns(conn) -> list[str]:
     ops = Operations(MigrationContext.configure(conn))
     for name in missing:  # plain ADD COLUMN: a batch copy on SQLite would drop the tables that refer to it
         ops.add_column("generations", sa.Column(name, Generation.__table__.c[name].type, nullable=True))
+    if missing:
+        mark_stale(conn)
     return missing
+
+
+#: the digest of a stored run that the store itself made stale: no run's digest is this
+STALE_DIGEST = "stale: the store derives more from its rows than when it was stored"
+
+
+def mark_stale(conn) -> None:
+    """Make every stored run stale, so that the next aggregation reads each run again and fills
+    what this version derives and the version that stored it did not (a new measure's column, a
+    new metric)."""
+    conn.execute(sa_text("UPDATE runs SET mlflow_digest = :d"), {"d": STALE_DIGEST})
 
 
 def missing_measure_columns(engine: Engine) -> list[str]:
