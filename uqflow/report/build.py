@@ -91,7 +91,7 @@ def summarise(study: Study, measure: str = "g_nll") -> dict:
             "accuracy": r.accuracy, "delong_z": r.delong_z, "delong_p": r.delong_p,
             "settings_differ": r.settings_differ,  # "" where it shares the study's settings
             "scores": {s.measure: {"auroc": s.auroc, "ci_low": s.ci_low, "ci_high": s.ci_high, "aurac": s.aurac,
-                                   "prr": s.prr, "aurc": s.aurc, "ece": s.ece, "brier": s.brier,
+                                   "prr": s.prr, "prr50": s.prr50, "aurc": s.aurc, "ece": s.ece, "brier": s.brier,
                                    "cost_seconds": s.cost_seconds, "cost_passes": s.cost_passes,
                                    "cost_tokens": s.cost_tokens} for s in sc.itertuples()},
         })

@@ -221,7 +221,8 @@ def load_study(url: str | None = None) -> Study:
         gens[col] = gens[col].map(lambda v: json.loads(v) if isinstance(v, str) else v)
     # a numeric column that is NULL in every row comes back as objects (None): as floats, NaN is undefined
     scores = scores.merge(costs, on=["run_id", "measure"], how="left")
-    for col in ("auroc", "ci_low", "ci_high", "aurc", "ece", "brier", "cost_passes", "cost_tokens", "cost_seconds"):
+    for col in ("auroc", "ci_low", "ci_high", "prr", "prr50", "aurc", "ece", "brier", "cost_passes", "cost_tokens",
+                "cost_seconds"):
         scores[col] = pd.to_numeric(scores[col], errors="coerce").astype(float)
     for frame in (runs, scores):
         frame["instruct"] = frame["instruct"].astype(bool)

@@ -585,10 +585,12 @@ def cheapest_adequate(study: Study, alpha: float = 0.05) -> list[dict[str, Any]]
 
 
 def sampled_against_g_nll(study: Study) -> list[dict[str, Any]]:
-    """Per run that sampled, each sampled measure against G-NLL on the same decided answers: both
-    AUROCs, their difference (measure - G-NLL), DeLong's paired test (two-sided, unadjusted) and
-    what the measure cost beyond the greedy pass per question."""
-    from uqflow.scoring.evaluation import delong_test
+    """Per run that sampled, G-NLL and each sampled measure on the same decided answers: the AUROC
+    with its interval (the run's), PRR at 50% rejection normalised (the field's metric) with a
+    bootstrap interval over the answers, the AUROC's difference from G-NLL's (measure - G-NLL),
+    DeLong's paired test against G-NLL (two-sided, unadjusted) and what the measure cost beyond
+    the greedy pass per question."""
+    from uqflow.scoring.evaluation import delong_test, prr_with_ci
     from uqflow.scoring.measures import SAMPLED
 
     rows = []
@@ -602,10 +604,16 @@ def sampled_against_g_nll(study: Study) -> list[dict[str, Any]]:
         g = g[g["correct"].notna()]
         correct = g["correct"].astype(bool).to_numpy()
         g_auroc = float(gn["auroc"].iloc[0])
-        for s in sampled.itertuples():
-            d = delong_test(correct, g[s.measure].to_numpy(dtype=float), g["g_nll"].to_numpy(dtype=float))
+        for s in pd.concat([gn, sampled]).itertuples():
+            scores = g[s.measure].to_numpy(dtype=float)
+            prr50, prr_low, prr_high = prr_with_ci(correct, scores, seed=0)
+            d = delong_test(correct, scores, g["g_nll"].to_numpy(dtype=float))
+            own = s.measure == "g_nll"
             rows.append(_clean({"label": r.label, "run_id": r.run_id, "measure": s.measure, "auroc": s.auroc,
-                                "g_nll_auroc": g_auroc, "difference": s.auroc - g_auroc, "p_value": d.p_value,
+                                "ci_low": s.ci_low, "ci_high": s.ci_high, "prr50": prr50, "prr50_low": prr_low,
+                                "prr50_high": prr_high, "g_nll_auroc": g_auroc,
+                                "difference": math.nan if own else s.auroc - g_auroc,
+                                "p_value": math.nan if own else d.p_value,
                                 "cost_seconds": s.cost_seconds, "cost_passes": s.cost_passes}))
     return rows
 

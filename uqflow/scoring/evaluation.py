@@ -144,6 +144,26 @@ def prr_at(correct, score, max_rejection: float = PRR_MAX_REJECTION) -> float:
     return (area(c) - random) / (area(np.sort(c)[::-1]) - random)
 
 
+def prr_with_ci(correct, score, *, max_rejection: float = PRR_MAX_REJECTION, n_resamples: int = 1000,
+                confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """:func:`prr_at` with a percentile bootstrap interval over the answers (scipy.stats.bootstrap,
+    pairs of verdict and score resampled together, seeded): (value, low, high), NaN where undefined
+    (a resample with one class gives NaN and is left out of the percentiles)."""
+    c = np.asarray(correct, dtype=np.float64)
+    s = np.asarray(score, dtype=np.float64)
+    keep = ~np.isnan(s)
+    c, s = c[keep], s[keep]
+    value = prr_at(c, s, max_rejection)
+    if not np.isfinite(value) or n_resamples <= 0 or c.size < 4:
+        return value, float("nan"), float("nan")
+    with warnings.catch_warnings():  # a resample of one class: NaN, reported by the NaN interval itself
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        res = stats.bootstrap((c, s), lambda a, b: prr_at(a, b, max_rejection), paired=True, vectorized=False,
+                              n_resamples=n_resamples, confidence_level=confidence, method="percentile",
+                              rng=np.random.default_rng(seed))
+    return value, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
 def accuracy_at_coverage(correct, score, coverage: float) -> float:
     """Accuracy of the ceil(coverage * n) most confident answers."""
     c = _by_confidence(correct, score)
