@@ -1,8 +1,10 @@
 """What the sampling-based measures cost against the greedy pass, on this machine, in one run.
 
 On the same questions, prompts and loaded model it times: the greedy pass (what G-NLL needs, and
-all it needs), N sampled answers per question (predictive entropy), p(True)'s extra pass, and the
-entailment judge's clustering of the samples (semantic entropy), and prints each as seconds per
+all it needs), N sampled answers per question (predictive entropy), p(True)'s extra pass, the
+entailment judge's clustering of the samples (semantic entropy, and the entailment graph's DegMat,
+EigValLaplacian, Eccentricity and KLE), and the pairwise record's similarities (CoCoA, sentence SAR)
+and samples' token relevance (SAR), and prints each as seconds per
 question and as a ratio to the greedy pass, with forward passes counted as uqflow records them
 (scoring/cost.py). Nothing is asserted: the ratios are the figure.
 
@@ -80,14 +82,29 @@ def main() -> None:
         _, stats = semantic_clusters([p.example.question for p in prompts], texts, model)
         entail = Cost(judge_cost.passes or stats.model_calls, judge_cost.tokens, time.perf_counter() - t)
 
+    # the pairwise record that the measures of sample consistency read (scoring/pipeline.add_pairwise)
+    import pandas as pd
+
+    from uqflow.scoring.pipeline import add_pairwise
+    from uqflow.scoring.relevance import pair_similarity_model
+
+    frame = pd.DataFrame({"question": [p.example.question for p in prompts], "answer": [g.text for g in gens],
+                          "samples": texts, "sample_token_ids": [[s.token_ids for s in row] for row in samples]})
+    pair_model = pair_similarity_model(cfg.pair_similarity)
+    _, parts = add_pairwise(frame, engine.decode, load_similarity(pair_model, "cpu"))
+    pairwise, relevance = parts["pairwise"], parts["sample_relevance"]
+
     rows = [("G-NLL (greedy pass)", greedy), ("+ N samples (predictive entropy)", sampling),
             ("+ p(True) pass", p_true), ("+ entailment clustering", entail),
-            ("semantic entropy (samples + clustering)", sampling + entail)]
+            (f"+ pairwise similarities ({pair_model})", pairwise), ("+ samples' token relevance", relevance),
+            ("semantic entropy, DegMat, KLE (samples + clustering)", sampling + entail),
+            ("CoCoA, sentence SAR (samples + similarities)", sampling + pairwise),
+            ("SAR (samples + similarities + relevance)", sampling + pairwise + relevance)]
     print(f"{spec.name} x {cfg.dataset}: {n} questions, N={cfg.num_generations} samples at temperature "
           f"{cfg.temperature}, max_new_tokens {cfg.max_new_tokens}, entailment {args.entailment}, device {lm.device}")
-    print(f"{'':42s} {'s/question':>11s} {'passes/q':>9s} {'x greedy time':>14s} {'x greedy passes':>16s}")
+    print(f"{'':52s} {'s/question':>11s} {'passes/q':>9s} {'x greedy time':>14s} {'x greedy passes':>16s}")
     for name, c in rows:
-        print(f"{name:42s} {c.seconds / n:11.4f} {c.passes / n:9.1f} {c.seconds / greedy.seconds:14.2f} "
+        print(f"{name:52s} {c.seconds / n:11.4f} {c.passes / n:9.1f} {c.seconds / greedy.seconds:14.2f} "
               f"{c.passes / max(greedy.passes, 1):16.2f}")
     print(f"clustering: {stats.pairs_classified} pairs judged ({stats.exact_matches} samples matched another "
           f"exactly and needed no judgment)")
