@@ -4,6 +4,7 @@ following the declarations (an older store upgraded, a measure of one's own adde
 The measures themselves are checked against hand-computed values in test_pairwise_measures.py and
 against LM-Polygraph by bench/polygraph_agreement.py."""
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -202,3 +203,21 @@ def test_a_measure_of_ones_own_is_one_file(tmp_path, venv_env):
                          cwd=tmp_path, env={**env, "UQFLOW_MEASURES": "no_such_module"}, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode != 0 and "UQFLOW_MEASURES" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_prr_at_50_percent_by_hand():
+    """PRR@50% as LM-Polygraph computes it, on cases worked by hand: 4 answers, m = 2 levels (keep
+    the 3 or the 4 most confident), random = the accuracy."""
+    from uqflow.scoring.evaluation import prr_at
+
+    # right, wrong, right, wrong by rising score: A = (2/3 + 2/4) / 2 = 7/12; oracle keeps right, right,
+    # wrong first: (2/3 + 2/4) / 2 = 7/12 as well; random 1/2 -> (7/12 - 1/2) / (7/12 - 1/2) = 1
+    assert prr_at([1, 0, 1, 0], [0.1, 0.2, 0.3, 0.4]) == pytest.approx(1.0)
+    # the reverse order: A = (1/3 + 2/4) / 2 = 5/12 -> (5/12 - 6/12) / (1/12) = -1
+    assert prr_at([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4]) == pytest.approx(-1.0)
+    # 6 answers, m = 3: scores put right, wrong, wrong, right, wrong, right in order;
+    # A = (acc4 + acc5 + acc6) / 3 = (2/4 + 2/5 + 3/6) / 3 = 0.4666...; oracle: (3/4 + 3/5 + 3/6) / 3 = 0.6166...
+    got = prr_at([1, 0, 0, 1, 0, 1], [1, 2, 3, 4, 5, 6])
+    assert got == pytest.approx((1.4 / 3 - 0.5) / (1.85 / 3 - 0.5))
+    # undefined: one class, or too few answers for the oracle to beat random over the levels counted
+    assert math.isnan(prr_at([1, 1, 1, 1], [1, 2, 3, 4])) and math.isnan(prr_at([1, 0], [1, 2]))

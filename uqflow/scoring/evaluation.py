@@ -130,7 +130,8 @@ def prr_at(correct, score, max_rejection: float = PRR_MAX_REJECTION) -> float:
     with m = floor(r n) the rejection levels counted. 1 = the oracle, 0 = random. A(random) is the
     exact expectation, the accuracy itself (LM-Polygraph estimates it from 1,000 random orders;
     the two differ by that estimate's noise); ties keep their order (a stable sort). NaN when
-    every answer is right or wrong, or when m = 0."""
+    every answer is right or wrong, when m = 0, or when the oracle does no better than random
+    over the levels counted (N of 2 or 3: LM-Polygraph then returns the area unnormalised)."""
     c = _by_confidence(correct, score)
     m = int(max_rejection * c.size)
     if c.size == 0 or m == 0 or c.min() == c.max():
@@ -141,7 +142,10 @@ def prr_at(correct, score, max_rejection: float = PRR_MAX_REJECTION) -> float:
         return float((np.cumsum(order)[k - 1] / k).mean())
 
     random = float(c.mean())
-    return (area(c) - random) / (area(np.sort(c)[::-1]) - random)
+    oracle = area(np.sort(c)[::-1])
+    if oracle == random:  # every level counted keeps every answer (N = 2, 3): nothing to normalise by
+        return float("nan")
+    return (area(c) - random) / (oracle - random)
 
 
 def prr_with_ci(correct, score, *, max_rejection: float = PRR_MAX_REJECTION, n_resamples: int = 1000,

@@ -240,7 +240,7 @@ def sync_measure_columns(conn) -> list[str]:
 
 
 #: the digest of a stored run that the store itself made stale: no run's digest is this
-STALE_DIGEST = "stale: the store derives more from its rows than when it was stored"
+STALE_DIGEST = "stale"  # (runs.mlflow_digest holds 64 characters)
 
 
 def mark_stale(conn) -> None:
