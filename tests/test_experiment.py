@@ -55,7 +55,8 @@ def assert_contract(run_id: str, cfg: RunConfig, lm) -> None:
     assert run.data.tags["mlflow.runColor"] == run_colour(cfg.model, cfg.dataset)
     assert run_colour(cfg.model, "squad_mini") != run_colour(cfg.model, "trivia_mini")
     assert run.data.params["model"] == model and run.data.params["num_samples"] == str(n)
-    assert set(run.data.params) == set(cfg.to_dict())
+    # its settings, and for a run that samples the similarity model its pair_similarity resolved to here
+    assert set(run.data.params) == set(cfg.to_dict()) | ({"pair_similarity_model"} if cfg.num_generations else set())
     m = run.data.metrics
     assert m["n"] == n and 0 <= m["accuracy"] <= 1
     assert {"accuracy", "generation_seconds", "peak_memory_mb", "aurac_g_nll", "acc_cov90_rw_g_nll"} <= set(m)
