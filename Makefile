@@ -58,18 +58,9 @@ test-processes: $(STAMP)
 test-study: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m study
 
-# everything: what CI runs. The in-process tier and the others (processes, servers, the rehearsal)
-# run side by side as two pytest sessions: the second spends much of its time waiting on servers,
-# clusters and leases, so the two together take little more than the longer one alone. The
-# in-process session's output follows the other's; the target fails if either does.
+# everything: what CI runs
 test-all: $(STAMP)
-	@log=$$(mktemp); \
-	$(BIN)/python -m pytest -q -ra -p no:cacheprovider -m "$(IN_PROCESS)" >$$log 2>&1 & inproc=$$!; \
-	$(BIN)/python -m pytest -q -ra -p no:cacheprovider -m "not ($(IN_PROCESS))"; rest=$$?; \
-	wait $$inproc; first=$$?; \
-	echo "---- the in-process tier (make test), run beside the above:"; cat $$log; rm -f $$log; \
-	echo "in-process tier: exit $$first; processes, servers and rehearsal: exit $$rest"; \
-	test $$first -eq 0 && test $$rest -eq 0
+	$(BIN)/python -m pytest -q -ra
 
 # in this process and without loading a model
 test-fast: $(STAMP)

@@ -625,7 +625,10 @@ def sdpa_probe(lm, ids, args) -> list[dict]:
                 continue
             try:
                 base, dt = steady([one, many])
-                row[f"step_ms_{layout}"] = _step_ms(dt, base, tokens, len(batch), len(batch))
+                if dt > base:
+                    row[f"step_ms_{layout}"] = _step_ms(dt, base, tokens, len(batch), len(batch))
+                else:  # the steps took less than the timings' own noise (a tiny model on a busy CPU)
+                    row[f"step_ms_{layout}"], row[f"noise_{layout}"] = None, True
             except RuntimeError as e:
                 row[f"step_ms_{layout}"], row["decode_error"] = None, str(e).splitlines()[0][:120]
         rows.append(row)
@@ -801,18 +804,26 @@ def print_layouts(results: list[dict], args) -> None:
     probed = [r for r in ok if r.get("probe")]
     for r in probed:
         print(f"\nSDPA kernels per call, {r['model']} (one batch of {r['probe_dataset']}'s prompts; decode "
-              f"step over {args.probe_tokens} tokens; n/a: the kernel cannot take the call):")
+              f"step over {args.probe_tokens} tokens; n/a: the kernel cannot take the call; noise: the steps "
+              "took less than the timings vary):")
         print("kernels | prefill s | decode step ms, dynamic layout | decode step ms, static layout")
+
+        def step(x, k):
+            if x.get(f"step_ms_{k}") is not None:
+                return _fmt(x[f"step_ms_{k}"], 2)
+            return "noise" if x.get(f"noise_{k}") else "n/a"
+
         for x in r["probe"]:
             print(" | ".join([x["kernels"], _fmt(x.get("prefill_s"), 3) if x.get("prefill_s") is not None else "n/a",
-                              *(_fmt(x.get(f"step_ms_{k}"), 2) if x.get(f"step_ms_{k}") is not None else "n/a"
-                                for k in ("dynamic", "static"))]))
+                              step(x, "dynamic"), step(x, "static")]))
         for key, what in (("prefill_s", "prefill"), ("step_ms_dynamic", "decode (dynamic)"),
                           ("step_ms_static", "decode (static)")):
             timed = [x for x in r["probe"] if x.get(key) is not None]
             if timed:
                 best = min(timed, key=lambda x: x[key])
                 print(f"fastest for {what}: {best['kernels']}")
+            else:
+                print(f"fastest for {what}: none told apart (every time n/a or noise)")
 
 
 def print_projection(results: list[dict], grid, args, layout: str | None = None) -> None:

@@ -82,7 +82,10 @@ def test_cpu_smoke_prints_every_study_model_and_the_projection(tmp_path):
     probe = out[out.index("SDPA kernels per call, Llama-3.2-1B"):out.index("8-bit (bitsandbytes LLM.int8) against bf16")]
     kernels = {line.split(" | ")[0]: line.split(" | ")[1:] for line in probe.splitlines() if line.count(" | ") == 3}
     assert set(kernels) >= {"auto", "cudnn", "flash", "efficient", "math", "default"}, probe
-    assert float(kernels["math"][0]) > 0 and float(kernels["math"][1]) > 0 and float(kernels["math"][2]) > 0, probe
+    # the math kernel takes every call: a prefill time, and each decode step a time or, on a busy CPU
+    # where a tiny model's two steps take less than the timings vary, "noise" (never a negative figure)
+    assert float(kernels["math"][0]) > 0, probe
+    assert all(v == "noise" or float(v) > 0 for v in kernels["math"][1:]), probe
     assert "fastest for prefill: " in probe and "fastest for decode (static): " in probe
 
     # the same weights in 8-bit and bf16, side by side: speed, answers, G-NLL
