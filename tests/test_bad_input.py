@@ -228,6 +228,18 @@ def test_settings_out_of_range_are_told_together(tracking, nothing_loads):
     assert_runs_settled(started=0)
 
 
+def test_unreadable_settings_and_unknown_names_are_told_together(tracking, nothing_loads):
+    """A setting that cannot be read does not hide the unknown model and dataset beside it: one
+    message names all three, each with its way out, before anything loads."""
+    res = invoke("run", "--model", "gemma-3-270m", "--dataset", "squad-mini", "--set", "temperature=hot")
+    assert_clear_failure(res, "Error: 3 problems, found before anything ran:\n", 1)
+    for phrase in ("  - temperature must be a number, got 'hot'",
+                   "  - unknown model 'gemma-3-270m'. Did you mean 'Gemma-3-270M'",
+                   "  - unknown dataset 'squad-mini'. Did you mean 'squad_mini'"):
+        assert phrase in res.output, res.output
+    assert_runs_settled(started=0)
+
+
 def test_a_batch_spread_of_sampled_answers_is_refused(tracking, nothing_loads):
     """The spread is measured by answering greedily again; it says nothing of a sampled answer."""
     res = invoke("run", "--set", "batch_compositions=3", "--set", "most_likely=sampled")

@@ -77,3 +77,28 @@ def test_uqflows_own_warnings_read_as_one_line(capsys):
         warnings.warn("a library's", DeprecationWarning)
     assert capsys.readouterr().err.splitlines() == ["Warning: AUROC undefined: 0 incorrect of 25 scored answers"]
     assert python_form == [(DeprecationWarning, "a library's")]
+
+
+def test_the_final_table_fits_100_columns_with_every_measure(capsys):
+    """A run that sampled lists every declared measure; at 100 columns no row wraps, and the title
+    names the judge that decided the accuracy."""
+    import pandas as pd
+
+    from uqflow.cli import _print_results
+    from uqflow.config import RunConfig
+    from uqflow.experiment import RunResult
+    from uqflow.scoring.measures import NAMES, label
+    from uqflow.scoring.pipeline import metric
+
+    frame = pd.DataFrame({"correct": [True, False] * 60, "sample_token_logprobs": [[[-0.1]]] * 120})
+    metrics = {"n": 120.0, "accuracy": 0.5}
+    for name in NAMES:
+        metrics.update({metric("auroc", name): 0.8123, metric("ci_low", name): 0.7012,
+                        metric("ci_high", name): 0.9034, metric("cost_seconds", name): 12.3456})
+    cfg = RunConfig(model="SmolLM2-135M-Instruct", dataset="trivia_mini", correctness="contains")
+    _print_results([RunResult("0123456789abcdef0123456789abcdef", cfg, metrics, frame)])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    assert len(rows) >= len(NAMES) and all(label(n) in out for n in NAMES)
+    assert max(len(line) for line in out.splitlines()) <= 100, out
+    assert "trivia_mini: n = 120, accuracy 0.500 judged by contains" in out and "run 0123456789abcdef" in out

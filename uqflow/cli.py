@@ -115,7 +115,7 @@ def _print_results(results) -> None:
     then a warning where the run is too small for its AUROCs to rank anything."""
     from rich.console import Console
 
-    from uqflow.console import DataTable
+    from uqflow.console import DataTable, inert
     from uqflow.scoring.measures import label
     from uqflow.scoring.pipeline import measures_of, metric
     from uqflow.scoring.selective import small_sample_warning
@@ -125,9 +125,12 @@ def _print_results(results) -> None:
         m = r.metrics
         acc = m.get("accuracy", float("nan"))
         decided = r.frame["correct"].dropna().astype(bool)
-        table = DataTable(title=f"{r.config.model} x {r.config.dataset}: n = {int(m['n'])}, accuracy "
-                                f"{'n/a' if acc != acc else f'{acc:.3f}'} (run {r.run_id})")
-        for col in ("measure", "AUROC [95% CI] (wrong answer = positive)", "extra seconds per question"):
+        # narrow enough for a 100-column terminal with every declared measure: what the columns mean
+        # goes in the caption, not in headers that would widen every row
+        click.echo(inert(f"{r.config.model} x {r.config.dataset}: n = {int(m['n'])}, accuracy "
+                         f"{'n/a' if acc != acc else f'{acc:.3f}'} judged by {r.config.correctness}", one_line=True))
+        table = DataTable()
+        for col in ("measure", "AUROC [95% CI]", "extra s"):
             table.add_column(col)
         for name in measures_of(r.frame):
             v = m.get(metric("auroc", name), float("nan"))
@@ -136,6 +139,8 @@ def _print_results(results) -> None:
             table.add_row(label(name), "n/a (one class)" if v != v else f"{v:.3f} [{lo:.3f}, {hi:.3f}]",
                           "" if cost is None else f"{cost:.3f}")
         console.print(table)
+        click.echo("AUROC: wrong answer = positive (0.5 = chance); extra s: seconds/question beyond the greedy pass")
+        click.echo(f"run {r.run_id}")
         warning = small_sample_warning(len(decided), int((~decided).sum()), int(decided.sum()))
         if warning:
             click.echo(f"Warning: {warning}", err=True)
@@ -187,16 +192,15 @@ def run(model, dataset, num_samples, batch_size, backend, correctness, sets, par
 
     Example: uqflow run --model Gemma-3-270M --dataset squad_mini --num-samples 50
     """
-    from uqflow.config import RunConfig
     from uqflow.console import inert
-    from uqflow.experiment import run_experiment
+    from uqflow.experiment import config_from_strings, run_experiment
 
     values = _parse_sets(sets)
     for key, val in (("model", model), ("dataset", dataset), ("num_samples", num_samples),
                      ("batch_size", batch_size), ("backend", backend), ("correctness", correctness)):
         if val is not None:
             values[key] = val
-    cfg = RunConfig.from_strings(values)
+    cfg = config_from_strings(values)
     bar, update = _progress_bar(inert(f"{cfg.model} x {cfg.dataset}", one_line=True))
     try:
         result = run_experiment(cfg, progress=update, parent_run_id=parent_run_id)

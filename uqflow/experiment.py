@@ -259,6 +259,31 @@ def _read_dataset(cfg: RunConfig) -> LoadedDataset:
     return load_dataset(cfg.dataset)
 
 
+#: the settings that name what a run uses: checked (experiment.check) even when others cannot be read
+NAMING_FIELDS = ("model", "dataset", "model_registry", "backend", "correctness", "judges")
+
+
+def config_from_strings(values: dict[str, Any]) -> RunConfig:
+    """``RunConfig.from_strings(values)``; where some settings cannot be read, the error also names
+    every problem of what the readable naming settings name (an unknown model or dataset, a judge,
+    an engine: :func:`check`, which loads nothing), so one message tells every mistake at once."""
+    try:
+        return RunConfig.from_strings(values)
+    except ConfigError as e:
+        text = str(e)
+        found = [line.removeprefix("  - ") for line in text.splitlines()[1:]] if "\n" in text else [text]
+        try:
+            named = RunConfig.from_strings({k: v for k, v in values.items() if k in NAMING_FIELDS})
+        except ConfigError:
+            raise e from None
+        named_problems = [str(p) for p in check(named)[2]]
+        if not named_problems:
+            raise e from None
+        found += named_problems
+        raise ConfigError(f"{len(found)} problems, found before anything ran:\n"
+                          + "\n".join(f"  - {p}" for p in found)) from None
+
+
 def resolve(cfg: RunConfig) -> tuple[ModelSpec, LoadedDataset]:
     """The model and dataset of ``cfg``, or one error naming every problem (see :func:`check`),
     raised before any run exists, so a mistake leaves nothing behind in MLflow."""
