@@ -102,3 +102,30 @@ def test_the_final_table_fits_100_columns_with_every_measure(capsys):
     assert len(rows) >= len(NAMES) and all(label(n) in out for n in NAMES)
     assert max(len(line) for line in out.splitlines()) <= 100, out
     assert "trivia_mini: n = 120, accuracy 0.500 judged by contains" in out and "run 0123456789abcdef" in out
+
+
+def test_a_piped_run_says_where_it_is_at_least_every_heartbeat(capsys, monkeypatch):
+    """In a log or a pipe a stage whose batch takes minutes still prints a line every heartbeat:
+    the questions done, the time elapsed and, once some are done, the time left; the lines stop
+    when the stage ends."""
+    import time
+
+    from uqflow.cli import _StageProgress
+
+    monkeypatch.setenv("UQFLOW_HEARTBEAT_SECONDS", "0.3")
+    progress = _StageProgress("M x D")
+    assert not progress.tty  # pytest captures stderr: not a terminal
+    progress(0, 10, "greedy answers")
+    time.sleep(1.0)
+    progress(4, 10, "greedy answers")
+    time.sleep(0.7)
+    progress(10, 10, "greedy answers")
+    time.sleep(0.7)  # ended: no more heartbeats
+    progress.close()
+    lines = capsys.readouterr().err.splitlines()
+    beats = [line for line in lines if line.startswith("M x D: greedy answers: ")]
+    assert lines[0] == "M x D: greedy answers (10 questions)..."
+    assert len(beats) >= 4, lines
+    assert any(" 0/10 questions, " in b and "left" not in b for b in beats)
+    assert any(" 4/10 questions, " in b and "s left" in b for b in beats)
+    assert lines[-1].startswith("M x D: greedy answers done in "), lines

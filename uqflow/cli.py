@@ -62,14 +62,27 @@ def _parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+#: seconds between two progress lines of a stage in a log or a pipe (UQFLOW_HEARTBEAT_SECONDS)
+HEARTBEAT_SECONDS = 30.0
+
+
 class _StageProgress:
     """A run's progress by stage (greedy answers, sampling, p(True), scoring, ...): on a terminal a
-    bar per stage with questions done and time left (tqdm); elsewhere (a log, a pipe, a Ray
-    worker's output) one line as each stage starts and ends, so a long stage never goes silent."""
+    bar per stage with questions done and time left (tqdm), kept with its time when the stage ends;
+    elsewhere (a log, a pipe, a Ray worker's output) one line as each stage starts and ends and a
+    heartbeat line at least every HEARTBEAT_SECONDS between (questions done, elapsed, time left),
+    so a long stage (a batch finishes all its questions at once) never goes silent."""
 
     def __init__(self, label: str):
+        import os
+        import threading
+
         self.label, self.stage, self.bar, self.started = label, None, None, 0.0
+        self.done = self.total = 0
         self.tty = sys.stderr.isatty()
+        self.every = float(os.environ.get("UQFLOW_HEARTBEAT_SECONDS") or HEARTBEAT_SECONDS)
+        self._lock, self._quiet = threading.Lock(), threading.Event()
+        self._beat = None
         if not self.tty:  # transformers' bar for each model load is a screenful of carriage returns in a log
             from transformers.utils import logging as hf_logging
 
@@ -80,20 +93,45 @@ class _StageProgress:
 
         from tqdm import tqdm
 
-        if stage != self.stage:
-            self._end()
-            self.stage, self.started = stage, time.perf_counter()
-            if self.tty:
-                self.bar = tqdm(desc=f"{self.label}: {stage}", total=total, unit="q", leave=False)
-            else:
-                click.echo(f"{self.label}: {stage} ({total} questions)...", err=True)
-        if self.bar is not None:
-            self.bar.total = total
-            self.bar.n = done
-            self.bar.refresh()
-        if done >= total and not self.tty and self.started:
-            click.echo(f"{self.label}: {stage} done in {time.perf_counter() - self.started:.0f} s", err=True)
-            self.started = 0.0
+        with self._lock:
+            if stage != self.stage:
+                self._end()
+                self.stage, self.started = stage, time.perf_counter()
+                if self.tty:
+                    self.bar = tqdm(desc=f"{self.label}: {stage}", total=total, unit="q", leave=True)
+                else:
+                    click.echo(f"{self.label}: {stage} ({total} questions)...", err=True)
+                    self._start_heartbeat()
+            self.done, self.total = done, total
+            if self.bar is not None:
+                self.bar.total = total
+                self.bar.n = done
+                self.bar.refresh()
+            if done >= total and not self.tty and self.started:
+                click.echo(f"{self.label}: {stage} done in {time.perf_counter() - self.started:.0f} s", err=True)
+                self.started = 0.0
+                self._quiet.set()
+
+    def _start_heartbeat(self) -> None:
+        import threading
+
+        self._quiet.set()  # the previous stage's heartbeat stops
+        self._quiet = quiet = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, args=(quiet,), daemon=True, name="uqflow-heartbeat")
+        self._beat.start()
+
+    def _heartbeat(self, quiet) -> None:
+        import time
+
+        while not quiet.wait(self.every):
+            with self._lock:
+                if quiet.is_set() or not self.started:
+                    return
+                elapsed = time.perf_counter() - self.started
+                left = (f", about {elapsed / self.done * (self.total - self.done):.0f} s left" if self.done
+                        else "")
+                click.echo(f"{self.label}: {self.stage}: {self.done}/{self.total} questions, {elapsed:.0f} s{left}",
+                           err=True)
 
     def _end(self) -> None:
         if self.bar is not None:
@@ -101,8 +139,10 @@ class _StageProgress:
             self.bar = None
 
     def close(self) -> None:
-        self._end()
-        self.stage = None
+        with self._lock:
+            self._quiet.set()
+            self._end()
+            self.stage = None
 
 
 def _progress_bar(label: str):
