@@ -200,3 +200,15 @@ def test_sampled_measures_and_costs_reach_the_store_and_the_report(sampled_run, 
     html = report.html.read_text()
     assert "AUROC against cost" in html and "cheapest adequate measure" in html
     assert "auroc_vs_cost" in report.figures
+
+
+def test_a_rescore_setting_that_changes_nothing_is_refused(tracking):
+    """strict_entailment under the embedding judge gives the same clusters (it labels a pair the same
+    both ways or neither): refused before anything is read or logged, not recorded as applied."""
+    from uqflow.rescore import RescoreError
+
+    run = log_run(n=6, settings={"num_generations": 2, "entailment": "embedding:all-MiniLM-L6-v2"})
+    before = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+    with pytest.raises(RescoreError, match="strict_entailment changes no cluster"):
+        rescore(run, {"strict_entailment": "true"})
+    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before

@@ -66,6 +66,19 @@ def _check_overrides(run_id: str, overrides: dict[str, str], params: dict[str, s
                            "--set num_generations=N (N >= 2) to sample")
 
 
+def _check_no_op(run_id: str, overrides: dict[str, str], base: RunConfig, cfg: RunConfig) -> None:
+    """Refuse a setting that cannot change anything with the judge it would act with: strict
+    equivalence under the embedding judge, which labels a pair entailment both ways or neutral both
+    ways, so strict and lenient equivalence give the same clusters (scoring/semantic.py)."""
+    from uqflow.scoring.semantic import parse_embedding_name
+
+    if ("strict_entailment" in overrides and cfg.strict_entailment != base.strict_entailment
+            and cfg.entailment == base.entailment and parse_embedding_name(cfg.entailment)):
+        raise RescoreError(f"run {run_id} clustered its samples with the embedding judge {cfg.entailment}, which calls "
+                           "a pair the same both ways or neither, so strict_entailment changes no cluster; set "
+                           "entailment=deberta-large-mnli or llm:<model> with it, or leave it out")
+
+
 def _experiment_id(source, experiment: str | None) -> str:
     """Where the rescored run goes: the experiment named ``experiment`` (made if missing), else its
     source's, refused if that experiment was deleted."""
@@ -101,6 +114,7 @@ def rescore(run_id: str, overrides: dict[str, str], experiment: str | None = Non
     _check_overrides(run_id, overrides, source.data.params)
     base = RunConfig.from_strings(params)
     cfg = RunConfig.from_strings({**params, **overrides})
+    _check_no_op(run_id, overrides, base, cfg)
     problems = name_problems(cfg) + entailment_problems_of(cfg)
     if problems:
         raise problems[0]
