@@ -410,3 +410,17 @@ def test_scores_columns_are_the_metrics_a_run_logs():
     from uqflow.store.schema import MEASURE_COLUMNS
 
     assert MEASURE_COLUMNS == tuple(MEASURE_METRICS)
+
+
+def test_schema_gives_every_view_column_a_type(tracking, tmp_path):
+    """`uqflow query --schema`: SQLite declares no type for a view's computed column (an AVG, a
+    CASE); the schema gives its storage class instead of NULL."""
+    from uqflow.store.query import schema
+
+    db = f"sqlite:///{tmp_path / 'results.db'}"
+    log_run(n=8)
+    aggregate(url=db)
+    views = {name: dict(cols) for name, kind, cols in schema(db) if kind == "view"}
+    assert views["v_auroc_by_family"]["mean_auroc"] == "FLOAT" and views["v_auroc_by_family"]["n_runs"] == "INTEGER"
+    assert views["v_run_scores"]["size_class"] == "TEXT" and views["v_run_scores"]["precision"] == "TEXT"
+    assert not [(v, c) for v, cols in views.items() for c, t in cols.items() if t == "NULL"]

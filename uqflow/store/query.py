@@ -395,6 +395,25 @@ def write(result: QueryResult, fmt: str, out) -> None:
     raise QueryError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
+#: SQLite's storage classes, as the SQL types a reader expects
+_SQLITE_CLASSES = {"integer": "INTEGER", "real": "FLOAT", "text": "TEXT", "blob": "BLOB"}
+
+
+def _type_name(engine, relation: str, column: str, sql_type) -> str:
+    """A column's SQL type. SQLite declares none for a view's computed column (an AVG, a CASE):
+    there it is the storage class of the column's first value (``typeof``), or "unknown (no rows)"
+    in an empty store."""
+    from sqlalchemy import text
+    from sqlalchemy.types import NullType
+
+    if not isinstance(sql_type, NullType) or engine.dialect.name != "sqlite":
+        return str(sql_type)
+    with engine.connect() as conn:
+        found = conn.execute(text(f'SELECT typeof("{column}") FROM "{relation}" WHERE "{column}" IS NOT NULL LIMIT 1'))
+        value = found.scalar_one_or_none()
+    return _SQLITE_CLASSES.get(value, "unknown (no rows)") if value else "unknown (no rows)"
+
+
 def schema(url: str | None = None) -> list[tuple[str, str, list[tuple[str, str]]]]:
     """The store's tables and views, each with its columns and their SQL types, as
     (name, "table" | "view", [(column, type), ...]); Alembic's own bookkeeping table left out."""
@@ -411,7 +430,8 @@ def schema(url: str | None = None) -> list[tuple[str, str, list[tuple[str, str]]
         out = []
         for kind, names in (("table", insp.get_table_names()), ("view", insp.get_view_names())):
             for name in sorted(n for n in names if n != "alembic_version"):
-                out.append((name, kind, [(c["name"], str(c["type"])) for c in insp.get_columns(name)]))
+                columns = [(c["name"], c["type"]) for c in insp.get_columns(name)]
+                out.append((name, kind, [(c, _type_name(engine, name, c, t)) for c, t in columns]))
         return out
     except SQLAlchemyError as e:
         raise QueryError(store_failure("read", url, e)) from None
