@@ -174,6 +174,13 @@ def test_sigkill_during_second_cell_then_resume(tracking, tmp_path, venv_env):
         lo, hi = cell["metrics.auroc_g_nll_ci_low"], cell["metrics.auroc_g_nll_ci_high"]
         assert r["AUROC G-NLL"] == f"{cell['metrics.auroc_g_nll']:.3f} [{lo:.3f}, {hi:.3f}]"
     assert "AUROC RW-G-NLL" in table["columns"] and "outputs: " not in str(table["columns"])
+    # and its description, the first thing its MLflow page shows, lists the cells and the next commands
+    note = mlflow.get_run(grid_run["run_id"]).data.tags["mlflow.note.content"]
+    assert "2 finished cell(s)" in note and "Next: `uqflow aggregate`" in note
+    for r in rows:
+        cell = finished[finished["tags.dataset"] == r["dataset"]].iloc[0]
+        assert f"| SmolLM2-135M-Instruct | {r['dataset']} | 40 | {cell['metrics.accuracy']:.3f} | " \
+               f"{cell['metrics.auroc_g_nll']:.3f} | {cell['metrics.auroc_rw_g_nll']:.3f} |" in note, note
     # the console said what each stage was doing and what to run next
     assert "greedy answers" in out.stderr and "judging and scoring" in out.stderr
     assert "Next: `uqflow aggregate`" in out.stdout

@@ -342,6 +342,30 @@ def _log_comparison(parent, run_ids: list[str]) -> None:
             rows.append(comparison_row(run.data.tags, run.data.metrics))
     if rows:
         tracking.log_table(comparison_frame(rows), COMPARISON_TABLE, parent.info.run_id)
+    tracking.set_description(grid_description(parent, rows), parent.info.run_id)
+
+
+def grid_description(parent, rows: list[dict]) -> str:
+    """The grid run's description (the first thing its MLflow page shows): its finished cells with
+    accuracy and the study's two AUROCs, where the full table is, and what to run next."""
+    from uqflow.console import inert
+
+    def auroc(r, m):
+        v = r["aurocs"].get(m, (None,))[0]
+        return "–" if v is None else f"{v:.3f}"
+
+    name = parent.data.tags.get(tracking.GRID_TAG, parent.info.run_name)
+    lines = [f"**Grid {inert(name, one_line=True)}**: {len(rows)} finished cell(s), one run each below this run.", ""]
+    if rows:
+        lines += ["| model | dataset | n | accuracy | AUROC G-NLL | AUROC RW-G-NLL |", "|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (str(r["model"]), str(r["dataset"]))):
+            acc = r["accuracy"]
+            lines.append(f"| {inert(str(r['model']), one_line=True)} | {inert(str(r['dataset']), one_line=True)} | "
+                         f"{'–' if r['n'] is None else int(r['n'])} | {'–' if acc is None else f'{acc:.3f}'} | "
+                         f"{auroc(r, 'g_nll')} | {auroc(r, 'rw_g_nll')} |")
+        lines += ["", f"Every measure with its interval: the artifact `{COMPARISON_TABLE}`."]
+    lines += ["", "Next: `uqflow aggregate` (the runs into the SQL results store), then `uqflow report` (the figures)."]
+    return "\n".join(lines)
 
 
 def _run_here(states: list[CellState], parent_id: str, isolate: bool,

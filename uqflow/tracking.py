@@ -434,11 +434,14 @@ def set_tags(tags: Mapping[str, Any]) -> None:
     mlflow.set_tags(dict(tags))
 
 
-def set_description(markdown: str) -> None:
-    """The active run's description, which MLflow's run page shows first."""
+def set_description(markdown: str, run_id: str | None = None) -> None:
+    """A run's description (the active run's unless ``run_id``), which MLflow's run page shows first."""
     import mlflow
 
-    mlflow.set_tag("mlflow.note.content", markdown)
+    if run_id is None:
+        mlflow.set_tag("mlflow.note.content", markdown)
+    else:
+        mlflow.MlflowClient().set_tag(run_id, "mlflow.note.content", markdown)
 
 
 def log_table(frame, name: str, run_id: str | None = None) -> None:
