@@ -134,10 +134,11 @@ def test_an_untouched_run_passes_the_check_and_rescores(tracking, tmp_path, monk
     monkeypatch.setattr("uqflow.experiment._similarity", lambda name, device: lambda pairs: np.full(len(pairs), 0.9))
     source = log_sampled_run()
     assert invoke("aggregate", "--db", f"sqlite:///{tmp_path / 'r.db'}").exit_code == 0
-    res = invoke("rescore", source, "--correctness", "em", "--set", "strict_entailment=true")
+    # (strict_entailment would change nothing under this run's embedding judge, and is refused: test_sampling.py)
+    res = invoke("rescore", source, "--correctness", "em", "--set", "n_bootstrap=200")
     assert res.exit_code == 0, res.output
     rescored = mlflow.get_run(res.output.split("Rescored run ")[1].split()[0])
-    assert rescored.data.params["strict_entailment"] == "True" and rescored.data.metrics["n"] == 12
+    assert rescored.data.params["n_bootstrap"] == "200" and rescored.data.metrics["n"] == 12
 
 
 @pytest.mark.parametrize("status", ["FAILED", "KILLED"])
