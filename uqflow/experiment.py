@@ -373,7 +373,7 @@ def run_experiment(cfg: RunConfig, lm: LoadedModel | Callable[[], LoadedModel] |
         spec, ds = resolved or resolve(cfg)
         examples, notes = select_examples(ds, cfg)
         dependence = batch_dependence(spec, cfg.batch_size)
-        if dependence and cfg.backend == "hf":
+        if dependence and ENGINES.get(cfg.backend).own_batches:
             notes.append(dependence)
     except UqflowError as e:
         if os.environ.get("MLFLOW_RUN_ID") and parent_run_id is None:  # `mlflow run` made the run: it says why
@@ -466,7 +466,7 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
     parts.update(scored_parts)
     metrics = pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
     metrics.update(pipeline.cost_metrics(frame, parts))
-    if cfg.batch_compositions > 1 and not engine.batch_invariant and cfg.backend == "hf":
+    if cfg.batch_compositions > 1 and not engine.batch_invariant and ENGINES.get(cfg.backend).own_batches:
         spread = stage(f"{cfg.batch_compositions - 1} more batch compositions")
         metrics.update(_batch_spread(cfg, engine, judges[cfg.correctness], prompts, frame))
         spread()

@@ -24,12 +24,15 @@ class Backend:
     ``models.loading.LoadedModel`` whose ``backend`` is this one's name), ``build(lm, **settings)``
     the engine itself (batch size, answer length, stop sequences). ``gpu_only``: it runs on a GPU
     whatever the ``device`` setting says. ``problems()``: what is wrong with its settings from the
-    environment, found before a model loads."""
+    environment, found before a model loads. ``own_batches``: it forms the batches itself, so a
+    model whose answers depend on its batch (bitsandbytes' 8-bit and 4-bit) is noted as such and
+    can be answered again in other batch compositions (the ``batch_compositions`` spread)."""
 
     load: Callable
     build: Callable[..., Engine]
     gpu_only: bool = False
     problems: Callable[[], list] = _no_problems
+    own_batches: bool = False
 
 
 def _load_hf(spec, device: str):
@@ -67,7 +70,7 @@ def _build_vllm(lm, **settings) -> Engine:
 
 #: backend name -> its engine: transformers (any device) and vLLM (GPU only)
 ENGINES: Registry[Backend] = Registry("backend", UnknownChoice)
-ENGINES.add("hf", Backend(_load_hf, _build_hf, problems=_hf_problems))
+ENGINES.add("hf", Backend(_load_hf, _build_hf, problems=_hf_problems, own_batches=True))
 ENGINES.add("vllm", Backend(_load_vllm, _build_vllm, gpu_only=True))
 
 

@@ -319,7 +319,7 @@ def _check_samples(table, names: set[str], n_generations: int) -> None:
     for i in range(table.num_rows):
         for c in present:
             value = columns[c][i]
-            if c != "samples" and c != "sample_token_ids" and c != "sample_token_logprobs" and value is None:
+            if c not in SAMPLE_LISTS[:3] and value is None:
                 continue  # not made (a run from before clustering, or the pairwise record, was stored)
             length = 0 if value is None else len(value)
             if length != n_generations:

@@ -227,10 +227,7 @@ def sync_measure_columns(conn) -> list[str]:
     from uqflow.store.schema import Generation, add_measure_columns
 
     add_measure_columns()
-    have = {c["name"] for c in inspect(conn).get_columns("generations")}
-    from uqflow.scoring.measures import MEASURES
-
-    missing = [name for name in MEASURES if name not in have]
+    missing = missing_measure_columns(conn)
     ops = Operations(MigrationContext.configure(conn))
     for name in missing:  # plain ADD COLUMN: a batch copy on SQLite would drop the tables that refer to it
         ops.add_column("generations", sa.Column(name, Generation.__table__.c[name].type, nullable=True))
@@ -250,12 +247,12 @@ def mark_stale(conn) -> None:
     conn.execute(sa_text("UPDATE runs SET mlflow_digest = :d"), {"d": STALE_DIGEST})
 
 
-def missing_measure_columns(engine: Engine) -> list[str]:
+def missing_measure_columns(bind) -> list[str]:
     """The declared measures the store's ``generations`` has no column for (a measure declared
-    since the store was last upgraded)."""
+    since the store was last upgraded); ``bind``: an engine or an open connection."""
     from uqflow.scoring.measures import MEASURES
 
-    have = {c["name"] for c in inspect(engine).get_columns("generations")}
+    have = {c["name"] for c in inspect(bind).get_columns("generations")}
     return [name for name in MEASURES if name not in have]
 
 
