@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/uqflow grid grids/cpu_demo.yaml
 	$(BIN)/uqflow aggregate
 	$(BIN)/uqflow report --out reports
-	@echo "Browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db, then open the page printed after the grid's table (Open: ...)"
+	@echo "Browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --app-name uqflow, then open the page printed after the grid's table (Open: ...)"
 
 # the example outputs in README.md and docs/ against a fresh demo's store, made in .docs-check/ (CI
 # runs it after the tests): a figure there that a fresh `make demo` does not print fails; the rows of

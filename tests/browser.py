@@ -89,7 +89,7 @@ def start_chromium(user_data_dir: str):
 
 
 def start_mlflow_ui(tracking_uri: str, artifacts_dir: str | Path | None = None,
-                    timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
+                    timeout: float = 60.0, app_name: str | None = "uqflow") -> tuple[subprocess.Popen, str]:
     """Start ``mlflow ui`` over ``tracking_uri`` on a free loopback port; returns the process and
     its base URL once ``GET /health`` answers OK. The caller terminates the process.
 
@@ -97,12 +97,15 @@ def start_mlflow_ui(tracking_uri: str, artifacts_dir: str | Path | None = None,
     the server needs no artifact option to show them; ``artifacts_dir`` only sets where experiments
     created through the server would keep theirs. The server runs in a temporary folder so that
     its default local folders (``./mlartifacts``) land there. Fails with the server's output when
-    it does not come up within ``timeout`` seconds.
+    it does not come up within ``timeout`` seconds. ``app_name`` is MLflow's ``--app-name``: by
+    default uqflow's (uqflow/mlflow_app.py), as README starts the UI; None for MLflow's plain app.
     """
     mlflow_exe = Path(sys.executable).parent / "mlflow"
     port = free_port()
     cmd = [str(mlflow_exe), "ui", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1",
            "--port", str(port), "--workers", "1"]  # one uvicorn worker: enough for one browser
+    if app_name:
+        cmd += ["--app-name", app_name]
     if artifacts_dir is not None:
         cmd += ["--default-artifact-root", Path(artifacts_dir).resolve().as_uri()]
     workdir = tempfile.mkdtemp(prefix="uqflow-mlflow-ui-")

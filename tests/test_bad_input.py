@@ -35,7 +35,7 @@ from store_fixtures import generations, log_run, mlflow_store
 from commands import invoke, UQFLOW
 from uqflow.config import BOUNDS, OPEN_BELOW, RunConfig
 from uqflow.scoring.measures import SINGLE_PASS
-from uqflow.tracking import ERROR_TAG
+from uqflow.tracking import ERROR_TAG, run_metrics
 
 
 # ---------------------------------------------------------------- helpers
@@ -832,7 +832,7 @@ def test_runtime_runs(tracking, tmp_path, smollm_for_cli, monkeypatch, kind, ext
     runs = assert_runs_settled(started=1)
     if code == 0:
         assert res.exit_code == 0, res.output
-        assert runs[0].info.status == "FINISHED" and runs[0].data.metrics["n"] == 8 and runs[0].data.metrics["n_skipped"] == 1
+        assert runs[0].info.status == "FINISHED" and run_metrics(runs[0])["n"] == 8 and run_metrics(runs[0])["n_skipped"] == 1
         notes = mlflow.MlflowClient().download_artifacts(runs[0].info.run_id, "notes.txt", str(tmp_path))
         assert "running on all 9" in Path(notes).read_text() and "skipped q3" in Path(notes).read_text()
     else:

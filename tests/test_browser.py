@@ -65,20 +65,20 @@ def _settled(driver, loaded: dict, needles, until=None) -> dict:
     return {**now, "console_errors": loaded["console_errors"] + now["console_errors"]}
 
 
-def _names_cut(driver, names: list[str]) -> dict[str, str]:
+def _names_cut(driver, names: list[str], where: str = "[role=row] *") -> dict[str, str]:
     """Whether each run name shows whole in the runs table: "whole", "cut" (its element, or one of
     the few around it, is narrower than its text: an ellipsis) or "missing"."""
     return driver.execute_script("""
         const out = {};
         for (const name of arguments[0]) {
-          const els = Array.from(document.querySelectorAll('[role=row] *'))
+          const els = Array.from(document.querySelectorAll(arguments[1]))
             .filter(e => e.children.length === 0 && (e.innerText || '').trim() === name);
           if (!els.length) { out[name] = 'missing'; continue; }
           const cut = els.some(e => { for (let x = e, i = 0; x && i < 4; x = x.parentElement, i++)
                                         if (x.scrollWidth > x.clientWidth + 1) return true; return false; });
           out[name] = cut ? 'cut' : 'whole';
         }
-        return out;""", names)
+        return out;""", names, where)
 
 
 @pytest.mark.slow
@@ -94,6 +94,7 @@ def test_mlflow_ui_as_a_researcher_meets_it(tracking, browser, tmp_path, monkeyp
     from uqflow.report import build_report
     from uqflow.store import aggregate
     from uqflow.experiment import run_name
+    from uqflow.models.registry import short_model_name
     from uqflow.config import RunConfig
 
     monkeypatch.chdir(tmp_path)  # the experiment's artifact root (./mlruns) is made under the test's folder
@@ -109,6 +110,7 @@ def test_mlflow_ui_as_a_researcher_meets_it(tracking, browser, tmp_path, monkeyp
         runs_page = _settled(browser, page_report(browser, link), ["grid:test", *run_ids, "Dataset"])
         text = runs_page["text"]
         assert "No data available" not in text and "Run Name" in text  # the runs table, not the traces overview
+        assert "Ask questions about your experiments" not in text  # MLflow's assistant waits to be opened
         # every cell is a row of its own whose name, model first with its quantization, shows whole
         rows = browser.execute_script(
             "return Array.from(document.querySelectorAll('[role=row]')).map(r => r.innerText.replace(/\\n/g, ' '))")
@@ -117,7 +119,7 @@ def test_mlflow_ui_as_a_researcher_meets_it(tracking, browser, tmp_path, monkeyp
         assert _names_cut(browser, list(run_ids)) == {name: "whole" for name in run_ids}
         # uqflow's view of the table (the link's shared view state): the AUROCs are columns at once
         header = text.split("Run Name", 1)[1][:600]
-        assert "auroc_g_nll" in header and "auroc_rw_g_nll" in header and "accuracy" in header, header
+        assert "auroc/g_nll" in header and "auroc/rw_g_nll" in header and "accuracy" in header, header
         assert "trivia_mini" in text.split("Run Name", 1)[1] and "squad_mini" in text  # the Dataset column
         browser.find_element("xpath", "//button[contains(., 'Datasets')]").click()  # the Datasets filter
         filter_menu = _wait_for_text(browser, ["trivia_mini", "squad_mini"])
@@ -130,7 +132,30 @@ def test_mlflow_ui_as_a_researcher_meets_it(tracking, browser, tmp_path, monkeyp
             """all of the tags family, size_b and dataset with their values in the Tags section"""
             return all(_tag_shown(text, k, v) for k, v in SMOLLM_TAGS.items())
 
-        run_page = _settled(browser, page_report(browser, run_url), [smollm], until=all_tags_shown)
+        # a run opened from the runs table, as a researcher opens one: MLflow's own link drops the
+        # `workflowType` of uqflow's, and the page stays in the "Model training" view (uqflow's UI app,
+        # uqflow/mlflow_app.py), not MLflow 3's GenAI one ("Evaluations", Judges, Prompts)
+        browser.find_element("xpath", f"//a[normalize-space(.)='{smollm}']").click()
+        run_page = _settled(browser, current_page_report(browser), [smollm, "Overview"], until=all_tags_shown)
+        assert browser.current_url.split("?")[0].endswith(f"/runs/{run_ids[smollm]}"), browser.current_url
+        assert "workflowType" not in browser.current_url  # MLflow's link, not one of uqflow's
+        sidebar = run_page["text"].split(smollm, 1)[0]
+        assert "Model registry" in sidebar and not {"Evaluation runs", "Judges", "Evaluations"} & set(sidebar.splitlines())
+        assert browser.execute_script("return localStorage.getItem('mlflow.workflowType_v1')") == '"machine_learning"'
+        browser.save_screenshot(str(tmp_path / "run_page_from_table.png"))
+        # its charts open on the AUROCs: MLflow draws one section per metric-name prefix, in name order
+        browser.find_element("xpath", "//*[normalize-space(text())='Model metrics']").click()
+        charts = _wait_for_text(browser, ["auroc", "g_nll"])
+        sections = re.findall(r"(?m)^([a-z_]+)\n\((\d+)\)$", charts)
+        assert sections and sections[0][0] == "auroc", charts[:1500]
+        first = charts.split(f"auroc\n({sections[0][1]})", 1)[1]
+        if len(sections) > 1:
+            first = first.split(f"\n{sections[1][0]}\n({sections[1][1]})", 1)[0]
+        assert "g_nll" in first.splitlines(), first[:800]  # G-NLL's chart among the first (charts draw as they scroll into view)
+        browser.save_screenshot(str(tmp_path / "run_charts.png"))
+        _keep_screenshots(tmp_path, ["run_page_from_table.png", "run_charts.png"])
+        browser.get(run_url)
+        run_page = _settled(browser, current_page_report(browser), [smollm], until=all_tags_shown)
         tags_shown = {k: v for k, v in SMOLLM_TAGS.items() if _tag_shown(run_page["text"], k, v)}
         assert tags_shown == SMOLLM_TAGS, f"tags not shown as key/value: {run_page['text'][:3000]}"
 
@@ -146,8 +171,12 @@ def test_mlflow_ui_as_a_researcher_meets_it(tracking, browser, tmp_path, monkeyp
         table_url = uq_tracking.ui_page(base_url, experiment.experiment_id, analysis).replace(
             "?", "/artifacts/comparison.json?")
         table = _settled(browser, page_report(browser, table_url), ["comparison.json", "AUROC G-NLL", "accuracy"])
-        for model, dataset in RUNS:
-            assert model in table["text"] and dataset in table["text"]
+        labels = sorted({short_model_name(m) for m, _ in RUNS} | {d for _, d in RUNS})
+        for label in labels:  # each run named by its model and dataset, both whole in MLflow's fixed-width columns
+            assert label in table["text"].splitlines(), label
+        assert _names_cut(browser, labels, "td, td *, [role=cell], [role=cell] *, [role=gridcell], [role=gridcell] *") == {x: "whole" for x in labels}
+        browser.save_screenshot(str(tmp_path / "comparison.png"))
+        _keep_screenshots(tmp_path, ["comparison.png"])
         assert re.search(r"0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\]", table["text"])  # AUROC [interval], rounded
         assert '"columns"' not in table["text"]  # a table, not raw JSON
         for page in (runs_page, run_page, preview, table):
@@ -158,6 +187,17 @@ def test_mlflow_ui_as_a_researcher_meets_it(tracking, browser, tmp_path, monkeyp
         raise
     finally:
         stop_process(proc)
+
+
+def _keep_screenshots(folder, names) -> None:
+    """Copy the named screenshots of a test into ``$UQFLOW_SCREENSHOTS``, when set, for a person to look at."""
+    import os
+    import shutil
+
+    if target := os.environ.get("UQFLOW_SCREENSHOTS"):
+        os.makedirs(target, exist_ok=True)
+        for name in names:
+            shutil.copy(folder / name, target)
 
 
 def test_page_report_sees_broken_images(browser, tmp_path):

@@ -17,6 +17,7 @@ import pytest
 from uqflow import tracking
 from uqflow.scoring.measures import MEASURES, SAMPLED
 from uqflow.scoring.pipeline import metric
+from uqflow.tracking import run_metrics
 
 #: what a sampled run keeps beside its samples, from which the new measures are computed
 PAIRWISE = ("sample_entailment", "sample_similarity", "greedy_similarity", "sample_relevance")
@@ -32,7 +33,7 @@ def _frame(run_id: str) -> pd.DataFrame:
 @pytest.mark.slow
 def test_a_sampled_run_keeps_its_pairwise_record_and_logs_every_measure(sampled_run):
     run = mlflow.get_run(sampled_run.run_id)
-    m, params = run.data.metrics, run.data.params
+    m, params = run_metrics(run), run.data.params
     assert params["pair_similarity"] == "auto" and params["pair_similarity_model"] == "all-MiniLM-L6-v2"
     frame = _frame(sampled_run.run_id)
     n = sampled_run.config.num_generations
@@ -66,7 +67,7 @@ def _log_as_before(source_id: str) -> str:
     source = tracking.get_run(source_id)
     new = set(RECORD_MEASURES) | set(LEXICAL)
     frame = _frame(source_id).drop(columns=[c for c in (*PAIRWISE, *new)])
-    metrics = {k: v for k, v in source.data.metrics.items()
+    metrics = {k: v for k, v in run_metrics(source).items()
                if not any(k.endswith("_" + n) or f"_{n}_" in k for n in new)
                and not k.startswith("prr50_") and "pairwise" not in k and "sample_relevance" not in k}
     params = {k: v for k, v in source.data.params.items() if not k.startswith("pair_similarity")}
@@ -97,7 +98,7 @@ def test_rescoring_a_run_from_before_the_record_adds_the_new_measures_without_sa
     assert all(r.degmat_jaccard is not None and r.sar is None and r.cocoa_msp is None for r in stored)
 
     again = rescore(old, {})
-    m = mlflow.get_run(again.run_id).data.metrics
+    m = run_metrics(mlflow.get_run(again.run_id))
     frame = again.frame
     assert all(c in frame.columns for c in PAIRWISE)
     assert [list(x) for x in frame["samples"]] == [list(x) for x in _frame(old)["samples"]]
@@ -107,7 +108,7 @@ def test_rescoring_a_run_from_before_the_record_adds_the_new_measures_without_sa
         if both:
             assert metric("prr50", name) in m, name
     # nothing was sampled again: the sampling costs what it cost the source run
-    src = mlflow.get_run(old).data.metrics
+    src = run_metrics(mlflow.get_run(old))
     assert m["part_passes_sampling"] == pytest.approx(src["part_passes_sampling"])
     # and the values are the measures of the stored samples with the recomputed record
     row = frame.iloc[0]

@@ -21,6 +21,7 @@ from test_integrity import artifact, damage, log_sampled_run
 from uqflow import tracking as tr
 from uqflow.scoring import pipeline
 from uqflow.scoring.judges import make_judge
+from uqflow.tracking import run_metrics
 
 
 def log_judged_run(n: int = 12) -> str:
@@ -149,7 +150,7 @@ def test_an_intact_run_beside_forged_ones_is_stored_as_its_rows_imply(forged):
     ids, res, url, folder = forged
     assert res.exit_code == 1 and "1 added" in res.output, res.output  # stored; the others named
     with mlflow_store(folder):
-        logged = mlflow.get_run(ids["intact"]).data.metrics
+        logged = run_metrics(mlflow.get_run(ids["intact"]))
     stored = dict(run_query(f"SELECT measure, auroc FROM scores WHERE run_id = '{ids['intact']}'", url).rows)
     assert stored["g_nll"] == pytest.approx(logged["auroc_g_nll"], abs=1e-12)
     frame = tr_frame(folder, ids["intact"])

@@ -14,7 +14,7 @@ from uqflow.scoring.correctness import f1_correct
 from uqflow.rescore import rescore
 from uqflow.scoring.measures import score_row
 from uqflow.scoring.uncertainty import rw_g_nll
-from uqflow.tracking import ERROR_TAG
+from uqflow.tracking import ERROR_TAG, run_metrics
 
 CONTRACT_COLUMNS = {"example_id", "question", "prompt", "prompt_token_ids", "answer", "token_ids",
                     "token_logprobs", "relevance", "references", "answerable", "correct", "g_nll", "rw_g_nll"}
@@ -57,7 +57,7 @@ def assert_contract(run_id: str, cfg: RunConfig, lm) -> None:
     assert run.data.params["model"] == model and run.data.params["num_samples"] == str(n)
     # its settings, and for a run that samples the similarity model its pair_similarity resolved to here
     assert set(run.data.params) == set(cfg.to_dict()) | ({"pair_similarity_model"} if cfg.num_generations else set())
-    m = run.data.metrics
+    m = run_metrics(run)
     assert m["n"] == n and 0 <= m["accuracy"] <= 1
     assert {"accuracy", "generation_seconds", "peak_memory_mb", "aurac_g_nll", "acc_cov90_rw_g_nll"} <= set(m)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "plots")}

@@ -169,10 +169,11 @@ def test_sigkill_during_second_cell_then_resume(tracking, tmp_path, venv_env):
     assert sorted(r["dataset"] for r in rows) == ["squad_mini", "trivia_mini"]
     for r in rows:
         cell = finished[finished["tags.dataset"] == r["dataset"]].iloc[0]
-        assert r["model"] == "SmolLM2-135M-Instruct" and r["family"] == "SmolLM2" and r["n"] == "40"
+        assert (r["model"], r["full model name"]) == ("SmolLM2-135M", "SmolLM2-135M-Instruct") and r["family"] == "SmolLM2"
+        assert r["n"] == "40"
         assert r["accuracy"] == f"{cell['metrics.accuracy']:.3f}"
-        lo, hi = cell["metrics.auroc_g_nll_ci_low"], cell["metrics.auroc_g_nll_ci_high"]
-        assert r["AUROC G-NLL"] == f"{cell['metrics.auroc_g_nll']:.3f} [{lo:.3f}, {hi:.3f}]"
+        lo, hi = cell["metrics.auroc_ci/g_nll_low"], cell["metrics.auroc_ci/g_nll_high"]
+        assert r["AUROC G-NLL"] == f"{cell['metrics.auroc/g_nll']:.3f} [{lo:.3f}, {hi:.3f}]"
     assert "AUROC RW-G-NLL" in table["columns"] and "outputs: " not in str(table["columns"])
     # and its description, the first thing its MLflow page shows, lists the cells and the next commands
     note = mlflow.get_run(grid_run["run_id"]).data.tags["mlflow.note.content"]
@@ -180,7 +181,7 @@ def test_sigkill_during_second_cell_then_resume(tracking, tmp_path, venv_env):
     for r in rows:
         cell = finished[finished["tags.dataset"] == r["dataset"]].iloc[0]
         assert f"| SmolLM2-135M-Instruct | {r['dataset']} | 40 | {cell['metrics.accuracy']:.3f} | " \
-               f"{cell['metrics.auroc_g_nll']:.3f} | {cell['metrics.auroc_rw_g_nll']:.3f} |" in note, note
+               f"{cell['metrics.auroc/g_nll']:.3f} | {cell['metrics.auroc/rw_g_nll']:.3f} |" in note, note
     # the console said what each stage was doing and what to run next
     assert "greedy answers" in out.stderr and "judging and scoring" in out.stderr
     assert "Next: `uqflow aggregate`" in out.stdout

@@ -22,6 +22,7 @@ from uqflow import tracking as tr
 from uqflow.config import RunConfig
 from uqflow.errors import ConfigError
 from uqflow.scoring import pipeline
+from uqflow.tracking import run_metrics
 
 
 
@@ -138,7 +139,7 @@ def test_an_untouched_run_passes_the_check_and_rescores(tracking, tmp_path, monk
     res = invoke("rescore", source, "--correctness", "em", "--set", "n_bootstrap=200")
     assert res.exit_code == 0, res.output
     rescored = mlflow.get_run(res.output.split("Rescored run ")[1].split()[0])
-    assert rescored.data.params["n_bootstrap"] == "200" and rescored.data.metrics["n"] == 12
+    assert rescored.data.params["n_bootstrap"] == "200" and run_metrics(rescored)["n"] == 12
 
 
 @pytest.mark.parametrize("status", ["FAILED", "KILLED"])

@@ -18,6 +18,7 @@ from conftest import ROOT
 from rehearsal.build import build, environment, snapshot
 from rehearsal.models import STAND_INS, STUDY_GRID
 from uqflow.grid import load_grid
+from uqflow.tracking import run_metrics
 
 #: the slowest tests (the cache alone takes minutes to build): `make test-study` and CI run them,
 #: `make test` leaves them out
@@ -63,7 +64,7 @@ def test_headline_command_finishes_a_run_from_the_rehearsal_cache(rehearsal_env,
     assert run.returncode == 0, run.stderr[-3000:]
     [logged] = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert logged.info.status == "FINISHED"
-    tags, metrics = logged.data.tags, logged.data.metrics
+    tags, metrics = logged.data.tags, run_metrics(logged)
     assert (tags["model"], tags["family"], tags["quantization"], tags["dataset"]) == (
         "Mistral-7B-v0.3-8bit", "Mistral", "8bit", "trivia_qa")
     assert tags["batch_invariant"] == "false"  # LLM.int8's outlier columns depend on the batch

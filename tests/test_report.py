@@ -181,7 +181,7 @@ def test_report_is_logged_as_an_analysis_run(tracking, tmp_path):
     assert {"report.html", "summary.json", "figures", "comparison.json"} <= names
     # the study at a glance, one row per run as the store holds it
     table = mlflow.artifacts.load_dict(f"runs:/{r.analysis_run_id}/comparison.json")
-    rows = {r["model"]: r for r in (dict(zip(table["columns"], row)) for row in table["data"])}
+    rows = {r["full model name"]: r for r in (dict(zip(table["columns"], row)) for row in table["data"])}
     assert set(rows) == {"SmolLM2-135M-Instruct", "Gemma-3-270M"}
     for model, row in rows.items():
         (acc, auroc, lo, hi), = run_query(
@@ -190,8 +190,8 @@ def test_report_is_logged_as_an_analysis_run(tracking, tmp_path):
         assert row["accuracy"] == f"{acc:.3f}" and row["n"] == "30" and row["dataset"] == "trivia_mini"
         assert row["AUROC G-NLL"] == f"{auroc:.3f} [{lo:.3f}, {hi:.3f}]"
     assert rows["Gemma-3-270M"]["family"] == "Gemma" and rows["Gemma-3-270M"]["size (B)"] == "0.27"
-    assert rows["SmolLM2-135M-Instruct"]["run"] == "SmolLM2-135M · trivia_mini"  # as the runs table names it
-    assert table["columns"][:4] == ["run", "n", "accuracy", "AUROC G-NLL"]  # the AUROCs in view first
+    assert rows["SmolLM2-135M-Instruct"]["model"] == "SmolLM2-135M"  # as the runs table names it
+    assert table["columns"][:5] == ["model", "dataset", "n", "accuracy", "AUROC G-NLL"]  # the AUROCs in view first
     # aggregating again leaves the analysis run out: aggregation looks only for runs carrying the
     # tag of uqflow's model x dataset runs, which an analysis run lacks
     out = {o.run_id: o for o in aggregate(url=url)}
@@ -452,12 +452,33 @@ def test_comparison_table_orders_measures_and_leaves_undefined_values_blank():
                "auroc_rw_g_nll_ci_high": 0.8, "auroc_g_nll": float("nan"), "auroc_g_nll_ci_low": float("nan"),
                "auroc_g_nll_ci_high": float("nan"), "batch_spread/auroc_g_nll_max": 0.7}
     frame = comparison_frame([comparison_row(tags, metrics)])
-    assert list(frame.columns) == ["run", "n", "accuracy", "AUROC G-NLL", "AUROC RW-G-NLL", "family", "size (B)",
-                                   "quantization", "model", "dataset"]
-    assert frame.iloc[0]["run"] == "Gemma-3-270M · squad_mini"
+    assert list(frame.columns) == ["model", "dataset", "n", "accuracy", "AUROC G-NLL", "AUROC RW-G-NLL", "precision",
+                                   "family", "size (B)", "full model name"]
+    assert (frame.iloc[0]["model"], frame.iloc[0]["dataset"], frame.iloc[0]["precision"]) == (
+        "Gemma-3-270M", "squad_mini", "full")  # a GGUF file is de-quantized as it loads: full precision
     row = frame.iloc[0].to_dict()
     assert row["AUROC G-NLL"] == "" and row["AUROC RW-G-NLL"] == "0.600 [0.410, 0.800]"
     assert (row["n"], row["accuracy"], row["size (B)"]) == ("12", "0.250", "0.27")
+
+
+def test_comparison_labels_are_short_and_tell_every_run_apart():
+    """MLflow shows the table's columns about 16 characters wide: a run is named by its short model
+    name and its dataset, and two runs of one model and dataset by their run ids as well."""
+    from uqflow.plots import comparison_frame, comparison_row
+
+    def row(model, dataset, run_id, quantization="8bit"):
+        return comparison_row({"model": model, "family": "SmolLM2", "size_b": "0.135", "quantization": quantization,
+                               "dataset": dataset}, {"n": 10.0, "accuracy": 0.5}, run_id)
+
+    frame = comparison_frame([row("SmolLM2-135M-Instruct-8bit", "trivia_mini", "aaaaaa11"),
+                              row("SmolLM2-135M-Instruct-8bit", "squad_mini", "bbbbbb22"),
+                              row("SmolLM2-135M-Instruct-8bit", "squad_mini", "cccccc33"),
+                              row("SmolLM2-135M-Instruct", "squad_mini", "dddddd44", "gguf-q4_1")])
+    labels = list(zip(frame["model"], frame["dataset"]))
+    assert len(set(labels)) == len(labels) and all(len(m) <= 24 and len(d) <= 16 for m, d in labels)
+    assert ("SmolLM2-135M-8bit", "trivia_mini") in labels and ("SmolLM2-135M", "squad_mini") in labels
+    assert {"SmolLM2-135M-8bit bbbbbb", "SmolLM2-135M-8bit cccccc"} <= set(frame["model"])
+    assert dict(zip(frame["model"], frame["precision"]))["SmolLM2-135M"] == "full"
 
 
 # ---------------------------------------------------------------- one run per cell

@@ -20,6 +20,7 @@ from uqflow.generation import make_engine
 from uqflow.prompts import PromptOptions, build_prompts, draw_few_shot
 from uqflow.scoring.cost import NEEDS, PARTS, UNITS, part_metric
 from uqflow.scoring.measures import SAMPLED, score_sampled_row
+from uqflow.tracking import run_metrics
 
 JUDGE = "llm:SmolLM2-135M-Instruct"
 
@@ -123,7 +124,7 @@ def test_a_run_that_samples_logs_every_measure_with_its_cost_and_rescores(sample
     """The session's finished run (tests/conftest.py: 3 samples, the model asked as entailment judge,
     its judge cache empty at the start)."""
     assert sampled_run.config.num_generations == 3 and sampled_run.config.entailment == JUDGE
-    m = mlflow.get_run(sampled_run.run_id).data.metrics
+    m = run_metrics(mlflow.get_run(sampled_run.run_id))
     frame = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=sampled_run.run_id,
                                                                 artifact_path="generations.parquet"))
     # the samples and their clusters are stored, and every sampled measure is recomputable from its row
@@ -158,7 +159,7 @@ def test_a_run_that_samples_logs_every_measure_with_its_cost_and_rescores(sample
 
     # rescoring reclusters the stored samples with other entailment settings, without sampling again
     again = rescore(sampled_run.run_id, {"strict_entailment": "true"})
-    m2 = mlflow.get_run(again.run_id).data.metrics
+    m2 = run_metrics(mlflow.get_run(again.run_id))
     for u in UNITS:  # the sampling and p(True) cost what they cost in the source run
         assert m2[part_metric("sampling", u)] == pytest.approx(m[part_metric("sampling", u)])
         assert m2[part_metric("p_true", u)] == pytest.approx(m[part_metric("p_true", u)])
@@ -191,7 +192,7 @@ def test_sampled_measures_and_costs_reach_the_store_and_the_report(sampled_run, 
         plain = conn.execute(text("SELECT num_generations, entailment FROM runs WHERE run_id != :r"),
                              {"r": result.run_id}).one()
     assert tuple(run) == (3, JUDGE) and tuple(plain) == (0, None)
-    assert set(SAMPLED) <= set(rows) or mlflow.get_run(result.run_id).data.metrics["accuracy"] in (0, 1)
+    assert set(SAMPLED) <= set(rows) or run_metrics(mlflow.get_run(result.run_id))["accuracy"] in (0, 1)
     assert rows["g_nll"].cost_seconds == 0 and rows["rw_g_nll"].cost_passes > 0
     if "semantic_entropy" in rows:
         assert rows["semantic_entropy"].cost_seconds > rows["predictive_entropy"].cost_seconds > 0

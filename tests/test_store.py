@@ -18,6 +18,7 @@ from uqflow.scoring.measures import SINGLE_PASS
 from uqflow.errors import QueryError, StoreError, UqflowError
 from uqflow.store import SLICE_VIEWS, Generation, Run, Score, aggregate, connect, run_query, upgrade
 from uqflow.store.db import downgrade, head_revision, row_counts
+from uqflow.tracking import run_metrics
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -161,7 +162,7 @@ def test_aggregate_is_idempotent_and_follows_mlflow(tracking, store):
         scores = {s.measure: s for s in conn.execute(select(Score).where(Score.run_id == ids[0]))}
         gens = conn.execute(select(Generation).where(Generation.run_id == ids[0]).order_by(Generation.position)).all()
     engine.dispose()
-    m = mlflow.get_run(ids[0]).data.metrics
+    m = run_metrics(mlflow.get_run(ids[0]))
     assert (run.model, run.family, run.size_b, run.instruct, run.dataset, run.n) == (
         "SmolLM2-135M-Instruct", "SmolLM2", 0.135, True, "trivia_mini", 30)
     assert run.tags["note"] == "re-checked"

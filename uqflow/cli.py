@@ -8,6 +8,7 @@ import sys
 import click
 
 from uqflow.errors import Terminated, UqflowError, clear_stop, stop_signal
+from uqflow.progress import StageProgress, library_bars_off
 
 try:
     # the names in option help come from where they are registered
@@ -41,7 +42,7 @@ class UqflowGroup(click.Group):
 def cli(verbose: bool) -> None:
     """Single-pass uncertainty (G-NLL, RW-G-NLL) of LLM answers, tracked in MLflow.
 
-    Example: uqflow run --model SmolLM2-135M-Instruct --dataset trivia_mini --num-samples 50
+    Example: uqflow run --model SmolLM2-135M-Instruct --dataset trivia_mini --num-questions 50
     """
     from uqflow import tracking
 
@@ -62,91 +63,13 @@ def _parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-#: seconds between two progress lines of a stage in a log or a pipe (UQFLOW_HEARTBEAT_SECONDS)
-HEARTBEAT_SECONDS = 30.0
-
-
-class _StageProgress:
-    """A run's progress by stage (greedy answers, sampling, p(True), scoring, ...): on a terminal a
-    bar per stage with questions done and time left (tqdm), kept with its time when the stage ends;
-    elsewhere (a log, a pipe, a Ray worker's output) one line as each stage starts and ends and a
-    heartbeat line at least every HEARTBEAT_SECONDS between (questions done, elapsed, time left),
-    so a long stage (a batch finishes all its questions at once) never goes silent."""
-
-    def __init__(self, label: str):
-        import os
-        import threading
-
-        self.label, self.stage, self.bar, self.started = label, None, None, 0.0
-        self.done = self.total = 0
-        self.tty = sys.stderr.isatty()
-        self.every = float(os.environ.get("UQFLOW_HEARTBEAT_SECONDS") or HEARTBEAT_SECONDS)
-        self._lock, self._quiet = threading.Lock(), threading.Event()
-        self._beat = None
-        if not self.tty:  # transformers' bar for each model load is a screenful of carriage returns in a log
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-
-    def __call__(self, done: int, total: int, stage: str = "answers") -> None:
-        import time
-
-        from tqdm import tqdm
-
-        with self._lock:
-            if stage != self.stage:
-                self._end()
-                self.stage, self.started = stage, time.perf_counter()
-                if self.tty:
-                    self.bar = tqdm(desc=f"{self.label}: {stage}", total=total, unit="q", leave=True)
-                else:
-                    click.echo(f"{self.label}: {stage} ({total} questions)...", err=True)
-                    self._start_heartbeat()
-            self.done, self.total = done, total
-            if self.bar is not None:
-                self.bar.total = total
-                self.bar.n = done
-                self.bar.refresh()
-            if done >= total and not self.tty and self.started:
-                click.echo(f"{self.label}: {stage} done in {time.perf_counter() - self.started:.0f} s", err=True)
-                self.started = 0.0
-                self._quiet.set()
-
-    def _start_heartbeat(self) -> None:
-        import threading
-
-        self._quiet.set()  # the previous stage's heartbeat stops
-        self._quiet = quiet = threading.Event()
-        self._beat = threading.Thread(target=self._heartbeat, args=(quiet,), daemon=True, name="uqflow-heartbeat")
-        self._beat.start()
-
-    def _heartbeat(self, quiet) -> None:
-        import time
-
-        while not quiet.wait(self.every):
-            with self._lock:
-                if quiet.is_set() or not self.started:
-                    return
-                elapsed = time.perf_counter() - self.started
-                left = (f", about {elapsed / self.done * (self.total - self.done):.0f} s left" if self.done
-                        else "")
-                click.echo(f"{self.label}: {self.stage}: {self.done}/{self.total} questions, {elapsed:.0f} s{left}",
-                           err=True)
-
-    def _end(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def close(self) -> None:
-        with self._lock:
-            self._quiet.set()
-            self._end()
-            self.stage = None
+# uqflow's own progress (uqflow.progress) is the only one a command shows: the libraries' bars (a
+# model's "Loading weights", downloads, artifacts) are off in every command
+library_bars_off()
 
 
 def _progress_bar(label: str):
-    bar = _StageProgress(label)
+    bar = StageProgress(label)
     return bar, bar
 
 
@@ -217,26 +140,46 @@ class SettingsCommand(click.Command):
                                 for name, default, meaning in settings_help()])
 
 
+def _old_name(new: str):
+    """The callback of an option's old name: the value still counts, and one line on stderr says
+    which name replaced it."""
+    def said(ctx, param, value):
+        if value is not None:
+            click.echo(f"Warning: {param.opts[0]} is the old name of {new}, the number of questions to evaluate "
+                       f"(the sampled answers per question are num_generations); use {new}", err=True)
+        return value
+
+    return said
+
+
 @cli.command(cls=SettingsCommand)
 @click.option("--model", default=None, help="Model registry name (see `uqflow models`).")
 @click.option("--dataset", default=None, help="Dataset registry name or local file (see `uqflow datasets`).")
-@click.option("--num-questions", "--num-samples", "num_samples", default=None,
-              help="Questions to evaluate (setting num_samples; not num_generations, the sampled answers per question).")
+@click.option("--num-questions", default=None,
+              help="Questions to evaluate, drawn with the seed (setting num_samples; the sampled answers per "
+                   "question are num_generations). Its old name --num-samples still works.")
+@click.option("--num-samples", "old_num_questions", default=None, hidden=True, callback=_old_name("--num-questions"),
+              help="The old name of --num-questions (questions to evaluate).")
 @click.option("--batch-size", default=None, help="Generation batch size (0 = automatic).")
 @click.option("--backend", default=None, help=f"Generation engine: {', '.join(ENGINES)}.")
 @click.option("--correctness", default=None, help=f"Correctness judge: {', '.join(JUDGES)} (default f1).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other config field; repeatable.")
 @click.option("--parent-run-id", default=None, hidden=True, help="Link the run to this grid's MLflow run (grid --isolate).")
-def run(model, dataset, num_samples, batch_size, backend, correctness, sets, parent_run_id) -> None:
+def run(model, dataset, num_questions, old_num_questions, batch_size, backend, correctness, sets,
+        parent_run_id) -> None:
     """Run one model x dataset experiment and log it to MLflow.
 
-    Example: uqflow run --model Gemma-3-270M --dataset squad_mini --num-samples 50
+    Example: uqflow run --model Gemma-3-270M --dataset squad_mini --num-questions 50
     """
+    from uqflow.checks import config_from_strings
     from uqflow.console import inert
-    from uqflow.experiment import config_from_strings, run_experiment
+    from uqflow.experiment import run_experiment
 
+    if num_questions is not None and old_num_questions is not None:
+        raise click.UsageError("--num-samples is the old name of --num-questions: give one of them")
+    num_questions = num_questions if num_questions is not None else old_num_questions
     values = _parse_sets(sets)
-    for key, val in (("model", model), ("dataset", dataset), ("num_samples", num_samples),
+    for key, val in (("model", model), ("dataset", dataset), ("num_samples", num_questions),
                      ("batch_size", batch_size), ("backend", backend), ("correctness", correctness)):
         if val is not None:
             values[key] = val
@@ -301,7 +244,16 @@ def grid(grid_file, sets, isolate, dry_run, ray_address) -> None:
         finally:
             cells_bar.close()
             q_bar.close()
-    Console(width=200).print(_grid_table(g.name, states))
+    if dry_run:  # the table fits the terminal; each problem is said once, below it
+        from uqflow.checks import numbered
+
+        numbers = numbered(p for s in states for p in s.needs)
+        width = _columns()
+        Console(width=width).print(_grid_table(g.name, states, numbers))
+        for line in _grid_problems(states, numbers, width):
+            click.echo(line)
+    else:
+        Console(width=200).print(_grid_table(g.name, states))
     _where_to_look(next_steps=not dry_run)
     failed = [s for s in states if s.state in ("error", "failed")]
     if failed and not dry_run:
@@ -313,38 +265,64 @@ def grid(grid_file, sets, isolate, dry_run, ray_address) -> None:
 GRID_TABLE_CELLS = 200
 
 
-def _grid_table(name: str, states):
+def _grid_table(name: str, states, numbers=None):
     """The grid's cells, one row each; for a large grid, one row per model with its cells counted
-    by state and what this machine lacks to run them."""
+    by state. A cell that cannot run here names its problems by their numbers in ``numbers``
+    (checks.numbered: "needs [1] [3]"), each said once below the table (:func:`_grid_problems`).
+    Columns no cell fills (run ids and metrics before anything ran) are left out."""
     from collections import Counter
 
+    from uqflow.checks import problem_tags
     from uqflow.console import DataTable
+    from uqflow.scoring.pipeline import metric
 
+    numbers = numbers or {}
     needs = any(s.needs for s in states)
     table = DataTable(title=f"grid {name}")
     if len(states) > GRID_TABLE_CELLS:
         by_model: dict[str, list] = {}
         for s in states:
             by_model.setdefault(s.config.model, []).append(s)
-        for col in ("model", "cells", "done", "failed", "pending", *(["needs"] if needs else [])):
+        for col in ("model", "cells", "done", "failed", "pending", *(["problems"] if needs else [])):
             table.add_column(col, overflow="fold")
         for model, mine in by_model.items():
             count = Counter("failed" if s.state in ("error", "failed") else
                             "done" if s.state in ("done", "finished") else "pending" for s in mine)
-            lacks = Counter(need for s in mine for need in s.needs)
+            lacks = dict.fromkeys(p for s in mine for p in s.needs)
             table.add_row(model, str(len(mine)), str(count["done"]), str(count["failed"]), str(count["pending"]),
-                          *(["\n".join(f"{k} ({n} cells)" for k, n in lacks.items())] if needs else []))
+                          *([problem_tags(lacks, numbers)] if needs else []))
         table.caption = f"{len(states):,} cells, one row per model (grids of up to {GRID_TABLE_CELLS} cells are shown cell by cell)"
         return table
-    for col in ("model", "dataset", "state", "run id", "accuracy", "AUROC G-NLL", "AUROC RW-G-NLL",
-                *(["needs"] if needs else [])):
+    scores = {"accuracy": "accuracy", "AUROC G-NLL": metric("auroc", "g_nll"),
+              "AUROC RW-G-NLL": metric("auroc", "rw_g_nll")}
+    scored = any(k in s.metrics for s in states for k in scores.values())
+    run_ids = any(s.run_id for s in states)
+    columns = ["model", "dataset", "state", *(["run id"] if run_ids else []), *(scores if scored else []),
+               *(["problems"] if needs else [])]
+    for col in columns:
         table.add_column(col, overflow="fold")
     for s in states:
         m = s.metrics
         f = lambda k: "" if k not in m or m[k] != m[k] else f"{m[k]:.3f}"  # noqa: E731
-        table.add_row(s.config.model, s.config.dataset, s.state, s.run_id, f("accuracy"), f("auroc_g_nll"),
-                      f("auroc_rw_g_nll"), *(["\n".join(s.needs)] if needs else []))
+        table.add_row(s.config.model, s.config.dataset, s.state, *([s.run_id] if run_ids else []),
+                      *([f(k) for k in scores.values()] if scored else []),
+                      *([problem_tags(s.needs, numbers)] if needs else []))
     return table
+
+
+def _grid_problems(states, numbers, width: int) -> list[str]:
+    """Below a dry run's table: each distinct problem once, numbered as the table names it, with
+    the cells it blocks, wrapped to ``width`` columns."""
+    from uqflow.checks import problem_lines
+
+    return problem_lines(numbers, [(s.config.model, s.config.dataset) for s in states], width)
+
+
+def _columns() -> int:
+    """The terminal's width (``COLUMNS`` where set); 100 where the output is not a terminal."""
+    import shutil
+
+    return shutil.get_terminal_size((100, 24)).columns
 
 
 @cli.command()

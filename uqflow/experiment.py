@@ -18,27 +18,29 @@ from typing import Any
 
 import numpy as np
 
-from uqflow import hub, lease, tracking
+from uqflow import lease, tracking
+# the checks made before a run starts live in uqflow.checks; `check`, `name_problems` and
+# `entailment_problems_of` are imported here only for rescore.py and tests that still import them from here
+from uqflow.checks import check, entailment_problems_of, name_problems, resolve  # noqa: F401
 from uqflow.config import RunConfig
 from uqflow.console import inert
-from uqflow.data import DATASETS, LoadedDataset, load_dataset
+from uqflow.data import DATASETS, LoadedDataset
 from uqflow.data.examples import Example
-from uqflow.errors import ConfigError, ModelLoadError, UnknownChoice, UqflowError, short
-from uqflow.generation import ENGINES, engine_problems, load_for, make_engine
+from uqflow.errors import ConfigError, UqflowError
+from uqflow.generation import ENGINES, load_for, make_engine
 from uqflow.generation.base import token_pieces
 from uqflow.machine import machine_tags
-from uqflow.models import LoadedModel, ModelSpec, get_model, unload
-from uqflow.models.loading import (BATCHING, batch_dependence, cache_root, known_context_length, sampling_memory_problem,
-                                   unavailable)
+from uqflow.models import LoadedModel, ModelSpec, unload
+from uqflow.models.loading import BATCHING, batch_dependence, cache_root
 from uqflow.models.registry import asked_model, short_model_name
 from uqflow.prompts import build_prompts, draw_few_shot, p_true_prompt
 from uqflow.scoring import pipeline
 from uqflow.scoring.cost import Cost
-from uqflow.scoring.judges import ABSTENTION_RULES, JUDGES, make_judge
+from uqflow.scoring.judges import make_judge
 from uqflow.scoring.llm import ENTAILMENT_WORDS, llm_choose, llm_judge_generate, p_true_inputs
 from uqflow.scoring.measures import PREVIEW, SAMPLED, SINGLE_PASS
-from uqflow.scoring.semantic import ENTAILMENT_JUDGES, entailment_problems, make_entailment, parse_embedding_name
-from uqflow.scoring.relevance import load_similarity, pair_similarity_model, similarity_problem
+from uqflow.scoring.semantic import make_entailment, parse_embedding_name
+from uqflow.scoring.relevance import load_similarity, pair_similarity_model
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,7 @@ def run_tags(cfg: RunConfig, spec: ModelSpec, ds: LoadedDataset | None = None) -
 
     dependence = batch_dependence(spec, cfg.batch_size)
     tags = {
-        "family": spec.family, "size_b": spec.size_b, "quantization": spec.quantization,
+        "family": spec.family, "size_b": spec.size_b, "quantization": spec.quantization, "precision": spec.precision,
         "instruct": str(spec.instruct).lower(), "model": spec.name, "dataset": cfg.dataset,
         "batch_invariant": str(dependence is None).lower(), **({"batch_dependence": dependence} if dependence else {}),
         "config_hash": run_identity(cfg, ds.fingerprint if ds else None, spec),
@@ -164,135 +166,6 @@ def engine_tags(engine) -> dict[str, str]:
         tags["sdpa_kernels"] = "; ".join(f"{phase}: {','.join(k.lower() for k in names) if names else 'auto'}"
                                          for phase, names in sdpa.items())
     return tags
-
-
-def name_problems(cfg: RunConfig) -> list[UqflowError]:
-    """The engine, judges, abstention rule and entailment judge named by ``cfg`` that nothing registers."""
-    named = [(ENGINES, cfg.backend), *((JUDGES, j) for j in (cfg.correctness, *cfg.judge_names))]
-    if cfg.num_generations:
-        named.append((ENTAILMENT_JUDGES, cfg.entailment))
-    problems: list[UqflowError] = [UnknownChoice(registry.unknown_message(name)) for registry, name in named
-                                   if name not in registry]
-    if cfg.abstention not in ABSTENTION_RULES:
-        problems.append(ConfigError(f"unknown abstention rule {short(cfg.abstention)}. "
-                                    f"Known: {', '.join(ABSTENTION_RULES)}"))
-    return problems
-
-
-def entailment_problems_of(cfg: RunConfig) -> list[UqflowError]:
-    """What the entailment judge of a sampling run needs and lacks (a known one; unknown names are
-    :func:`name_problems`')."""
-    if not cfg.num_generations or cfg.entailment not in ENTAILMENT_JUDGES:
-        return []
-    return entailment_problems(cfg.entailment, cfg.model_registry or None)
-
-
-def _once(memo: dict | None, key: tuple, fn: Callable, *args):
-    """``fn(*args)``, computed once per ``key`` in ``memo`` (a grid's cells share their models,
-    datasets and registry files); a raised error is remembered and raised again."""
-    if memo is None:
-        return fn(*args)
-    if key not in memo:
-        try:
-            memo[key] = (True, fn(*args))
-        except UqflowError as e:
-            memo[key] = (False, e)
-    ok, value = memo[key]
-    if not ok:
-        raise value
-    return value
-
-
-def check(cfg: RunConfig, memo: dict | None = None) -> tuple[ModelSpec | None, LoadedDataset | None, list[UqflowError]]:
-    """Everything a run needs, checked before it starts: the names, the dataset's records (read
-    now), what the model needs of this machine (weights on disk or a reachable hub, a GPU and
-    bitsandbytes for a quantized model, memory for its sampled answers), the similarity and
-    entailment models, and the answer length against the model's context. Returns the model, the
-    dataset and every problem found, each once. ``memo`` (a dict kept across calls) checks each
-    model, dataset, registry file and judge once for many configurations (a grid's cells)."""
-    problems: list[UqflowError] = list(name_problems(cfg))
-    spec = ds = None
-    registry = cfg.model_registry or None
-    try:
-        spec = _once(memo, ("model", cfg.model, registry), get_model, cfg.model, registry)
-    except UqflowError as e:
-        problems.append(e)
-    problems += _once(memo, ("entailment", cfg.entailment, bool(cfg.num_generations), registry),
-                      entailment_problems_of, cfg)
-    similarity = _once(memo, ("similarity", cfg.similarity), similarity_problem, cfg.similarity)
-    if similarity:
-        problems.append(ModelLoadError(similarity))
-    if cfg.num_generations and cfg.pair_similarity != cfg.similarity:
-        pairs = _once(memo, ("similarity", cfg.pair_similarity), similarity_problem,
-                      pair_similarity_model(cfg.pair_similarity))
-        if pairs:
-            problems.append(ModelLoadError(f"pair_similarity: {pairs}"))
-    for judge in (cfg.correctness, *cfg.judge_names):
-        if asked := asked_model(judge):
-            try:  # the judge model must exist too
-                _once(memo, ("model", asked, registry), get_model, asked, registry)
-            except UqflowError as e:
-                problems.append(e)
-    if cfg.backend in ENGINES:  # an unknown backend is among the name problems; its settings from the environment
-        problems += _once(memo, ("engine settings", cfg.backend), engine_problems, cfg.backend)
-    try:
-        ds = _once(memo, ("dataset", cfg.dataset), _read_dataset, cfg)
-    except UqflowError as e:
-        problems.append(e)
-    if spec is not None:
-        problems += [ModelLoadError(p) for p in _once(memo, ("machine", spec, cfg.device, cfg.backend),
-                                                      unavailable, spec, cfg.device, cfg.backend)]
-        sampling = _once(memo, ("sampling", spec, cfg.num_generations, cfg.device),
-                         sampling_memory_problem, spec, cfg.num_generations, cfg.device)
-        if sampling:
-            problems.append(ModelLoadError(sampling))
-        context = _once(memo, ("context", spec), known_context_length, spec)
-        if context and cfg.max_new_tokens >= context:
-            problems.append(ConfigError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in "
-                                        f"{spec.name}'s context of {context} tokens; lower max_new_tokens"))
-    return spec, ds, problems
-
-
-def _read_dataset(cfg: RunConfig) -> LoadedDataset:
-    if not _local_file(cfg) and DATASETS.get(cfg.dataset).hub_id:
-        hub.reachable()  # offline: `datasets` reads its cache at once instead of retrying the hub
-    return load_dataset(cfg.dataset)
-
-
-#: the settings that name what a run uses: checked (experiment.check) even when others cannot be read
-NAMING_FIELDS = ("model", "dataset", "model_registry", "backend", "correctness", "judges")
-
-
-def config_from_strings(values: dict[str, Any]) -> RunConfig:
-    """``RunConfig.from_strings(values)``; where some settings cannot be read, the error also names
-    every problem of what the readable naming settings name (an unknown model or dataset, a judge,
-    an engine: :func:`check`, which loads nothing), so one message tells every mistake at once."""
-    try:
-        return RunConfig.from_strings(values)
-    except ConfigError as e:
-        text = str(e)
-        found = [line.removeprefix("  - ") for line in text.splitlines()[1:]] if "\n" in text else [text]
-        try:
-            named = RunConfig.from_strings({k: v for k, v in values.items() if k in NAMING_FIELDS})
-        except ConfigError:
-            raise e from None
-        named_problems = [str(p) for p in check(named)[2]]
-        if not named_problems:
-            raise e from None
-        found += named_problems
-        raise ConfigError(f"{len(found)} problems, found before anything ran:\n"
-                          + "\n".join(f"  - {p}" for p in found)) from None
-
-
-def resolve(cfg: RunConfig) -> tuple[ModelSpec, LoadedDataset]:
-    """The model and dataset of ``cfg``, or one error naming every problem (see :func:`check`),
-    raised before any run exists, so a mistake leaves nothing behind in MLflow."""
-    spec, ds, problems = check(cfg)
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:
-        raise ConfigError(f"{cfg.model} x {cfg.dataset} cannot run:\n" + "\n".join(f"  - {p}" for p in problems))
-    return spec, ds  # type: ignore[return-value]
 
 
 #: the columns of the generations preview, the table MLflow's UI shows on the run's page: the
@@ -367,7 +240,7 @@ def run_experiment(cfg: RunConfig, lm: LoadedModel | Callable[[], LoadedModel] |
     ``lm`` reuses a loaded model, or is a function that returns one, called inside the run so that
     a failure to load is recorded on it. ``artifact_log`` names a log file that is stored with the
     run as ``cell.log``, whether the run succeeds or fails. ``resolved`` is the model and dataset
-    that :func:`check` already found for ``cfg`` (a grid checks every cell before it starts).
+    that :func:`uqflow.checks.check` already found for ``cfg`` (a grid checks every cell before it starts).
     """
     try:
         spec, ds = resolved or resolve(cfg)
@@ -399,10 +272,13 @@ def run_experiment(cfg: RunConfig, lm: LoadedModel | Callable[[], LoadedModel] |
             tracking.log_params(run_params(cfg))
             _log_dataset(cfg, ds, examples)
             log.info("run %s: %s x %s, %d questions", run.info.run_id, cfg.model, cfg.dataset, len(examples))
-            if own:
-                lm = load_for(spec, cfg.device, cfg.backend)
-            elif callable(lm):
-                lm = lm()
+            if own or callable(lm):
+                loading = f"loading {spec.name}"  # a stage of its own, timed (a first load converts: minutes)
+                if progress:
+                    progress(0, None, loading)
+                lm = load_for(spec, cfg.device, cfg.backend) if own else lm()
+                if progress:
+                    progress(1, None, loading)
             try:
                 frame, metrics, skip_notes = _evaluate(cfg, lm, ds, examples, progress)
             finally:
@@ -429,13 +305,14 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
         raise ConfigError("no prompt fits the model's context; lower num_few_shot or max_new_tokens")
     engine = make_engine(cfg.backend, lm, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens)
     tracking.set_tags(engine_tags(engine))
-    done = 0
+    done = decoded = 0
 
-    def step(k: int) -> None:
-        nonlocal done
-        done += k
+    def step(k: int, tokens: int = 0) -> None:  # the engine's reports: answers done, tokens decoded since the last
+        nonlocal done, decoded
+        done, decoded = done + k, decoded + tokens
         if progress:
-            progress(done, len(prompts), "greedy answers" if cfg.most_likely == "greedy" else "most likely answers")
+            progress(done, len(prompts), "greedy answers" if cfg.most_likely == "greedy" else "most likely answers",
+                     tokens=decoded)
 
     def stage(name: str):
         """Report a stage that has no finer progress: at its start and at its end."""
@@ -468,7 +345,7 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
     metrics.update(pipeline.cost_metrics(frame, parts))
     if cfg.batch_compositions > 1 and not engine.batch_invariant and ENGINES.get(cfg.backend).own_batches:
         spread = stage(f"{cfg.batch_compositions - 1} more batch compositions")
-        metrics.update(_batch_spread(cfg, engine, judges[cfg.correctness], prompts, frame))
+        metrics.update(_batch_spread(cfg, engine, judges[cfg.correctness], prompts, frame, progress))
         spread()
     metrics.update({
         "n_skipped": float(len(skipped)), "generation_seconds": answer_seconds,
@@ -517,7 +394,7 @@ def _answers(cfg: RunConfig, engine, ids: list[list[int]], step) -> tuple[list, 
     return [ss[0] for ss in samples], cost.passes, cost.seconds
 
 
-def _batch_spread(cfg: RunConfig, engine, judge, prompts, frame) -> dict[str, float]:
+def _batch_spread(cfg: RunConfig, engine, judge, prompts, frame, progress=None) -> dict[str, float]:
     """For a model whose answers depend on the batch: the questions answered greedily again in
     ``batch_compositions - 1`` more batch compositions (the prompts shuffled with seeds 1, 2, ...
     instead of sorted by length), each judged like the run's answers, and the spread of accuracy
@@ -529,10 +406,17 @@ def _batch_spread(cfg: RunConfig, engine, judge, prompts, frame) -> dict[str, fl
     from uqflow.scoring.uncertainty import g_nll
 
     ids = [p.token_ids for p in prompts]
+    more, answers, decoded = cfg.batch_compositions - 1, 0, 0
+
+    def step(k: int, tokens: int = 0) -> None:  # the stage counts questions, once over all its compositions
+        nonlocal answers, decoded
+        answers, decoded = answers + k, decoded + tokens
+        progress(answers // more, len(ids), f"{more} more batch compositions", tokens=decoded)
+
     outcomes = [(pipeline.verdict_list(frame["correct"]), frame["g_nll"].tolist(), frame["answer"].tolist())]
     with _counted_apart(engine) as cost:
         for k in range(1, cfg.batch_compositions):
-            gens = engine.generate(ids, shuffle=k)
+            gens = engine.generate(ids, step if progress is not None else None, shuffle=k)
             verdicts = judge_examples(judge, list(frame["question"]), [g.text for g in gens],
                                       [list(r) for r in frame["references"]], list(frame["answerable"]), cfg.abstention)
             outcomes.append(([v.correct for v in verdicts], [g_nll(g.token_logprobs) for g in gens],
@@ -562,12 +446,12 @@ def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress, ds
     ``p_true_few_shot`` asks (:func:`_p_true_shots`, its cost counted in p(True)'s)."""
     n = cfg.num_generations
     before, before_tokens, t = engine.passes["sampled"], engine.tokens["sampled"], time.perf_counter()
-    answers = 0
+    answers = decoded = 0
 
-    def step(k: int) -> None:  # the bar counts questions again, N sampled answers each
-        nonlocal answers
-        answers += k
-        progress(answers // n, len(prompts), f"sampling {n} answers each")
+    def step(k: int, tokens: int = 0) -> None:  # the bar counts questions again, N sampled answers each
+        nonlocal answers, decoded
+        answers, decoded = answers + k, decoded + tokens
+        progress(answers // n, len(prompts), f"sampling {n} answers each", tokens=decoded)
 
     if progress is not None:
         step(0)
@@ -576,16 +460,25 @@ def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress, ds
     parts = {"sampling": Cost(engine.passes["sampled"] - before, engine.tokens["sampled"] - before_tokens,
                               time.perf_counter() - t)}
     texts = [[s.text for s in ss] for ss in samples]
-    prefix, shots_cost = ("", Cost()) if not cfg.p_true_few_shot else _p_true_shots(cfg, engine, lm, ds, shots, judge)
+    asked = shot_tokens = 0
+
+    def ask(k: int, tokens: int = 0) -> None:  # p(True): questions asked, and the tokens of its few-shot part
+        nonlocal asked, shot_tokens
+        asked, shot_tokens = asked + k, shot_tokens + tokens
+        progress(asked, len(prompts), "p(True)", tokens=shot_tokens)
+
+    if progress is not None:
+        ask(0)
+    p_true_step = ask if progress is not None else None
+    prefix, shots_cost = ("", Cost()) if not cfg.p_true_few_shot else _p_true_shots(cfg, engine, lm, ds, shots, judge,
+                                                                                     p_true_step)
     questions = [prefix + p_true_prompt(p.example.question, ts, g.text, p.example.context if cfg.use_context else None)
                  for p, ts, g in zip(prompts, texts, gens)]
     ids, conts = p_true_inputs(lm.tokenizer, lm.spec.instruct, questions)
     t = time.perf_counter()
-    if progress is not None:
-        progress(0, len(prompts), "p(True)")
-    log_p_true = engine.continuation_logprobs(ids, conts)
-    if progress is not None:
-        progress(len(prompts), len(prompts), "p(True)")
+    log_p_true = engine.continuation_logprobs(ids, conts, progress=p_true_step)
+    if progress is not None and asked < len(prompts):  # an engine that tells of no pairs: the stage ends here
+        ask(len(prompts) - asked)
     parts["p_true"] = Cost(len(ids), 0, time.perf_counter() - t) + shots_cost
     return {"samples": texts, "sample_token_ids": [[s.token_ids for s in ss] for ss in samples],
             "sample_token_logprobs": [[s.token_logprobs for s in ss] for ss in samples],
@@ -594,12 +487,13 @@ def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress, ds
 
 
 def _p_true_shots(cfg: RunConfig, engine, lm: LoadedModel, ds: LoadedDataset | None,
-                  shots: Sequence[Example], judge) -> tuple[str, Cost]:
+                  shots: Sequence[Example], judge, progress=None) -> tuple[str, Cost]:
     """The few-shot part of every p(True) prompt, as the semantic-entropy reference code builds it:
     ``p_true_few_shot`` questions of the few-shot pool (not those shown as the answer prompt's own
     examples), each answered (as the run answers), sampled ``num_generations`` times and judged
     with the run's judge, then written as a p(True) question followed by its verdict, " A" (true)
-    or " B" (false). Returns the text and what making it cost."""
+    or " B" (false). Returns the text and what making it cost. ``progress`` (an engine's) hears of
+    the tokens decoded only: these questions are not the run's."""
     from uqflow.scoring.judges import judge_examples
 
     used = {ex.id for ex in shots}
@@ -610,9 +504,14 @@ def _p_true_shots(cfg: RunConfig, engine, lm: LoadedModel, ds: LoadedDataset | N
     prompts, _ = build_prompts(examples, shots, lm.tokenizer, instruct=lm.spec.instruct, opts=cfg.prompt_options,
                                max_prompt_tokens=lm.context_length - cfg.max_new_tokens)
     ids = [p.token_ids for p in prompts]
+
+    def tokens_only(_k: int, tokens: int = 0) -> None:  # these answers are not the run's questions
+        progress(0, tokens=tokens)
+
     with _counted_apart(engine) as cost:  # p(True)'s cost, not the answers' or the samples'
-        answers, _, _ = _answers(cfg, engine, ids, None)
-        samples = engine.sample(ids, cfg.num_generations, temperature=cfg.temperature, seed=cfg.seed + 1)
+        answers, _, _ = _answers(cfg, engine, ids, tokens_only if progress is not None else None)
+        samples = engine.sample(ids, cfg.num_generations, temperature=cfg.temperature, seed=cfg.seed + 1,
+                                progress=tokens_only if progress is not None else None)
         verdicts = judge_examples(judge, [p.example.question for p in prompts], [a.text for a in answers],
                                   [list(p.example.references) for p in prompts],
                                   [p.example.answerable for p in prompts], cfg.abstention)

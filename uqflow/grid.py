@@ -28,12 +28,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uqflow import lease, tracking
 from uqflow.config import RunConfig
 from uqflow.yamlfile import read_yaml
 from uqflow.errors import CellTaken, ConfigError, Terminated, UqflowError, clip, raise_if_stopped
+
+if TYPE_CHECKING:
+    from uqflow.checks import Problem
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +96,12 @@ def load_grid(path: str | os.PathLike) -> Grid:
 @dataclass(frozen=True)
 class Cell:
     """One model x dataset cell: its configuration, its identity (the configuration hash its runs
-    carry, experiment.run_identity) and what this machine lacks to run it."""
+    carry, experiment.run_identity) and what this machine lacks to run it (checks.Problem records,
+    each shared by every cell it blocks)."""
 
     config: RunConfig
     identity: str
-    needs: tuple[str, ...] = ()
+    needs: tuple[Problem, ...] = ()
     resolved: tuple[Any, Any] | None = field(default=None, compare=False)  # (ModelSpec, LoadedDataset) when runnable
 
 
@@ -118,38 +122,24 @@ class CellState:
         return self.cell.config
 
     @property
-    def needs(self) -> tuple[str, ...]:
+    def needs(self) -> tuple[Problem, ...]:
         return self.cell.needs
 
 
 def checked_cells(grid: Grid, overrides: dict[str, Any] | None = None, *, dry_run: bool = False) -> list[Cell]:
-    """The grid's cells, each checked as a run would check it (experiment.check) before anything
-    starts. A mistake (an unknown name, a malformed dataset file) is raised at once. What a cell
-    needs of this machine (a model or hub dataset not cached offline, a GPU) is raised for every
-    cell in one message, or, in a dry run, returned with each cell, so a dry run works offline."""
-    from uqflow.data import DATASETS
-    from uqflow.errors import DatasetError, ModelLoadError
-    from uqflow.experiment import check, run_identity
+    """The grid's cells, each checked as a run would check it (uqflow.checks) before anything
+    starts. A mistake (an unknown name, a malformed dataset file) stops the grid at once; what a
+    cell needs of this machine (a model or hub dataset not cached offline, a GPU) stops it too or,
+    in a dry run, is returned with each cell, so a dry run works offline. Either way the error
+    names every distinct problem once, with the cells it blocks (checks.Blocked)."""
+    from uqflow.checks import check_grid
+    from uqflow.experiment import run_identity
 
-    cells, blocked = [], []
-    memo: dict = {}  # each model, dataset, registry file and judge checked once for all cells
-    for cfg in grid.cells(overrides):
-        spec, ds, problems = check(cfg, memo)
-        hub_data = cfg.dataset in DATASETS  # a registered dataset that could not be read: unavailable here
-        needs = [p for p in problems if isinstance(p, ModelLoadError) or (isinstance(p, DatasetError) and hub_data)]
-        mistakes = [p for p in problems if p not in needs]
-        if mistakes:
-            raise mistakes[0] if len(mistakes) == 1 else ConfigError(
-                f"{cfg.model} x {cfg.dataset}:\n" + "\n".join(f"  - {p}" for p in mistakes))
-        identity = run_identity(cfg, ds.fingerprint if ds else None, spec)
-        cells.append(Cell(cfg, identity, tuple(str(p) for p in needs), None if needs else (spec, ds)))
-        if needs:
-            blocked.append(cells[-1])
-    if blocked and not dry_run:
-        lines = [f"  {c.config.model} x {c.config.dataset}: {need}" for c in blocked for need in c.needs]
-        raise ConfigError(f"{len(blocked)} of {len(cells)} cells of grid {grid.name!r} cannot run on this machine:\n"
-                          + "\n".join(lines) + "\n(`uqflow grid FILE --dry-run` lists every cell)")
-    return cells
+    found = check_grid(grid.cells(overrides), grid.name)
+    if found.mistakes or (found.needs and not dry_run):
+        raise found.error()
+    return [Cell(c.config, run_identity(c.config, c.dataset.fingerprint if c.dataset else None, c.spec), c.problems,
+                 None if c.problems else (c.spec, c.dataset)) for c in found.cells]
 
 
 #: up to this many cells a grid's runs are looked up cell by cell (a few runs of a large shared
@@ -183,7 +173,7 @@ def cell_states(cells: list[Cell]) -> list[CellState]:
         live = [r for r in running if not lease.abandoned(r)]
         tried = [r for r in mine if not r.data.tags.get(tracking.ERROR_TAG, "").startswith(lease.TAKEN)] or mine
         if done:
-            out.append(CellState(c, "done", done[-1].info.run_id, metrics=dict(done[-1].data.metrics)))
+            out.append(CellState(c, "done", done[-1].info.run_id, metrics=tracking.run_metrics(done[-1])))
         elif live:
             out.append(CellState(c, "running", live[0].info.run_id, f"another process: {lease.describe(live[0])}",
                                  running=running))
@@ -339,7 +329,7 @@ def _log_comparison(parent, run_ids: list[str]) -> None:
     for i in range(0, len(run_ids), 100):
         ids = ", ".join(f"'{r}'" for r in run_ids[i:i + 100])
         for run in tracking.search_runs(parent.info.experiment_id, f"attributes.run_id IN ({ids})"):
-            rows.append(comparison_row(run.data.tags, run.data.metrics))
+            rows.append(comparison_row(run.data.tags, tracking.run_metrics(run), run.info.run_id))
     if rows:
         tracking.log_table(comparison_frame(rows), COMPARISON_TABLE, parent.info.run_id)
     tracking.set_description(grid_description(parent, rows), parent.info.run_id)
@@ -486,7 +476,7 @@ def _run_isolated(cfg: RunConfig, parent_id: str, s: CellState) -> None:
         s.run_id = mine.info.run_id
         mlflow.MlflowClient().log_text(s.run_id, out + err, "cell.log")
     if proc.returncode == 0:
-        s.state, s.metrics = "finished", dict(mine.data.metrics) if mine is not None else {}
+        s.state, s.metrics = "finished", tracking.run_metrics(mine) if mine is not None else {}
     elif mine is not None and mine.data.tags.get(tracking.ERROR_TAG, "").startswith(lease.TAKEN):
         s.state, s.error = "running", mine.data.tags[tracking.ERROR_TAG]  # given up to another process, as run_cell does
     else:

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from uqflow.models.registry import short_model_name
+from uqflow.models.registry import precision_of, short_model_name
 from uqflow.scoring.evaluation import incorrect_and_scores as ranked, rejection_curve
 from uqflow.scoring.measures import LABELS, label
 
@@ -63,38 +63,45 @@ def rejection_figure(frame, scores: Sequence[str], title: str = "") -> Figure:
 
 
 def comparison_frame(runs):
-    """The study at a glance, one row per run: its short name, n, accuracy and each measure's AUROC
-    with its 95% interval ("0.781 [0.702, 0.853]", measures in LABELS' order), then its family,
-    size, quantization and full model and dataset names (the AUROCs first, where the UI shows them).
-    ``runs`` holds dicts with model, family, size_b, quantization, dataset, n, accuracy and aurocs
-    ({measure: (auroc, ci_low, ci_high)}). Logged as an MLflow table by the grid's run and the
-    analysis run, where the UI shows it as a table."""
+    """The study at a glance, one row per run: its model (short name, its precision in view) and
+    dataset, n, accuracy and each measure's AUROC with its 95% interval ("0.781 [0.702, 0.853]",
+    measures in LABELS' order), then its precision, family, size and full model name. MLflow's UI
+    shows the table with columns of a fixed width (about 16 characters), so a run is named by two
+    short columns rather than one long one, and two runs of one model and dataset (settings apart)
+    are told apart by their run ids' first characters. ``runs`` holds dicts with model, family,
+    size_b, quantization, dataset, n, accuracy, aurocs ({measure: (auroc, ci_low, ci_high)}) and,
+    optionally, run_id. Logged as an MLflow table by the grid's run and the analysis run."""
     import math
+    from collections import Counter
 
     import pandas as pd
 
     def num(v, fmt):
         return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
-    runs = list(runs)
+    runs = sorted(runs, key=lambda r: (str(r["family"]), float(r["size_b"] or 0), str(r["model"]), str(r["dataset"])))
     measured = {m for r in runs for m in r["aurocs"]}
     order = [m for m in LABELS if m in measured] + sorted(measured - set(LABELS))
+    shared = Counter((short_model_name(str(r["model"])), str(r["dataset"])) for r in runs)
     rows = []
-    for r in sorted(runs, key=lambda r: (str(r["family"]), float(r["size_b"] or 0), str(r["model"]), str(r["dataset"]))):
-        row = {"run": f"{short_model_name(str(r['model']))} · {r['dataset']}", "n": num(r["n"], ".0f"),
-               "accuracy": num(r["accuracy"], ".3f")}
+    for r in runs:
+        model = short_model_name(str(r["model"]))
+        if shared[(model, str(r["dataset"]))] > 1 and r.get("run_id"):
+            model = f"{model} {str(r['run_id'])[:6]}"
+        row = {"model": model, "dataset": r["dataset"], "n": num(r["n"], ".0f"), "accuracy": num(r["accuracy"], ".3f")}
         for m in order:
             auroc, lo, hi = r["aurocs"].get(m, (None, None, None))
             text, low = num(auroc, ".3f"), num(lo, ".3f")
             row[f"AUROC {label(m)}"] = f"{text} [{low}, {num(hi, '.3f')}]" if text and low else text
-        row.update({"family": r["family"], "size (B)": num(r["size_b"], "g"), "quantization": r["quantization"],
-                    "model": r["model"], "dataset": r["dataset"]})
+        row.update({"precision": precision_of(str(r["quantization"] or "")), "family": r["family"],
+                    "size (B)": num(r["size_b"], "g"), "full model name": r["model"]})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def comparison_row(tags: dict, metrics: dict) -> dict:
-    """A run's entry for :func:`comparison_frame`, from its MLflow tags and metrics."""
+def comparison_row(tags: dict, metrics: dict, run_id: str = "") -> dict:
+    """A run's entry for :func:`comparison_frame`, from its MLflow tags and metrics (uqflow's names,
+    ``tracking.run_metrics``)."""
     from uqflow.scoring.pipeline import metric
 
     aurocs = {}
@@ -106,7 +113,7 @@ def comparison_row(tags: dict, metrics: dict) -> dict:
     return {"model": tags.get("model", ""), "family": tags.get("family", ""),
             "size_b": float(size) if size not in (None, "") else None, "quantization": tags.get("quantization", ""),
             "dataset": tags.get("dataset", ""), "n": metrics.get("n"), "accuracy": metrics.get("accuracy"),
-            "aurocs": aurocs}
+            "aurocs": aurocs, "run_id": run_id}
 
 
 #: the MLflow run tag that sets a run's colour in the UI's tables and charts

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -195,9 +196,9 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 RUNS_VIEW_KEY = "uqflow-study"
 RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
 RUNS_VIEW_COLUMNS = {  # column -> width (px), in MLflow's column ids; the AUROCs first, in view at 1600 px
-    "metrics.`auroc_g_nll`": 105, "metrics.`auroc_rw_g_nll`": 120, "metrics.`accuracy`": 85,
-    "metrics.`auroc_answer_tokens`": 150, "metrics.`n`": 55, "attributes.`Dataset`": 170, "tags.`family`": 80,
-    "tags.`size_b`": 65, "tags.`quantization`": 100,
+    "metrics.`auroc/g_nll`": 105, "metrics.`auroc/rw_g_nll`": 120, "metrics.`accuracy`": 85,
+    "metrics.`auroc/answer_tokens`": 150, "metrics.`n`": 55, "attributes.`Dataset`": 170, "tags.`family`": 80,
+    "tags.`size_b`": 65, "tags.`precision`": 80,
 }
 RUN_NAME_COLUMN, RUN_NAME_WIDTH = "attributes.`Run Name`", 250
 
@@ -264,7 +265,7 @@ def ui_hint(run_id: str | None = None, experiment_id: str | None = None) -> list
     if uri.startswith(("http://", "https://")):
         base = credentials.site(tracking_uri())  # a link for the browser, which asks for the login itself
     else:
-        lines.append(f"Browse the runs: mlflow ui --backend-store-uri {uri}")
+        lines.append(f"Browse the runs: mlflow ui --backend-store-uri {uri} --app-name uqflow")
         base = "http://127.0.0.1:5000"
     if exp:
         lines.append(f"Open: {ui_page(base, exp.experiment_id, run_id)}")
@@ -365,9 +366,60 @@ def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
                                                     for k, v in params.items() if k not in existing])
 
 
+#: MLflow's UI draws a run's metrics as charts grouped in sections by the part of each name before
+#: "/" (sections in alphabetical order, names without one last, under "Model metrics"), and the
+#: runs table names its columns the same way. uqflow's own names stay flat (``auroc_g_nll``: the
+#: results store's columns, the code's keys); at MLflow each gets its section so that a run's page
+#: opens on the AUROCs, then their intervals, the batch spread, calibration, costs, the paired test,
+#: the judges and the selective-prediction figures. Each rule: the section, the flat name's pattern,
+#: and the name within the section; runs logged before with flat names are read as they are.
+METRIC_SECTIONS = (
+    ("auroc_ci", re.compile(r"auroc_(?P<m>.+)_ci_(?P<b>low|high)"), "{m}_{b}"),
+    ("auroc", re.compile(r"auroc_(?P<m>.+)"), "{m}"),
+    ("selective", re.compile(r"(?P<m>(?:aurac|prr50|prr|acc_cov\d+|aurc)_.+)"), "{m}"),
+    ("calibration", re.compile(r"(?P<m>(?:ece|brier)_.+)"), "{m}"),
+    ("cost_parts", re.compile(r"part_(?P<m>.+)"), "{m}"),
+    ("cost", re.compile(r"cost_(?P<m>.+)"), "{m}"),
+    ("delong", re.compile(r"delong_(?P<m>.+)"), "{m}"),
+)
+_FLAT_FROM_SECTION = {
+    "auroc_ci": (re.compile(r"(?P<m>.+)_(?P<b>low|high)"), "auroc_{m}_ci_{b}"),
+    "auroc": (re.compile(r"(?P<m>.+)"), "auroc_{m}"), "selective": (re.compile(r"(?P<m>.+)"), "{m}"),
+    "calibration": (re.compile(r"(?P<m>.+)"), "{m}"), "cost_parts": (re.compile(r"(?P<m>.+)"), "part_{m}"),
+    "cost": (re.compile(r"(?P<m>.+)"), "cost_{m}"), "delong": (re.compile(r"(?P<m>.+)"), "delong_{m}"),
+}
+
+
+def metric_key(name: str) -> str:
+    """The name a metric is logged under at MLflow: ``auroc_g_nll`` is ``auroc/g_nll``,
+    ``auroc_g_nll_ci_low`` is ``auroc_ci/g_nll_low``, ``prr_g_nll`` is ``selective/prr_g_nll``
+    (:data:`METRIC_SECTIONS`); a name with a section already (``judge/...``) or of no section
+    (``accuracy``, ``n``) is kept."""
+    if "/" in name:
+        return name
+    for section, pattern, inner in METRIC_SECTIONS:
+        if found := pattern.fullmatch(name):
+            return f"{section}/{inner.format(**found.groupdict())}"
+    return name
+
+
+def flat_metric(key: str) -> str:
+    """uqflow's name of a metric read from MLflow: the inverse of :func:`metric_key` (a name logged
+    flat by an earlier version is its own)."""
+    section, _, inner = key.partition("/")
+    rule = _FLAT_FROM_SECTION.get(section) if inner else None
+    found = rule[0].fullmatch(inner) if rule else None
+    return rule[1].format(**found.groupdict()) if found else key
+
+
+def run_metrics(run) -> dict[str, float]:
+    """A run's metrics (an MLflow ``Run``) by uqflow's names, whichever version logged them."""
+    return {flat_metric(k): v for k, v in run.data.metrics.items()}
+
+
 def log_metrics(metrics: Mapping[str, float], run_id: str | None = None) -> None:
-    """Log finite metrics (to the active run, or ``run_id``); NaN (an undefined AUROC) is left out
-    rather than stored as a number."""
+    """Log finite metrics (to the active run, or ``run_id``) under their MLflow names
+    (:func:`metric_key`); NaN (an undefined AUROC) is left out rather than stored as a number."""
     import math
     import time
 
@@ -376,7 +428,7 @@ def log_metrics(metrics: Mapping[str, float], run_id: str | None = None) -> None
 
     run_id = run_id or mlflow.active_run().info.run_id
     now = int(time.time() * 1000)
-    mlflow.MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
+    mlflow.MlflowClient().log_batch(run_id, metrics=[Metric(metric_key(k), float(v), now, 0) for k, v in metrics.items()
                                                      if v is not None and math.isfinite(float(v))])
 
 

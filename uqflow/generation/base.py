@@ -1,7 +1,9 @@
-"""The record every generation engine produces, and the alignment of answers to stop sequences."""
+"""The record every generation engine produces, the alignment of answers to stop sequences, and
+how an engine reports its progress."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -26,6 +28,50 @@ class Generation:
     dropped_text: str = ""  # text of a token straddling the stop, before the stop (not in the answer)
 
 
+#: seconds between two reports of tokens decoded (``Reports``): often enough for a bar to move
+#: smoothly, seldom enough to cost nothing beside a decode step
+TOKEN_REPORT_SECONDS = 0.5
+
+
+class Reports:
+    """An engine's reports to the ``progress`` callable its caller passed: ``progress(rows, tokens=0)``,
+    ``rows`` answers (or scored prompts) finished and ``tokens`` tokens decoded since the last call.
+
+    A decode step adds its tokens (``decoded``: a counter), passed on at the first step and then at
+    most every TOKEN_REPORT_SECONDS, so that a batch whose rows all finish late still moves; a row
+    that finishes is passed on at once (``finished``), with the tokens not yet reported. An engine
+    that cannot see its tokens as they are decoded reports them with its rows, or not at all
+    (``progress(rows)``): the display then shows questions only. Without a ``progress``, nothing."""
+
+    __slots__ = ("progress", "pending", "due")
+
+    def __init__(self, progress: Callable[..., None] | None):
+        self.progress = progress
+        self.pending = 0  # tokens decoded, not yet reported
+        self.due = 0.0  # perf_counter time of the next report of tokens (0: the first step reports)
+
+    def decoded(self, tokens: int) -> None:
+        self.pending += tokens
+        if self.progress is not None and time.perf_counter() >= self.due:
+            self.flush()
+
+    def finished(self, rows: int) -> None:
+        if self.progress is None:
+            return
+        tokens, self.pending = self.pending, 0
+        if tokens:
+            self.progress(rows, tokens=tokens)
+        else:
+            self.progress(rows)
+
+    def flush(self) -> None:
+        """Report the tokens not yet reported (at a batch's end, or when due)."""
+        if self.progress is not None and self.pending:
+            tokens, self.pending = self.pending, 0
+            self.progress(0, tokens=tokens)
+        self.due = time.perf_counter() + TOKEN_REPORT_SECONDS
+
+
 @runtime_checkable
 class Engine(Protocol):
     """What the experiment asks of a generation engine (``uqflow.generation.hf.HFEngine``,
@@ -44,15 +90,16 @@ class Engine(Protocol):
     generation_seconds: float  # greedy decoding
 
     def generate(self, prompts: Sequence[Sequence[int]], progress=None, *, shuffle: int = 0) -> list[Generation]:
-        """One greedy answer per tokenized prompt, in the order given."""
+        """One greedy answer per tokenized prompt, in the order given; ``progress(rows, tokens=0)``
+        (``Reports``) hears of each answer and of the tokens decoded."""
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int, *, temperature: float = 1.0, seed: int = 0,
                progress=None) -> list[list[Generation]]:
-        """``n`` sampled answers per prompt, reproducible from ``seed``."""
+        """``n`` sampled answers per prompt, reproducible from ``seed``; ``progress`` counts answers."""
 
-    def continuation_logprobs(self, prompts: Sequence[Sequence[int]],
-                              continuations: Sequence[Sequence[int]]) -> list[float]:
-        """log p(continuation | prompt) for each pair, by teacher forcing."""
+    def continuation_logprobs(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+                              progress=None) -> list[float]:
+        """log p(continuation | prompt) for each pair, by teacher forcing; ``progress`` counts pairs."""
 
 
 def align_answer(

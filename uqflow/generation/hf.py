@@ -37,7 +37,7 @@ import time
 from collections.abc import Sequence
 
 from uqflow.errors import ConfigError, raise_if_stopped
-from uqflow.generation.base import Generation, align_answer, decoder
+from uqflow.generation.base import Generation, Reports, align_answer, decoder
 from uqflow.generation.batches import DynamicBatch, StaticBatch, stack
 from uqflow.models.loading import BATCH_DEPENDENT_AUTO_BATCH, LoadedModel
 from uqflow.prompts import STOP_SEQUENCES
@@ -213,7 +213,9 @@ class HFEngine:
     def generate(self, prompts: Sequence[Sequence[int]], progress=None, *, shuffle: int = 0) -> list[Generation]:
         """Greedy answers for tokenized prompts, in the order given. ``shuffle`` k > 0 batches the
         prompts in an order shuffled with seed k instead of by length: another batch composition,
-        which changes only the answers of a model that is not batch-invariant (bitsandbytes')."""
+        which changes only the answers of a model that is not batch-invariant (bitsandbytes').
+        ``progress(rows, tokens=0)`` hears of each answer as it is done and of the tokens decoded,
+        at every step's pace (``Reports``)."""
         start = time.perf_counter()
         try:
             return [g for (g,) in self._decode(prompts, None, progress, shuffle=shuffle)]
@@ -244,18 +246,20 @@ class HFEngine:
         rngs = [sample_rng(seed, p, k) for p in prompts for k in range(n)]  # answer k of prompt i: i * n + k
         return self._decode(prompts, (rngs, temperature), progress, group=n)  # progress counts answers
 
-    def continuation_logprobs(self, prompts: Sequence[Sequence[int]],
-                              continuations: Sequence[Sequence[int]]) -> list[float]:
+    def continuation_logprobs(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+                              progress=None) -> list[float]:
         """log p(continuation | prompt) for each pair (the sum over the continuation's tokens of the
         raw log-softmax), by teacher forcing: one forward pass per sequence, batched and left-padded.
-        p(True) asks for the probability of the answer "A" after its question."""
+        p(True) asks for the probability of the answer "A" after its question. ``progress(rows)``
+        hears of the pairs as each forward pass ends (a pass itself cannot report as it goes)."""
         import torch
 
         if continuations and all(len(c) == 1 for c in continuations):  # one token each (p(True)'s "A"):
             # its log-probability after the prompt, from a prefill that shares the prompts' common prefix
             tokens = sorted({c[0] for c in continuations})
-            lps = self.next_token_logprobs(prompts, tokens)
+            lps = self.next_token_logprobs(prompts, tokens, progress)
             return [lp[tokens.index(c[0])] for lp, c in zip(lps, continuations)]
+        reports = Reports(progress)
         tok, model = self.lm.tokenizer, self.lm.model
         out: list[float] = [0.0] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(continuations[i]))
@@ -279,14 +283,19 @@ class HFEngine:
                     cont = list(continuations[i])
                     first = k - len(cont)  # left padding: the continuation ends every row
                     out[i] = float(sum(logp[r, first + t, c].item() for t, c in enumerate(cont)))
+                reports.finished(len(idx))
         return out
 
-    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int],
+                            progress=None) -> list[list[float]]:
         """log p(token | prompt) of each of ``token_ids`` after each prompt: one prefill per prompt
         (batched, the shared prefix computed once), no decoding. A judge that picks one of a few
-        words by likelihood needs only this."""
+        words by likelihood needs only this. ``progress(rows)`` hears of the prompts as each prefill
+        chunk ends (``prefill_chunk`` rows; a whole batch where chunks cannot be stacked, as with
+        sliding-window models: one forward pass cannot report within itself)."""
         import torch
 
+        reports = Reports(progress)
         out: list[list[float]] = [[] for _ in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         prefix = self._shared_prefix(prompts) if self.share_prefix else []
@@ -295,7 +304,7 @@ class HFEngine:
         with torch.inference_mode():
             for b in range(0, len(order), self.batch_size):
                 idx = order[b:b + self.batch_size]
-                logits = self._prefill([prompts[i] for i in idx], prefix, prefix_cache)[0]
+                logits = self._prefill([prompts[i] for i in idx], prefix, prefix_cache, reports.finished)[0]
                 logp = torch.log_softmax(logits, dim=-1)[:, cand]
                 for r, i in enumerate(idx):
                     out[i] = logp[r].tolist()
@@ -306,7 +315,9 @@ class HFEngine:
         """Decode every prompt (sorted by length) ``group`` times: greedy (group 1), or sampled with
         ``sampling`` = (one random stream per answer, prompt-major; temperature). A prompt's answers
         share one prefill: its cache is copied ``group`` times, so a prompt is prefilled once however
-        many answers are drawn from it."""
+        many answers are drawn from it. ``progress`` hears of each prompt's answers once all are done
+        (``group`` at a time) and of the tokens decoded (an attempt lost to out-of-memory included)."""
+        reports = Reports(progress)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         if shuffle:
             import random
@@ -320,7 +331,7 @@ class HFEngine:
             if not waiting:
                 return results  # type: ignore[return-value]
             try:
-                self._stream(prompts, waiting, prefix, prefix_cache, sampling, group, results, progress)
+                self._stream(prompts, waiting, prefix, prefix_cache, sampling, group, results, reports)
             except Exception as e:  # torch.OutOfMemoryError, without importing torch at module level
                 if type(e).__name__ != "OutOfMemoryError" or self.batch_size == 1:
                     raise
@@ -474,10 +485,11 @@ class HFEngine:
         layers = getattr(cache, "layers", None)
         return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
-    def _prefill(self, batch: Sequence[Sequence[int]], prefix: Sequence[int], prefix_cache):
+    def _prefill(self, batch: Sequence[Sequence[int]], prefix: Sequence[int], prefix_cache, chunk_done=None):
         """Prefill ``batch`` (sorted by length) in chunks, each padded only to its own longest
         prompt, then stack the chunks into one decoding batch by left-padding their caches.
-        Returns (last-position logits (B, V), cache, attention mask (B, S), last positions (B, 1))."""
+        Returns (last-position logits (B, V), cache, attention mask (B, S), last positions (B, 1)).
+        ``chunk_done(rows)``, if given, is called as each chunk's forward pass ends."""
         import torch
         from transformers import DynamicCache
 
@@ -503,11 +515,14 @@ class HFEngine:
                 out = model(input_ids=feed.to(dev), attention_mask=mask, position_ids=pos[:, P:].to(dev),
                             use_cache=True, **{self._cache_kwarg: cache}, **self._last_logits)
             parts.append((out.logits[:, -1, :].float(), cache, mask, pos[:, -1:].to(dev)))
+            if chunk_done is not None:
+                chunk_done(b)
         return parts[0] if len(parts) == 1 else stack(parts)
 
     def _stream(self, prompts: Sequence[Sequence[int]], waiting: list[int], prefix: Sequence[int], prefix_cache,
-                sampling, group: int, results: list, progress) -> None:
-        """Decode the ``waiting`` prompts (in that order), each ``group`` times, into ``results``.
+                sampling, group: int, results: list, reports: Reports) -> None:
+        """Decode the ``waiting`` prompts (in that order), each ``group`` times, into ``results``,
+        telling ``reports`` of the tokens of each step and of each prompt done.
 
         Rows leave the batch (and the cache) as they stop. Where caches can be stacked, waiting
         prompts take the places of finished rows once a quarter of the batch is free (prefilled
@@ -549,6 +564,7 @@ class HFEngine:
                     nxt = _draw(logits, [sampling[0][r.prompt * group + r.k] for r in rows], sampling[1])
                     top = logp.gather(-1, nxt[:, None])[:, 0]
                 ent = torch.special.entr(logp.exp()).sum(-1)  # entr(0) = 0: masked logits are safe
+                reports.decoded(len(rows))  # a token per running row (a counter; reported at a timed pace)
                 keep = []
                 for j, (row, t, lp, h) in enumerate(zip(rows, nxt.tolist(), top.tolist(), ent.tolist())):
                     row.ids.append(t)
@@ -557,7 +573,7 @@ class HFEngine:
                     if not self._row_done(row):
                         keep.append(j)
                     else:
-                        self._finish(row, prompts[row.prompt], group, done, results, progress, kind)
+                        self._finish(row, prompts[row.prompt], group, done, results, reports, kind)
                 if len(keep) < len(rows):  # finished rows leave the batch
                     if not keep:
                         if not queue:
@@ -569,6 +585,7 @@ class HFEngine:
                 batch.step(nxt)
                 if queue and width - len(batch.rows) >= refill_at:
                     batch.admit(admit(width - len(batch.rows)))
+        reports.flush()
 
     def _batch(self, first, prompts, answers: int, width: int):
         """The running batch that starts with the prefill ``first``, in the engine's cache layout:
@@ -600,7 +617,7 @@ class HFEngine:
         return any(stop in tail for stop in self.stop_sequences) and (
             len(ids) <= self._stop_span or any(stop in self.decode(ids) for stop in self.stop_sequences))
 
-    def _finish(self, row: _Row, prompt: Sequence[int], group: int, done: dict, results: list, progress,
+    def _finish(self, row: _Row, prompt: Sequence[int], group: int, done: dict, results: list, reports: Reports,
                 kind: str) -> None:
         """Store a finished row's answer; a prompt's answers go to ``results`` once all are in."""
         self.tokens[kind] += len(row.ids)
@@ -614,8 +631,7 @@ class HFEngine:
         )
         if all(a is not None for a in answers):
             results[row.prompt] = done.pop(row.prompt)
-            if progress is not None:
-                progress(group)
+            reports.finished(group)
 
 
 class _Row:

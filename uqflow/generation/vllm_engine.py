@@ -79,8 +79,8 @@ class VLLMEngine:
         self.generation_seconds += time.perf_counter() - start
         gens = [self._record(prompt, out.outputs[0], "greedy") for prompt, out in zip(prompts, outputs)]
         self.passes["greedy"] += len(prompts)
-        if progress is not None:
-            progress(len(prompts))
+        if progress is not None:  # vLLM decodes the whole call at once: its rows and tokens are told at its end
+            progress(len(prompts), tokens=sum(len(out.outputs[0].token_ids) for out in outputs))
         return gens
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int, *, temperature: float = 1.0, seed: int = 0,
@@ -102,12 +102,13 @@ class VLLMEngine:
         result = [[self._record(prompt, c, "sampled") for c in out.outputs] for prompt, out in zip(prompts, outputs)]
         self.passes["sampled"] += len(prompts)  # one prefill per prompt, shared by its n samples
         if progress is not None:
-            progress(len(prompts) * n)
+            progress(len(prompts) * n, tokens=sum(len(c.token_ids) for out in outputs for c in out.outputs))
         return result
 
-    def continuation_logprobs(self, prompts: Sequence[Sequence[int]],
-                              continuations: Sequence[Sequence[int]]) -> list[float]:
-        """log p(continuation | prompt), from vLLM's prompt log-probabilities of the joined sequence."""
+    def continuation_logprobs(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+                              progress=None) -> list[float]:
+        """log p(continuation | prompt), from vLLM's prompt log-probabilities of the joined sequence;
+        ``progress`` hears of every pair at the end of the call."""
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
@@ -116,6 +117,8 @@ class VLLMEngine:
         for p, c, o in zip(prompts, continuations, outputs):
             lps = o.prompt_logprobs  # one dict per prompt token (None for the first)
             out.append(float(sum(lps[len(p) + t][tok].logprob for t, tok in enumerate(c))))
+        if progress is not None:
+            progress(len(prompts))
         return out
 
     def _run(self, prompts, params):

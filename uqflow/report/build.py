@@ -17,6 +17,7 @@ from uqflow import tracking
 from uqflow.report import figures as F
 from uqflow.report import selective_figures as SF
 from uqflow.report import tokens as T
+from uqflow.report.findings import CAVEATS, findings
 from uqflow.report.objections import objections
 from uqflow.report.publish import REPORT_FILES, publish, staging
 from uqflow.report.data import SELECTION_RULE, Study, load_study
@@ -78,7 +79,8 @@ def _when(t) -> str | None:
 def summarise(study: Study, measure: str = "g_nll") -> dict:
     """The numbers behind the report, as data: per-run figures from the store (the runs compared, one
     per cell, and the runs set aside with why), its slice views over the compared runs, the five
-    answers, the best performers and the G-NLL/RW-G-NLL tests."""
+    answers, the findings with their caveats (findings.py), the best performers and the
+    G-NLL/RW-G-NLL tests."""
     from uqflow.report.stats import _clean
 
     runs = []
@@ -96,6 +98,8 @@ def summarise(study: Study, measure: str = "g_nll") -> dict:
                                    "cost_tokens": s.cost_tokens} for s in sc.itertuples()},
         })
     slices = {key: view.to_dict("records") for key, view in study.slices.items()}
+    answers = {a.key: a.to_dict() for a in answer_all(study, measure)}
+    cost, objected = answer_cost(study), objections(study, measure)
     set_aside = [{"run_id": r.run_id, "run_name": r.run_name, "label": r.label, "model": r.model,
                   "quantization": r.quantization, "dataset": r.dataset, "n": int(r.n),
                   "start_time": _when(r.start_time), "reason": r.reason, "compared_run_id": r.compared_run_id}
@@ -104,12 +108,12 @@ def summarise(study: Study, measure: str = "g_nll") -> dict:
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "store": study.url, "measure": measure,
         "n_runs": len(study.runs), "families": study.families, "datasets": study.datasets, "runs": runs,
         "selection": {"rule": SELECTION_RULE, "study_settings": study.settings}, "set_aside": set_aside,
-        "slices": slices, "answers": {a.key: a.to_dict() for a in answer_all(study, measure)},
+        "slices": slices, "answers": answers, "findings": findings(study, answers, cost, objected, measure),
         "answers_rw_g_nll": {a.key: a.to_dict() for a in answer_all(study, "rw_g_nll")} if measure != "rw_g_nll" else {},
         "best": best_performers(study), "delong_g_nll_vs_rw_g_nll": delong_table(study).to_dict("records"),
-        "cost": answer_cost(study), "measures": list(study.measures),
+        "cost": cost, "measures": list(study.measures),
         "intervals": INTERVALS, "figure_axes": FIGURE_AXES, "token_examples": T.token_pick_rule(measure),
-        "objections": objections(study, measure),
+        "objections": objected,
     })
 
 
@@ -121,6 +125,8 @@ TITLES = {
     "auroc_vs_cost": "AUROC against cost: G-NLL and the sampling-based measures",
     **SF.TITLES,
 }
+#: the figure the report opens with (figures.headline), apart from the others: the first screen shows it
+HEADLINE = "headline"
 
 
 def render_html(study: Study, summary: dict, pngs: dict[str, bytes]) -> str:
@@ -133,9 +139,11 @@ def render_html(study: Study, summary: dict, pngs: dict[str, bytes]) -> str:
 
     fam_best = {b["measure"]: b for b in summary["best"]["family_per_measure"]}
     env = Environment(loader=PackageLoader("uqflow.report", "templates"), autoescape=True)
-    images = [(k, TITLES[k], "data:image/png;base64," + base64.b64encode(v).decode()) for k, v in pngs.items()]
+    uris = {k: "data:image/png;base64," + base64.b64encode(v).decode() for k, v in pngs.items()}
+    images = [(k, TITLES[k], uri) for k, uri in uris.items() if k != HEADLINE]
     return env.get_template("report.html").render(
         s=summary, measures=study.measures, label=label, f=f, pval=format_p, images=images,
+        headline=uris.get(HEADLINE), checks=CAVEATS,
         family_best=lambda m: fam_best.get(m, {"family": "–", "auroc": None}), figure_max_px=FIGURE_DISPLAY_MAX_PX,
         tokens=Markup(T.token_view_html(study, measure=summary.get("measure", "g_nll"))))
 
@@ -152,7 +160,8 @@ def build_report(url: str | None = None, out: str | Path = "reports", *, measure
     pngs = {}
     with staging(out) as tmp:
         (tmp / "figures").mkdir()
-        figures = {**F.draw_all(study, measure), **{name: fn(study, measure) for name, fn in SF.FIGURES.items()}}
+        figures = {HEADLINE: F.headline(study, measure), **F.draw_all(study, measure),
+                   **{name: fn(study, measure) for name, fn in SF.FIGURES.items()}}
         for name, fig in figures.items():
             pngs[name] = _png(fig)
             (tmp / "figures" / f"{name}.png").write_bytes(pngs[name])

@@ -511,6 +511,55 @@ def auroc_vs_cost(study: Study) -> Figure:
     return fig
 
 
+#: the headline figure's width in inches (506 px at DPI): beside the findings table on a 1280 px screen
+HEADLINE_WIDTH = 4.6
+#: the headline figure's height per run and its most, in inches: at most 540 px, so that it fits a
+#: 1280 x 800 screen under the report's title; more runs than fit at the smallest row are drawn closer
+HEADLINE_ROW, HEADLINE_MAX = 0.26, 4.9
+#: the length baseline drawn beside the measure in the headline figure
+LENGTH_BASELINE = "answer_tokens"
+
+
+@_styled
+def headline(study: Study, measure: str = "g_nll") -> Figure:
+    """The report's first figure: each compared run's AUROC of ``measure`` with its 95% bootstrap
+    interval (unadjusted), answer length alone beside it (an open diamond, where the runs scored it)
+    and the run's accuracy on the right, so the two caveats a reader needs first are in view. Drawn
+    compact (:data:`HEADLINE_WIDTH`, at most :data:`HEADLINE_MAX` inches tall) for the report's
+    first screen."""
+    s = _scores(study, measure)
+    length = study.scores[study.scores["measure"] == LENGTH_BASELINE].set_index("run_id")["auroc"]
+    n = len(s)
+    fig, ax = _axes(min(HEADLINE_MAX, 1.75 + HEADLINE_ROW * n), HEADLINE_WIDTH)
+    ys = np.arange(n)
+    ok = s["auroc"].notna().to_numpy()
+    ax.errorbar(s["auroc"][ok], ys[ok], xerr=_yerr(s[ok]), fmt="o", color="C0", ms=5, capsize=3, elinewidth=1.2,
+                zorder=3, clip_on=False)  # a point at 1 shows whole
+    for y, r in zip(ys, s.itertuples()):
+        if not math.isfinite(r.auroc):
+            ax.text(0.02, y, "undefined (one class)", va="center", fontsize=SMALL)
+    base = s["run_id"].map(length).to_numpy(dtype=float)
+    ax.plot(base, ys, "D", mfc="white", mec="0.35", ms=5, zorder=2, clip_on=False)
+    ax.set_yticks(ys, [_name(r.label) for r in s.itertuples()], fontsize=SMALL)
+    ax.set_ylim(n - 0.5, -0.5)
+    ax.axvline(0.5, **_CHANCE)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"AUROC ({AUROC_AXIS})", fontsize=SMALL)
+    ax.set_title(f"{LABELS[measure]}: AUROC per run" + _repeated_note(study))
+    right = ax.twinx()
+    right.set_ylim(ax.get_ylim())
+    right.set_yticks(ys, [f"{a:.2f}" if math.isfinite(a) else "–" for a in s["accuracy"].astype(float)],
+                     fontsize=SMALL)
+    right.set_ylabel("accuracy", fontsize=SMALL)
+    right.tick_params(length=0)
+    handles = [Line2D([], [], marker="o", color="C0", ms=5, label=f"{LABELS[measure]}, {RUN_CI}")]
+    if np.isfinite(base).any():
+        handles.append(Line2D([], [], marker="D", ls="none", mfc="white", mec="0.35", ms=5,
+                              label=f"{LABELS[LENGTH_BASELINE]} alone"))
+    _legend_below(fig, handles, 1)
+    return fig
+
+
 def draw_all(study: Study, measure: str = "g_nll") -> dict[str, Figure]:
     """Every figure of the report, by name; AUROC against cost where runs sampled."""
     figs = {name: fn(study) if name in _EVERY_MEASURE else fn(study, measure) for name, fn in FIGURES.items()}

@@ -30,13 +30,16 @@ QUESTIONS = {
     "quantization": "What does 8-bit quantization cost?",
 }
 ALPHA = 0.05
+#: the question the cost comparison answers (answer_cost)
+COST_QUESTION = "Does G-NLL do what the sampling-based measures do, at their cost?"
 
 
 @dataclass
 class Answer:
     """One question's answer: a sentence with its numbers, the test behind it and why that test, and
     what its intervals and p-values are (``intervals``: whether they are adjusted for multiple
-    comparisons)."""
+    comparisons); ``brief``: the answer in one sentence, its direction and size only, for the
+    report's first screen (findings.py), "" where it cannot be answered."""
 
     key: str
     question: str
@@ -47,6 +50,7 @@ class Answer:
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     numbers: dict[str, Any] = field(default_factory=dict)
     intervals: str = ""
+    brief: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))
@@ -134,15 +138,23 @@ def _mean(v: float) -> str:
 UNDEFINED = "undefined (a run with only right or only wrong answers)"
 
 
-def _summarise(comps: list[dict[str, Any]], a_name: str, b_name: str) -> str:
+def _direction(comps: list[dict[str, Any]], a_name: str, b_name: str) -> str:
+    """Which way the comparisons go, in one sentence: how many favour ``b_name``, and the mean difference."""
     diffs = [c["difference"] for c in comps if math.isfinite(c["difference"])]
     if not diffs:
         return "Every comparison was undefined (a run with only right or only wrong answers)."
     up = sum(d > 0 for d in diffs)
+    return (f"AUROC is higher for {b_name} than for {a_name} in {up} of {len(diffs)} comparisons "
+            f"(mean ΔAUROC {np.mean(diffs):+.3f}).")
+
+
+def _summarise(comps: list[dict[str, Any]], a_name: str, b_name: str) -> str:
+    text = _direction(comps, a_name, b_name)
+    if not any(math.isfinite(c["difference"]) for c in comps):
+        return text
+    text += " "
     sig_up = sum(c["ci_low"] > 0 for c in comps if math.isfinite(c["ci_low"]))
     sig_down = sum(c["ci_high"] < 0 for c in comps if math.isfinite(c["ci_high"]))
-    text = (f"AUROC is higher for {b_name} than for {a_name} in {up} of {len(diffs)} comparisons "
-            f"(mean ΔAUROC {np.mean(diffs):+.3f}). ")
     if sig_up == sig_down == 0:
         return text + "No unadjusted 95% interval excludes zero."
     return text + (f"The unadjusted 95% interval excludes zero in {sig_up} comparison(s) in favour of {b_name} and "
@@ -173,7 +185,8 @@ def _pairs_answer(study, key, measure, pairs, a_name, b_name, why, cannot) -> An
         f"{_p(c['p_value'])}" if math.isfinite(c["difference"]) else UNDEFINED) for c in comps)
     return Answer(key, QUESTIONS[key], True, f"{_summarise(comps, a_name, b_name)} Per comparison: {lines}.", test,
                   why, comps, {"mean_difference": float(np.nanmean([c["difference"] for c in comps])),
-                               "comparisons": len(comps)}, _pairs_intervals(len(comps)))
+                               "comparisons": len(comps)}, _pairs_intervals(len(comps)),
+                  _direction(comps, a_name, b_name))
 
 
 def answer_size(study: Study, measure: str = "g_nll") -> Answer:
@@ -218,7 +231,8 @@ def answer_dataset(study: Study, measure: str = "g_nll") -> Answer:
         a.test = "unpaired bootstrap of the AUROC difference, per model (2,000 resamples)"
         by_ds = _slice_means(study, "dataset", measure)
         a.numbers["mean_auroc_by_dataset"] = by_ds.to_dict()
-        a.answer = ("Mean AUROC by dataset: " + ", ".join(f"{d} {_mean(v)}" for d, v in by_ds.items()) + ". " + a.answer)
+        a.brief = "Mean AUROC by dataset: " + ", ".join(f"{d} {_mean(v)}" for d, v in by_ds.items()) + "."
+        a.answer = a.brief + " " + a.answer
     return a
 
 
@@ -492,7 +506,7 @@ def answer_family(study: Study, measure: str = "g_nll") -> Answer:
            "Friedman's test needs three families and two blocks; every run on a dataset answers the same questions, "
            "so resampling them jointly compares the families directly (paired).")
     return Answer("family", QUESTIONS["family"], True, " ".join(parts), "; ".join(tests), why, pairs, numbers,
-                  intervals or "Friedman's p is one test, unadjusted.")
+                  intervals or "Friedman's p is one test, unadjusted.", parts[0])
 
 
 def _family_pair_text(c: dict[str, Any]) -> str:
@@ -623,12 +637,12 @@ def answer_cost(study: Study, alpha: float = 0.05) -> dict[str, Any]:
     :func:`cheapest_adequate`, each sampled measure against G-NLL, and one sentence."""
     rows = cheapest_adequate(study, alpha)
     if not rows:
-        return {"rows": [], "versus_g_nll": [],
+        return {"question": COST_QUESTION, "rows": [], "versus_g_nll": [],
                 "answer": "No run sampled answers (num_generations = 0), so no sampling-based measure "
                           "can be compared; run a grid such as grids/cpu_baselines.yaml."}
     k = sum(r["g_nll_adequate"] for r in rows)
     zero = sum(r["cheapest_cost_seconds"] == 0 for r in rows)
-    return {"rows": rows, "versus_g_nll": sampled_against_g_nll(study), "answer": (
+    return {"question": COST_QUESTION, "rows": rows, "versus_g_nll": sampled_against_g_nll(study), "answer": (
         f"In {k} of {len(rows)} runs that sampled, G-NLL (no cost beyond the greedy pass) is not significantly "
         f"worse than the best measure (DeLong's paired test, two-sided, alpha = {alpha}, unadjusted); in {zero} of "
         f"{len(rows)} the cheapest adequate measure costs nothing beyond the greedy pass.")}

@@ -146,7 +146,7 @@ def digest(run, artifact_sha256: str = "") -> str:
 
 def _aggregate_run(engine, exp, tracking_uri: str, run) -> Outcome:
     run_id, label = run.info.run_id, _label(run)
-    tags, metrics = run.data.tags, run.data.metrics
+    tags, metrics = run.data.tags, tracking.run_metrics(run)
     missing = [k for k in ("model", "dataset", "family") if k not in tags] + [k for k in ("n",) if k not in metrics]
     if missing:
         return Outcome(run_id, "skipped", f"not a uqflow model x dataset run (no {', '.join(missing)})", label)
@@ -316,7 +316,7 @@ def _floats(values) -> list[float | None]:
 def _derived(run, table, checksum: str) -> Derived:
     """What the run's rows imply, after every field was checked against its row and its run
     (scoring/consistency.py) and the file against the checksum the run recorded."""
-    derived = check_run_table(table, run.data.params, run.data.metrics)
+    derived = check_run_table(table, run.data.params, tracking.run_metrics(run))
     check_checksum(run.data.tags, checksum)
     return derived
 
