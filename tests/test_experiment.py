@@ -199,6 +199,17 @@ def test_headline_command_then_aggregate_and_query(tracking, venv_env, tmp_path)
     assert agg.returncode == 0 and "1 added" in agg.stdout, agg.stdout + agg.stderr
     query = sh("uqflow", "query", "--format", "csv", "SELECT model, family, dataset, n FROM runs")
     assert query.stdout.splitlines() == ["model,family,dataset,n", "SmolLM2-135M-Instruct,SmolLM2,trivia_mini,6"]
+    # the aggregate entry point: the run MLflow Projects makes for it says what it did, and is no model run
+    project = sh(sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "-e", "aggregate",
+                 "-P", f"db=sqlite:///{tmp_path / 'results.db'}")
+    assert project.returncode == 0, project.stderr[-3000:]
+    [made] = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+              if r.info.run_id != logged.info.run_id]
+    assert made.info.run_name == "aggregate" and made.data.tags["uqflow.task"] == "aggregate"
+    assert made.data.metrics["runs_unchanged"] == 1 and made.data.metrics["rows_runs"] == 1
+    assert "1 unchanged" in made.data.tags["mlflow.note.content"]
+    again = sh("uqflow", "aggregate")
+    assert again.returncode == 0 and "1 unchanged" in again.stdout and "(of 1 runs looked at)" in again.stdout
 
 
 @pytest.mark.slow

@@ -249,7 +249,7 @@ def grid(grid_file, sets, isolate, dry_run, ray_address) -> None:
 
         numbers = numbered(p for s in states for p in s.needs)
         width = _columns()
-        Console(width=width).print(_grid_table(g.name, states, numbers))
+        Console(width=width).print(_grid_table(g.name, states, numbers, scores=False))
         for line in _grid_problems(states, numbers, width):
             click.echo(line)
     else:
@@ -265,11 +265,12 @@ def grid(grid_file, sets, isolate, dry_run, ray_address) -> None:
 GRID_TABLE_CELLS = 200
 
 
-def _grid_table(name: str, states, numbers=None):
+def _grid_table(name: str, states, numbers=None, *, scores: bool = True):
     """The grid's cells, one row each; for a large grid, one row per model with its cells counted
     by state. A cell that cannot run here names its problems by their numbers in ``numbers``
     (checks.numbered: "needs [1] [3]"), each said once below the table (:func:`_grid_problems`).
-    Columns no cell fills (run ids and metrics before anything ran) are left out."""
+    Columns no cell fills (run ids and scores before anything ran) are left out, and the scores
+    too unless ``scores`` (a dry run's table lists states, in 100 columns with whole run ids)."""
     from collections import Counter
 
     from uqflow.checks import problem_tags
@@ -293,11 +294,11 @@ def _grid_table(name: str, states, numbers=None):
                           *([problem_tags(lacks, numbers)] if needs else []))
         table.caption = f"{len(states):,} cells, one row per model (grids of up to {GRID_TABLE_CELLS} cells are shown cell by cell)"
         return table
-    scores = {"accuracy": "accuracy", "AUROC G-NLL": metric("auroc", "g_nll"),
-              "AUROC RW-G-NLL": metric("auroc", "rw_g_nll")}
-    scored = any(k in s.metrics for s in states for k in scores.values())
+    columns_of_scores = {"accuracy": "accuracy", "AUROC G-NLL": metric("auroc", "g_nll"),
+                         "AUROC RW-G-NLL": metric("auroc", "rw_g_nll")}
+    scored = scores and any(k in s.metrics for s in states for k in columns_of_scores.values())
     run_ids = any(s.run_id for s in states)
-    columns = ["model", "dataset", "state", *(["run id"] if run_ids else []), *(scores if scored else []),
+    columns = ["model", "dataset", "state", *(["run id"] if run_ids else []), *(columns_of_scores if scored else []),
                *(["problems"] if needs else [])]
     for col in columns:
         table.add_column(col, overflow="fold")
@@ -305,7 +306,7 @@ def _grid_table(name: str, states, numbers=None):
         m = s.metrics
         f = lambda k: "" if k not in m or m[k] != m[k] else f"{m[k]:.3f}"  # noqa: E731
         table.add_row(s.config.model, s.config.dataset, s.state, *([s.run_id] if run_ids else []),
-                      *([f(k) for k in scores.values()] if scored else []),
+                      *([f(k) for k in columns_of_scores.values()] if scored else []),
                       *([problem_tags(s.needs, numbers)] if needs else []))
     return table
 
@@ -411,6 +412,7 @@ def aggregate(experiment, filter_string, db) -> None:
     """
     from rich.console import Console
 
+    from uqflow import tracking
     from uqflow.console import DataTable, inert
     from uqflow.store import ACTIONS, aggregate as aggregate_runs, db_url
     from uqflow.store.db import redact
@@ -433,6 +435,14 @@ def aggregate(experiment, filter_string, db) -> None:
     Console(width=200).print(table)
     click.echo("Query it: uqflow query \"SELECT * FROM v_auroc_by_family WHERE measure = 'g_nll'\"" +
                ("" if db is None else f" --db {redact(url)}"))
+    rows = row_counts(url)
+    tracking.record_project_run(
+        "aggregate", {"uqflow.task": "aggregate", "uqflow.results_store": redact(url)},
+        {**{f"runs_{a}": counts[a] for a in ACTIONS}, **{f"rows_{t}": n for t, n in rows.items()}},
+        f"`uqflow aggregate` into **{redact(url)}**: " + ", ".join(f"{counts[a]} {a}" for a in ACTIONS)
+        + f" of {len(outcomes)} runs looked at"
+        + (f" (experiment {experiment!r})" if experiment else "") + (f", filter `{filter_string}`" if filter_string else "")
+        + ". The store's tables: " + ", ".join(f"{t} {n}" for t, n in rows.items()) + ".")
     if problems:
         raise click.ClickException(f"{len(problems)} run(s) could not be stored (reasons above); the others are in "
                                    "the store. Fix or delete those runs in MLflow and aggregate again.")

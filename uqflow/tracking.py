@@ -486,6 +486,27 @@ def set_tags(tags: Mapping[str, Any]) -> None:
     mlflow.set_tags(dict(tags))
 
 
+def record_project_run(name: str, tags: Mapping[str, str], metrics: Mapping[str, float], description: str) -> str | None:
+    """Under ``mlflow run`` (``MLFLOW_RUN_ID`` set), what a command that makes no run of its own
+    (``-e aggregate``) did, in the run MLflow Projects made for it: its name, tags, metrics and
+    description, so the run says what it was instead of standing empty among the study's runs. It
+    carries no :data:`VERSION_TAG`, so aggregation never takes it for a model run. Returns its id,
+    or None outside ``mlflow run``."""
+    import mlflow
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    with reaching_store():
+        client = mlflow.MlflowClient()
+        client.set_tag(run_id, "mlflow.runName", name)
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        log_metrics(metrics, run_id)
+        set_description(description, run_id)
+    return run_id
+
+
 def set_description(markdown: str, run_id: str | None = None) -> None:
     """A run's description (the active run's unless ``run_id``), which MLflow's run page shows first."""
     import mlflow
