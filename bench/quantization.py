@@ -43,7 +43,8 @@ def main() -> None:
     import numpy as np
 
     from uqflow.config import RunConfig
-    from uqflow.experiment import resolve, select_examples
+    from uqflow.checks import resolve
+    from uqflow.experiment import select_examples
     from uqflow.generation.hf import HFEngine
     from uqflow.models import MODELS, load_model
     from uqflow.models.loading import batch_dependence

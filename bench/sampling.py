@@ -34,7 +34,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from uqflow.config import RunConfig
-    from uqflow.experiment import resolve, select_examples
+    from uqflow.checks import resolve
+    from uqflow.experiment import select_examples
     from uqflow.scoring.llm import ENTAILMENT_WORDS, llm_choose, p_true_inputs
     from uqflow.generation import make_engine
     from uqflow.models import load_model

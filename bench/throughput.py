@@ -39,7 +39,8 @@ def main() -> None:
 
     from reference_loop import reference_predict
     from uqflow.config import RunConfig
-    from uqflow.experiment import resolve, run_experiment, select_examples
+    from uqflow.checks import resolve
+    from uqflow.experiment import run_experiment, select_examples
     from uqflow.generation.hf import HFEngine
     from uqflow.models import load_model, unload
     from uqflow.prompts import STOP_SEQUENCES, build_prompts, draw_few_shot

@@ -126,9 +126,9 @@ def artifact_path(run_id: str) -> Path:
 # its reason), test_unknown_backend. tests/test_experiment.py::test_rescore_rejects_unknown_run_and_fields.
 
 CLI_OPTIONS = [
-    ("num_samples_negative", ["run", "--num-samples", "-5"], "num_samples must lie in [1, 10000000] (questions evaluated; no dataset has more), got -5", 1),
-    ("num_samples_fraction", ["run", "--num-samples", "2.5"], "num_samples must be a whole number, got '2.5'", 1),
-    ("num_samples_empty", ["run", "--num-samples", ""], "num_samples must be a whole number, got ''", 1),
+    ("num_samples_negative", ["run", "--num-questions", "-5"], "num_samples must lie in [1, 10000000] (questions evaluated; no dataset has more), got -5", 1),
+    ("num_samples_fraction", ["run", "--num-questions", "2.5"], "num_samples must be a whole number, got '2.5'", 1),
+    ("num_samples_empty", ["run", "--num-questions", ""], "num_samples must be a whole number, got ''", 1),
     ("batch_size_negative", ["run", "--batch-size", "-1"], "batch_size must lie in [0, 4096] (0 = automatic", 1),
     ("batch_size_word", ["run", "--batch-size", "auto"], "batch_size must be a whole number, got 'auto'", 1),
     ("max_new_tokens_zero", ["run", "--set", "max_new_tokens=0"], "max_new_tokens must lie in [1, 131072] (no model answers longer), got 0", 1),
@@ -423,7 +423,7 @@ def test_dataset_files(tracking, tmp_path, monkeypatch, name, content, phrase):
     if name == "bioasq.json":
         monkeypatch.setenv("UQFLOW_BIOASQ_FILE", str(path))
         dataset = "bioasq"
-    res = invoke("run", "--dataset", dataset, "--num-samples", "2")
+    res = invoke("run", "--dataset", dataset, "--num-questions", "2")
     assert_clear_failure(res, phrase, 1)
     assert_runs_settled(started=0)  # the dataset is read before any run starts
 
@@ -502,12 +502,12 @@ def test_registry_files(tracking, tmp_path, monkeypatch, via, content, phrase):
     if via == "models":
         res = invoke("models", "--registry", f)
     elif via == "run":
-        res = invoke("run", "--set", f"model_registry={f}", "--num-samples", "2")
+        res = invoke("run", "--set", f"model_registry={f}", "--num-questions", "2")
     else:
         missing = tmp_path / "nowhere.yaml"
         phrase = phrase.replace("{missing}", str(missing))
         monkeypatch.setenv("UQFLOW_MODEL_REGISTRY", str(missing))
-        res = invoke("run", "--num-samples", "2")
+        res = invoke("run", "--num-questions", "2")
         assert_clear_failure(invoke("models"), phrase, 1)
     assert_clear_failure(res, phrase, 1)
     assert not marker.exists()  # no tag ran code
@@ -823,7 +823,7 @@ def test_runtime_runs(tracking, tmp_path, smollm_for_cli, monkeypatch, kind, ext
     assert long_ids <= {ex.id for ex in load_dataset(str(path)).examples} or kind == "long"  # evaluated, not in the pool
     loads = []
     monkeypatch.setattr("uqflow.models.loading.load_model", lambda *a, **k: loads.append(a) or pytest.fail("loaded again"))
-    res = invoke("run", "--dataset", path, "--num-samples", "50", "--set", "max_new_tokens=4", "--set", "num_few_shot=0",
+    res = invoke("run", "--dataset", path, "--num-questions", "50", "--set", "max_new_tokens=4", "--set", "num_few_shot=0",
                  "--set", "n_bootstrap=0", *extra)
     assert loads == []  # the session's model served the run
     for phrase in phrases:
@@ -870,7 +870,7 @@ def test_hub_access(tracking, tmp_path, venv_env, offline, args, phrases):
     else:
         env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
     t0 = time.perf_counter()
-    out = subprocess.run([*UQFLOW, "run", *args, "--num-samples", "2"], env=env, cwd=tmp_path,
+    out = subprocess.run([*UQFLOW, "run", *args, "--num-questions", "2"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     elapsed = time.perf_counter() - t0
     assert out.returncode == 1, out.stderr
@@ -891,14 +891,14 @@ def _tracking_grid(tmp_path):
 
 UNREACHABLE = "cannot reach the MLflow tracking store {uri} (connection refused); check MLFLOW_TRACKING_URI"
 TRACKING_SERVER = [
-    ("unreachable_run", "closed", ["run", "--num-samples", "1"], UNREACHABLE),
+    ("unreachable_run", "closed", ["run", "--num-questions", "1"], UNREACHABLE),
     ("unreachable_grid", "closed", ["grid", "{grid}"], UNREACHABLE),
     ("unreachable_grid_dry_run", "closed", ["grid", "{grid}", "--dry-run"], UNREACHABLE),
     ("unreachable_rescore", "closed", ["rescore", "0123abcd"], UNREACHABLE),
     ("unreachable_aggregate", "closed", ["aggregate", "--db", "{db}"], "cannot reach the MLflow tracking store {uri}"),
-    ("unsupported_scheme_run", "foo://tracking", ["run", "--num-samples", "1"],
+    ("unsupported_scheme_run", "foo://tracking", ["run", "--num-questions", "1"],
      "the MLflow tracking store foo://tracking refused the request"),
-    ("experiment_deleted_run", "deleted", ["run", "--num-samples", "1"],
+    ("experiment_deleted_run", "deleted", ["run", "--num-questions", "1"],
      "Cannot set a deleted experiment 'uqflow' as the active experiment. You can restore the experiment"),
     ("experiment_deleted_grid", "deleted", ["grid", "{grid}"], "Cannot set a deleted experiment 'uqflow'"),
 ]
@@ -913,7 +913,7 @@ def test_tracking_server_unreachable_is_said_in_seconds(tracking, tmp_path, venv
     env = {k: v for k, v in venv_env.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
     env["MLFLOW_TRACKING_URI"] = uri
     t0 = time.perf_counter()
-    out = subprocess.run([*UQFLOW, "run", "--num-samples", "1"], env=env, cwd=tmp_path,
+    out = subprocess.run([*UQFLOW, "run", "--num-questions", "1"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and UNREACHABLE.format(uri=uri) in out.stderr, out.stderr
     assert time.perf_counter() - t0 < 60  # a guard against MLflow's 4-minute retry schedule, not a benchmark

@@ -506,7 +506,7 @@ def test_a_write_without_credentials_or_permission_is_refused_in_one_line(on_ser
     """Without credentials, with a wrong password, and as a user who may only read the experiment:
     `uqflow run` exits non-zero with one line saying what is missing and what to do."""
     cmd = [*UQFLOW, "run", "--model", "SmolLM2-135M-Instruct", "--dataset", "trivia_mini",
-           "--num-samples", "2"]
+           "--num-questions", "2"]
     env = _env(base_env)
     cases = {
         "needs a login: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD":

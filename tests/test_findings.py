@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from html import unescape
 
 import mlflow
 import numpy as np
@@ -188,13 +189,153 @@ def test_calibration_and_risk_coverage_are_queryable_like_auroc(small_store):
         run_metrics(run)["ece_g_nll"])
 
 
+# ---------------------------------------------------------------- the first screen: findings with their caveats
+
+def judged_right(right):
+    """A transform for `log_run`: the answers ``right(i, tokens)`` calls right keep their reference and
+    the others get another text, so the run's judge (token F1) decides them so, as aggregation will."""
+    def transform(frame):
+        frame = frame.copy()
+        frame["references"] = [[a] if right(i, t) else [f"another answer {i}"]
+                               for i, (a, t) in enumerate(zip(frame["answer"], frame["tokens"]))]
+        return pipeline.add_correctness(frame, make_judge("f1"))
+    return transform
+
+
+def no_signal(frame):
+    """A transform for `log_run`: log-probabilities drawn alike for right and wrong answers, so the
+    run's G-NLL flags nothing (its scores recomputed from them, as aggregation will)."""
+    rng = np.random.default_rng(0)
+    frame = frame.copy()
+    frame["token_logprobs"] = [(-rng.exponential(0.6, size=len(t))).tolist() for t in frame["tokens"]]
+    return pipeline.add_scores(frame)
+
+
+def _first_screen(url, tmp_path):
+    """summary.json's findings, the study and report.html of a report over the store at ``url``."""
+    from uqflow.report import build_report, load_study
+
+    r = build_report(url, tmp_path / "rep", log_to_mlflow=False)
+    return json.loads(r.summary.read_text())["findings"], load_study(url), r.html.read_text()
+
+
+def test_report_findings_name_what_the_compared_models_differ_in(tracking, tmp_path):
+    """Two families whose models differ in size, tuning and accuracy, one of them wrong on its long
+    answers, on 60 questions each: the family finding carries each of those caveats, with the study's
+    own numbers."""
+    from uqflow.models import MODELS
+    from uqflow.report.findings import LENGTH_SIGNAL
+    from uqflow.store import aggregate
+
+    rng = np.random.default_rng(3)
+    noise = rng.random(400) < 0.1
+    smol = log_run("SmolLM2-135M-Instruct", "trivia_mini", 60, 1,
+                   transform=judged_right(lambda i, t: (len(t) <= 3) != noise[i]))  # its long answers wrong
+    gemma = log_run("Gemma-3-270M", "trivia_mini", 60, 2, transform=judged_right(lambda i, t: i % 4 == 0))
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    aggregate(url=url)
+    rows, study, html = _first_screen(url, tmp_path)
+
+    assert [r["key"] for r in rows] == ["family"]  # one size per family, one dataset: the family question only
+    caveats = {c["kind"]: c["text"] for c in rows[0]["caveats"]}
+    assert {"size", "tuning", "accuracy", "length", "n"} <= set(caveats), caveats
+    runs = study.runs.set_index("run_id")
+    for rid in (smol, gemma):
+        spec = MODELS.get(runs.loc[rid, "model"])
+        assert f"{spec.family} {spec.size_b:g}B" in caveats["size"]
+        assert f"{spec.family} {'instruct' if spec.instruct else 'base'}" in caveats["tuning"]
+        assert f"{spec.family} {runs.loc[rid, 'accuracy']:.2f}" in caveats["accuracy"]
+    gap = abs(runs.loc[smol, "accuracy"] - runs.loc[gemma, "accuracy"])
+    assert gap >= 0.1 and f"up to {gap:.2f} apart" in caveats["accuracy"]
+    length = {r["run_id"]: r for r in json.loads((tmp_path / "rep" / "summary.json").read_text())["objections"][
+        "length"] if r["measure"] == "g_nll"}
+    assert length[smol]["length_auroc"] >= LENGTH_SIGNAL and length[gemma]["length_auroc"] < LENGTH_SIGNAL
+    assert caveats["length"] == (f"in 1 of 2 runs: SmolLM2-135M-Instruct: length alone "
+                                 f"{length[smol]['length_auroc']:.2f} vs G-NLL {length[smol]['auroc']:.2f}")
+    assert "2 of 2 runs with too few answers to rank" in caveats["n"]  # 60 answers each
+    assert rows[0]["not_checked"][0]["kind"] == "judge"  # no run stored a second judge: said, not passed
+    first = html[html.index('id="first-screen"'):html.index('id="findings"')]
+    assert 'id="fig-headline"' in first and 'class="caveats"' in first
+    assert all(c["text"] in unescape(first) for c in rows[0]["caveats"])
+
+
+def test_report_findings_of_alike_models_have_none_of_those_caveats(tracking, tmp_path):
+    """A model against its own 8-bit variant on the same 200 answers (same size, tuning and accuracy),
+    the 8-bit run's G-NLL flagging nothing: the quantization finding has no caveat, and says what was
+    checked."""
+    from uqflow.report.findings import CAVEATS
+    from uqflow.store import aggregate
+
+    log_run("SmolLM2-135M-Instruct", "trivia_mini", 200, 1)
+    log_run("SmolLM2-135M-Instruct-8bit", "trivia_mini", 200, 1, transform=no_signal)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    aggregate(url=url)
+    rows, study, html = _first_screen(url, tmp_path)
+
+    assert study.runs["accuracy"].nunique() == 1 and study.runs["size_b"].nunique() == 1
+    (row,) = [r for r in rows if r["key"] == "quantization"]
+    assert row["caveats"] == []
+    assert row["checked"] == ["size", "tuning", "accuracy", "length", "n"]  # the precision is what it compares
+    cell = html[html.index('href="#q-quantization"'):]
+    cell = unescape(cell[:cell.index("</tr>")])
+    assert "None found; checked: " + "; ".join(CAVEATS[k][1] for k in row["checked"]) in cell
+
+
+def _hand_built_study(tags, aurocs):
+    """A study of two runs, A (family F, accuracy 0.5) and B (family G, accuracy 0.55), 200 answers
+    each, as a `Study` built by hand: ``tags`` per run, ``aurocs`` {(run, judge): G-NLL AUROC}."""
+    from uqflow.report.data import Study
+
+    runs = pd.DataFrame({"run_id": ["A", "B"], "model": ["m-a", "m-b"], "family": ["F", "G"], "size_b": [1.0, 1.0],
+                         "quantization": ["none", "none"], "dataset": ["d", "d"], "accuracy": [0.5, 0.55],
+                         "label": ["m-a × d", "m-b × d"], "tags": [json.dumps(tags[r]) for r in "AB"]})
+    scores = pd.DataFrame({"run_id": ["A", "B"], "precision": ["full", "full"]})
+    objections = {
+        "length": [], "power": [{"run_id": r, "label": r, "n": 200, "wrong": 100, "right": 100, "warning": None}
+                                for r in "AB"],
+        "judges": [{"run_id": r, "judge": "f1", "own": True} for r in "AB"],
+        "judge_aurocs": [{"run_id": r, "judge": j, "measure": "g_nll", "auroc": a} for (r, j), a in aurocs.items()],
+    }
+    return Study("hand-built", runs, scores, pd.DataFrame(), {}), objections
+
+
+def test_a_report_finding_another_judge_reverses_is_flagged_and_an_unrecorded_tuning_is_not_guessed():
+    """Pure rows: the judge em ranks the families the other way round from the runs' own judge; run
+    A predates the instruct tag, so tuning is "not recorded", neither base nor instruct."""
+    from uqflow.report.findings import finding_row
+
+    study, objections = _hand_built_study(
+        {"A": {}, "B": {"instruct": "false"}},
+        {("A", "f1"): 0.8, ("B", "f1"): 0.7, ("A", "em"): 0.6, ("B", "em"): 0.75})
+    answer = {"key": "family", "comparisons": [], "numbers": {}}
+    row = finding_row(study, "family", "q", "F 0.8, G 0.7", "#q-family", [[("F", ["A"]), ("G", ["B"])]], answer,
+                      objections, "g_nll")
+    caveats = {c["kind"]: c["text"] for c in row["caveats"]}
+    assert caveats == {"judge": "the order changes under em: G 0.75, F 0.60"}
+    assert {c["kind"]: c["why"] for c in row["not_checked"]} == {
+        "tuning": "not recorded for m-a",
+        "length": "no compared run has a length test of G-NLL"}  # no length rows: not tested, not passed
+    assert {"size", "accuracy", "n"} <= set(row["checked"])
+
+    agree = {("A", "f1"): 0.8, ("B", "f1"): 0.7, ("A", "em"): 0.78, ("B", "em"): 0.72}
+    study, objections = _hand_built_study({"A": {"instruct": "true"}, "B": {"instruct": "false"}}, agree)
+    row = finding_row(study, "family", "q", "", "#q-family", [[("F", ["A"]), ("G", ["B"])]], answer, objections,
+                      "g_nll")
+    assert {c["kind"]: c["text"] for c in row["caveats"]} == {"tuning": "F instruct vs G base"}
+    assert "judge" in row["checked"]
+
+    # the cost finding compares measures within each run: only what bears on one run is checked
+    row = finding_row(study, "cost", "q", "", "#q-cost-summary", [[("m-a × d", ["A"])]], None, objections, "g_nll")
+    assert row["caveats"] == [] and row["checked"] == ["n"] and [c["kind"] for c in row["not_checked"]] == ["length"]
+
+
 # ---------------------------------------------------------------- the bundled models
 
 @pytest.mark.slow
 def test_reference_conventions_run_offline_on_the_bundled_model(tracking):
     """most_likely=sampled (one sample at T = 0.1) and few-shot p(True) on SmolLM2: the run logs
     them, a 16-question run warns that it is small, and few-shot p(True) costs more than zero-shot."""
-    common = ["run", "--num-samples", "16", "--set", "max_new_tokens=16", "--set", "num_generations=2",
+    common = ["run", "--num-questions", "16", "--set", "max_new_tokens=16", "--set", "num_generations=2",
               "--set", "entailment=embedding:all-MiniLM-L6-v2", "--set", "n_bootstrap=50"]
     res = invoke(*common, "--set", "most_likely=sampled", "--set", "p_true_few_shot=3")
     assert res.exit_code == 0, res.output
@@ -218,7 +359,7 @@ def test_reference_conventions_run_offline_on_the_bundled_model(tracking):
 def test_the_8bit_spread_over_batch_compositions(tracking):
     """An 8-bit model answers again in two more batch compositions and logs the spread; an
     unquantized model, whose answers do not depend on the batch, ignores the setting."""
-    args = ["--num-samples", "24", "--set", "max_new_tokens=16", "--set", "batch_compositions=3", "--set", "n_bootstrap=0"]
+    args = ["--num-questions", "24", "--set", "max_new_tokens=16", "--set", "batch_compositions=3", "--set", "n_bootstrap=0"]
     assert invoke("run", "--model", "SmolLM2-135M-Instruct-8bit", *args).exit_code == 0
     assert invoke("run", "--model", "SmolLM2-135M-Instruct", *args).exit_code == 0
     by_model = {r.data.tags["model"]: run_metrics(r) for r in mlflow.search_runs(search_all_experiments=True,

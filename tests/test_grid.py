@@ -229,18 +229,23 @@ def test_isolated_cells_are_linked_to_the_grid_run(tracking, tmp_path):
 
 def test_dry_run_offline_says_what_each_cell_needs(tracking):
     """The reference study's grid on a machine without hub access or GPU: the dry run lists every
-    cell with what it needs (before: it failed after 27 s); running it refuses at once, naming
-    every cell's needs, and starts nothing."""
+    cell with the numbers of what it needs (before: it failed after 27 s), and each of those once
+    below the table; running it refuses at once, naming each problem once with the cells it
+    blocks, and starts nothing."""
     import time
 
     t0 = time.perf_counter()
     dry = invoke("grid", str(ROOT / "grids" / "multi_family.yaml"), "--dry-run")
     assert dry.exit_code == 0, dry.output
-    assert dry.output.count("pending") == 12 and "needs" in dry.output
-    assert "not in the local Hugging Face cache" in dry.output and "needs a CUDA GPU" not in dry.output  # 8bit/4bit run on a CPU too
+    assert dry.output.count("pending") == 12 and "│ needs [1] [2] │" in dry.output
+    assert "needs a CUDA GPU" not in dry.output  # 8bit/4bit run on a CPU too
+    assert dry.output.count("] model '") == 6 and "] model 'Llama-3.2-1B' (meta-llama/Llama-3.2-1B) is not in" in dry.output
+    assert dry.output.count("] dataset '") == 2  # one problem per model and per hub dataset, each once
     res = invoke("grid", str(ROOT / "grids" / "multi_family.yaml"))
-    assert res.exit_code == 1 and "12 of 12 cells of grid 'multi_family' cannot run on this machine" in res.output
-    assert "Mistral-7B-v0.3-8bit x trivia_qa: model 'Mistral-7B-v0.3-8bit'" in res.output
+    assert res.exit_code == 1 and "12 of 12 cells of grid 'multi_family' cannot run on this machine; 8 problems" in res.output
+    assert "] model 'Mistral-7B-v0.3-8bit' (mistralai/Mistral-7B-v0.3) is not in the local" in res.output
+    assert "blocks Mistral-7B-v0.3-8bit x every dataset" in res.output and "blocks every model x squad" in res.output
+    assert res.output.count("dataset 'squad' (rajpurkar/squad_v2") == 1
     assert "Traceback" not in res.output
     assert time.perf_counter() - t0 < 60  # a guard against hub retries, not a benchmark
     assert mlflow.get_experiment_by_name("uqflow") is None  # nothing started

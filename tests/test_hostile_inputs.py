@@ -194,7 +194,7 @@ DATASET_RECORDS = [
 def test_dataset_records_refused_before_any_run(tracking, tmp_path, name, content, phrase):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
-    res, seconds = timed_invoke("run", "--dataset", path, "--num-samples", "2")
+    res, seconds = timed_invoke("run", "--dataset", path, "--num-questions", "2")
     assert_clear_failure(res, phrase, 1)
     assert len(res.output) < 2000 and seconds < 5, (len(res.output), seconds)
     assert_runs_settled(started=0)  # the dataset is read before any run starts (or any model loads)
@@ -208,7 +208,7 @@ def test_parquet_binary_question_refused(tracking, tmp_path):
     path = tmp_path / "bin.parquet"
     pq.write_table(pa.table({"question_id": ["q1", "q2"], "question": pa.array([b"Under which?", b"Who?"], pa.binary()),
                              "answer": [{"value": "a", "aliases": ["a"]}] * 2}), path)
-    assert_clear_failure(invoke("run", "--dataset", path, "--num-samples", "2"),
+    assert_clear_failure(invoke("run", "--dataset", path, "--num-questions", "2"),
                          "bin.parquet:1: malformed record (trivia_qa schema): field 'question' must be text, got bytes", 1)
     assert_runs_settled(started=0)
 
@@ -217,7 +217,7 @@ def test_duplicate_long_id_is_shown_cut(tracking, tmp_path):
     path = tmp_path / "dup.jsonl"
     long_id = "q" * 100_000
     path.write_text(jsonl(trivia(1, question_id=long_id), trivia(2, question_id=long_id)), encoding="utf-8")
-    res = invoke("run", "--dataset", path, "--num-samples", "2")
+    res = invoke("run", "--dataset", path, "--num-questions", "2")
     assert_clear_failure(res, "dup.jsonl:2: duplicate id 'qqqq", 1)
     assert "(100,002 characters)" in res.output and len(res.output) < 2000
 

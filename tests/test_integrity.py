@@ -243,7 +243,7 @@ def test_sampling_memory_is_compared_with_the_machine_before_loading(monkeypatch
     1.25 GiB a step) do not fit; the way out names a number that does."""
     import os
 
-    from uqflow.experiment import check
+    from uqflow.checks import check
     from uqflow.models.loading import sampling_memory_problem
     from uqflow.models import MODELS
 
@@ -270,7 +270,7 @@ def test_an_unknown_similarity_model_is_found_before_the_model_loads(tracking, m
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr("uqflow.generation.load_for", no_load)
-    res = invoke("run", "--num-samples", "2", "--set", "num_generations=2", "--set", setting)
+    res = invoke("run", "--num-questions", "2", "--set", "num_generations=2", "--set", setting)
     assert res.exit_code == 1 and phrase in res.output and "Traceback" not in res.output, res.output
 
 
@@ -289,11 +289,11 @@ def test_a_grid_checks_each_registry_file_and_dataset_once(tracking, tmp_path, m
     reads, loads = [], []
     real_read, real_load = registry.read_yaml, datasets.load_dataset
     monkeypatch.setattr(registry, "read_yaml", lambda *a, **k: reads.append(a) or real_read(*a, **k))
-    monkeypatch.setattr("uqflow.experiment.load_dataset", lambda name: loads.append(name) or real_load(name))
+    monkeypatch.setattr("uqflow.checks.load_dataset", lambda name: loads.append(name) or real_load(name))
     res = invoke("grid", grid, "--dry-run")
     assert res.exit_code == 0, res.output
     assert len(reads) == 1 and sorted(loads) == ["squad_mini", "trivia_mini"], (reads, loads)
-    assert res.output.count("org/m") == 8  # every cell lists what it needs (the hub model, offline)
+    assert res.output.count("org/m") == 4  # each model's need (the hub model, offline) listed once, with its cells
 
 
 def test_no_password_in_a_printed_tracking_uri(tracking, tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ LAYERS = [
     ("uqflow.models", "uqflow.machine"),
     ("uqflow.generation",),
     ("uqflow.scoring",),
+    ("uqflow.checks",),
     ("uqflow.tracking", "uqflow.plots", "uqflow.lease"),
     ("uqflow.experiment", "uqflow.rescore"),
     ("uqflow.grid",),

@@ -165,7 +165,7 @@ def test_same_configuration_in_two_processes_is_identical(tracking, venv_env):
     import pandas as pd
 
     cmd = [*UQFLOW, "run", "--model", "SmolLM2-135M-Instruct", "--dataset", "squad_mini",
-           "--num-samples", "8", "--set", "max_new_tokens=24", "--set", "n_bootstrap=100"]
+           "--num-questions", "8", "--set", "max_new_tokens=24", "--set", "n_bootstrap=100"]
     for _ in range(2):
         subprocess.run(cmd, env=venv_env, check=True, capture_output=True, timeout=600)
     runs = mlflow.search_runs(experiment_names=["uqflow"], output_format="list", order_by=["attributes.start_time"])
@@ -198,7 +198,7 @@ def _wait_for_running(timeout: float = 120.0):
     raise AssertionError("no run started")
 
 
-RUN = ["run", "--model", "SmolLM2-135M-Instruct", "--dataset", "trivia_mini", "--num-samples", "200"]
+RUN = ["run", "--model", "SmolLM2-135M-Instruct", "--dataset", "trivia_mini", "--num-questions", "200"]
 GRID = ["grid", str(ROOT / "grids" / "cpu_demo.yaml"), "--set", "num_samples=200"]
 
 

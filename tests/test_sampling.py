@@ -13,7 +13,7 @@ from store_fixtures import log_run
 from uqflow.config import RunConfig
 from uqflow.data import load_dataset
 from uqflow.errors import ConfigError
-from uqflow.experiment import check
+from uqflow.checks import check
 from uqflow.scoring.llm import p_true_inputs
 from uqflow.rescore import rescore
 from uqflow.generation import make_engine
@@ -109,7 +109,7 @@ def test_an_unknown_or_unreachable_entailment_model_is_refused_before_a_run(monk
 
 
 def test_the_cli_says_in_one_line_that_the_entailment_model_is_unknown(tracking, venv_env):
-    out = subprocess.run([*UQFLOW, "run", "--num-samples", "2", "--set", "num_generations=2",
+    out = subprocess.run([*UQFLOW, "run", "--num-questions", "2", "--set", "num_generations=2",
                           "--set", "entailment=nosuch"], capture_output=True, text=True, env=venv_env, timeout=300)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "unknown entailment model 'nosuch'" in out.stderr

@@ -255,7 +255,7 @@ def test_abstention_rule_is_a_recorded_setting():
     """The rule is part of the configuration (logged as a param) and of the hash where it can change
     results: with unanswerable questions evaluated, not when they are left out."""
     from uqflow.config import RunConfig
-    from uqflow.experiment import name_problems
+    from uqflow.checks import name_problems
 
     assert RunConfig().to_dict()["abstention"] == "official"
     assert [str(p) for p in name_problems(RunConfig(abstention="loose"))] == [

@@ -9,10 +9,11 @@ one message (:func:`resolve`, :func:`config_from_strings`).
 A grid checks each of its cells the same way, each model, dataset and registry file once
 (:func:`check_grid`), and keeps each distinct problem once, as a :class:`Problem` that lists the
 cells it blocks, so the hub being unreachable for dataset 'squad' is one problem, not one per model.
-A problem is of one of two kinds: a ``mistake`` of the user's input (an unknown name, a malformed
-dataset file, a setting out of range), or something this machine ``need``\\s (a model or hub dataset
-that is neither cached nor reachable, a GPU, memory). A grid with a mistake cannot start; a grid
-whose cells only need what this machine lacks can still be listed (``uqflow grid FILE --dry-run``).
+A problem is of one of two kinds (:func:`kind_of`): a :data:`MISTAKE` of the user's input (an unknown
+name, a malformed dataset file, a setting out of range), or a :data:`NEED`, something this machine
+lacks (a model or hub dataset that is neither cached nor reachable, a GPU, memory). A grid with a
+mistake cannot start; a grid whose cells only need what this machine lacks can still be listed
+(``uqflow grid FILE --dry-run``), each cell naming its problems by number and each problem said once.
 """
 
 from __future__ import annotations
@@ -299,7 +300,7 @@ def cells_text(cells: Sequence[tuple[str, str]], grid: Sequence[tuple[str, str]]
                 covered |= {(m, d) for m in models}
     if len(datasets) > 1:
         for m in models:
-            if all((m, d) in have for d in datasets) and not all((m, d) in covered for d in datasets):
+            if all((m, d) in have for d in datasets) and not any((m, d) in covered for d in datasets):
                 parts.append(f"{m} x every dataset")
                 covered |= {(m, d) for d in datasets}
     parts += [f"{m} x {d}" for m, d in mine if (m, d) not in covered]

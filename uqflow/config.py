@@ -19,7 +19,7 @@ class RunConfig:
     """Everything that determines one model x dataset run (logged whole as MLflow params).
 
     Construction checks types and ranges only; names (model, dataset, backend, judge, abstention
-    rule) are checked where they are registered, by ``experiment.check`` before a run starts."""
+    rule) are checked where they are registered, by ``checks.check`` before a run starts."""
 
     model: str = "SmolLM2-135M-Instruct"  # registry name (`uqflow models`) or a local model directory
     model_registry: str = ""  # YAML file of extra model entries ("" = $UQFLOW_MODEL_REGISTRY or none)
@@ -204,7 +204,7 @@ MAX_P_TRUE_FEW_SHOT = 64
 SAMPLING_FIELDS = ("num_generations", "temperature", "entailment", "strict_entailment", "pair_similarity")
 #: sampled answers per question: the measures of sampled answers are studied with 5-20 (the
 #: semantic-entropy paper's 10); a question's answers share one batch, so memory bounds it too
-#: (experiment.check compares it with the machine's before a model loads)
+#: (checks.check compares it with the machine's before a model loads)
 MAX_GENERATIONS = 256
 #: longer than any context in the registry (128k); a model's own context is checked before a run
 MAX_NEW_TOKENS = 131072

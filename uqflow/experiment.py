@@ -19,9 +19,7 @@ from typing import Any
 import numpy as np
 
 from uqflow import lease, tracking
-# the checks made before a run starts live in uqflow.checks; `check`, `name_problems` and
-# `entailment_problems_of` are imported here only for rescore.py and tests that still import them from here
-from uqflow.checks import check, entailment_problems_of, name_problems, resolve  # noqa: F401
+from uqflow.checks import resolve  # every check made before a run starts
 from uqflow.config import RunConfig
 from uqflow.console import inert
 from uqflow.data import DATASETS, LoadedDataset

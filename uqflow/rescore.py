@@ -20,8 +20,8 @@ from uqflow import tracking
 from uqflow.artifact import ArtifactError
 from uqflow.config import SAMPLING_FIELDS, RunConfig
 from uqflow.errors import ConfigError, UqflowError, clip
-from uqflow.experiment import (RunResult, _log_outputs, _score, entailment_problems_of, name_problems, run_identity,
-                               run_name, run_params)
+from uqflow.checks import entailment_problems_of, name_problems
+from uqflow.experiment import RunResult, _log_outputs, _score, run_identity, run_name, run_params
 from uqflow.generation.base import decoder
 from uqflow.models import get_model
 from uqflow.scoring import pipeline
