@@ -114,7 +114,7 @@ def test_report_html_is_self_contained(study_store, tmp_path):
     r = build_report(study_store["url"], tmp_path / "rep", log_to_mlflow=False)
     html = r.html.read_text()
     srcs = re.findall(r'<img[^>]*src="([^"]*)"', html)
-    assert len(srcs) == len(r.figures) == 11
+    assert len(srcs) == len(r.figures) == 12  # the headline figure of the first screen, and the 11 below
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert not re.search(r'(src|href)="(http|//|file:)', html)
     for q in ("Does size help?", "Which family flags its errors best?", "Does the dataset matter?",
@@ -135,7 +135,7 @@ def test_runs_whose_intervals_are_all_undefined_still_report(study_store, tmp_pa
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE scores SET ci_low = NULL, ci_high = NULL")
     r = build_report(f"sqlite:///{db}", tmp_path / "rep", log_to_mlflow=False)
-    assert len(r.figures) == 11
+    assert len(r.figures) == 12
     assert load_study(f"sqlite:///{db}").scores["ci_low"].isna().all()
 
 
@@ -241,7 +241,7 @@ def test_report_renders_in_a_real_browser(study_store, tmp_path, browser):
     print(f"\nbrowser: title {seen['title']!r}, {seen['images']} images, broken {seen['broken_images']}, "
           f"{len(seen['text'])} characters of text")
     assert seen["title"] == "uqflow report"
-    assert seen["images"] == 11 and seen["broken_images"] == []
+    assert seen["images"] == 12 and seen["broken_images"] == []  # the headline figure and the 11 below
     import json
 
     answers = json.loads(r.summary.read_text())["answers"].values()
@@ -294,7 +294,7 @@ def _figures(url):
     from uqflow.report.build import _png
 
     study = load_study(url)
-    for name, fig in F.draw_all(study).items():
+    for name, fig in {"headline": F.headline(study), **F.draw_all(study)}.items():
         png = _png(fig)
         yield name, fig, int.from_bytes(png[16:20], "big")  # the PNG's width, from its IHDR chunk
 

@@ -139,11 +139,15 @@ def render_html(study: Study, summary: dict, pngs: dict[str, bytes]) -> str:
 
     fam_best = {b["measure"]: b for b in summary["best"]["family_per_measure"]}
     env = Environment(loader=PackageLoader("uqflow.report", "templates"), autoescape=True)
+    # a check no row could make for the same reason (no second judge anywhere) is said once, under the table
+    reasons = [{(c["name"], c["why"]) for c in r["not_checked"]} for r in summary["findings"]]
+    shared = set.intersection(*reasons) if len(reasons) > 1 else set()
+    own = {r["key"]: [c for c in r["not_checked"] if (c["name"], c["why"]) not in shared] for r in summary["findings"]}
     uris = {k: "data:image/png;base64," + base64.b64encode(v).decode() for k, v in pngs.items()}
     images = [(k, TITLES[k], uri) for k, uri in uris.items() if k != HEADLINE]
     return env.get_template("report.html").render(
         s=summary, measures=study.measures, label=label, f=f, pval=format_p, images=images,
-        headline=uris.get(HEADLINE), checks=CAVEATS,
+        headline=uris.get(HEADLINE), checks=CAVEATS, not_checked_by_all=sorted(shared), not_checked=own,
         family_best=lambda m: fam_best.get(m, {"family": "–", "auroc": None}), figure_max_px=FIGURE_DISPLAY_MAX_PX,
         tokens=Markup(T.token_view_html(study, measure=summary.get("measure", "g_nll"))))
 

@@ -545,7 +545,7 @@ def headline(study: Study, measure: str = "g_nll") -> Figure:
     ax.axvline(0.5, **_CHANCE)
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"AUROC ({AUROC_AXIS})", fontsize=SMALL)
-    ax.set_title(f"{LABELS[measure]}: AUROC per run" + _repeated_note(study))
+    fig.suptitle(f"{LABELS[measure]}: AUROC per run" + _repeated_note(study), fontsize=_RC["axes.titlesize"])
     right = ax.twinx()
     right.set_ylim(ax.get_ylim())
     right.set_yticks(ys, [f"{a:.2f}" if math.isfinite(a) else "–" for a in s["accuracy"].astype(float)],

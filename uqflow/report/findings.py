@@ -4,8 +4,9 @@ A finding is an answered question of stats.py (or the cost summary); its caveats
 differences, other than the one the question is about, between the runs it compares, and the
 objections of objections.py as they bear on those runs:
 
-- **size, tuning, quantization**: the compared sides' models differ in size (``size_b``),
-  instruction tuning or quantization, so that difference is part of what is measured. Tuning is
+- **size, tuning, precision**: the compared sides' models differ in size (``size_b``), instruction
+  tuning or precision (full, 8bit, 4bit, as the store's slice views read it from the quantization), so
+  that difference is part of what is measured. Tuning is
   read from the run's ``instruct`` tag (the model registry's ``instruct``); a run without the tag,
   or of a local model directory (which the registry does not describe), is "not recorded", never
   taken for a base model.
@@ -44,8 +45,8 @@ ACCURACY_GAP = 0.10
 #: alone flags errors at all (an AUROC of LENGTH_SIGNAL or more): a measure at chance beside a length
 #: at chance ranks nothing, length included
 LENGTH_MARGIN, LENGTH_SIGNAL = 0.05, 0.6
-#: flagged comparisons named in one caveat; the others are counted
-SHOWN = 2
+#: flagged comparisons (or models) named in one caveat; the others are counted, to keep the row short
+SHOWN = 1
 
 #: each caveat's name in the table, what it checks, and the section of the report with its detail
 CAVEATS = {
@@ -55,7 +56,7 @@ CAVEATS = {
     "accuracy": ("accuracy", f"accuracy gap of {ACCURACY_GAP:.2f} or more", "#summary"),
     "length": ("length", f"answer length alone within {LENGTH_MARGIN:.2f} of the measure's AUROC", "#length"),
     "judge": ("judge", "the finding under other judges", "#judge"),
-    "n": ("small n", "interval of the difference, test power, run size", "#power"),
+    "n": ("small n", "small n (the difference's interval, the test's power, the runs' size)", "#power"),
 }
 #: the difference each question is about, which is therefore no caveat of its own finding
 VARIABLE = {"size": "size", "instruct": "tuning", "quantization": "quantization"}
@@ -78,7 +79,14 @@ def tuning(run) -> str | None:
 
 
 def _size(run) -> str | None:
-    return f"{run.size_b:g}B" if math.isfinite(float(run.size_b)) else None
+    """The model's size as the table writes it ("0.135B"); None where unknown (a local model directory)."""
+    return f"{run.size_b:g}B" if _finite(run.size_b) else None
+
+
+def _mean(values: list[float]) -> float:
+    """The mean of the finite values; NaN where there are none."""
+    finite = [v for v in values if _finite(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def _f(x: float | None) -> str:
@@ -86,19 +94,24 @@ def _f(x: float | None) -> str:
 
 
 def _span(values: list[float]) -> str:
-    """A range of numbers as the table writes it: "0.82" or "0.82-0.87"."""
+    """A range of numbers as the table writes it: "0.82" or "0.82 to 0.87" (which a line breaks
+    between words, not inside a number)."""
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return "n/a"
     lo, hi = min(values), max(values)
-    return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}"
+    return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f} to {hi:.2f}"
 
 
-def _more(texts: list[str], total: int | None = None) -> str:
-    """The first :data:`SHOWN` texts (duplicates dropped), and how many more there are."""
+def _count(k: int, noun: str) -> str:
+    return f"{k} {noun}{'s' if k != 1 else ''}"
+
+
+def _more(texts: list[str], noun: str, total: int | None = None) -> str:
+    """The first :data:`SHOWN` texts (duplicates dropped), and how many more ``noun``s there are."""
     texts = list(dict.fromkeys(texts))
     rest = (total if total is not None else len(texts)) - min(len(texts), SHOWN)
-    return "; ".join(texts[:SHOWN]) + (f"; and {rest} more" if rest > 0 else "")
+    return "; ".join(texts[:SHOWN]) + (f" (and {_count(rest, 'more ' + noun)})" if rest > 0 else "")
 
 
 # ---------------------------------------------------------------- what each finding compares
@@ -130,19 +143,15 @@ def _attribute(study: Study, groups, kind: str) -> dict[str, Any]:
 
     def read(rid: str) -> str | None:
         r = runs.loc[rid]
-        return _size(r) if kind == "size" else tuning(r) if kind == "tuning" else str(precision.get(rid, r.quantization))
+        if kind == "quantization":
+            return str(precision.get(rid, r.quantization))
+        return _size(r) if kind == "size" else tuning(r)
 
     values, unknown = [], []
     for _, ids in groups:
-        seen = set()
-        for rid in ids:
-            r = runs.loc[rid]
-            v = read(rid)
-            if v is None:
-                unknown.append(str(r.model))
-            else:
-                seen.add(v)
-        values.append(seen)
+        read_ = {rid: read(rid) for rid in ids}
+        values.append({v for v in read_.values() if v is not None})
+        unknown += [str(runs.loc[rid, "model"]) for rid, v in read_.items() if v is None]
     known = [v for v in values if v]
     differ = len({frozenset(v) for v in known}) > 1
     text = " vs ".join(f"{name} {'/'.join(sorted(v)) or 'not recorded'}" for (name, _), v in zip(groups, values))
@@ -154,8 +163,7 @@ def _accuracy(study: Study, groups) -> dict[str, Any]:
     :data:`ACCURACY_GAP` or more apart."""
     acc = study.runs.set_index("run_id")["accuracy"].astype(float)
     per = [[acc[r] for r in ids] for _, ids in groups]
-    means = [float(np.nanmean(v)) if any(math.isfinite(x) for x in v) else math.nan for v in per]
-    finite = [m for m in means if math.isfinite(m)]
+    finite = [m for m in map(_mean, per) if math.isfinite(m)]
     gap = max(finite) - min(finite) if len(finite) > 1 else 0.0
     text = " vs ".join(f"{name} {_span(v)}" for (name, _), v in zip(groups, per))
     return {"differ": gap >= ACCURACY_GAP, "gap": gap, "text": text}
@@ -171,7 +179,7 @@ def _confound(study: Study, sides, kind: str) -> tuple[str | None, str | None]:
     caveat = None
     if flagged:
         where = f"in {len(flagged)} of {len(checks)} comparisons: " if 1 < len(checks) != len(flagged) else ""
-        caveat = f"{where}{_more(flagged, len(flagged))}"
+        caveat = f"{where}{_more(flagged, 'comparison', len(flagged))}"
     missing = f"not recorded for {', '.join(unknown)}" if unknown else None
     return caveat, missing
 
@@ -182,7 +190,7 @@ def _accuracy_caveat(study: Study, sides) -> str | None:
     if not flagged:
         return None
     where = f"in {len(flagged)} of {len(checks)} comparisons, " if 1 < len(checks) != len(flagged) else ""
-    return f"{where}up to {flagged[0]['gap']:.2f} apart: " + _more([c["text"] for c in flagged], len(flagged))
+    return f"{where}up to {flagged[0]['gap']:.2f} apart: " + _more([c["text"] for c in flagged], "comparison", len(flagged))
 
 
 def _length_caveat(study: Study, run_ids: set[str], objections: dict[str, Any],
@@ -192,7 +200,7 @@ def _length_caveat(study: Study, run_ids: set[str], objections: dict[str, Any],
     rows = [r for r in objections["length"] if r["run_id"] in run_ids and r["measure"] == measure]
     rows = [r for r in rows if _finite(r["auroc"]) and _finite(r["length_auroc"])]
     if not rows:
-        return None, f"no run here has a length test of {label(measure)}"
+        return None, f"no compared run has a length test of {label(measure)}"
     close = [r for r in rows if r["length_auroc"] >= max(r["auroc"] - LENGTH_MARGIN, LENGTH_SIGNAL)]
     if not close:
         return None, None
@@ -203,7 +211,7 @@ def _length_caveat(study: Study, run_ids: set[str], objections: dict[str, Any],
     texts = [f"{m}: length alone {_span([r['length_auroc'] for r in rs])} vs {label(measure)} "
              f"{_span([r['auroc'] for r in rs])}" for m, rs in by_model.items()]
     where = f"in {len(close)} of {len(rows)} runs: " if len(close) != len(rows) else ""
-    return where + _more(texts), None
+    return where + _more(texts, "model"), None
 
 
 def _finite(x) -> bool:
@@ -220,12 +228,11 @@ def _judge_caveat(study: Study, sides, objections: dict[str, Any], measure: str)
     flips, checked = [], 0
     for groups in sides:
         ids = [r for _, rs in groups for r in rs]
-        judges = {j for _, j in others}
-        for j in sorted(judges):
+        for j in sorted({j for _, j in others}):
             if not all((r, j) in others for r in ids):
                 continue
-            mean_own = [np.nanmean([auroc.get((r, own.get(r)), math.nan) for r in rs]) for _, rs in groups]
-            mean_j = [np.nanmean([auroc[(r, j)] for r in rs]) for _, rs in groups]
+            mean_own = [_mean([auroc.get((r, own.get(r)), math.nan) for r in rs]) for _, rs in groups]
+            mean_j = [_mean([auroc[(r, j)] for r in rs]) for _, rs in groups]
             if not all(math.isfinite(x) for x in mean_own + mean_j):
                 continue
             checked += 1
@@ -233,9 +240,9 @@ def _judge_caveat(study: Study, sides, objections: dict[str, Any], measure: str)
                 order = sorted(zip([n for n, _ in groups], mean_j), key=lambda t: -t[1])
                 flips.append(f"under {j}: " + ", ".join(f"{n} {v:.2f}" for n, v in order))
     if flips:
-        return f"the order changes {_more(flips)}", None
+        return f"the order changes {_more(flips, 'judge')}", None
     if not checked:
-        return None, "no compared run stored another judge's verdicts (the judges setting)"
+        return None, "no compared run stored another judge's verdicts; the judges setting stores them"
     return None, None
 
 
@@ -248,28 +255,32 @@ def _n_caveat(answer: dict[str, Any] | None, sides, run_ids: set[str], objection
     if family:
         names = [(c["b"], c["a"]) for c in comps]
     else:  # a paired question's sides are its comparisons, in order: named as the sides are
-        names = [(groups[1][0], groups[0][0]) for groups in sides]
-    # not distinguishable from 0: an interval with spread that holds 0, or (families) an adjusted p of ALPHA or more
-    loose = [(c, n) for c, n in zip(comps, names) if _finite(c.get("difference")) and (
-        not (_finite(c["ci_low"]) and _finite(c["ci_high"])) or c["ci_low"] <= 0 <= c["ci_high"] != c["ci_low"]
-        or (_finite(c.get("p_adjusted")) and c["p_adjusted"] >= ALPHA))]
+        names = [(groups[1][0], groups[0][0]) for groups in sides[:len(comps)]]
+
+    def loose(c) -> bool:
+        """Not distinguishable from 0: an undefined interval, an interval with spread that holds 0, or
+        (families) an adjusted p of ALPHA or more."""
+        lo, hi, p = c["ci_low"], c["ci_high"], c.get("p_adjusted")
+        return (not (_finite(lo) and _finite(hi)) or lo <= 0 <= hi and hi > lo) or (_finite(p) and p >= ALPHA)
+
+    loose = [(c, n) for c, n in zip(comps, names) if _finite(c.get("difference")) and loose(c)]
     if loose:
         def one(c, names):
             where = f" ({c['dataset']})" if family else ""
             p = f", adjusted p {format_p(c['p_adjusted'])}" if _finite(c.get("p_adjusted")) else ""
             return (f"{names[0]} − {names[1]}{where} {c['difference']:+.3f}, 95% CI [{_f(c['ci_low'])}, "
                     f"{_f(c['ci_high'])}], n = {c['n']}{p}")
-        parts.append(f"{len(loose)} of {len(comps)} differences not distinguishable from 0: "
-                     + _more([one(c, n) for c, n in loose], len(loose)))
+        parts.append(f"{len(loose)} of {_count(len(comps), 'difference')} not distinguishable from 0: "
+                     + _more([one(c, n) for c, n in loose], "difference", len(loose)))
     p_min = (answer or {}).get("numbers", {}).get("friedman_smallest_possible_p")
     if _finite(p_min) and p_min >= ALPHA:
         blocks = answer["numbers"]["blocks"]
         parts.append(f"Friedman's test cannot reach p < {ALPHA} with {blocks} blocks")
     small = [p for p in objections["power"] if p["run_id"] in run_ids and p["warning"]]
     if small:
-        parts.append(f"{len(small)} of {len(run_ids)} runs have too few answers: "
-                     + _more([f"{p['label']} ({p['n']}: {p['wrong']} wrong, {p['right']} right)" for p in small]))
-    return "; ".join(parts) or None
+        parts.append(f"{len(small)} of {_count(len(run_ids), 'run')} with too few answers to rank: "
+                     + _more([f"{p['label']}, {p['n']} answers, {p['wrong']} wrong" for p in small], "run"))
+    return ". ".join(parts) or None
 
 
 # ---------------------------------------------------------------- the rows
@@ -310,7 +321,8 @@ def findings(study: Study, answers: dict[str, dict[str, Any]], cost: dict[str, A
         if a["answerable"]:
             rows.append(finding_row(study, key, a["question"], a["brief"] or a["answer"], f"#q-{key}",
                                     contrasts(study, a), a, objections, measure))
-    if cost.get("rows"):
+    if cost.get("rows"):  # measures compared within each run, G-NLL against the sampled ones
         sides = [[(r["label"], [r["run_id"]])] for r in cost["rows"]]
-        rows.append(finding_row(study, "cost", COST_QUESTION, cost["answer"], "#q-cost-summary", sides, None, objections, "g_nll"))
+        rows.append(finding_row(study, "cost", COST_QUESTION, cost["answer"], "#q-cost-summary", sides, None,
+                                objections, "g_nll"))
     return rows
