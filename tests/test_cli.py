@@ -32,8 +32,8 @@ def test_datasets_lists_registry():
 @pytest.mark.parametrize("args,message", [
     (["run", "--model", "Smollm2"], "Error: unknown model 'Smollm2'. Did you mean 'SmolLM2-135M-Instruct'"),
     (["run", "--dataset", "squad_min"], "Error: unknown dataset 'squad_min'. Did you mean 'squad_mini'"),
-    (["run", "--num-samples", "0"], "Error: num_samples must lie in [1, 10000000] (questions evaluated; no dataset has more), got 0"),
-    (["run", "--num-samples", "ten"], "Error: num_samples must be a whole number, got 'ten'"),
+    (["run", "--num-questions", "0"], "Error: num_samples must lie in [1, 10000000] (questions evaluated; no dataset has more), got 0"),
+    (["run", "--num-questions", "ten"], "Error: num_samples must be a whole number, got 'ten'"),
     (["run", "--set", "colour=blue"], "Error: unknown setting 'colour'"),
     (["run", "--set", "seed"], "expected KEY=VALUE"),
     (["run", "--dataset", "/no/such/file.jsonl"], "Error: dataset file /no/such/file.jsonl does not exist"),
@@ -47,7 +47,7 @@ def test_bad_input_is_one_clear_line(tracking, args, message):
 
 
 def test_vllm_backend_absent_is_explained(tracking):
-    res = invoke("run", "--backend", "vllm", "--num-samples", "2")
+    res = invoke("run", "--backend", "vllm", "--num-questions", "2")
     assert res.exit_code == 1
     assert "backend 'vllm' needs the vllm package" in res.output and "Traceback" not in res.output
     import mlflow
@@ -110,10 +110,10 @@ def test_a_piped_run_says_where_it_is_at_least_every_heartbeat(capsys, monkeypat
     when the stage ends."""
     import time
 
-    from uqflow.cli import _StageProgress
+    from uqflow.progress import StageProgress
 
     monkeypatch.setenv("UQFLOW_HEARTBEAT_SECONDS", "0.3")
-    progress = _StageProgress("M x D")
+    progress = StageProgress("M x D")
     assert not progress.tty  # pytest captures stderr: not a terminal
     progress(0, 10, "greedy answers")
     time.sleep(1.0)
@@ -129,3 +129,21 @@ def test_a_piped_run_says_where_it_is_at_least_every_heartbeat(capsys, monkeypat
     assert any(" 0/10 questions, " in b and "left" not in b for b in beats)
     assert any(" 4/10 questions, " in b and "s left" in b for b in beats)
     assert lines[-1].startswith("M x D: greedy answers done in "), lines
+
+
+def test_num_samples_is_the_old_name_of_num_questions(tracking):
+    """`uqflow run --num-questions N` counts questions; the old `--num-samples` still works and says
+    on stderr, in one line, that it is the old name (the sampled answers are num_generations)."""
+    old = invoke("run", "--num-samples", "0")
+    new = invoke("run", "--num-questions", "0")
+    refused = "Error: num_samples must lie in [1, 10000000] (questions evaluated; no dataset has more), got 0"
+    assert old.exit_code == new.exit_code == 1 and refused in old.stderr and refused in new.stderr
+    assert old.stderr.splitlines()[0] == ("Warning: --num-samples is the old name of --num-questions, the number of "
+                                          "questions to evaluate (the sampled answers per question are "
+                                          "num_generations); use --num-questions")
+    assert "old name" not in new.stderr and len(old.stderr.splitlines()) == len(new.stderr.splitlines()) + 1
+    both = invoke("run", "--num-questions", "3", "--num-samples", "3")
+    assert both.exit_code == 2 and "--num-samples is the old name of --num-questions: give one of them" in both.output
+    helped = invoke("run", "--help")
+    assert "--num-questions" in helped.output and "--num-samples" in helped.output  # the old name, in its help
+    assert "Questions to evaluate" in helped.output

@@ -169,6 +169,7 @@ def run(model, dataset, num_questions, old_num_questions, batch_size, backend, c
         parent_run_id) -> None:
     """Run one model x dataset experiment and log it to MLflow.
 
+    \b
     Example: uqflow run --model Gemma-3-270M --dataset squad_mini --num-questions 50
     """
     from uqflow.checks import config_from_strings
@@ -267,17 +268,17 @@ GRID_TABLE_CELLS = 200
 
 def _grid_table(name: str, states, numbers=None, *, scores: bool = True):
     """The grid's cells, one row each; for a large grid, one row per model with its cells counted
-    by state. A cell that cannot run here names its problems by their numbers in ``numbers``
-    (checks.numbered: "needs [1] [3]"), each said once below the table (:func:`_grid_problems`).
+    by state. A cell that cannot run here names its problems by their numbers (``numbers``, else
+    checks.numbered's: "needs [1] [3]"), each said once below the table (:func:`_grid_problems`).
     Columns no cell fills (run ids and scores before anything ran) are left out, and the scores
     too unless ``scores`` (a dry run's table lists states, in 100 columns with whole run ids)."""
     from collections import Counter
 
-    from uqflow.checks import problem_tags
+    from uqflow.checks import numbered, problem_tags
     from uqflow.console import DataTable
     from uqflow.scoring.pipeline import metric
 
-    numbers = numbers or {}
+    numbers = numbers or numbered(p for s in states for p in s.needs)
     needs = any(s.needs for s in states)
     table = DataTable(title=f"grid {name}")
     if len(states) > GRID_TABLE_CELLS:

@@ -26,6 +26,12 @@ HEARTBEAT_SECONDS = 30.0
 #: moves on through a long prefill or a single forward pass
 REDRAW_SECONDS = 1.0
 
+#: a terminal's bar (tqdm's bar_format, ``tokens`` filled in at each redraw): the stage, questions
+#: done, the bar, tokens decoded and their rate, time spent and left; a narrow terminal cuts the right end
+BAR = "{{desc}}: {{n_fmt}}/{{total_fmt}} q |{{bar}}|{tokens} [{{elapsed}}<{{remaining}}]"
+#: a terminal's line for a stage that is timed, not counted (loading a model)
+TIMED = "{desc} [{elapsed}]"
+
 #: environment variables by which the libraries that load models, data and artifacts turn their
 #: progress bars off (read when each is imported; transformers follows huggingface_hub's)
 LIBRARY_BARS_OFF = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
@@ -66,7 +72,7 @@ class StageProgress:
 
     def __call__(self, done: int, total: int | None, stage: str = "answers", tokens: int = 0) -> None:
         with self._lock:
-            if stage != self.stage:
+            if stage != self.stage or (not self.started and done == 0):  # a new stage, or one begun again
                 self._end()
                 self._start(stage, total)
             if not self.started:  # the stage has ended; a late report changes nothing
@@ -91,10 +97,8 @@ class StageProgress:
         self.done, self.total, self.tokens = 0, total, 0
         self.name = name = f"{self.label}: {inert(stage, one_line=True)}"
         if self.tty:
-            fmt = ("{desc} [{elapsed}]" if total is None else
-                   "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix} [{elapsed}<{remaining}]")
             self.bar = tqdm(desc=name, total=total, unit="q", leave=True, file=self.file, dynamic_ncols=True,
-                            bar_format=fmt)
+                            bar_format=TIMED if total is None else BAR.format(tokens=""))
         else:
             self._echo(f"{name}..." if total is None else f"{name} ({total} questions)...")
         self._quiet = quiet = threading.Event()  # the previous stage's heartbeat stopped at its end
@@ -104,7 +108,7 @@ class StageProgress:
         """The bar at the last report: questions done, and tokens decoded with their rate."""
         if self.total is not None:
             self.bar.total, self.bar.n = self.total, self.done
-            self.bar.set_postfix_str(self._tokens(short=True), refresh=False)
+            self.bar.bar_format = BAR.format(tokens=f" {self._tokens(short=True)}" if self.tokens else "")
         self.bar.refresh()
 
     def _tokens(self, short: bool = False) -> str:
@@ -112,14 +116,14 @@ class StageProgress:
         if not self.tokens:
             return ""
         rate = self.tokens / max(time.perf_counter() - self.started, 1e-9)
-        return f"{self.tokens:,} tok, {rate:,.0f} tok/s" if short else f"{self.tokens:,} tokens ({rate:,.0f} tokens/s)"
+        return f"{self.tokens:,} tok, {rate:,.0f} tok/s" if short else f"{self.tokens:,} tokens, {rate:,.0f} tokens/s"
 
     def _finish(self) -> None:
         """The stage is done: its bar kept with its time, or its last line."""
         if self.bar is None:
             tokens = self._tokens()
             self._echo(f"{self.name} done in {time.perf_counter() - self.started:.0f} s"
-                       + (f" ({tokens})" if tokens else ""))
+                       + (f": {tokens}" if tokens else ""))
         self._end()
 
     def _end(self) -> None:
@@ -146,7 +150,7 @@ class StageProgress:
         if self.total is not None:
             parts.append(f"{self.done}/{self.total} questions, ")
         if self.tokens:
-            parts.append(f"{self._tokens()}, ")
+            parts.append(f"{self._tokens()}, ")  # 0/30 questions, 1,234 tokens, 85 tokens/s, 40 s
         parts.append(f"{elapsed:.0f} s")
         if self.total is not None and self.done:
             parts.append(f", about {elapsed / self.done * (self.total - self.done):.0f} s left")
