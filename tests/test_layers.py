@@ -120,3 +120,24 @@ def test_no_import_cycle():
         if m not in index:
             visit(m)
     assert cycles == []
+
+
+def test_no_module_outside_generation_names_a_backend():
+    """What an engine needs beyond generating (its machine needs, GPU, context length, whether a
+    judge can reuse its model, how it unloads) lives on its declaration in uqflow/generation/, so no
+    other module compares a backend's name: a new engine is added there alone."""
+    import re
+
+    from uqflow.generation import ENGINES
+
+    names = "|".join(re.escape(n) for n in ENGINES.names())
+    quoted = rf"""["'](?:{names})["']"""
+    tests_a_name = re.compile(rf"(?:[=!]=|\bin\b)\s*[\(\[{{]?\s*{quoted}|{quoted}\s*(?:[=!]=|\bin\b)|make_engine\(\s*{quoted}"
+                              rf"|ENGINES\.get\(\s*{quoted}")
+    found = [f"{path.relative_to(PACKAGE.parent)}:{i}: {line.strip()}"
+             for path in sorted(PACKAGE.rglob("*.py")) if "generation" not in path.relative_to(PACKAGE).parts[:1]
+             for i, line in enumerate(path.read_text().splitlines(), 1) if tests_a_name.search(line)]
+    assert found == [], "\n".join(found)
+    # the check sees what it is for
+    assert tests_a_name.search('if lm.backend == "vllm":') and tests_a_name.search("make_engine('hf', lm)")
+    assert not tests_a_name.search('backend: str = "hf"  # the default engine')

@@ -28,7 +28,7 @@ from uqflow.config import RunConfig
 from uqflow.console import inert
 from uqflow.data import DATASETS, LoadedDataset, load_dataset
 from uqflow.errors import ConfigError, DatasetError, ModelLoadError, UnknownChoice, UqflowError, short
-from uqflow.generation import ENGINES, engine_problems
+from uqflow.generation import ENGINES, engine_needs, engine_problems
 from uqflow.models import ModelSpec, get_model
 from uqflow.models.loading import known_context_length, sampling_memory_problem, unavailable
 from uqflow.models.registry import asked_model
@@ -148,13 +148,14 @@ def check(cfg: RunConfig, memo: dict | None = None) -> tuple[ModelSpec | None, L
                 problems.append(e)
     if cfg.backend in ENGINES:  # an unknown backend is among the name problems; its settings from the environment
         problems += _once(memo, ("engine settings", cfg.backend), engine_problems, cfg.backend)
+        problems += [ModelLoadError(p) for p in _once(memo, ("engine needs", cfg.backend), engine_needs, cfg.backend)]
     try:
         ds = _once(memo, ("dataset", cfg.dataset), _read_dataset, cfg)
     except UqflowError as e:
         problems.append(e)
     if spec is not None:
-        problems += [ModelLoadError(p) for p in _once(memo, ("machine", spec, cfg.device, cfg.backend),
-                                                      unavailable, spec, cfg.device, cfg.backend)]
+        problems += [ModelLoadError(p) for p in _once(memo, ("machine", spec, cfg.device),
+                                                      unavailable, spec, cfg.device)]
         sampling = _once(memo, ("sampling", spec, cfg.num_generations, cfg.device),
                          sampling_memory_problem, spec, cfg.num_generations, cfg.device)
         if sampling:

@@ -25,10 +25,10 @@ from uqflow.console import inert
 from uqflow.data import DATASETS, LoadedDataset
 from uqflow.data.examples import Example
 from uqflow.errors import ConfigError, UqflowError
-from uqflow.generation import ENGINES, load_for, make_engine
+from uqflow.generation import ENGINES, load_for, make_engine, unload
 from uqflow.generation.base import token_pieces
 from uqflow.machine import machine_tags
-from uqflow.models import LoadedModel, ModelSpec, unload
+from uqflow.models import LoadedModel, ModelSpec
 from uqflow.models.loading import BATCHING, batch_dependence, cache_root
 from uqflow.models.registry import asked_model, short_model_name
 from uqflow.prompts import build_prompts, draw_few_shot, p_true_prompt

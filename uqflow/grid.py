@@ -246,7 +246,7 @@ class ModelSlot:
         return load
 
     def free(self) -> None:
-        from uqflow.models import unload
+        from uqflow.generation import unload
 
         unload(self.lm)
         self.lm, self.key = None, None

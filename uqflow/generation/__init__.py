@@ -26,13 +26,20 @@ class Backend:
     whatever the ``device`` setting says. ``problems()``: what is wrong with its settings from the
     environment, found before a model loads. ``own_batches``: it forms the batches itself, so a
     model whose answers depend on its batch (bitsandbytes' 8-bit and 4-bit) is noted as such and
-    can be answered again in other batch compositions (the ``batch_compositions`` spread)."""
+    can be answered again in other batch compositions (the ``batch_compositions`` spread).
+    ``needs()``: what this machine lacks to run the engine at all (a package), as messages, found
+    before a model loads. ``in_process``: its loaded model is transformers weights in this process,
+    which a judge asking the same model can use as they are. ``unload(lm)``: frees what it holds
+    before the next model loads. Code outside this package asks these, never the backend's name."""
 
     load: Callable
     build: Callable[..., Engine]
     gpu_only: bool = False
     problems: Callable[[], list] = _no_problems
     own_batches: bool = False
+    needs: Callable[[], list] = _no_problems
+    in_process: bool = False
+    unload: Callable | None = None
 
 
 def _load_hf(spec, device: str):
@@ -54,12 +61,30 @@ def _build_hf(lm, **settings) -> Engine:
 
 
 def _load_vllm(spec, device: str):
+    import dataclasses
+
     from uqflow.generation.vllm_engine import VLLMEngine, require_vllm
     from uqflow.models.loading import LoadedModel, ensure_converted
 
     require_vllm()
     engine = VLLMEngine(spec, source=str(ensure_converted(spec)) if spec.bundled else spec.source)
+    if not spec.context_length:  # the context vLLM serves, read once the engine exists
+        spec = dataclasses.replace(spec, context_length=engine.context_length)
     return LoadedModel(spec, engine, engine.tokenizer, "cuda", backend="vllm")
+
+
+def _vllm_needs() -> list[str]:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return ["backend 'vllm' needs the vllm package, which runs on CUDA GPUs only: pip install "
+                "'uqflow[vllm]'. Use backend=hf (the default) on this machine"]
+    return []
+
+
+def _unload_vllm(lm) -> None:
+    if lm.model is not None:
+        lm.model.llm = None  # vLLM frees its workers when the LLM object is collected
 
 
 def _build_vllm(lm, **settings) -> Engine:
@@ -70,8 +95,10 @@ def _build_vllm(lm, **settings) -> Engine:
 
 #: backend name -> its engine: transformers (any device) and vLLM (GPU only)
 ENGINES: Registry[Backend] = Registry("backend", UnknownChoice)
-ENGINES.add("hf", Backend(_load_hf, _build_hf, problems=_hf_problems, own_batches=True))
-ENGINES.add("vllm", Backend(_load_vllm, _build_vllm, gpu_only=True))
+#: the engine of a model loaded in this process, which judges asking a registry model use
+IN_PROCESS = "hf"
+ENGINES.add(IN_PROCESS, Backend(_load_hf, _build_hf, problems=_hf_problems, own_batches=True, in_process=True))
+ENGINES.add("vllm", Backend(_load_vllm, _build_vllm, gpu_only=True, needs=_vllm_needs, unload=_unload_vllm))
 
 
 def load_for(spec, device: str = "auto", backend: str = "hf"):
@@ -85,6 +112,27 @@ def engine_problems(backend: str) -> list:
     return ENGINES.get(backend).problems()
 
 
+def engine_needs(backend: str) -> list[str]:
+    """What this machine lacks to run ``backend`` at all (before a model loads)."""
+    return ENGINES.get(backend).needs()
+
+
+def unload(lm) -> None:
+    """Free a loaded model (``load_for``'s) before the next one loads: what its engine holds, then
+    the weights and the GPU cache."""
+    from uqflow.models.loading import unload as free
+
+    if lm is not None and lm.backend in ENGINES and ENGINES.get(lm.backend).unload is not None:
+        ENGINES.get(lm.backend).unload(lm)
+    free(lm)
+
+
+def reusable_in_process(lm) -> bool:
+    """Whether ``lm`` holds transformers weights in this process that the in-process engine
+    (:data:`IN_PROCESS`) can run, as a judge asking the same model does."""
+    return lm is not None and lm.backend in ENGINES and ENGINES.get(lm.backend).in_process
+
+
 def make_engine(backend: str, lm, **settings) -> Engine:
     """The engine called ``backend`` over the loaded model ``lm``."""
     kind = ENGINES.get(backend)
@@ -93,4 +141,5 @@ def make_engine(backend: str, lm, **settings) -> Engine:
     return kind.build(lm, **settings)
 
 
-__all__ = ["ENGINES", "Backend", "Engine", "Generation", "align_answer", "engine_problems", "load_for", "make_engine"]
+__all__ = ["ENGINES", "IN_PROCESS", "Backend", "Engine", "Generation", "align_answer", "engine_needs", "engine_problems",
+           "load_for", "make_engine", "reusable_in_process", "unload"]

@@ -53,10 +53,8 @@ class LoadedModel:
 
     @property
     def context_length(self) -> int:
-        if self.spec.context_length:
+        if self.spec.context_length:  # the registry's, or what the engine serves (set as it loads)
             return self.spec.context_length
-        if self.backend == "vllm":
-            return self.model.context_length
         cfg = self.model.config
         return int(getattr(cfg, "max_position_embeddings", None) or getattr(self.tokenizer, "model_max_length", 2048))
 
@@ -160,7 +158,7 @@ def ensure_converted(spec: ModelSpec) -> Path:
 
 # ---------------------------------------------------------------- before loading
 
-def unavailable(spec: ModelSpec, device: str = "auto", backend: str = "hf") -> list[str]:
+def unavailable(spec: ModelSpec, device: str = "auto") -> list[str]:
     """What this machine lacks to load ``spec``, found without loading anything: each problem once,
     with the way out. Asks the hub once (``hub.reachable``) for a hub model, so an uncached model
     offline is reported in seconds."""
@@ -181,9 +179,6 @@ def unavailable(spec: ModelSpec, device: str = "auto", backend: str = "hf") -> l
     elif not Path(spec.source).expanduser().is_dir():
         problems.append(f"model {spec.name!r}: its source {spec.source!r} is neither a hub id (org/name) nor a local "
                         "model directory")
-    if backend == "vllm" and importlib.util.find_spec("vllm") is None:
-        problems.append("backend 'vllm' needs the vllm package, which runs on CUDA GPUs only: pip install "
-                        "'uqflow[vllm]'. Use backend=hf (the default) on this machine")
     cuda = torch.cuda.is_available()
     if device.startswith("cuda") and not cuda:
         problems.append(f"device {device!r} was asked for but CUDA is not available; use device=cpu or auto")
@@ -401,13 +396,12 @@ def load_tokenizer(spec: ModelSpec):
 
 
 def unload(lm: LoadedModel | None) -> None:
-    """Free a model's memory before the next one loads (GPU cache included)."""
+    """Free a model's weights before the next one loads (GPU cache included); what an engine holds
+    besides is freed first by ``generation.unload``."""
     if lm is None:
         return
     import torch
 
-    if lm.backend == "vllm" and lm.model is not None:
-        lm.model.llm = None  # vLLM frees its workers when the LLM object is collected
     lm.model = None
     lm.tokenizer = None
     gc.collect()

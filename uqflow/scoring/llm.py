@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from uqflow.generation import make_engine
+from uqflow.generation import IN_PROCESS, make_engine, reusable_in_process
 from uqflow.models import LoadedModel, get_model, load_model
 from uqflow.prompts import PromptOptions, render_text
 from uqflow.scoring.cost import Cost
@@ -19,7 +19,7 @@ def _at_first_use(model: str, registry: str | None, device: str,
     """The registry model ``model``, loaded when first asked for (a judge whose replies are all
     cached loads nothing), unless ``lm`` is that model already (a run judged by the model it
     evaluates)."""
-    loaded = lm if lm is not None and lm.spec.name == model and lm.backend == "hf" else None
+    loaded = lm if lm is not None and lm.spec.name == model and reusable_in_process(lm) else None
 
     def get() -> LoadedModel:
         nonlocal loaded
@@ -39,7 +39,7 @@ def llm_judge_generate(model: str, registry: str | None = None, device: str = "a
 
     def generate(prompts: list[str]) -> list[str]:
         loaded = model_at_first_use()
-        engine = make_engine("hf", loaded, max_new_tokens=8, stop_sequences=("\n",))
+        engine = make_engine(IN_PROCESS, loaded, max_new_tokens=8, stop_sequences=("\n",))
         ids = []
         for text in prompts:
             rendered, special = render_text(text, loaded.tokenizer, loaded.spec.instruct, PromptOptions())
@@ -66,7 +66,7 @@ def llm_choose(model: str, options: Sequence[str], registry: str | None = None, 
 
     def choose(prompts: list[str]) -> list[str]:
         loaded = model_at_first_use()
-        engine = make_engine("hf", loaded)
+        engine = make_engine(IN_PROCESS, loaded)
         ids, conts = answer_inputs(loaded.tokenizer, loaded.spec.instruct, prompts, options)
         firsts = [tuple(c[0] for c in per) for per in conts]
         scores: list[list[float]] = [[] for _ in prompts]
