@@ -211,3 +211,21 @@ def test_a_run_reports_its_stages_with_tokens(tracking, smollm, tmp_path, monkey
         assert mine[-1][1:3] == (3, 3) and mine[-1][3] > 0
         assert any(done == 0 and tokens > 0 for _, done, _, tokens in mine)  # moved before a question was done
     assert [c for c in calls if c[0] == "p(True)"][-1][1:3] == (3, 3)
+
+
+def test_a_grids_lines_name_their_cell():
+    """A grid's progress has no label of its own: each cell names itself in its stages, so a log of
+    many cells tells which one each line is about."""
+    from uqflow.grid import _cell_progress
+
+    out = io.StringIO()
+    progress = StageProgress("", file=out)
+    for cell in ("A x trivia_mini", "B x squad_mini"):
+        report = _cell_progress(progress, cell)
+        report(0, 2, "greedy answers")
+        report(2, 2, "greedy answers", tokens=5)
+    progress.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "A x trivia_mini: greedy answers (2 questions)..."
+    assert any(line.startswith("B x squad_mini: greedy answers done in ") for line in lines), lines
+    assert not any(line.startswith(":") for line in lines)

@@ -226,7 +226,7 @@ def grid(grid_file, sets, isolate, dry_run, ray_address) -> None:
         states = cell_states(checked_cells(g, overrides, dry_run=True))
     else:
         cells_bar = tqdm(total=len(g.models) * len(g.datasets), desc=f"grid {g.name}", unit="cell", disable=None)
-        q_bar, q_update = _progress_bar("questions")
+        q_bar, q_update = _progress_bar("")  # each cell names itself in its stages
 
         def on_cell(i, n, s):
             cells_bar.update(1)

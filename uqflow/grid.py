@@ -252,6 +252,14 @@ class ModelSlot:
         self.lm, self.key = None, None
 
 
+def _cell_progress(progress: Callable[..., None], cell: str) -> Callable[..., None]:
+    """``progress`` with each stage named after the cell it belongs to."""
+    def report(done, total, stage: str = "answers", **counts) -> None:
+        progress(done, total, f"{cell}: {stage}", **counts)
+
+    return report
+
+
 def run_cell(s: CellState, parent_run_id: str, slot: ModelSlot,
              progress: Callable[..., None] | None = None) -> None:
     """Run one cell in this process as a run linked to the grid's run; ``s`` says how it ended
@@ -260,6 +268,8 @@ def run_cell(s: CellState, parent_run_id: str, slot: ModelSlot,
 
     cfg = s.config
     t0 = time.perf_counter()
+    if progress is not None:  # each line says which cell it is about
+        progress = _cell_progress(progress, f"{cfg.model} x {cfg.dataset}")
     try:
         with CellLog() as cell_log:
             result = run_experiment(cfg, lm=slot.loader(cfg), progress=progress, artifact_log=cell_log.path,

@@ -59,7 +59,8 @@ class StageProgress:
     at least every HEARTBEAT_SECONDS between (questions done, tokens decoded, elapsed, time left),
     so a long stage never goes silent.
 
-    ``file``: where it writes (default: stderr at the time of writing); ``tty``: draw bars (default:
+    ``label`` begins each line (a run's model and dataset); a grid's progress has none, each cell
+    naming itself in its stages. ``file``: where it writes (default: stderr at the time of writing); ``tty``: draw bars (default:
     whether ``file`` is a terminal)."""
 
     def __init__(self, label: str, file=None, tty: bool | None = None):
@@ -95,7 +96,7 @@ class StageProgress:
 
         self.stage, self.started = stage, time.perf_counter()
         self.done, self.total, self.tokens = 0, total, 0
-        self.name = name = f"{self.label}: {inert(stage, one_line=True)}"
+        self.name = name = f"{self.label}: {inert(stage, one_line=True)}" if self.label else inert(stage, one_line=True)
         if self.tty:
             self.bar = tqdm(desc=name, total=total, unit="q", leave=True, file=self.file, dynamic_ncols=True,
                             bar_format=TIMED if total is None else BAR.format(tokens=""))
