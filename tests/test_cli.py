@@ -147,3 +147,29 @@ def test_num_samples_is_the_old_name_of_num_questions(tracking):
     helped = invoke("run", "--help")
     assert "--num-questions" in helped.output and "--num-samples" in helped.output  # the old name, in its help
     assert "Questions to evaluate" in helped.output
+
+
+def test_a_finished_grids_table_fits_100_columns_without_wrapped_rows():
+    """At 100 columns a finished grid's table takes its narrow form (short model names, run ids'
+    first 8 characters, short score headers): one line per cell, none wider than the terminal."""
+    import io
+
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    from uqflow.cli import _grid_table
+    from uqflow.config import RunConfig
+    from uqflow.grid import Cell, CellState
+
+    states = [CellState(Cell(RunConfig(model=m, dataset=d), "h"), "finished", run_id=f"{i:032x}",
+                        metrics={"accuracy": 0.25, "auroc_g_nll": 0.875, "auroc_rw_g_nll": 0.5})
+              for i, (m, d) in enumerate([("SmolLM2-135M-Instruct-8bit", "trivia_mini"), ("Gemma-3-270M", "squad_mini")])]
+    console = Console(file=io.StringIO(), width=100)
+    wide = _grid_table("demo", states)
+    assert Measurement.get(console, console.options.update_width(10_000), wide).maximum > 100  # why the narrow form
+    console.print(_grid_table("demo", states, narrow=True))
+    lines = console.file.getvalue().splitlines()
+    rows = [ln for ln in lines if ln.startswith("│")]
+    assert all(len(ln) <= 100 for ln in lines) and len(rows) == 2, lines
+    assert "SmolLM2-135M-8bit" in rows[0] and "00000000" in rows[0] and "0.875" in rows[0]
+    assert "AUROC of G-NLL and RW-G-NLL" in lines[0]

@@ -253,8 +253,14 @@ def grid(grid_file, sets, isolate, dry_run, ray_address) -> None:
         Console(width=width).print(_grid_table(g.name, states, numbers, scores=False))
         for line in _grid_problems(states, numbers, width):
             click.echo(line)
-    else:
-        Console(width=200).print(_grid_table(g.name, states))
+    else:  # the whole table where the terminal is wide enough, else its narrow form: never wrapped rows
+        from rich.measure import Measurement
+
+        console = Console(width=_columns())
+        table = _grid_table(g.name, states)
+        if Measurement.get(console, console.options.update_width(10_000), table).maximum > console.width:
+            table = _grid_table(g.name, states, narrow=True)
+        console.print(table)
     _where_to_look(next_steps=not dry_run)
     failed = [s for s in states if s.state in ("error", "failed")]
     if failed and not dry_run:
@@ -266,12 +272,14 @@ def grid(grid_file, sets, isolate, dry_run, ray_address) -> None:
 GRID_TABLE_CELLS = 200
 
 
-def _grid_table(name: str, states, numbers=None, *, scores: bool = True):
+def _grid_table(name: str, states, numbers=None, *, scores: bool = True, narrow: bool = False):
     """The grid's cells, one row each; for a large grid, one row per model with its cells counted
     by state. A cell that cannot run here names its problems by their numbers (``numbers``, else
     checks.numbered's: "needs [1] [3]"), each said once below the table (:func:`_grid_problems`).
     Columns no cell fills (run ids and scores before anything ran) are left out, and the scores
-    too unless ``scores`` (a dry run's table lists states, in 100 columns with whole run ids)."""
+    too unless ``scores`` (a dry run's table lists states, in 100 columns with whole run ids).
+    ``narrow``: for a terminal of 100 columns, short model names, run ids cut to their first 8
+    characters (whole in MLflow, a link away) and short score headers, the AUROC named in the title."""
     from collections import Counter
 
     from uqflow.checks import numbered, problem_tags
@@ -297,16 +305,24 @@ def _grid_table(name: str, states, numbers=None, *, scores: bool = True):
         return table
     columns_of_scores = {"accuracy": "accuracy", "AUROC G-NLL": metric("auroc", "g_nll"),
                          "AUROC RW-G-NLL": metric("auroc", "rw_g_nll")}
+    if narrow:
+        columns_of_scores = {"acc.": "accuracy", "G-NLL": metric("auroc", "g_nll"), "RW-G-NLL": metric("auroc", "rw_g_nll")}
     scored = scores and any(k in s.metrics for s in states for k in columns_of_scores.values())
     run_ids = any(s.run_id for s in states)
     columns = ["model", "dataset", "state", *(["run id"] if run_ids else []), *(columns_of_scores if scored else []),
                *(["problems"] if needs else [])]
+    if narrow:
+        from uqflow.models.registry import short_model_name
+
+        table.title = f"grid {name}" + (": accuracy, AUROC of G-NLL and RW-G-NLL" if scored else "")
+        table.caption = "run ids: their first 8 characters (whole on the MLflow page below)" if run_ids else None
     for col in columns:
         table.add_column(col, overflow="fold")
     for s in states:
         m = s.metrics
         f = lambda k: "" if k not in m or m[k] != m[k] else f"{m[k]:.3f}"  # noqa: E731
-        table.add_row(s.config.model, s.config.dataset, s.state, *([s.run_id] if run_ids else []),
+        model, run_id = (short_model_name(s.config.model), s.run_id[:8]) if narrow else (s.config.model, s.run_id)
+        table.add_row(model, s.config.dataset, s.state, *([run_id] if run_ids else []),
                       *([f(k) for k in columns_of_scores.values()] if scored else []),
                       *([problem_tags(s.needs, numbers)] if needs else []))
     return table
