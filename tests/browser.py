@@ -168,3 +168,21 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15.0, remove_log: bool
     path = getattr(proc, "log_path", None)
     if remove_log and path is not None:
         shutil.rmtree(Path(path).parent, ignore_errors=True)
+
+
+def set_viewport(driver, width: int, height: int) -> tuple[int, int]:
+    """Size the window so that the page's viewport (window.innerWidth x innerHeight) is ``width`` x
+    ``height``: the window's frame is measured once and added. Returns the viewport then."""
+    driver.set_window_size(width, height)
+    inner_w, inner_h = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+    driver.set_window_size(width + (width - inner_w), height + (height - inner_h))
+    return tuple(driver.execute_script("return [window.innerWidth, window.innerHeight]"))
+
+
+def keep_screenshots(folder: Path, names) -> None:
+    """Copy the named screenshots of a test's folder into ``$UQFLOW_SCREENSHOTS``, when set, for a
+    person to look at."""
+    if target := os.environ.get("UQFLOW_SCREENSHOTS"):
+        Path(target).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copy(Path(folder) / name, target)

@@ -111,3 +111,21 @@ def log_grid_parent() -> str:
     with tracking.tracked_run("grid:test", {tracking.GRID_TAG: "test"}, active=False) as run:
         pass
     return run.info.run_id
+
+
+#: two families on two datasets: the study the browser tests open the report of
+TWO_FAMILIES = (("SmolLM2-135M-Instruct", "trivia_mini"), ("SmolLM2-135M-Instruct", "squad_mini"),
+                ("Gemma-3-270M", "trivia_mini"), ("Gemma-3-270M", "squad_mini"))
+
+
+def report_of_two_families(folder: Path):
+    """:data:`TWO_FAMILIES` logged (40 questions each) to the current tracking store, aggregated into
+    a results store in ``folder`` and reported there (not logged to MLflow); the build's result."""
+    from uqflow.report import build_report
+    from uqflow.store import aggregate
+
+    for i, (model, dataset) in enumerate(TWO_FAMILIES):
+        log_run(model, dataset, 40, seed=i)
+    url = f"sqlite:///{folder / 'results.db'}"
+    aggregate(url=url)
+    return build_report(url, folder / "rep", log_to_mlflow=False)

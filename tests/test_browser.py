@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from browser import current_page_report, page_report, server_output, start_mlflow_ui, stop_process
+from browser import (current_page_report, keep_screenshots, page_report, server_output, start_mlflow_ui,
+                     stop_process)
 
 RUNS = (("SmolLM2-135M-Instruct", "trivia_mini"), ("Gemma-3-270M", "squad_mini"),
         ("SmolLM2-135M-Instruct-8bit", "trivia_mini"))
@@ -153,7 +154,7 @@ def test_mlflow_ui_as_a_researcher_meets_it(tracking, browser, tmp_path, monkeyp
             first = first.split(f"\n{sections[1][0]}\n({sections[1][1]})", 1)[0]
         assert "g_nll" in first.splitlines(), first[:800]  # G-NLL's chart among the first (charts draw as they scroll into view)
         browser.save_screenshot(str(tmp_path / "run_charts.png"))
-        _keep_screenshots(tmp_path, ["run_page_from_table.png", "run_charts.png"])
+        keep_screenshots(tmp_path, ["run_page_from_table.png", "run_charts.png"])
         browser.get(run_url)
         run_page = _settled(browser, current_page_report(browser), [smollm], until=all_tags_shown)
         tags_shown = {k: v for k, v in SMOLLM_TAGS.items() if _tag_shown(run_page["text"], k, v)}
@@ -176,7 +177,7 @@ def test_mlflow_ui_as_a_researcher_meets_it(tracking, browser, tmp_path, monkeyp
             assert label in table["text"].splitlines(), label
         assert _names_cut(browser, labels, "td, td *, [role=cell], [role=cell] *, [role=gridcell], [role=gridcell] *") == {x: "whole" for x in labels}
         browser.save_screenshot(str(tmp_path / "comparison.png"))
-        _keep_screenshots(tmp_path, ["comparison.png"])
+        keep_screenshots(tmp_path, ["comparison.png"])
         assert re.search(r"0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\]", table["text"])  # AUROC [interval], rounded
         assert '"columns"' not in table["text"]  # a table, not raw JSON
         for page in (runs_page, run_page, preview, table):
@@ -187,17 +188,6 @@ def test_mlflow_ui_as_a_researcher_meets_it(tracking, browser, tmp_path, monkeyp
         raise
     finally:
         stop_process(proc)
-
-
-def _keep_screenshots(folder, names) -> None:
-    """Copy the named screenshots of a test into ``$UQFLOW_SCREENSHOTS``, when set, for a person to look at."""
-    import os
-    import shutil
-
-    if target := os.environ.get("UQFLOW_SCREENSHOTS"):
-        os.makedirs(target, exist_ok=True)
-        for name in names:
-            shutil.copy(folder / name, target)
 
 
 def test_page_report_sees_broken_images(browser, tmp_path):
@@ -232,18 +222,10 @@ def test_report_figures_load_and_fit_at_two_widths(tracking, browser, tmp_path):
     than the viewport, the page does not scroll sideways, and each figure is shown 1:1 up to
     FIGURE_DISPLAY_MAX_PX wide, which is what the unit test of figure text sizes assumes
     (tests/test_report.py::test_figure_text_is_legible_at_its_displayed_size)."""
-    from store_fixtures import log_run
-    from uqflow.report import build_report
+    from store_fixtures import report_of_two_families
     from uqflow.report.build import FIGURE_DISPLAY_MAX_PX
-    from uqflow.store import aggregate
 
-    runs = [("SmolLM2-135M-Instruct", "trivia_mini"), ("SmolLM2-135M-Instruct", "squad_mini"),
-            ("Gemma-3-270M", "trivia_mini"), ("Gemma-3-270M", "squad_mini")]
-    for i, (model, dataset) in enumerate(runs):
-        log_run(model, dataset, 40, seed=i)
-    url = f"sqlite:///{tmp_path / 'results.db'}"
-    aggregate(url=url)
-    report = build_report(url, tmp_path / "rep", log_to_mlflow=False)
+    report = report_of_two_families(tmp_path)
     original = browser.get_window_size()
     try:
         for width in (1400, 800):

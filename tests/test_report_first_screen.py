@@ -4,13 +4,9 @@ scrolling. The screenshot is kept in the test's folder, and copied to $UQFLOW_SC
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 
-from browser import page_report
+from browser import keep_screenshots, page_report, set_viewport
 
 #: the screen a newcomer opens the report on: a laptop's browser window, in CSS pixels
 VIEWPORT = (1280, 800)
@@ -29,29 +25,12 @@ return {scrollY: window.scrollY, img: box(img), loaded: !!img && img.complete &&
 """
 
 
-def set_viewport(driver, width: int, height: int) -> tuple[int, int]:
-    """Size the window so that the page's viewport (window.innerWidth x innerHeight) is ``width`` x
-    ``height``: the window's frame is measured once and added. Returns the viewport then."""
-    driver.set_window_size(width, height)
-    inner_w, inner_h = driver.execute_script("return [window.innerWidth, window.innerHeight]")
-    driver.set_window_size(width + (width - inner_w), height + (height - inner_h))
-    return tuple(driver.execute_script("return [window.innerWidth, window.innerHeight]"))
-
-
 @pytest.mark.slow
 def test_the_first_screen_holds_the_headline_figure_and_the_findings_with_their_caveats(tracking, browser,
                                                                                           tmp_path):
-    from store_fixtures import log_run
-    from uqflow.report import build_report
-    from uqflow.store import aggregate
+    from store_fixtures import report_of_two_families
 
-    runs = [("SmolLM2-135M-Instruct", "trivia_mini"), ("SmolLM2-135M-Instruct", "squad_mini"),
-            ("Gemma-3-270M", "trivia_mini"), ("Gemma-3-270M", "squad_mini")]
-    for i, (model, dataset) in enumerate(runs):
-        log_run(model, dataset, 40, seed=i)
-    url = f"sqlite:///{tmp_path / 'results.db'}"
-    aggregate(url=url)
-    report = build_report(url, tmp_path / "rep", log_to_mlflow=False)
+    report = report_of_two_families(tmp_path)
     original = browser.get_window_size()
     try:
         assert set_viewport(browser, *VIEWPORT) == VIEWPORT
@@ -62,10 +41,7 @@ def test_the_first_screen_holds_the_headline_figure_and_the_findings_with_their_
         browser.save_screenshot(str(shot))
     finally:
         browser.set_window_size(original["width"], original["height"])
-    if os.environ.get("UQFLOW_SCREENSHOTS"):
-        folder = Path(os.environ["UQFLOW_SCREENSHOTS"])
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, folder / shot.name)
+    keep_screenshots(tmp_path, [shot.name])
     print(f"\n[browser] first screen at {VIEWPORT}: figure {screen['img']}, table {screen['table']}; screenshot {shot}")
 
     assert seen["broken_images"] == [] and screen["scrollY"] == 0

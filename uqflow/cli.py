@@ -443,21 +443,21 @@ def aggregate(experiment, filter_string, db) -> None:
     outcomes = aggregate_runs(experiment or None, filter_string, url, on_run=on_run)
     problems = [o for o in outcomes if o.problem]
     counts = {a: sum(o.action == a for o in outcomes) for a in ACTIONS}
-    click.echo(", ".join(f"{counts[a]} {a}" for a in ACTIONS) + f" (of {len(outcomes)} runs looked at)")
+    done = ", ".join(f"{counts[a]} {a}" for a in ACTIONS)
+    click.echo(f"{done} (of {len(outcomes)} runs looked at)")
+    rows = row_counts(url)
     table = DataTable(title=f"results store {redact(url)}")
     for col in ("table", "rows"):
         table.add_column(col)
-    for name, count in row_counts(url).items():
+    for name, count in rows.items():
         table.add_row(name, str(count))
     Console(width=200).print(table)
     click.echo("Query it: uqflow query \"SELECT * FROM v_auroc_by_family WHERE measure = 'g_nll'\"" +
                ("" if db is None else f" --db {redact(url)}"))
-    rows = row_counts(url)
     tracking.record_project_run(
         "aggregate", {"uqflow.task": "aggregate", "uqflow.results_store": redact(url)},
         {**{f"runs_{a}": counts[a] for a in ACTIONS}, **{f"rows_{t}": n for t, n in rows.items()}},
-        f"`uqflow aggregate` into **{redact(url)}**: " + ", ".join(f"{counts[a]} {a}" for a in ACTIONS)
-        + f" of {len(outcomes)} runs looked at"
+        f"`uqflow aggregate` into **{redact(url)}**: {done} of {len(outcomes)} runs looked at"
         + (f" (experiment {experiment!r})" if experiment else "") + (f", filter `{filter_string}`" if filter_string else "")
         + ". The store's tables: " + ", ".join(f"{t} {n}" for t, n in rows.items()) + ".")
     if problems:

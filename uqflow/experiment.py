@@ -303,14 +303,8 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
         raise ConfigError("no prompt fits the model's context; lower num_few_shot or max_new_tokens")
     engine = make_engine(cfg.backend, lm, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens)
     tracking.set_tags(engine_tags(engine))
-    done = decoded = 0
-
-    def step(k: int, tokens: int = 0) -> None:  # the engine's reports: answers done, tokens decoded since the last
-        nonlocal done, decoded
-        done, decoded = done + k, decoded + tokens
-        if progress:
-            progress(done, len(prompts), "greedy answers" if cfg.most_likely == "greedy" else "most likely answers",
-                     tokens=decoded)
+    answering = "greedy answers" if cfg.most_likely == "greedy" else "most likely answers"
+    step = _StageCount(progress, len(prompts), answering)
 
     def stage(name: str):
         """Report a stage that has no finer progress: at its start and at its end."""
@@ -319,9 +313,8 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
         return (lambda: progress(len(prompts), len(prompts), name)) if progress else (lambda: None)
 
     judges = _judges(cfg, lm)  # made once: an LLM judge loads its model at its first call
-    if progress:
-        step(0)
-    gens, answer_passes, answer_seconds = _answers(cfg, engine, [p.token_ids for p in prompts], step)
+    step(0)
+    gens, answer_passes, answer_seconds = _answers(cfg, engine, [p.token_ids for p in prompts], step.reports)
     sampled, parts = ({}, {}) if not cfg.num_generations else _sample(cfg, engine, lm, prompts, gens, progress,
                                                                       ds, shots, judges[cfg.correctness])
     frame = pd.DataFrame([{
@@ -392,6 +385,23 @@ def _answers(cfg: RunConfig, engine, ids: list[list[int]], step) -> tuple[list, 
     return [ss[0] for ss in samples], cost.passes, cost.seconds
 
 
+class _StageCount:
+    """A stage's progress from an engine's reports (rows done and tokens decoded since the last
+    report, ``generation.base.Reports``): the sums passed on as ``progress(questions, total, stage,
+    tokens=...)``, ``per`` rows a question (N sampled answers). ``reports`` is what an engine is
+    given: this, or None where nobody listens."""
+
+    def __init__(self, progress, total: int, stage: str, per: int = 1):
+        self.progress, self.total, self.stage, self.per = progress, total, stage, per
+        self.rows = self.tokens = 0
+        self.reports = self if progress is not None else None
+
+    def __call__(self, rows: int, tokens: int = 0) -> None:
+        self.rows, self.tokens = self.rows + rows, self.tokens + tokens
+        if self.progress is not None:
+            self.progress(self.rows // self.per, self.total, self.stage, tokens=self.tokens)
+
+
 def _batch_spread(cfg: RunConfig, engine, judge, prompts, frame, progress=None) -> dict[str, float]:
     """For a model whose answers depend on the batch: the questions answered greedily again in
     ``batch_compositions - 1`` more batch compositions (the prompts shuffled with seeds 1, 2, ...
@@ -404,17 +414,13 @@ def _batch_spread(cfg: RunConfig, engine, judge, prompts, frame, progress=None) 
     from uqflow.scoring.uncertainty import g_nll
 
     ids = [p.token_ids for p in prompts]
-    more, answers, decoded = cfg.batch_compositions - 1, 0, 0
-
-    def step(k: int, tokens: int = 0) -> None:  # the stage counts questions, once over all its compositions
-        nonlocal answers, decoded
-        answers, decoded = answers + k, decoded + tokens
-        progress(answers // more, len(ids), f"{more} more batch compositions", tokens=decoded)
+    more = cfg.batch_compositions - 1  # the stage counts questions, once over all its compositions
+    step = _StageCount(progress, len(ids), f"{more} more batch compositions", per=more)
 
     outcomes = [(pipeline.verdict_list(frame["correct"]), frame["g_nll"].tolist(), frame["answer"].tolist())]
     with _counted_apart(engine) as cost:
         for k in range(1, cfg.batch_compositions):
-            gens = engine.generate(ids, step if progress is not None else None, shuffle=k)
+            gens = engine.generate(ids, step.reports, shuffle=k)
             verdicts = judge_examples(judge, list(frame["question"]), [g.text for g in gens],
                                       [list(r) for r in frame["references"]], list(frame["answerable"]), cfg.abstention)
             outcomes.append(([v.correct for v in verdicts], [g_nll(g.token_logprobs) for g in gens],
@@ -444,39 +450,24 @@ def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress, ds
     ``p_true_few_shot`` asks (:func:`_p_true_shots`, its cost counted in p(True)'s)."""
     n = cfg.num_generations
     before, before_tokens, t = engine.passes["sampled"], engine.tokens["sampled"], time.perf_counter()
-    answers = decoded = 0
-
-    def step(k: int, tokens: int = 0) -> None:  # the bar counts questions again, N sampled answers each
-        nonlocal answers, decoded
-        answers, decoded = answers + k, decoded + tokens
-        progress(answers // n, len(prompts), f"sampling {n} answers each", tokens=decoded)
-
-    if progress is not None:
-        step(0)
+    step = _StageCount(progress, len(prompts), f"sampling {n} answers each", per=n)  # questions, N answers each
+    step(0)
     samples = engine.sample([p.token_ids for p in prompts], n, temperature=cfg.temperature, seed=cfg.seed,
-                            progress=step if progress is not None else None)
+                            progress=step.reports)
     parts = {"sampling": Cost(engine.passes["sampled"] - before, engine.tokens["sampled"] - before_tokens,
                               time.perf_counter() - t)}
     texts = [[s.text for s in ss] for ss in samples]
-    asked = shot_tokens = 0
-
-    def ask(k: int, tokens: int = 0) -> None:  # p(True): questions asked, and the tokens of its few-shot part
-        nonlocal asked, shot_tokens
-        asked, shot_tokens = asked + k, shot_tokens + tokens
-        progress(asked, len(prompts), "p(True)", tokens=shot_tokens)
-
-    if progress is not None:
-        ask(0)
-    p_true_step = ask if progress is not None else None
+    ask = _StageCount(progress, len(prompts), "p(True)")  # questions asked, and the tokens of its few-shot part
+    ask(0)
     prefix, shots_cost = ("", Cost()) if not cfg.p_true_few_shot else _p_true_shots(cfg, engine, lm, ds, shots, judge,
-                                                                                     p_true_step)
+                                                                                     ask.reports)
     questions = [prefix + p_true_prompt(p.example.question, ts, g.text, p.example.context if cfg.use_context else None)
                  for p, ts, g in zip(prompts, texts, gens)]
     ids, conts = p_true_inputs(lm.tokenizer, lm.spec.instruct, questions)
     t = time.perf_counter()
-    log_p_true = engine.continuation_logprobs(ids, conts, progress=p_true_step)
-    if progress is not None and asked < len(prompts):  # an engine that tells of no pairs: the stage ends here
-        ask(len(prompts) - asked)
+    log_p_true = engine.continuation_logprobs(ids, conts, progress=ask.reports)
+    if ask.rows < len(prompts):  # an engine that tells of no pairs: the stage ends here
+        ask(len(prompts) - ask.rows)
     parts["p_true"] = Cost(len(ids), 0, time.perf_counter() - t) + shots_cost
     return {"samples": texts, "sample_token_ids": [[s.token_ids for s in ss] for ss in samples],
             "sample_token_logprobs": [[s.token_logprobs for s in ss] for ss in samples],

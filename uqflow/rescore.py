@@ -119,8 +119,9 @@ def rescore(run_id: str, overrides: dict[str, str], experiment: str | None = Non
     if problems:
         raise problems[0]
     table, checksum = tracking.load_table_and_checksum(run_id)
+    source_metrics = tracking.run_metrics(source)
     try:  # the check aggregation makes: types, row count against n, every field against its row and run
-        check_run_table(table, source.data.params, tracking.run_metrics(source), required=RESCORE_COLUMNS)
+        check_run_table(table, source.data.params, source_metrics, required=RESCORE_COLUMNS)
         check_checksum(source.data.tags, checksum)
     except ArtifactError as e:
         raise ArtifactError(f"run {run_id}: {e}; it cannot be rescored") from None
@@ -148,9 +149,9 @@ def rescore(run_id: str, overrides: dict[str, str], experiment: str | None = Non
                               f"({type(e).__name__}: {e})") from None
         metrics = pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
         # the samples and p(True) were not made again: their cost is the source run's
-        n_source = tracking.run_metrics(source).get("n", len(frame))
+        n_source = source_metrics.get("n", len(frame))
         kept = {p: Cost(c.passes * n_source, c.tokens * n_source, c.seconds * n_source)  # per question -> totals
-                for p, c in parts_from_metrics(tracking.run_metrics(source), ("sampling", "p_true")).items()}
+                for p, c in parts_from_metrics(source_metrics, ("sampling", "p_true")).items()}
         metrics.update(pipeline.cost_metrics(frame, {**kept, **parts}))
         metrics.update({"relevance_seconds": rel_s, "run_seconds": time.perf_counter() - t0})
         _log_outputs(cfg, frame, metrics, [f"rescored from run {run_id}"])

@@ -372,23 +372,29 @@ def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
 #: runs table names its columns the same way. uqflow's own names stay flat (``auroc_g_nll``: the
 #: results store's columns, the code's keys); at MLflow each gets its section so that a run's page
 #: opens on the AUROCs, then their intervals, the batch spread, calibration, costs, the paired test,
-#: the judges and the selective-prediction figures. Each rule: the section, the flat name's pattern,
-#: and the name within the section; runs logged before with flat names are read as they are.
+#: the judges and the selective-prediction figures. Each rule: the section, uqflow's name and the
+#: name within the section, as templates of the fields in :data:`_METRIC_FIELDS`; one table read
+#: both ways, and runs logged before with flat names are read as they are.
 METRIC_SECTIONS = (
-    ("auroc_ci", re.compile(r"auroc_(?P<m>.+)_ci_(?P<b>low|high)"), "{m}_{b}"),
-    ("auroc", re.compile(r"auroc_(?P<m>.+)"), "{m}"),
-    ("selective", re.compile(r"(?P<m>(?:aurac|prr50|prr|acc_cov\d+|aurc)_.+)"), "{m}"),
-    ("calibration", re.compile(r"(?P<m>(?:ece|brier)_.+)"), "{m}"),
-    ("cost_parts", re.compile(r"part_(?P<m>.+)"), "{m}"),
-    ("cost", re.compile(r"cost_(?P<m>.+)"), "{m}"),
-    ("delong", re.compile(r"delong_(?P<m>.+)"), "{m}"),
+    ("auroc_ci", "auroc_{m}_ci_{b}", "{m}_{b}"),
+    ("auroc", "auroc_{m}", "{m}"),
+    ("selective", "{s}_{m}", "{s}_{m}"),
+    ("calibration", "{c}_{m}", "{c}_{m}"),
+    ("cost_parts", "part_{m}", "{m}"),
+    ("cost", "cost_{m}", "{m}"),
+    ("delong", "delong_{m}", "{m}"),
 )
-_FLAT_FROM_SECTION = {
-    "auroc_ci": (re.compile(r"(?P<m>.+)_(?P<b>low|high)"), "auroc_{m}_ci_{b}"),
-    "auroc": (re.compile(r"(?P<m>.+)"), "auroc_{m}"), "selective": (re.compile(r"(?P<m>.+)"), "{m}"),
-    "calibration": (re.compile(r"(?P<m>.+)"), "{m}"), "cost_parts": (re.compile(r"(?P<m>.+)"), "part_{m}"),
-    "cost": (re.compile(r"(?P<m>.+)"), "cost_{m}"), "delong": (re.compile(r"(?P<m>.+)"), "delong_{m}"),
-}
+#: what each field of a template matches: a measure (or part) name, an interval's end, the
+#: selective-prediction and calibration figures
+_METRIC_FIELDS = {"m": ".+", "b": "low|high", "s": r"aurac|prr50|prr|acc_cov\d+|aurc", "c": "ece|brier"}
+
+
+def _template(template: str) -> re.Pattern:
+    return re.compile(re.sub(r"\{(\w)\}", lambda f: f"(?P<{f[1]}>{_METRIC_FIELDS[f[1]]})", template))
+
+
+#: (section, uqflow's name as a pattern, its template, the name in the section as a pattern, its template)
+_METRIC_RULES = [(section, _template(flat), flat, _template(inner), inner) for section, flat, inner in METRIC_SECTIONS]
 
 
 def metric_key(name: str) -> str:
@@ -396,21 +402,21 @@ def metric_key(name: str) -> str:
     ``auroc_g_nll_ci_low`` is ``auroc_ci/g_nll_low``, ``prr_g_nll`` is ``selective/prr_g_nll``
     (:data:`METRIC_SECTIONS`); a name with a section already (``judge/...``) or of no section
     (``accuracy``, ``n``) is kept."""
-    if "/" in name:
-        return name
-    for section, pattern, inner in METRIC_SECTIONS:
-        if found := pattern.fullmatch(name):
-            return f"{section}/{inner.format(**found.groupdict())}"
+    if "/" not in name:
+        for section, flat, _, _, inner in _METRIC_RULES:
+            if found := flat.fullmatch(name):
+                return f"{section}/{inner.format(**found.groupdict())}"
     return name
 
 
 def flat_metric(key: str) -> str:
     """uqflow's name of a metric read from MLflow: the inverse of :func:`metric_key` (a name logged
-    flat by an earlier version is its own)."""
-    section, _, inner = key.partition("/")
-    rule = _FLAT_FROM_SECTION.get(section) if inner else None
-    found = rule[0].fullmatch(inner) if rule else None
-    return rule[1].format(**found.groupdict()) if found else key
+    flat by an earlier version, or of no rule, is its own)."""
+    section, _, rest = key.partition("/")
+    for name, _, flat, inner, _ in _METRIC_RULES:
+        if name == section and (found := inner.fullmatch(rest)):
+            return flat.format(**found.groupdict())
+    return key
 
 
 def run_metrics(run) -> dict[str, float]:

@@ -122,8 +122,9 @@ def unload(lm) -> None:
     the weights and the GPU cache."""
     from uqflow.models.loading import unload as free
 
-    if lm is not None and lm.backend in ENGINES and ENGINES.get(lm.backend).unload is not None:
-        ENGINES.get(lm.backend).unload(lm)
+    kind = ENGINES.get(lm.backend) if lm is not None and lm.backend in ENGINES else None
+    if kind is not None and kind.unload is not None:
+        kind.unload(lm)
     free(lm)
 
 

@@ -88,6 +88,13 @@ class Study:
         return d, d["correct"].astype(bool).to_numpy()
 
 
+def stored_tags(value: Any) -> dict[str, str]:
+    """A run's tags as the results store holds them (a dict, or JSON text from SQLite); {} where none."""
+    import json
+
+    return json.loads(value) if isinstance(value, str) else (value if isinstance(value, dict) else {})
+
+
 def _params(value: Any) -> dict[str, str]:
     """A run's params as stored (a dict, or JSON text from SQLite), the uncompared ones left out."""
     import json

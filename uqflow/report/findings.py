@@ -29,14 +29,13 @@ says what was checked. Rows are plain dicts for summary.json and the HTML.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import numpy as np
 
-from uqflow.report.data import Study
-from uqflow.report.stats import ALPHA, COST_QUESTION, format_p
+from uqflow.report.data import Study, stored_tags
+from uqflow.report.stats import ALPHA, COST_QUESTION, format_number, format_p
 from uqflow.scoring.measures import label
 
 #: accuracies of the compared sides this far apart (absolute) are a caveat
@@ -64,15 +63,10 @@ VARIABLE = {"size": "size", "instruct": "tuning", "quantization": "quantization"
 WITHIN_RUN = ("length", "n")
 
 
-def _tags(run) -> dict[str, str]:
-    t = getattr(run, "tags", None)
-    return json.loads(t) if isinstance(t, str) else (t if isinstance(t, dict) else {})
-
-
 def tuning(run) -> str | None:
     """ "instruct" or "base" as the run's ``instruct`` tag records it (from the model registry);
     None where nothing records it (a run predating the tag, a local model directory)."""
-    value = _tags(run).get("instruct")
+    value = stored_tags(getattr(run, "tags", None)).get("instruct")
     if value is None or run.family == "local":
         return None
     return "instruct" if str(value).lower() == "true" else "base"
@@ -87,10 +81,6 @@ def _mean(values: list[float]) -> float:
     """The mean of the finite values; NaN where there are none."""
     finite = [v for v in values if _finite(v)]
     return float(np.mean(finite)) if finite else math.nan
-
-
-def _f(x: float | None) -> str:
-    return f"{x:.3f}" if _finite(x) else "n/a"
 
 
 def _span(values: list[float]) -> str:
@@ -268,8 +258,8 @@ def _n_caveat(answer: dict[str, Any] | None, sides, run_ids: set[str], objection
         def one(c, names):
             where = f" ({c['dataset']})" if family else ""
             p = f", adjusted p {format_p(c['p_adjusted'])}" if _finite(c.get("p_adjusted")) else ""
-            return (f"{names[0]} − {names[1]}{where} {c['difference']:+.3f}, 95% CI [{_f(c['ci_low'])}, "
-                    f"{_f(c['ci_high'])}], n = {c['n']}{p}")
+            return (f"{names[0]} − {names[1]}{where} {c['difference']:+.3f}, 95% CI [{format_number(c['ci_low'])}, "
+                    f"{format_number(c['ci_high'])}], n = {c['n']}{p}")
         parts.append(f"{len(loose)} of {_count(len(comps), 'difference')} not distinguishable from 0: "
                      + _more([one(c, n) for c, n in loose], "difference", len(loose)))
     p_min = (answer or {}).get("numbers", {}).get("friedman_smallest_possible_p")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from uqflow.report.data import Study
+from uqflow.report.data import Study, stored_tags
 from uqflow.scoring.evaluation import auroc_difference
 
 QUESTIONS = {
@@ -69,7 +69,8 @@ def _clean(obj):
     return obj
 
 
-def _fmt(x: float, digits: int = 3) -> str:
+def format_number(x: float | None, digits: int = 3) -> str:
+    """A figure as the report writes it: ``digits`` decimals; "n/a" where undefined."""
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
 
 
@@ -181,7 +182,7 @@ def _pairs_answer(study, key, measure, pairs, a_name, b_name, why, cannot) -> An
     for c in comps:
         c.update({"ci_level": CI_LEVEL, "ci_adjusted": False, "p_adjustment": "none"})
     lines = "; ".join(f"{c['b']} vs {c['a']}: " + (
-        f"{c['difference']:+.3f}, unadjusted 95% CI [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}], unadjusted "
+        f"{c['difference']:+.3f}, unadjusted 95% CI [{format_number(c['ci_low'])}, {format_number(c['ci_high'])}], unadjusted "
         f"{_p(c['p_value'])}" if math.isfinite(c["difference"]) else UNDEFINED) for c in comps)
     return Answer(key, QUESTIONS[key], True, f"{_summarise(comps, a_name, b_name)} Per comparison: {lines}.", test,
                   why, comps, {"mean_difference": float(np.nanmean([c["difference"] for c in comps])),
@@ -313,15 +314,12 @@ def quantization_machines(study: Study, pairs: list[tuple[str, str]]) -> dict[st
     machine fingerprint (None where the run predates the record), the quantized runs whose figures
     hold for their machine only (bitsandbytes on a CPU) with that machine's facts, and the distinct
     fingerprints among all the runs compared."""
-    import json
-
     from uqflow import machine
 
     by_id = study.runs.set_index("run_id")
 
     def tags(run_id: str) -> dict[str, str]:
-        t = by_id.loc[run_id, "tags"] if "tags" in by_id.columns else None
-        return json.loads(t) if isinstance(t, str) else (t if isinstance(t, dict) else {})
+        return stored_tags(by_id.loc[run_id, "tags"] if "tags" in by_id.columns else None)
 
     runs = list(dict.fromkeys(r for pair in pairs for r in pair))
     fingerprints = {by_id.loc[r, "label"]: tags(r).get(machine.FINGERPRINT_TAG) for r in runs}
@@ -390,10 +388,10 @@ def _spread_text(r: dict[str, Any]) -> str:
                else "lies inside that range, so the difference is within what the batching alone moves")
     if not math.isfinite(r["baseline_auroc"]):
         verdict = "is undefined (only right or only wrong answers), so nothing can be compared with the spread"
-    return (f"{r['label']}: over {r['compositions']} batch compositions its G-NLL AUROC ranged {_fmt(r['auroc_min'])}-"
-            f"{_fmt(r['auroc_max'])} and its accuracy {_fmt(r['accuracy_min'])}-{_fmt(r['accuracy_max'])} "
+    return (f"{r['label']}: over {r['compositions']} batch compositions its G-NLL AUROC ranged {format_number(r['auroc_min'])}-"
+            f"{format_number(r['auroc_max'])} and its accuracy {format_number(r['accuracy_min'])}-{format_number(r['accuracy_max'])} "
             f"({100 * (r['changed_answers'] or 0):.0f}% of answers changed with the composition); the full-precision "
-            f"AUROC {_fmt(r['baseline_auroc'])} {verdict}.")
+            f"AUROC {format_number(r['baseline_auroc'])} {verdict}.")
 
 
 def family_differences(study: Study, measure: str = "g_nll", *, n_resamples: int = 2000, seed: int = 0,
@@ -515,7 +513,7 @@ def _family_pair_text(c: dict[str, Any]) -> str:
     if not math.isfinite(c["difference"]):
         return f"{c['b']} − {c['a']} on {c['dataset']}: {UNDEFINED}"
     text = (f"{c['b']} − {c['a']} on {c['dataset']}: {c['difference']:+.3f}, unadjusted 95% CI "
-            f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}], Benjamini-Hochberg adjusted {_p(c['p_adjusted'])}")
+            f"[{format_number(c['ci_low'])}, {format_number(c['ci_high'])}], Benjamini-Hochberg adjusted {_p(c['p_adjusted'])}")
     excludes = (math.isfinite(c["ci_low"]) and c["ci_low"] > 0) or (math.isfinite(c["ci_high"]) and c["ci_high"] < 0)
     if excludes and c["p_adjusted"] >= ALPHA:
         text += " (the unadjusted interval excludes zero, but after adjustment this is not distinguishable from zero)"
