@@ -229,3 +229,26 @@ def test_a_grids_lines_name_their_cell():
     assert lines[0] == "A x trivia_mini: greedy answers (2 questions)..."
     assert any(line.startswith("B x squad_mini: greedy answers done in ") for line in lines), lines
     assert not any(line.startswith(":") for line in lines)
+
+
+def test_a_terminal_that_reports_no_size_still_shows_the_bar():
+    """A pseudo-terminal opened without a size (`script`, `docker exec -t`) reports 0 rows, which
+    made tqdm hide every bar: the stage's bar is drawn there too, at a fixed width."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()  # no size set: 0 rows, 0 columns
+    assert os.get_terminal_size(follower).lines == 0
+    out = os.fdopen(follower, "w", buffering=1)
+    try:
+        progress = StageProgress("M x D", file=out)
+        assert progress.tty
+        progress(0, 4, "greedy answers")
+        progress(4, 4, "greedy answers", tokens=40)
+        progress.close()
+        out.flush()
+        shown = os.read(leader, 65536).decode(errors="replace")
+    finally:
+        out.close()
+        os.close(leader)
+    assert re.search(r"M x D: greedy answers: 4/4 q \|█+\| 40 tok", shown), shown

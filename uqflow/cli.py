@@ -8,7 +8,7 @@ import sys
 import click
 
 from uqflow.errors import Terminated, UqflowError, clear_stop, stop_signal
-from uqflow.progress import StageProgress, library_bars_off
+from uqflow.progress import StageProgress, bar_size, library_bars_off
 
 try:
     # the names in option help come from where they are registered
@@ -225,7 +225,8 @@ def grid(grid_file, sets, isolate, dry_run, ray_address) -> None:
     if dry_run:
         states = cell_states(checked_cells(g, overrides, dry_run=True))
     else:
-        cells_bar = tqdm(total=len(g.models) * len(g.datasets), desc=f"grid {g.name}", unit="cell", disable=None)
+        cells_bar = tqdm(total=len(g.models) * len(g.datasets), desc=f"grid {g.name}", unit="cell", disable=None,
+                         **bar_size(None))
         q_bar, q_update = _progress_bar("")  # each cell names itself in its stages
 
         def on_cell(i, n, s):

@@ -31,6 +31,25 @@ REDRAW_SECONDS = 1.0
 BAR = "{{desc}}: {{n_fmt}}/{{total_fmt}} q |{{bar}}|{tokens} [{{elapsed}}<{{remaining}}]"
 #: a terminal's line for a stage that is timed, not counted (loading a model)
 TIMED = "{desc} [{elapsed}]"
+#: the rows tqdm may draw bars on where the terminal reports none: more than a command ever shows
+#: at once (a grid's cells and its stage)
+BAR_ROWS = 8
+
+
+def bar_size(file) -> dict:
+    """tqdm's size arguments for a bar on ``file``: following the terminal's size as it changes
+    where the terminal reports one; else (a pseudo-terminal opened without a size: `script`,
+    `docker exec -t`, whose 0 rows make tqdm hide every bar) the width of ``COLUMNS`` or 80 and
+    :data:`BAR_ROWS` rows, fixed."""
+    import shutil
+
+    try:
+        rows = os.get_terminal_size((file or sys.stderr).fileno()).lines
+    except (AttributeError, OSError, ValueError):
+        rows = 0
+    if rows > 0:
+        return {"dynamic_ncols": True}
+    return {"ncols": shutil.get_terminal_size((80, BAR_ROWS)).columns - 1, "nrows": BAR_ROWS}
 
 #: environment variables by which the libraries that load models, data and artifacts turn their
 #: progress bars off (read when each is imported; transformers follows huggingface_hub's)
@@ -60,8 +79,8 @@ class StageProgress:
     so a long stage never goes silent.
 
     ``label`` begins each line (a run's model and dataset); a grid's progress has none, each cell
-    naming itself in its stages. ``file``: where it writes (default: stderr at the time of writing); ``tty``: draw bars (default:
-    whether ``file`` is a terminal)."""
+    naming itself in its stages. ``file``: where it writes (default: stderr at the time of writing);
+    ``tty``: draw bars (default: whether ``file`` is a terminal)."""
 
     def __init__(self, label: str, file=None, tty: bool | None = None):
         self.label, self.file = label, file
@@ -98,7 +117,7 @@ class StageProgress:
         self.done, self.total, self.tokens = 0, total, 0
         self.name = name = f"{self.label}: {inert(stage, one_line=True)}" if self.label else inert(stage, one_line=True)
         if self.tty:
-            self.bar = tqdm(desc=name, total=total, unit="q", leave=True, file=self.file, dynamic_ncols=True,
+            self.bar = tqdm(desc=name, total=total, unit="q", leave=True, file=self.file, **bar_size(self.file),
                             bar_format=TIMED if total is None else BAR.format(tokens=""))
         else:
             self._echo(f"{name}..." if total is None else f"{name} ({total} questions)...")
@@ -161,4 +180,4 @@ class StageProgress:
         click.echo(line, file=self.file, err=True)
 
 
-__all__ = ["HEARTBEAT_SECONDS", "StageProgress", "library_bars_off"]
+__all__ = ["HEARTBEAT_SECONDS", "StageProgress", "bar_size", "library_bars_off"]
