@@ -28,7 +28,7 @@ from uqflow.config import RunConfig
 from uqflow.console import inert
 from uqflow.data import DATASETS, LoadedDataset, load_dataset
 from uqflow.errors import ConfigError, DatasetError, ModelLoadError, UnknownChoice, UqflowError, short
-from uqflow.generation import ENGINES, engine_needs, engine_problems
+from uqflow.generation import AUTO, ENGINES, backend_for, engine_needs, engine_problems, known_backend, server_problems
 from uqflow.models import ModelSpec, get_model
 from uqflow.models.loading import known_context_length, sampling_memory_problem, unavailable
 from uqflow.models.registry import asked_model
@@ -81,11 +81,13 @@ def kind_of(error: UqflowError, cfg: RunConfig) -> str:
 
 def name_problems(cfg: RunConfig) -> list[UqflowError]:
     """The engine, judges, abstention rule and entailment judge named by ``cfg`` that nothing registers."""
-    named = [(ENGINES, cfg.backend), *((JUDGES, j) for j in (cfg.correctness, *cfg.judge_names))]
+    named = [(JUDGES, j) for j in (cfg.correctness, *cfg.judge_names)]
     if cfg.num_generations:
         named.append((ENTAILMENT_JUDGES, cfg.entailment))
     problems: list[UqflowError] = [UnknownChoice(registry.unknown_message(name)) for registry, name in named
                                    if name not in registry]
+    if not known_backend(cfg.backend):
+        problems.insert(0, UnknownChoice(ENGINES.unknown_message(cfg.backend).replace("Known: ", f"Known: {AUTO}, ")))
     if cfg.abstention not in ABSTENTION_RULES:
         problems.append(ConfigError(f"unknown abstention rule {short(cfg.abstention)}. "
                                     f"Known: {', '.join(ABSTENTION_RULES)}"))
@@ -146,13 +148,21 @@ def check(cfg: RunConfig, memo: dict | None = None) -> tuple[ModelSpec | None, L
                 _once(memo, ("model", asked, registry), get_model, asked, registry)
             except UqflowError as e:
                 problems.append(e)
-    if cfg.backend in ENGINES:  # an unknown backend is among the name problems; its settings from the environment
-        problems += _once(memo, ("engine settings", cfg.backend), engine_problems, cfg.backend)
-        problems += [ModelLoadError(p) for p in _once(memo, ("engine needs", cfg.backend), engine_needs, cfg.backend)]
+    backend = None  # the engine the run uses, once the model is known
+    if spec is not None and known_backend(cfg.backend):  # an unknown backend is among the name problems
+        try:
+            backend = backend_for(cfg.backend, spec)
+        except UqflowError as e:
+            problems.append(e)
+    if backend is not None:  # its settings from the environment, what it needs of this machine
+        problems += _once(memo, ("engine settings", backend), engine_problems, backend)
+        problems += [ModelLoadError(p) for p in _once(memo, ("engine needs", backend), engine_needs, backend)]
     try:
         ds = _once(memo, ("dataset", cfg.dataset), _read_dataset, cfg)
     except UqflowError as e:
         problems.append(e)
+    if spec is not None and backend is not None:  # a served model's server: answering, serving it, with logprobs
+        problems += [ModelLoadError(p) for p in _once(memo, ("server", spec, backend), server_problems, backend, spec)]
     if spec is not None:
         problems += [ModelLoadError(p) for p in _once(memo, ("machine", spec, cfg.device),
                                                       unavailable, spec, cfg.device)]

@@ -161,7 +161,8 @@ def _old_name(new: str):
 @click.option("--num-samples", "old_num_questions", default=None, hidden=True, callback=_old_name("--num-questions"),
               help="The old name of --num-questions (questions to evaluate).")
 @click.option("--batch-size", default=None, help="Generation batch size (0 = automatic).")
-@click.option("--backend", default=None, help=f"Generation engine: {', '.join(ENGINES)}.")
+@click.option("--backend", default=None, help=f"Generation engine: auto (the default: a served model's server, else "
+              f"hf), {', '.join(ENGINES)}.")
 @click.option("--correctness", default=None, help=f"Correctness judge: {', '.join(JUDGES)} (default f1).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other config field; repeatable.")
 @click.option("--parent-run-id", default=None, hidden=True, help="Link the run to this grid's MLflow run (grid --isolate).")

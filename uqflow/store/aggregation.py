@@ -278,7 +278,7 @@ def _run_row(experiment_name: str, run, dig: str, metrics: dict[str, float]) -> 
         "end_time": _time(info.end_time), "model": t["model"], "family": t["family"], "size_b": size_b,
         "quantization": t.get("quantization", "none"), "instruct": t.get("instruct", "").lower() == "true",
         "dataset": t["dataset"], "correctness": p.get("correctness"), "similarity": p.get("similarity"),
-        "num_few_shot": _int(p.get("num_few_shot")), "backend": p.get("backend"),
+        "num_few_shot": _int(p.get("num_few_shot")), "backend": t.get("engine") or p.get("backend"),
         "num_generations": _int(p.get("num_generations", "0")),
         "entailment": p.get("entailment") if _int(p.get("num_generations", "0")) else None,
         "config_hash": t.get("config_hash"), "dataset_fingerprint": t.get("dataset_fingerprint"),
