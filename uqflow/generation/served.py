@@ -106,6 +106,8 @@ class Client:
         self.check = check  # a check before the run: one try, a short timeout
         #: set when a call of many requests has failed: the requests still running give up at once
         self.abandoned = threading.Event()
+        #: a returned token (a string) as its id, where the server gives no ids (:func:`token_mapper`)
+        self.to_id: Callable[[str], int | None] = _token_id
 
     @property
     def key(self) -> str | None:
@@ -174,7 +176,7 @@ class Client:
             body["seed"] = seed
         answer = self.request("POST", "/completions", body)
         try:
-            return parse_choice(answer["choices"][0])
+            return parse_choice(answer["choices"][0], self.to_id)
         except (KeyError, IndexError, TypeError, ValueError) as e:
             raise ServerError(f"{self.where} answered a completion without {e.args[0] if e.args else 'its fields'} "
                               "(OpenAI's completions API with logprobs is needed)") from None
@@ -220,6 +222,22 @@ def _token_id(token) -> int | None:
         except ValueError:
             return None
     return None
+
+
+def token_mapper(tokenizer) -> Callable[[str], int | None]:
+    """vLLM's ``token_id:N`` strings as ids, else a token string as the tokenizer's vocabulary
+    holds it (OpenAI's legacy shape names tokens as ``convert_ids_to_tokens`` does); None where
+    it is not in the vocabulary."""
+    unknown = tokenizer.unk_token_id
+
+    def to_id(token) -> int | None:
+        found = _token_id(token)
+        if found is not None or not isinstance(token, str):
+            return found
+        i = tokenizer.convert_tokens_to_ids(token)
+        return i if isinstance(i, int) and i != unknown else None
+
+    return to_id
 
 
 def parse_choice(choice: dict, to_id: Callable[[str], int | None] = _token_id) -> Completion:
@@ -450,4 +468,18 @@ def connect(spec):
     if isinstance(served_context, int) and served_context > 0:
         spec = dataclasses.replace(spec, context_length=min(served_context, spec.context_length or served_context))
     tokenizer = load_tokenizer(spec)
+    client.to_id = token_mapper(tokenizer)
     return LoadedModel(spec, client, tokenizer, "server", backend=ServedEngine.name)
+
+
+def agreement(reference: Sequence[Generation], served: Sequence[Generation]) -> dict[str, float]:
+    """How a served engine's records agree with another engine's on the same prompts: the share of
+    identical answers (same token ids), and where they are identical the largest and the median
+    difference of G-NLL (the sum of the answer's token log-probabilities), in nats."""
+    import statistics
+
+    same = [(a, b) for a, b in zip(reference, served) if a.token_ids == b.token_ids]
+    diffs = [abs(sum(a.token_logprobs) - sum(b.token_logprobs)) for a, b in same]
+    return {"n": float(len(reference)), "identical": len(same) / max(len(reference), 1),
+            "g_nll_max_diff": max(diffs, default=math.nan),
+            "g_nll_median_diff": statistics.median(diffs) if diffs else math.nan}
