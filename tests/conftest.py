@@ -25,12 +25,12 @@ def free_port() -> int:
 
 #: Tiers by resource, declared once here from what a test uses, so that `make test` runs what a
 #: developer needs between commits and `make test-all` (CI) runs every test:
-#:   server      a PostgreSQL server, a headless browser or the MLflow UI (the fixtures below)
+#:   server      a PostgreSQL server, a headless browser, the MLflow UI or llama.cpp's server (fixtures)
 #:   subprocess  another Python process: the command line as a user runs it, signals, exit codes
 #:   cluster     a Ray cluster and an MLflow server (tests/test_cluster.py)
 #:   study       the offline rehearsal of the reference study (its own cache; make test-study)
 #: `slow` (a real model or a whole experiment in this process) is marked by hand where it applies.
-SERVER_FIXTURES = {"postgres_server", "browser"}
+SERVER_FIXTURES = {"postgres_server", "browser", "llama_server"}
 SUBPROCESS_FIXTURES = {"venv_env"}
 SUBPROCESS_CALLS = ("subprocess.", "Popen(", "sys.executable", "*UQFLOW", "start_mlflow_ui(")
 CLUSTER_MODULES = {"test_cluster.py"}

@@ -142,10 +142,13 @@ def check(cfg: RunConfig, memo: dict | None = None) -> tuple[ModelSpec | None, L
                       pair_similarity_model(cfg.pair_similarity))
         if pairs:
             problems.append(ModelLoadError(f"pair_similarity: {pairs}"))
-    for judge in (cfg.correctness, *cfg.judge_names):
+    entailment = cfg.entailment if cfg.num_generations else ""
+    for judge in (cfg.correctness, *cfg.judge_names, entailment):
         if asked := asked_model(judge):
-            try:  # the judge model must exist too
-                _once(memo, ("model", asked, registry), get_model, asked, registry)
+            try:  # the judge model must exist too, and load in this process (a judge reads its next-token scores)
+                if _once(memo, ("model", asked, registry), get_model, asked, registry).served is not None:
+                    problems.append(ConfigError(f"judge {judge!r} asks {asked}, which is served; a judge's model "
+                                                "loads in this process: name one that does (uqflow models)"))
             except UqflowError as e:
                 problems.append(e)
     backend = None  # the engine the run uses, once the model is known

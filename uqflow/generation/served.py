@@ -12,16 +12,19 @@ temperature and sampling). What differs:
   the full entropy (merging outcomes never raises entropy), tight when the top k hold nearly all the
   mass. Its k is a param of the run (``entropy_top_k``); k = 0 leaves token entropies undefined.
 - **sampled answers** are one request each (``n: 1``) with a seed of their own, derived from the
-  run's seed, the prompt and the sample's index, so that a sample does not depend on what else the
-  server was asked at the time (llama.cpp caps ``n`` at its slots; per-sample seeds are repeatable
-  on every server that honours ``seed``).
+  run's seed, the prompt and the sample's index (llama.cpp caps ``n`` at its slots), drawn from the
+  whole distribution (a server's default truncations switched off: ``FULL_DISTRIBUTION``). The same
+  seed gives the same samples where the server computes the same logits: a server that decodes
+  requests side by side may round them differently with what shares its batch, and a draw near the
+  boundary of two tokens then goes the other way (llama.cpp does; ``concurrency: 1`` keeps one
+  request in flight, and its samples repeat exactly).
 - **p(True)** (the log-probability of a continuation) is read from the next token's top-k
   alternatives, one request per continuation token; a token outside them is counted at the
   most it can weigh (the smaller of the k-th alternative's probability and the mass left outside the
   top k), and the run notes how often that happened.
 
 Requests run ``concurrency`` at a time. A request answered 429 or 5xx, or not answered, is retried
-with exponential backoff (the server's ``Retry-After`` honoured) until ``retry_s`` seconds are
+with exponential backoff (longer where the server's ``Retry-After`` asks) until ``retry_s`` seconds are
 spent; then the run fails with the last reason. A refused API key fails at once. The key is read from
 the environment variable the entry names as each request is made, and never logged, tagged or
 printed: every message that leaves this module has it masked.
@@ -63,6 +66,14 @@ EXTRA_FIELDS = {
     LLAMA_CPP: {"cache_prompt": False},
     VLLM: {"return_token_ids": True, "return_tokens_as_token_ids": True, "include_stop_str_in_output": True},
     OPENAI: {},
+}
+#: a sampled answer draws from the model's whole distribution at the temperature, as the in-process
+#: engine's do: the truncations a server may apply by default are switched off (llama.cpp samples
+#: with top-k 40, top-p 0.95 and min-p 0.05 unless told otherwise)
+FULL_DISTRIBUTION = {
+    LLAMA_CPP: {"top_p": 1.0, "top_k": 0, "min_p": 0.0},
+    VLLM: {"top_p": 1.0, "top_k": -1, "min_p": 0.0},
+    OPENAI: {"top_p": 1.0},
 }
 
 
@@ -156,7 +167,9 @@ class Client:
                 if r.status_code != 429 and r.status_code < 500:
                     raise ServerError(f"{self.where} rejected {path} ({why})")
                 wait = _retry_after(r)
-            pause = min(wait if wait is not None else delay * (0.5 + random.random()), BACKOFF_MAX_S)
+            # the server's Retry-After where it asks for longer than the backoff; never less (a
+            # server saying "0" under load would otherwise be asked again at once, and again)
+            pause = min(max(wait or 0.0, delay * (0.5 + random.random())), BACKOFF_MAX_S)
             if time.monotonic() + pause > deadline:
                 spent = "" if self.check else f" after {tries} tries in {self.served.retry_s:g} s (retry_s)"
                 raise ServerError(f"{self.where} did not answer {path}{spent}: {why}")
@@ -167,19 +180,27 @@ class Client:
     def complete(self, prompt: Sequence[int], *, max_tokens: int, temperature: float = 0.0, seed: int | None = None,
                  stop: Sequence[str] = (), top: int | None = None) -> Completion:
         """One completion of the token-id ``prompt`` with its tokens' log-probabilities."""
-        body = {"model": self.served.model, "prompt": list(prompt), "max_tokens": max_tokens,
-                "temperature": temperature, "logprobs": self.served.top_logprobs if top is None else top,
-                **EXTRA_FIELDS[self.kind]}
-        if stop:
-            body["stop"] = list(stop)[:4]  # OpenAI's API takes at most four
-        if seed is not None:
-            body["seed"] = seed
-        answer = self.request("POST", "/completions", body)
+        answer = self.request("POST", "/completions", self.body(prompt, max_tokens=max_tokens, temperature=temperature,
+                                                               seed=seed, stop=stop, top=top))
         try:
             return parse_choice(answer["choices"][0], self.to_id)
         except (KeyError, IndexError, TypeError, ValueError) as e:
             raise ServerError(f"{self.where} answered a completion without {e.args[0] if e.args else 'its fields'} "
                               "(OpenAI's completions API with logprobs is needed)") from None
+
+    def body(self, prompt: Sequence[int], *, max_tokens: int, temperature: float = 0.0, seed: int | None = None,
+             stop: Sequence[str] = (), top: int | None = None) -> dict:
+        """A completions request: the token-id prompt, greedy or sampled, with logprobs."""
+        body = {"model": self.served.model, "prompt": list(prompt), "max_tokens": max_tokens,
+                "temperature": temperature, "logprobs": self.served.top_logprobs if top is None else top,
+                **EXTRA_FIELDS[self.kind]}
+        if stop:
+            body["stop"] = list(stop)[:4]  # OpenAI's API takes at most four
+        if temperature > 0:
+            body.update(FULL_DISTRIBUTION[self.kind])
+        if seed is not None:
+            body["seed"] = seed
+        return body
 
     def served_models(self) -> list[dict]:
         return list(self.request("GET", "/models").get("data") or [])
@@ -302,11 +323,13 @@ def server_problems(spec) -> list[str]:
                 "in the model's registry entry to one of those"]
     client.kind = server_kind(served, spec.served.model)
     try:
-        probe = client.complete([0], max_tokens=1)
+        answer = client.request("POST", "/completions", client.body([0], max_tokens=1))
     except ServerError as e:
         return [f"{e}; uqflow asks completions for logprobs={spec.served.top_logprobs} (G-NLL needs them; a server "
                 "that allows fewer alternatives takes a lower top_logprobs in the model's registry entry)"]
-    if not probe.logprobs or any(math.isnan(v) for v in probe.logprobs):
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    logprobs = choices[0].get("logprobs") if choices and isinstance(choices[0], dict) else None
+    if not logprobs or not (logprobs.get("content") or any(v is not None for v in logprobs.get("token_logprobs") or ())):
         return [f"{client.where} returns no log-probabilities with its completions; G-NLL needs them "
                 "(vLLM, SGLang and llama.cpp's llama-server return them)"]
     return []
