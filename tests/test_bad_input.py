@@ -272,7 +272,7 @@ MLPROJECT = [
     ("threshold_above_one", "main", {"correctness_threshold": "1.5"}, "correctness_threshold must lie in [0, 1]", 1),
     ("model_unknown", "main", {"model": "Llama-3-8B"}, "unknown model 'Llama-3-8B'. Did you mean 'Llama-3-8B-8bit'", 1),
     ("dataset_unknown", "main", {"dataset": "triviaqa"}, "unknown dataset 'triviaqa'", 1),
-    ("backend_unknown", "main", {"backend": "tgi"}, "unknown backend 'tgi'. Known: hf, vllm", 1),
+    ("backend_unknown", "main", {"backend": "tgi"}, "unknown backend 'tgi'. Known: auto, hf, vllm, openai", 1),
     ("correctness_unknown", "main", {"correctness": "bleu"}, "unknown correctness judge 'bleu'", 1),
     ("similarity_empty", "main", {"similarity": ""}, "similarity must name a similarity model", 1),
     ("parameter_undeclared", "main", {"top_p": "0.9"}, "No such option '--top_p'", 2),

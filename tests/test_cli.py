@@ -57,7 +57,7 @@ def test_vllm_backend_absent_is_explained(tracking):
 
 def test_unknown_backend():
     res = invoke("run", "--backend", "tgi")
-    assert res.exit_code == 1 and "Error: unknown backend 'tgi'. Known: hf, vllm" in res.output
+    assert res.exit_code == 1 and "Error: unknown backend 'tgi'. Known: auto, hf, vllm, openai" in res.output
 
 
 def test_uqflows_own_warnings_read_as_one_line(capsys):

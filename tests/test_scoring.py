@@ -360,11 +360,11 @@ def test_engines_judges_and_entailment_judges_are_named_by_one_registry():
 
     for registry in (ENGINES, JUDGES, ENTAILMENT_JUDGES):
         assert isinstance(registry, Registry)
-    assert ENGINES.names() == ["hf", "vllm"]
+    assert ENGINES.names() == ["hf", "vllm", "openai"]
     assert JUDGES.names()[-1] == "llm:<model>" and "llm:Qwen2.5-7B-Instruct" in JUDGES and "llm:" not in JUDGES
     assert "embedding:all-MiniLM-L6-v2@0.9" in ENTAILMENT_JUDGES and "embedding:m@2" not in ENTAILMENT_JUDGES
     assert "Did you mean 'llm:<model>'?" in JUDGES.unknown_message("llm:")
-    with pytest.raises(UnknownChoice, match=r"unknown backend 'tgi'\. Known: hf, vllm") as e:
+    with pytest.raises(UnknownChoice, match=r"unknown backend 'tgi'\. Known: hf, vllm, openai") as e:
         make_engine("tgi", None)
     assert isinstance(e.value, ConfigError)
     [problem] = entailment_problems("llm:NoSuchModel")

@@ -99,7 +99,8 @@ def _print_results(results) -> None:
             v = m.get(metric("auroc", name), float("nan"))
             lo, hi = m.get(metric("ci_low", name), float("nan")), m.get(metric("ci_high", name), float("nan"))
             cost = m.get(metric("cost_seconds", name))
-            table.add_row(label(name), "n/a (one class)" if v != v else f"{v:.3f} [{lo:.3f}, {hi:.3f}]",
+            k = r.frame.attrs.get("entropy_top_k") if name == "mean_entropy" else None  # a served model's top k
+            table.add_row(label(name) + (f" (top-{k})" if k else ""), "n/a (one class)" if v != v else f"{v:.3f} [{lo:.3f}, {hi:.3f}]",
                           "" if cost is None else f"{cost:.3f}")
         console.print(table)
         click.echo("AUROC: wrong answer = positive (0.5 = chance); extra s: seconds/question beyond the greedy pass")

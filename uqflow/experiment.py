@@ -332,6 +332,8 @@ def _evaluate(cfg: RunConfig, lm: LoadedModel, ds: LoadedDataset, examples: Sequ
     } for p, g in zip(prompts, gens)])
     for col, values in sampled.items():
         frame[col] = values
+    if getattr(engine, "params", None):  # a served model's token entropies are over its top k (the console says so)
+        frame.attrs.update(engine.params)
     t = time.perf_counter()
     scored = stage("judging and scoring")
     frame, score_seconds, scored_parts = _score(cfg, frame, engine.decode, lm, judges)

@@ -196,8 +196,9 @@ def reusable_in_process(lm) -> bool:
 
 def make_engine(backend: str, lm, **settings) -> Engine:
     """The engine called ``backend`` (:data:`AUTO`: the model's own) over the loaded model ``lm``."""
+    kind = ENGINES.get(backend) if backend != AUTO else None  # an unknown name: UnknownChoice
     backend = backend_for(backend, lm.spec)
-    kind = ENGINES.get(backend)
+    kind = kind or ENGINES.get(backend)
     if backend != lm.backend:
         raise ConfigError(f"backend {backend!r} needs the model loaded for it (it was loaded for {lm.backend!r})")
     return kind.build(lm, **settings)

@@ -47,6 +47,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from uqflow import lease, tracking
 from uqflow.artifact import GENERATIONS_FILE
 from uqflow.errors import StoreError, UqflowError
+from uqflow.models.registry import precision_of
 from uqflow.store.db import _first_line, connect, db_url, preflight, store_failure, upgrade
 from uqflow.scoring.consistency import Derived, check_checksum, check_run_table
 from uqflow.scoring.pipeline import DELONG_PAIR, MEASURE_METRICS, metric, verdict_columns
@@ -276,7 +277,8 @@ def _run_row(experiment_name: str, run, dig: str, metrics: dict[str, float]) -> 
         "run_name": info.run_name, "parent_run_id": t.get(tracking.GRID_RUN_TAG) or t.get("mlflow.parentRunId"),
         "source_run_id": t.get(tracking.SOURCE_RUN_TAG), "start_time": _time(info.start_time),
         "end_time": _time(info.end_time), "model": t["model"], "family": t["family"], "size_b": size_b,
-        "quantization": t.get("quantization", "none"), "instruct": t.get("instruct", "").lower() == "true",
+        "quantization": t.get("quantization", "none"),
+        "precision": t.get("precision") or precision_of(t.get("quantization", "none")), "instruct": t.get("instruct", "").lower() == "true",
         "dataset": t["dataset"], "correctness": p.get("correctness"), "similarity": p.get("similarity"),
         "num_few_shot": _int(p.get("num_few_shot")), "backend": t.get("engine") or p.get("backend"),
         "num_generations": _int(p.get("num_generations", "0")),

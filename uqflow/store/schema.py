@@ -46,6 +46,8 @@ class Run(Base):
     family: Mapped[str] = mapped_column(String(64), index=True)
     size_b: Mapped[float] = mapped_column(Float)
     quantization: Mapped[str] = mapped_column(String(32))
+    # what the model computed in (the run's tag; a served model: its server's quantization)
+    precision: Mapped[str | None] = mapped_column(String(32))
     instruct: Mapped[bool] = mapped_column(Boolean)
     dataset: Mapped[str] = mapped_column(String(256), index=True)
     # protocol
