@@ -45,8 +45,13 @@ class VLLMEngine:
                  source: str | None = None, gpu_memory_utilization: float = 0.85, seed: int = 0):
         vllm = require_vllm()
         kwargs = {}
-        if spec.quantization in ("8bit", "4bit"):
-            kwargs["quantization"] = "bitsandbytes"  # in-flight bitsandbytes quantization of the bf16 weights
+        if spec.quantization == "8bit":
+            # vLLM quantizes in flight to NF4 only: an 8-bit entry would silently run 4-bit
+            raise ModelLoadError(f"model {spec.name!r} is 8bit, and vLLM quantizes in flight to 4-bit only; run it with "
+                                 "backend=hf, or serve a saved LLM.int8 checkpoint with `vllm serve` and register "
+                                 "it as a served model (docs/serving.md)")
+        if spec.quantization == "4bit":
+            kwargs["quantization"] = "bitsandbytes"  # in-flight NF4 quantization of the bf16 weights
         self.llm = vllm.LLM(model=source or spec.source, dtype="bfloat16", trust_remote_code=spec.trust_remote_code,
                             seed=seed, enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization,
                             logprobs_mode="raw_logprobs", **kwargs)
