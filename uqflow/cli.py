@@ -391,7 +391,8 @@ def models(registry) -> None:
     for col in ("name", "family", "size (B)", "quantization", "instruct", "source"):
         table.add_column(col)
     for name, s in MODELS.items():
-        table.add_row(name, s.family, f"{s.size_b:g}", s.quantization, "yes" if s.instruct else "no", s.source)
+        source = s.source if s.served is None else f"served: {s.served.url}"  # a served model's server
+        table.add_row(name, s.family, f"{s.size_b:g}", s.quantization, "yes" if s.instruct else "no", source)
     Console(width=200).print(table)
 
 

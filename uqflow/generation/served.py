@@ -38,7 +38,6 @@ A server that returns token strings only has them mapped by the model's tokenize
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import logging
 import math
@@ -444,29 +443,54 @@ class ServedEngine:
 
     def _map(self, jobs: Sequence, fn: Callable, progress, *, tokens: bool = True) -> list:
         """``fn`` over ``jobs``, ``concurrency`` at a time, results in order; the first failure (or a
-        stop signal) cancels what has not started and is raised."""
+        stop signal) ends the call: the requests not yet sent are dropped, those in flight give up
+        at their next try. The workers are daemon threads (not ``concurrent.futures``' pool), so a
+        request hanging on a server that stopped answering never keeps the process from exiting."""
+        import queue
+
         reports = Reports(progress)
         results: list = [None] * len(jobs)
-        self.client.abandoned.clear()
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.lm.spec.served.concurrency,
-                                                     thread_name_prefix="uqflow-served")
+        todo: queue.SimpleQueue = queue.SimpleQueue()
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        for item in enumerate(jobs):
+            todo.put(item)
+        client = self.client
+        client.abandoned.clear()
+
+        def work() -> None:
+            while not client.abandoned.is_set():
+                try:
+                    i, job = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    done.put((i, fn(job), None))
+                except BaseException as e:  # noqa: BLE001 - handed to the calling thread, which raises it
+                    done.put((i, None, e))
+                    return
+
+        workers = [threading.Thread(target=work, daemon=True, name=f"uqflow-served-{k}")
+                   for k in range(min(self.lm.spec.served.concurrency, len(jobs)))]
+        for w in workers:
+            w.start()
         try:
-            futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
-            pending = set(futures)
-            while pending:
-                done, pending = concurrent.futures.wait(pending, timeout=0.5,
-                                                        return_when=concurrent.futures.FIRST_COMPLETED)
-                raise_if_stopped()
-                for f in done:
-                    results[futures[f]] = out = f.result()
-                    if tokens:
-                        reports.decoded(len(out.token_ids))
-                    reports.finished(1)
+            for _ in range(len(jobs)):
+                while True:
+                    raise_if_stopped()
+                    try:
+                        i, out, error = done.get(timeout=0.5)
+                        break
+                    except queue.Empty:
+                        continue
+                if error is not None:
+                    raise error
+                results[i] = out
+                if tokens:
+                    reports.decoded(len(out.token_ids))
+                reports.finished(1)
         except BaseException:
-            self.client.abandoned.set()
+            client.abandoned.set()
             raise
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
         reports.flush()
         return results
 
