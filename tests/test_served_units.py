@@ -3,6 +3,7 @@ token entropy from the top k, per-sample seeds, served entries in registry files
 run of a served model takes (backend=auto)."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -130,3 +131,25 @@ def test_auto_takes_the_models_engine_and_mismatches_are_named():
     server = next(n for n, k in ENGINES.items() if k.served)
     with pytest.raises(ConfigError, match="is not served"):
         backend_for(server, local)
+
+
+def test_api_keys_reach_ray_workers_as_secrets_never_in_the_runtime_environment(monkeypatch, tmp_path):
+    """A grid on Ray: the variable a served model's key is read from reaches the workers with the
+    other credentials (an actor's argument), whatever its name, and never the job's runtime
+    environment, which Ray writes to its logs and shows on its dashboard."""
+    from uqflow import cluster
+    from uqflow.credentials import hide
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("UQFLOW_API_KEY", "sk-default-variable-123")
+    monkeypatch.setenv("MY_SERVER_KEY", "sk-own-variable-456")
+    assert "UQFLOW_API_KEY" not in cluster.worker_env()
+    secrets = cluster.worker_secrets({"MY_SERVER_KEY"})
+    assert "MY_SERVER_KEY" in repr(secrets) and "sk-" not in repr(secrets)
+    monkeypatch.delenv("UQFLOW_API_KEY")
+    monkeypatch.delenv("MY_SERVER_KEY")
+    secrets.apply()  # what a worker does before its first run
+    assert (os.environ["UQFLOW_API_KEY"], os.environ["MY_SERVER_KEY"]) == ("sk-default-variable-123", "sk-own-variable-456")
+    assert hide("failed with key sk-default-variable-123") == "failed with key ***"  # masked in any message
+    monkeypatch.delenv("UQFLOW_API_KEY")
+    monkeypatch.delenv("MY_SERVER_KEY")

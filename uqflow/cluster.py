@@ -43,7 +43,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,13 +191,15 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def worker_secrets() -> Secrets:
+def worker_secrets(key_variables: Iterable[str] = ()) -> Secrets:
     """The credentials the workers need, kept out of the runtime environment: the FORWARDED
-    variables that hold a secret (by name or value), HF_TOKEN, the login inside the tracking URI
+    variables that hold a secret (by name or value), HF_TOKEN, the variables that hold served
+    models' API keys (``key_variables``, whatever their names), the login inside the tracking URI
     (as MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, which win over the variables as
     requests lets a URL's login win), and the whole URI when its query holds a credential."""
     values = {k: v for k, v in os.environ.items()
               if _is_secret(k, v) and (k.startswith(FORWARDED) or k in SECRET_EXTRA) and k not in NOT_FORWARDED}
+    values.update({k: os.environ[k] for k in key_variables if os.environ.get(k)})
     values.pop("MLFLOW_TRACKING_URI", None)
     bare, user, password = credentials.split_login(_absolute_uri(tracking.tracking_uri()))
     if password is not None:
@@ -448,7 +450,8 @@ class RayCells:
         it in order; results taken as they come, a dead worker's cells started again."""
         inflight: dict[Any, tuple[_Model, CellState]] = {}
         worker = ray.remote(CellWorker)
-        secrets = worker_secrets()
+        served = [get_model(m.key[0], m.key[1] or None).served for m in models]
+        secrets = worker_secrets({s.api_key_env for s in served if s is not None})
 
         def start(m: _Model) -> None:
             m.actor = worker.options(**m.resources, max_restarts=0, max_task_retries=0).remote(secrets)

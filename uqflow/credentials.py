@@ -27,8 +27,10 @@ _SECRET_KEYS = frozenset({"password", "passwd", "pwd", "pass", "token", "secret"
                           "sslkey", "accesskey", "secretkey"})
 _SECRET_SUFFIXES = ("_password", "_passwd", "_pwd", "_token", "_secret", "_key", "_signature", "_credential",
                     "_credentials")
-#: environment variables whose value is a credential, by name
-SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL")
+#: environment variables whose value is a credential, by name (``KEY``: API keys, such as a served
+#: model's ``UQFLOW_API_KEY`` or ``OPENAI_API_KEY``; a variable named so that holds no secret is only
+#: handled with more care than it needs)
+SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL", "KEY")
 SECRET_NAMES = ("HF_TOKEN",)
 #: a known secret shorter than this is not searched for in free text (it would garble every message)
 _SHORTEST = 4
