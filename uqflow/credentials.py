@@ -27,10 +27,10 @@ _SECRET_KEYS = frozenset({"password", "passwd", "pwd", "pass", "token", "secret"
                           "sslkey", "accesskey", "secretkey"})
 _SECRET_SUFFIXES = ("_password", "_passwd", "_pwd", "_token", "_secret", "_key", "_signature", "_credential",
                     "_credentials")
-#: environment variables whose value is a credential, by name (``KEY``: API keys, such as a served
-#: model's ``UQFLOW_API_KEY`` or ``OPENAI_API_KEY``; a variable named so that holds no secret is only
-#: handled with more care than it needs)
-SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL", "KEY")
+#: environment variables whose value is a credential, by a word in the name, or by its end (API
+#: keys: a served model's ``UQFLOW_API_KEY``, ``OPENAI_API_KEY``, ``AWS_SECRET_ACCESS_KEY``)
+SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL", "API_KEY", "APIKEY")
+SECRET_ENDINGS = ("_KEY",)
 SECRET_NAMES = ("HF_TOKEN",)
 #: a known secret shorter than this is not searched for in free text (it would garble every message)
 _SHORTEST = 4
@@ -142,7 +142,8 @@ def _url_secrets(url: str) -> list[str]:
 
 def is_secret_name(name: str) -> bool:
     """Whether an environment variable's name says it holds a credential."""
-    return name in SECRET_NAMES or any(word in name.upper() for word in SECRET_WORDS)
+    upper = name.upper()
+    return name in SECRET_NAMES or any(word in upper for word in SECRET_WORDS) or upper.endswith(SECRET_ENDINGS)
 
 
 def known_secrets(environ: Mapping[str, str] | None = None) -> set[str]:
