@@ -341,6 +341,12 @@ def server_kind(models: Sequence[dict], name: str) -> str:
     return LLAMA_CPP if owner == "llamacpp" else VLLM if owner == "vllm" else OPENAI
 
 
+#: what a served run's answers depend on beyond its configuration (its ``batch_dependence`` tag)
+BATCH_DEPENDENCE = ("the server decodes requests side by side as they arrive, and its kernels may round the logits "
+                    "differently with what shares a batch, so an answer may change with the server's load and "
+                    "concurrency; the same configuration gives the same records only where the server computes alike")
+
+
 class ServedEngine:
     """Greedy answers, samples and continuation log-probabilities from a served model (see the
     module's docstring); ``lm`` is a ``LoadedModel`` whose ``model`` is the :class:`Client`."""
@@ -372,7 +378,8 @@ class ServedEngine:
         name, the requests in flight and the k of token entropy."""
         served = self.lm.spec.served
         return {"served_url": self.client.base, "served_model": served.model, "server": self.client.kind,
-                "served_concurrency": str(served.concurrency), "entropy_top_k": str(self.top_k)}
+                "served_concurrency": str(served.concurrency), "entropy_top_k": str(self.top_k),
+                "batch_invariant": "false", "batch_dependence": BATCH_DEPENDENCE}
 
     @property
     def params(self) -> dict[str, str]:
