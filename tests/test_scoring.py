@@ -364,8 +364,13 @@ def test_engines_judges_and_entailment_judges_are_named_by_one_registry():
     assert JUDGES.names()[-1] == "llm:<model>" and "llm:Qwen2.5-7B-Instruct" in JUDGES and "llm:" not in JUDGES
     assert "embedding:all-MiniLM-L6-v2@0.9" in ENTAILMENT_JUDGES and "embedding:m@2" not in ENTAILMENT_JUDGES
     assert "Did you mean 'llm:<model>'?" in JUDGES.unknown_message("llm:")
+    from types import SimpleNamespace
+
+    from uqflow.models import MODELS
+
+    loaded = SimpleNamespace(spec=MODELS.get("SmolLM2-135M-Instruct"), backend="hf")  # no weights needed to refuse
     with pytest.raises(UnknownChoice, match=r"unknown backend 'tgi'\. Known: hf, vllm, openai") as e:
-        make_engine("tgi", None)
+        make_engine("tgi", loaded)
     assert isinstance(e.value, ConfigError)
     [problem] = entailment_problems("llm:NoSuchModel")
     assert "unknown model 'NoSuchModel'" in str(problem)

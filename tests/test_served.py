@@ -4,7 +4,6 @@ on loopback. Its records beside the in-process engine's on the same prompts and 
 grid through the command line, and the faults a served study meets: a refused key, a server without
 log-probabilities, a burst of 429s, the server killed mid-run, and no key in anything recorded."""
 
-import dataclasses
 import importlib.util
 import json
 import os
@@ -43,21 +42,9 @@ class Server:
     def __init__(self, script, port: int | None = None, api_key: str | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        env = dict(os.environ, **({"LLAMA_API_KEY": api_key} if api_key else {}))
-        if not api_key:
-            env.pop("LLAMA_API_KEY", None)
-        self.proc = subprocess.Popen(script.command(MODEL, port=self.port, threads=1, slots=4), env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"llama-server exited with {self.proc.returncode}"
-            try:
-                if requests.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("llama-server did not become ready in 60 s")
+        env = {k: v for k, v in os.environ.items() if k != "LLAMA_API_KEY"}
+        self.proc = script.start(MODEL, port=self.port, threads=1, slots=4,
+                                 env={**env, "LLAMA_API_KEY": api_key} if api_key else env)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -116,13 +103,12 @@ def test_served_records_agree_with_the_in_process_engines(llama_server, smollm, 
 
     They cannot agree exactly: llama.cpp multiplies the Q4_1 weights with activations rounded to 8
     bits (its Q8_1 dot products), transformers the de-quantized weights with float32 activations.
-    Measured on 64 trivia_mini questions (bench/served.py): 69% identical answers; where answers
-    are identical, the per-token log-probability differs by a median of 0.02 nats (99th percentile
-    0.20, largest 0.54) and G-NLL's ranking of the questions is nearly the same (Spearman 0.998).
+    Measured on 64 trivia_mini questions (`python bench/served.py --n 64 --threads 2`): 69% identical
+    answers; where answers are identical, the per-token log-probability differs by a median of 0.020
+    nats (99th percentile 0.21, largest 0.93) and G-NLL's ranking of the questions is nearly the same
+    (Spearman 0.998).
     The bounds below leave room for another CPU's rounding, and fail where the engine reads
     the wrong token's log-probability (differences of nats) or misaligns answers (few identical)."""
-    from scipy.stats import spearmanr
-
     from uqflow.generation import load_for, make_engine
     from uqflow.generation.served import agreement
 
@@ -136,10 +122,8 @@ def test_served_records_agree_with_the_in_process_engines(llama_server, smollm, 
     print(f"identical answers {agree['identical']:.1%}, G-NLL difference max {agree['g_nll_max_diff']:.3f}, "
           f"median {agree['g_nll_median_diff']:.3f}")
     assert agree["identical"] >= 0.5
-    same = [(a, b) for a, b in zip(reference, served) if a.token_ids == b.token_ids]
-    per_token = sorted(abs(x - y) for a, b in same for x, y in zip(a.token_logprobs, b.token_logprobs))
-    assert per_token[len(per_token) // 2] <= 0.05 and per_token[-1] <= 1.0
-    assert spearmanr([sum(a.token_logprobs) for a, _ in same], [sum(b.token_logprobs) for _, b in same]).statistic >= 0.98
+    assert agree["token_median_diff"] <= 0.05 and agree["token_max_diff"] <= 1.0
+    assert agree["g_nll_spearman"] >= 0.98
     for g in served:  # the same record rules as the in-process engine's
         assert engine.decode(g.token_ids).strip() == g.text and g.stop_reason in ("eos", "stop_sequence", "length")
         assert len(g.token_logprobs) == len(g.token_entropies) == len(g.token_ids)

@@ -28,7 +28,8 @@ from uqflow.config import RunConfig
 from uqflow.console import inert
 from uqflow.data import DATASETS, LoadedDataset, load_dataset
 from uqflow.errors import ConfigError, DatasetError, ModelLoadError, UnknownChoice, UqflowError, short
-from uqflow.generation import AUTO, ENGINES, backend_for, engine_needs, engine_problems, known_backend, server_problems
+from uqflow.generation import (backend_for, engine_needs, engine_problems, known_backend, server_problems,
+                               unknown_backend_message)
 from uqflow.models import ModelSpec, get_model
 from uqflow.models.loading import known_context_length, sampling_memory_problem, unavailable
 from uqflow.models.registry import asked_model
@@ -87,7 +88,7 @@ def name_problems(cfg: RunConfig) -> list[UqflowError]:
     problems: list[UqflowError] = [UnknownChoice(registry.unknown_message(name)) for registry, name in named
                                    if name not in registry]
     if not known_backend(cfg.backend):
-        problems.insert(0, UnknownChoice(ENGINES.unknown_message(cfg.backend).replace("Known: ", f"Known: {AUTO}, ")))
+        problems.insert(0, UnknownChoice(unknown_backend_message(cfg.backend)))
     if cfg.abstention not in ABSTENTION_RULES:
         problems.append(ConfigError(f"unknown abstention rule {short(cfg.abstention)}. "
                                     f"Known: {', '.join(ABSTENTION_RULES)}"))

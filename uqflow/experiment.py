@@ -158,6 +158,10 @@ def engine_tags(engine) -> dict[str, str]:
     of itself besides (``tags``: a served model's server). Only speed and float rounding depend on
     them, so they are tags, not part of the run's identity."""
     tags = {"engine": engine.name, **(getattr(engine, "tags", None) or {})}
+    if not engine.batch_invariant:  # the engine's own word (a server, vLLM: their batches), beside the model's
+        tags["batch_invariant"] = "false"
+        if getattr(engine, "batch_dependence", None):
+            tags["batch_dependence"] = engine.batch_dependence
     if getattr(engine, "batch_size", 0):
         tags["engine_batch_size"] = str(engine.batch_size)
     if getattr(engine, "layout", None):

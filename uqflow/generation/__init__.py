@@ -133,6 +133,11 @@ def known_backend(backend: str) -> bool:
     return backend == AUTO or backend in ENGINES
 
 
+def unknown_backend_message(backend: str) -> str:
+    """The error for a backend setting that names no engine, listing :data:`AUTO` with the engines."""
+    return ENGINES.unknown_message(backend).replace("Known: ", f"Known: {AUTO}, ", 1)
+
+
 def backend_for(backend: str, spec) -> str:
     """The engine a run of ``spec`` uses under the ``backend`` setting (:data:`AUTO` resolved);
     ConfigError where the two do not go together (a served model with an in-process engine, or the
@@ -196,14 +201,12 @@ def reusable_in_process(lm) -> bool:
 
 def make_engine(backend: str, lm, **settings) -> Engine:
     """The engine called ``backend`` (:data:`AUTO`: the model's own) over the loaded model ``lm``."""
-    kind = ENGINES.get(backend) if backend != AUTO else None  # an unknown name: UnknownChoice
     backend = backend_for(backend, lm.spec)
-    kind = kind or ENGINES.get(backend)
     if backend != lm.backend:
         raise ConfigError(f"backend {backend!r} needs the model loaded for it (it was loaded for {lm.backend!r})")
-    return kind.build(lm, **settings)
+    return ENGINES.get(backend).build(lm, **settings)
 
 
 __all__ = ["AUTO", "ENGINES", "IN_PROCESS", "Backend", "Engine", "Generation", "align_answer", "backend_for",
            "engine_needs", "engine_of", "engine_problems", "known_backend", "load_for", "make_engine",
-           "reusable_in_process", "server_problems", "unload"]
+           "reusable_in_process", "server_problems", "unknown_backend_message", "unload"]

